@@ -1,0 +1,7 @@
+"""gpt2: SSA base (Q+V, token + position temperatures)."""
+
+from configs import base
+
+
+def get_config():
+  return base.get_config("gpt2", "ssa")

@@ -1,0 +1,57 @@
+"""Model architecture presets (the paper's Table 3 models plus a tiny demo model) and SSA variants."""
+
+import ml_collections
+
+# Field names are those of ssa_jax.config.ModelConfig.
+MODELS = {
+    # The embedded demo: a Pythia-shaped (GPT-NeoX) model small enough to train on a laptop CPU in minutes.
+    "tiny": dict(family="neox", vocab_size=4096, d_model=128, num_layers=4, num_heads=4, mlp_dim=512,
+                 max_seq_len=256, rotary_pct=0.25, parallel_residual=True, qkv_bias=True, out_bias=True,
+                 mlp_bias=True, activation="gelu", norm_eps=1e-5),
+    "gpt2": dict(family="gpt2", vocab_size=50257, d_model=768, num_layers=12, num_heads=12, mlp_dim=3072,
+                 max_seq_len=1024, tie_embeddings=True, qkv_bias=True, out_bias=True, mlp_bias=True,
+                 activation="gelu_tanh", norm_eps=1e-5),
+    "pythia160m": dict(family="neox", vocab_size=50304, d_model=768, num_layers=12, num_heads=12, mlp_dim=3072,
+                       max_seq_len=2048, rotary_pct=0.25, parallel_residual=True, qkv_bias=True, out_bias=True,
+                       mlp_bias=True, activation="gelu", norm_eps=1e-5),
+    "pythia410m": dict(family="neox", vocab_size=50304, d_model=1024, num_layers=24, num_heads=16, mlp_dim=4096,
+                       max_seq_len=2048, rotary_pct=0.25, parallel_residual=True, qkv_bias=True, out_bias=True,
+                       mlp_bias=True, activation="gelu", norm_eps=1e-5),
+    "llama2_7b": dict(family="llama", vocab_size=32000, d_model=4096, num_layers=32, num_heads=32, num_kv_heads=32,
+                      mlp_dim=11008, max_seq_len=4096, rope_theta=10000.0, activation="silu", norm_eps=1e-5),
+    "llama3_8b": dict(family="llama", vocab_size=128256, d_model=4096, num_layers=32, num_heads=32, num_kv_heads=8,
+                      mlp_dim=14336, max_seq_len=8192, rope_theta=500000.0, activation="silu", norm_eps=1e-5,
+                      rope_scaling=dict(factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0,
+                                        original_max_position_embeddings=8192)),
+}
+
+# SSA.md defaults: query and value scaled, token and position terms on.
+SSA_VARIANTS = {
+    "vanilla": dict(enabled=False),
+    "ssa": dict(enabled=True, variant="base", query=True, key=False, value=True, token=True, position=True),
+    "ssa_ws": dict(enabled=True, variant="weight_sharing", query=True, key=False, value=True, token=True,
+                   position=True),
+}
+
+SSA_DEFAULTS = dict(enabled=False, variant="base", query=True, key=False, value=True, token=True, position=True,
+                    hidden_ratio=0.5, position_tau_at_end=1.1, yarn_scale=0.1, feature_path="")
+
+MODEL_DEFAULTS = dict(num_kv_heads=0, head_dim=0, norm_eps=1e-5, activation="gelu_tanh", rope_theta=10000.0,
+                      rotary_pct=1.0, rope_scaling=None, parallel_residual=False, tie_embeddings=False,
+                      qkv_bias=False, out_bias=False, mlp_bias=False, init_std=0.02, dtype="float32",
+                      attention_impl="auto", remat="none")
+
+
+def model_config(name: str, ssa: str = "vanilla") -> ml_collections.ConfigDict:
+  """The `config.model` section for preset `name` with SSA variant `ssa` ('vanilla', 'ssa', 'ssa_ws')."""
+  if name not in MODELS:
+    raise ValueError(f"unknown model preset {name!r}; expected one of {sorted(MODELS)}")
+  if ssa not in SSA_VARIANTS:
+    raise ValueError(f"unknown SSA preset {ssa!r}; expected one of {sorted(SSA_VARIANTS)}")
+  fields = {**MODEL_DEFAULTS, **MODELS[name]}
+  cfg = ml_collections.ConfigDict(fields)
+  if fields["rope_scaling"] is None:
+    # A placeholder typed as a dict so that --config.model.rope_scaling can still be set from the command line.
+    cfg.rope_scaling = ml_collections.FieldReference(None, field_type=dict)
+  cfg.ssa = ml_collections.ConfigDict({**SSA_DEFAULTS, **SSA_VARIANTS[ssa]})
+  return cfg

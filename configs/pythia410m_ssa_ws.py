@@ -1,0 +1,7 @@
+"""pythia410m: SSA weight sharing (Q+V, token + position; < 0.5% new parameters)."""
+
+from configs import base
+
+
+def get_config():
+  return base.get_config("pythia410m", "ssa_ws")

@@ -1,0 +1,7 @@
+"""tiny: vanilla attention."""
+
+from configs import base
+
+
+def get_config():
+  return base.get_config("tiny", "vanilla")

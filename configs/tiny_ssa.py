@@ -1,0 +1,7 @@
+"""tiny: SSA base (Q+V, token + position temperatures)."""
+
+from configs import base
+
+
+def get_config():
+  return base.get_config("tiny", "ssa")

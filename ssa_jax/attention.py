@@ -1,0 +1,97 @@
+"""SelectiveSelfAttention: projections, SSA temperatures on q / k / v, RoPE, and an unchanged kernel call."""
+
+from __future__ import annotations
+
+import math
+
+import flax.linen as nn
+import flax.struct
+import jax
+import jax.numpy as jnp
+
+from ssa_jax.config import ModelConfig
+from ssa_jax.layers import apply_rope, dense
+from ssa_jax.temperature import Temperature
+
+Array = jax.Array
+
+
+@flax.struct.dataclass
+class LayerCache:
+  """One layer's keys and values, (B, S, Hk, D): k after RoPE and tau_k, v after tau_v."""
+
+  k_BSKD: Array
+  v_BSKD: Array
+
+
+def kernel_implementation(cfg: ModelConfig) -> str | None:
+  """The `jax.nn.dot_product_attention` implementation: cuDNN on GPU when 'auto', XLA elsewhere."""
+  if cfg.attention_impl == "auto":
+    return "cudnn" if jax.default_backend() == "gpu" else "xla"
+  return cfg.attention_impl
+
+
+class SelectiveSelfAttention(nn.Module):
+  """Causal multi-head (GQA) attention whose q / k / v are multiplied by per-token, per-head temperatures.
+
+  tau is a scalar per token and head, so scaling the projections equals scaling the attention logits row-wise
+  (tau_q) and the values (tau_v); and it commutes with RoPE. The kernel therefore runs unchanged.
+  """
+
+  cfg: ModelConfig
+
+  @nn.compact
+  def __call__(
+      self,
+      x_BTd: Array,
+      positions_BT: Array,
+      feature_BT: Array | None = None,
+      cache: LayerCache | None = None,
+      cache_index: Array | None = None,
+  ) -> tuple[Array, LayerCache | None]:
+    cfg = self.cfg
+    H, K, D = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+    q_BTHD = dense((H, D), ("embed", "heads", "head_dim"), cfg, name="q", use_bias=cfg.qkv_bias)(x_BTd)
+    k_BTKD = dense((K, D), ("embed", "kv_heads", "head_dim"), cfg, name="k", use_bias=cfg.qkv_bias)(x_BTd)
+    v_BTKD = dense((K, D), ("embed", "kv_heads", "head_dim"), cfg, name="v", use_bias=cfg.qkv_bias)(x_BTd)
+
+    projections = {"q": q_BTHD, "k": k_BTKD, "v": v_BTKD}
+    for comp in cfg.ssa.components:
+      heads = H if comp == "q" else K
+      tau_BTH = Temperature(
+          cfg.ssa,
+          num_heads=heads,
+          d_model=cfg.d_model,
+          max_seq_len=cfg.max_seq_len,
+          head_axis="heads" if comp == "q" else "kv_heads",
+          name=f"tau_{comp}",
+      )(x_BTd, positions_BT, projections[comp], feature_BT)
+      self.sow("intermediates", f"tau_{comp}", tau_BTH)
+      projections[comp] = (projections[comp] * tau_BTH[..., None]).astype(projections[comp].dtype)
+    q_BTHD, k_BTKD, v_BTKD = projections["q"], projections["k"], projections["v"]
+
+    q_BTHD = apply_rope(q_BTHD, positions_BT, cfg)
+    k_BTKD = apply_rope(k_BTKD, positions_BT, cfg)
+
+    scale = 1.0 / math.sqrt(D)
+    if cache is None:
+      out_BTHD = jax.nn.dot_product_attention(
+          q_BTHD, k_BTKD, v_BTKD, scale=scale, is_causal=True, implementation=kernel_implementation(cfg)
+      )
+    else:
+      k_BSKD = jax.lax.dynamic_update_slice_in_dim(cache.k_BSKD, k_BTKD.astype(cache.k_BSKD.dtype), cache_index, 1)
+      v_BSKD = jax.lax.dynamic_update_slice_in_dim(cache.v_BSKD, v_BTKD.astype(cache.v_BSKD.dtype), cache_index, 1)
+      cache = LayerCache(k_BSKD, v_BSKD)
+      # Query t sits at absolute position cache_index + t and sees every cached key up to and including it.
+      key_pos_S = jnp.arange(k_BSKD.shape[1])
+      mask_11TS = (key_pos_S[None, :] <= (cache_index + jnp.arange(q_BTHD.shape[1]))[:, None])[None, None]
+      out_BTHD = jax.nn.dot_product_attention(
+          q_BTHD, k_BSKD.astype(q_BTHD.dtype), v_BSKD.astype(q_BTHD.dtype), scale=scale, mask=mask_11TS,
+          implementation="xla",
+      )
+    out_std = cfg.init_std / math.sqrt(2 * cfg.num_layers)
+    out_BTd = dense(
+        cfg.d_model, ("heads", "head_dim", "embed"), cfg, name="o", use_bias=cfg.out_bias, in_axis=(-2, -1),
+        std=out_std,
+    )(out_BTHD)
+    return out_BTd, cache

@@ -1,0 +1,81 @@
+"""Orbax checkpoints: one layout for training runs and imported models (items `params`, `config`, ...).
+
+A checkpoint directory holds numbered step directories (orbax CheckpointManager). Every step carries the
+`params` item and a `config` JSON item (the full run config, whose `model` section rebuilds the Decoder);
+training steps add `opt_state` and the data iterator state. Restores go against an abstract target carrying
+shardings, so a checkpoint written on N devices restores onto M devices, or onto one CPU.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+from etils import epath
+
+from ssa_jax.config import ModelConfig, model_config_from_dict
+from ssa_jax.model import Decoder, param_shapes
+
+
+class NotACheckpointError(FileNotFoundError):
+  """The directory is neither a checkpoint directory nor one of its step directories."""
+
+
+def resolve_step_dir(path: epath.PathLike) -> tuple[epath.Path, int]:
+  """(checkpoint root, step) for a root (latest step) or a step directory."""
+  path = epath.Path(path)
+  if not path.exists():
+    raise NotACheckpointError(f"{path}: does not exist")
+  if path.name.isdigit() and (path / "params").exists():
+    return path.parent, int(path.name)
+  steps = sorted(int(p.name) for p in path.iterdir() if p.name.isdigit() and (p / "params").exists())
+  if not steps:
+    ckpt = path / "checkpoints"
+    if ckpt.exists():  # a training workdir
+      return resolve_step_dir(ckpt)
+    raise NotACheckpointError(
+        f"{path}: not an ssa-jax checkpoint (expected numbered step directories holding `params`, "
+        "or a training workdir with checkpoints/)")
+  return path, steps[-1]
+
+
+def read_config(path: epath.PathLike) -> dict[str, Any]:
+  """The run config (a plain dict) saved with a checkpoint."""
+  root, step = resolve_step_dir(path)
+  if not (root / str(step) / "config").exists():
+    raise NotACheckpointError(f"{root / str(step)}: has no config item")
+  with ocp.CheckpointManager(root.absolute()) as mngr:
+    return dict(mngr.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"])
+
+
+def save_model(directory: epath.PathLike, model_cfg: ModelConfig, params, step: int = 0,
+               run_config: dict | None = None) -> epath.Path:
+  """Writes params + config as checkpoint `step` of `directory` (synchronously)."""
+  import dataclasses
+
+  run_config = dict(run_config or {})
+  run_config["model"] = dataclasses.asdict(model_cfg)
+  with ocp.CheckpointManager(epath.Path(directory).absolute()) as mngr:
+    mngr.save(step, args=ocp.args.Composite(
+        params=ocp.args.StandardSave(params), config=ocp.args.JsonSave(run_config)), force=True)
+    mngr.wait_until_finished()
+  return epath.Path(directory)
+
+
+def load_model(path: epath.PathLike, shardings=None) -> tuple[Decoder, Any, dict]:
+  """(Decoder, params, run config) from a checkpoint root, step directory or training workdir.
+
+  `shardings`: a pytree of jax.sharding.Sharding matching the params (default: all on the first device).
+  """
+  root, step = resolve_step_dir(path)
+  run_config = read_config(path)
+  cfg = model_config_from_dict(run_config["model"], where=f"{root}/{step}/config")
+  shapes = param_shapes(cfg)
+  if shardings is None:
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    shardings = jax.tree_util.tree_map(lambda _: device, shapes)
+  abstract = jax.tree_util.tree_map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, shardings)
+  with ocp.CheckpointManager(root.absolute()) as mngr:
+    restored = mngr.restore(step, args=ocp.args.Composite(params=ocp.args.StandardRestore(abstract)))
+  return Decoder(cfg), restored["params"], run_config

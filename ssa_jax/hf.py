@@ -1,0 +1,398 @@
+"""Hugging Face checkpoints <-> (Decoder, params) for GPT-2, GPT-NeoX (Pythia) and Llama, both directions.
+
+An SSA model exports its temperature tensors as `ssa.<param path>` beside the standard tensors and an `ssa`
+block in config.json; `from_hf` restores them exactly. `transformers` ignores both (it loads the vanilla model).
+
+CLI:  python -m ssa_jax.hf import HF_DIR OUT_DIR     (HF checkpoint -> our model directory)
+      python -m ssa_jax.hf export CKPT_DIR HF_DIR    (our model directory or training checkpoint -> HF)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+import sys
+import tempfile
+from typing import Any, Callable
+
+import jax
+import numpy as np
+from etils import epath
+from flax import traverse_util
+
+from ssa_jax.config import ConfigError, ModelConfig, RopeScaling, SSAConfig
+from ssa_jax.model import Decoder, is_temperature_param, param_shapes
+from ssa_jax.safetensors_io import read_safetensors
+
+ARCHITECTURES = {"GPT2LMHeadModel": "gpt2", "GPTNeoXForCausalLM": "neox", "LlamaForCausalLM": "llama"}
+_HF_ACTIVATIONS = {"gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu": "gelu", "silu": "silu"}
+# Non-parameter buffers some checkpoints carry.
+_BUFFERS = re.compile(r"(\.attn\.(masked_)?bias|\.attention\.(masked_)?bias|rotary_emb\.inv_freq)$")
+SSA_PREFIX = "ssa."
+
+
+# ---------------------------------------------------------------------------------------------- config.json
+def _rope_fields(hf: dict) -> tuple[float, float, RopeScaling | None]:
+  """(theta, partial rotary fraction, llama3 scaling) from either transformers v4 or v5 config layouts."""
+  params = dict(hf.get("rope_parameters") or {})
+  theta = params.get("rope_theta", hf.get("rope_theta", hf.get("rotary_emb_base", 10000.0)))
+  pct = params.get("partial_rotary_factor", hf.get("partial_rotary_factor", hf.get("rotary_pct", 1.0)))
+  scaling = dict(hf.get("rope_scaling") or {}) or params
+  rope_type = scaling.get("rope_type", scaling.get("type", "default"))
+  if rope_type in ("default", None):
+    return float(theta), float(pct), None
+  if rope_type != "llama3":
+    raise ConfigError(f"config.json: rope type {rope_type!r} is not supported (only default and llama3)")
+  fields = {f.name for f in dataclasses.fields(RopeScaling)}
+  return float(theta), float(pct), RopeScaling(**{k: v for k, v in scaling.items() if k in fields})
+
+
+def config_from_hf(hf: dict, where: str = "config.json") -> ModelConfig:
+  """Our ModelConfig from a transformers config dict (v4 or v5 layout)."""
+  arch = (hf.get("architectures") or [None])[0]
+  family = ARCHITECTURES.get(arch)
+  if family is None:
+    raise ConfigError(f"{where}: architecture {arch!r} is not supported; expected one of {sorted(ARCHITECTURES)}")
+  ssa = SSAConfig(**hf["ssa"]) if hf.get("ssa") else SSAConfig()
+  if family == "gpt2":
+    d = hf["n_embd"]
+    act = hf.get("activation_function", "gelu_new")
+    kw = dict(
+        vocab_size=hf["vocab_size"], d_model=d, num_layers=hf["n_layer"], num_heads=hf["n_head"],
+        mlp_dim=hf.get("n_inner") or 4 * d, max_seq_len=hf["n_positions"], norm_eps=hf.get("layer_norm_epsilon", 1e-5),
+        tie_embeddings=True, qkv_bias=True, out_bias=True, mlp_bias=True,
+    )
+    if hf.get("scale_attn_by_inverse_layer_idx") or hf.get("reorder_and_upcast_attn"):
+      raise ConfigError(f"{where}: scale_attn_by_inverse_layer_idx / reorder_and_upcast_attn are not supported")
+  else:
+    theta, pct, scaling = _rope_fields(hf)
+    act = hf.get("hidden_act", "gelu" if family == "neox" else "silu")
+    kw = dict(
+        vocab_size=hf["vocab_size"], d_model=hf["hidden_size"], num_layers=hf["num_hidden_layers"],
+        num_heads=hf["num_attention_heads"], mlp_dim=hf["intermediate_size"],
+        max_seq_len=hf.get("max_position_embeddings", 2048), rope_theta=theta, rotary_pct=pct, rope_scaling=scaling,
+        tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
+    )
+    if family == "neox":
+      bias = bool(hf.get("attention_bias", True))
+      kw.update(norm_eps=hf.get("layer_norm_eps", 1e-5), parallel_residual=bool(hf.get("use_parallel_residual", True)),
+                qkv_bias=bias, out_bias=bias, mlp_bias=True)
+    else:
+      kw.update(norm_eps=hf.get("rms_norm_eps", 1e-6), num_kv_heads=hf.get("num_key_value_heads") or 0,
+                head_dim=hf.get("head_dim") or 0, qkv_bias=bool(hf.get("attention_bias", False)),
+                out_bias=bool(hf.get("attention_bias", False)), mlp_bias=bool(hf.get("mlp_bias", False)))
+  if act not in _HF_ACTIVATIONS:
+    raise ConfigError(f"{where}: activation {act!r} is not supported; expected one of {sorted(_HF_ACTIVATIONS)}")
+  return ModelConfig(family=family, activation=_HF_ACTIVATIONS[act], ssa=ssa, **kw).validate(where)
+
+
+def config_to_hf(cfg: ModelConfig) -> dict:
+  """A config.json that transformers (v4 and v5) loads as the vanilla model; SSA rides in an `ssa` block."""
+  act = {"gelu_tanh": "gelu_new" if cfg.family == "gpt2" else "gelu_pytorch_tanh", "gelu": "gelu", "silu": "silu"}
+  if cfg.family == "gpt2":
+    hf = dict(architectures=["GPT2LMHeadModel"], model_type="gpt2", vocab_size=cfg.vocab_size, n_embd=cfg.d_model,
+              n_layer=cfg.num_layers, n_head=cfg.num_heads, n_inner=cfg.mlp_dim, n_positions=cfg.max_seq_len,
+              n_ctx=cfg.max_seq_len, layer_norm_epsilon=cfg.norm_eps, activation_function=act[cfg.activation],
+              tie_word_embeddings=True, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+  else:
+    rope: dict[str, Any] = {"rope_theta": cfg.rope_theta, "rope_type": "default"}
+    if cfg.rope_scaling is not None:
+      rope.update(dataclasses.asdict(cfg.rope_scaling), rope_type="llama3")
+    hf = dict(vocab_size=cfg.vocab_size, hidden_size=cfg.d_model, num_hidden_layers=cfg.num_layers,
+              num_attention_heads=cfg.num_heads, intermediate_size=cfg.mlp_dim, max_position_embeddings=cfg.max_seq_len,
+              hidden_act=act[cfg.activation], tie_word_embeddings=cfg.tie_embeddings, rope_theta=cfg.rope_theta,
+              rope_scaling=rope if cfg.rope_scaling is not None else None, rope_parameters=rope)
+    if cfg.family == "neox":
+      rope["partial_rotary_factor"] = cfg.rotary_pct
+      hf.update(architectures=["GPTNeoXForCausalLM"], model_type="gpt_neox", rotary_pct=cfg.rotary_pct,
+                rotary_emb_base=cfg.rope_theta, layer_norm_eps=cfg.norm_eps, use_parallel_residual=cfg.parallel_residual,
+                attention_bias=cfg.qkv_bias, hidden_dropout=0.0, attention_dropout=0.0)
+    else:
+      hf.update(architectures=["LlamaForCausalLM"], model_type="llama", num_key_value_heads=cfg.num_kv_heads,
+                head_dim=cfg.head_dim, rms_norm_eps=cfg.norm_eps, attention_bias=cfg.qkv_bias, mlp_bias=cfg.mlp_bias)
+  hf["torch_dtype"] = "float32"
+  if cfg.ssa.enabled:
+    hf["ssa"] = dataclasses.asdict(cfg.ssa)
+  return hf
+
+
+# -------------------------------------------------------------------------------------------- tensor mapping
+@dataclasses.dataclass(frozen=True)
+class TensorMap:
+  """One HF tensor <-> one or more of our params. `to_ours(hf) -> [arrays]`, `to_hf([arrays]) -> hf`."""
+
+  hf_key: str
+  paths: tuple[tuple[str, ...], ...]
+  to_ours: Callable[[np.ndarray], list[np.ndarray]]
+  to_hf: Callable[[list[np.ndarray]], np.ndarray]
+
+
+def _copy(key, path, shape):
+  """Same layout on both sides (embeddings, norms)."""
+  return TensorMap(key, (path,), lambda w: [w.reshape(shape)], lambda a: a[0])
+
+
+def _linear(key, path, shape, n_in_dims=1):
+  """torch.nn.Linear weight (out, in) <-> our kernel (inputs..., outputs...), `n_in_dims` input dims."""
+  n_in = int(np.prod(shape[:n_in_dims]))
+  return TensorMap(key, (path,), lambda w: [w.T.reshape(shape)], lambda a: a[0].reshape(n_in, -1).T)
+
+
+def _conv1d(key, path, shape, hf_shape):
+  """GPT-2's Conv1D weight (in, out) <-> our kernel."""
+  return TensorMap(key, (path,), lambda w: [w.reshape(shape)], lambda a: a[0].reshape(hf_shape))
+
+
+def _bias(key, path, shape):
+  return TensorMap(key, (path,), lambda w: [w.reshape(shape)], lambda a: a[0].reshape(-1))
+
+
+def _gpt2_maps(cfg: ModelConfig) -> list[TensorMap]:
+  d, H, D = cfg.d_model, cfg.num_heads, cfg.head_dim
+  maps = [_copy("transformer.wte.weight", ("embed", "embedding"), (cfg.vocab_size, d)),
+          _copy("transformer.wpe.weight", ("pos_embed", "embedding"), (cfg.max_seq_len, d))]
+  for i in range(cfg.num_layers):
+    h, L = f"transformer.h.{i}.", f"layers_{i}"
+    qkv = tuple((L, "attn", c, "kernel") for c in "qkv")
+    qkv_b = tuple((L, "attn", c, "bias") for c in "qkv")
+    maps += [
+        _copy(h + "ln_1.weight", (L, "attn_norm", "scale"), (d,)), _copy(h + "ln_1.bias", (L, "attn_norm", "bias"), (d,)),
+        TensorMap(h + "attn.c_attn.weight", qkv, lambda w: [x.reshape(d, H, D) for x in np.split(w, 3, axis=1)],
+                  lambda a: np.concatenate([x.reshape(d, d) for x in a], axis=1)),
+        TensorMap(h + "attn.c_attn.bias", qkv_b, lambda w: [x.reshape(H, D) for x in np.split(w, 3)],
+                  lambda a: np.concatenate([x.reshape(-1) for x in a])),
+        _conv1d(h + "attn.c_proj.weight", (L, "attn", "o", "kernel"), (H, D, d), (d, d)),
+        _bias(h + "attn.c_proj.bias", (L, "attn", "o", "bias"), (d,)),
+        _copy(h + "ln_2.weight", (L, "mlp_norm", "scale"), (d,)), _copy(h + "ln_2.bias", (L, "mlp_norm", "bias"), (d,)),
+        _conv1d(h + "mlp.c_fc.weight", (L, "mlp", "up", "kernel"), (d, cfg.mlp_dim), (d, cfg.mlp_dim)),
+        _bias(h + "mlp.c_fc.bias", (L, "mlp", "up", "bias"), (cfg.mlp_dim,)),
+        _conv1d(h + "mlp.c_proj.weight", (L, "mlp", "down", "kernel"), (cfg.mlp_dim, d), (cfg.mlp_dim, d)),
+        _bias(h + "mlp.c_proj.bias", (L, "mlp", "down", "bias"), (d,)),
+    ]
+  maps += [_copy("transformer.ln_f.weight", ("final_norm", "scale"), (d,)),
+           _copy("transformer.ln_f.bias", ("final_norm", "bias"), (d,))]
+  return maps
+
+
+def _neox_maps(cfg: ModelConfig) -> list[TensorMap]:
+  d, H, D, F = cfg.d_model, cfg.num_heads, cfg.head_dim, cfg.mlp_dim
+  maps = [_copy("gpt_neox.embed_in.weight", ("embed", "embedding"), (cfg.vocab_size, d))]
+  for i in range(cfg.num_layers):
+    h, L = f"gpt_neox.layers.{i}.", f"layers_{i}"
+    qkv = tuple((L, "attn", c, "kernel") for c in "qkv")
+    qkv_b = tuple((L, "attn", c, "bias") for c in "qkv")
+    maps += [
+        _copy(h + "input_layernorm.weight", (L, "attn_norm", "scale"), (d,)),
+        _copy(h + "input_layernorm.bias", (L, "attn_norm", "bias"), (d,)),
+        _copy(h + "post_attention_layernorm.weight", (L, "mlp_norm", "scale"), (d,)),
+        _copy(h + "post_attention_layernorm.bias", (L, "mlp_norm", "bias"), (d,)),
+        # The fused projection's outputs are laid out (head, [q|k|v], head_dim).
+        TensorMap(h + "attention.query_key_value.weight", qkv,
+                  lambda w: [w.T.reshape(d, H, 3, D)[:, :, j] for j in range(3)],
+                  lambda a: np.stack(a, axis=2).reshape(d, 3 * d).T),
+        _linear(h + "attention.dense.weight", (L, "attn", "o", "kernel"), (H, D, d), 2),
+        _linear(h + "mlp.dense_h_to_4h.weight", (L, "mlp", "up", "kernel"), (d, F)),
+        _bias(h + "mlp.dense_h_to_4h.bias", (L, "mlp", "up", "bias"), (F,)),
+        _linear(h + "mlp.dense_4h_to_h.weight", (L, "mlp", "down", "kernel"), (F, d)),
+        _bias(h + "mlp.dense_4h_to_h.bias", (L, "mlp", "down", "bias"), (d,)),
+    ]
+    if cfg.qkv_bias:
+      maps += [TensorMap(h + "attention.query_key_value.bias", qkv_b,
+                         lambda w: [w.reshape(H, 3, D)[:, j] for j in range(3)],
+                         lambda a: np.stack(a, axis=1).reshape(-1)),
+               _bias(h + "attention.dense.bias", (L, "attn", "o", "bias"), (d,))]
+  maps += [_copy("gpt_neox.final_layer_norm.weight", ("final_norm", "scale"), (d,)),
+           _copy("gpt_neox.final_layer_norm.bias", ("final_norm", "bias"), (d,))]
+  if not cfg.tie_embeddings:
+    maps.append(_linear("embed_out.weight", ("lm_head", "kernel"), (d, cfg.vocab_size)))
+  return maps
+
+
+def _llama_maps(cfg: ModelConfig) -> list[TensorMap]:
+  d, H, K, D, F = cfg.d_model, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.mlp_dim
+  maps = [_copy("model.embed_tokens.weight", ("embed", "embedding"), (cfg.vocab_size, d))]
+  for i in range(cfg.num_layers):
+    h, L = f"model.layers.{i}.", f"layers_{i}"
+    maps += [
+        _copy(h + "input_layernorm.weight", (L, "attn_norm", "scale"), (d,)),
+        _copy(h + "post_attention_layernorm.weight", (L, "mlp_norm", "scale"), (d,)),
+        _linear(h + "self_attn.q_proj.weight", (L, "attn", "q", "kernel"), (d, H, D)),
+        _linear(h + "self_attn.k_proj.weight", (L, "attn", "k", "kernel"), (d, K, D)),
+        _linear(h + "self_attn.v_proj.weight", (L, "attn", "v", "kernel"), (d, K, D)),
+        _linear(h + "self_attn.o_proj.weight", (L, "attn", "o", "kernel"), (H, D, d), 2),
+        _linear(h + "mlp.gate_proj.weight", (L, "mlp", "gate", "kernel"), (d, F)),
+        _linear(h + "mlp.up_proj.weight", (L, "mlp", "up", "kernel"), (d, F)),
+        _linear(h + "mlp.down_proj.weight", (L, "mlp", "down", "kernel"), (F, d)),
+    ]
+    if cfg.qkv_bias:
+      maps += [_bias(h + f"self_attn.{c}_proj.bias", (L, "attn", c, "bias"), (n, D))
+               for c, n in (("q", H), ("k", K), ("v", K))]
+      maps.append(_bias(h + "self_attn.o_proj.bias", (L, "attn", "o", "bias"), (d,)))
+    if cfg.mlp_bias:
+      maps += [_bias(h + f"mlp.{c}_proj.bias", (L, "mlp", n, "bias"), (F if c != "down" else d,))
+               for c, n in (("gate", "gate"), ("up", "up"), ("down", "down"))]
+  maps.append(_copy("model.norm.weight", ("final_norm", "scale"), (d,)))
+  if not cfg.tie_embeddings:
+    maps.append(_linear("lm_head.weight", ("lm_head", "kernel"), (d, cfg.vocab_size)))
+  return maps
+
+
+def tensor_maps(cfg: ModelConfig) -> list[TensorMap]:
+  """Every standard (non-SSA) tensor of the family's HF checkpoint and where it lives in our params."""
+  return {"gpt2": _gpt2_maps, "neox": _neox_maps, "llama": _llama_maps}[cfg.family](cfg)
+
+
+# -------------------------------------------------------------------------------------------------- loading
+def read_hf_config(hf_dir: epath.PathLike) -> dict:
+  path = epath.Path(hf_dir) / "config.json"
+  if not path.exists():
+    raise FileNotFoundError(f"{hf_dir}: no config.json; expected a Hugging Face checkpoint directory")
+  return json.loads(path.read_text())
+
+
+def read_hf_tensors(hf_dir: epath.PathLike) -> dict[str, np.ndarray]:
+  """All tensors of model.safetensors, or of the shards that model.safetensors.index.json names."""
+  hf_dir = epath.Path(hf_dir)
+  index = hf_dir / "model.safetensors.index.json"
+  if index.exists():
+    files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+  elif (hf_dir / "model.safetensors").exists():
+    files = ["model.safetensors"]
+  else:
+    raise FileNotFoundError(
+        f"{hf_dir}: no model.safetensors or model.safetensors.index.json (PyTorch .bin files are not read; "
+        "convert them with transformers' save_pretrained(safe_serialization=True))")
+  tensors = {}
+  for name in files:
+    tensors.update(read_safetensors(hf_dir / name))
+  return tensors
+
+
+def _normalise_key(key: str, family: str) -> str:
+  # The original OpenAI GPT-2 checkpoints store GPT2Model keys without the `transformer.` prefix.
+  if family == "gpt2" and not key.startswith(("transformer.", "lm_head.", SSA_PREFIX)):
+    return "transformer." + key
+  return key
+
+
+def from_hf(hf_dir: epath.PathLike, ssa: SSAConfig | None = None, rng_seed: int = 0, **overrides):
+  """(Decoder, params) from a Hugging Face directory (config.json + safetensors), params in float32.
+
+  A checkpoint exported by `to_hf` from an SSA model restores its temperatures exactly. `ssa` adds SSA to a
+  vanilla checkpoint (fine-tuning): its parameters are freshly initialised with seed `rng_seed`.
+  `overrides` replace ModelConfig fields (e.g. dtype='bfloat16', remat='full', max_seq_len=...).
+  """
+  cfg = config_from_hf(read_hf_config(hf_dir), where=f"{hf_dir}/config.json")
+  if ssa is not None:
+    if cfg.ssa.enabled:
+      raise ConfigError(f"{hf_dir}: checkpoint already has SSA ({cfg.ssa}); do not pass ssa=")
+    overrides["ssa"] = ssa
+  cfg = dataclasses.replace(cfg, **overrides).validate()
+  tensors = {_normalise_key(k, cfg.family): v for k, v in read_hf_tensors(hf_dir).items()}
+  expected = traverse_util.flatten_dict(param_shapes(cfg))
+  flat: dict[tuple[str, ...], np.ndarray] = {}
+  used = set()
+  for m in tensor_maps(cfg):
+    if m.hf_key not in tensors:
+      raise KeyError(f"{hf_dir}: missing tensor {m.hf_key!r} (architecture {cfg.family}, config.json says "
+                     f"{cfg.num_layers} layers, tie_embeddings={cfg.tie_embeddings})")
+    hf_arr = np.asarray(tensors[m.hf_key], dtype=np.float32)
+    try:
+      arrays = m.to_ours(hf_arr)
+    except ValueError as e:
+      raise ValueError(f"{hf_dir}: tensor {m.hf_key!r} has shape {hf_arr.shape}, which does not fit the config: {e}")
+    for path, arr in zip(m.paths, arrays):
+      if arr.shape != expected[path].shape:
+        raise ValueError(f"{hf_dir}: tensor {m.hf_key!r} gives shape {arr.shape} for {'/'.join(path)}, "
+                         f"expected {expected[path].shape}")
+      flat[path] = arr
+    used.add(m.hf_key)
+
+  ssa_paths = [p for p in expected if is_temperature_param("/".join(p))]
+  ssa_keys = {SSA_PREFIX + ".".join(p): p for p in ssa_paths}
+  stored_ssa = [k for k in tensors if k.startswith(SSA_PREFIX)]
+  if stored_ssa:
+    if not cfg.ssa.enabled:
+      raise ValueError(f"{hf_dir}: SSA tensors present but config.json has no `ssa` block")
+    for key, path in ssa_keys.items():
+      if key not in tensors:
+        raise KeyError(f"{hf_dir}: missing SSA tensor {key!r}")
+      flat[path] = np.asarray(tensors[key], np.float32).reshape(expected[path].shape)
+      used.add(key)
+  elif ssa_paths:
+    if ssa is None:
+      raise KeyError(f"{hf_dir}: config.json has an `ssa` block but the checkpoint holds no SSA tensors")
+    fresh = traverse_util.flatten_dict(_init_ssa(cfg, rng_seed))
+    flat.update({p: np.asarray(fresh[p]) for p in ssa_paths})
+
+  leftover = sorted(k for k in tensors if k not in used and not _BUFFERS.search(k))
+  if leftover:
+    print(f"[ssa_jax.hf] warning: {len(leftover)} tensor(s) in {hf_dir} not used: {leftover[:8]}", file=sys.stderr)
+  return Decoder(cfg), traverse_util.unflatten_dict(flat)
+
+
+def _init_ssa(cfg: ModelConfig, seed: int) -> dict:
+  from ssa_jax.model import init_params  # a full init is cheap next to reading the checkpoint
+
+  return jax.device_get(init_params(cfg, jax.random.PRNGKey(seed)))
+
+
+# -------------------------------------------------------------------------------------------------- export
+def to_hf(model: Decoder | ModelConfig, params: dict, out_dir: epath.PathLike) -> epath.Path:
+  """Writes config.json + model.safetensors that `transformers.AutoModelForCausalLM.from_pretrained` loads."""
+  from safetensors.numpy import save_file
+
+  cfg = model.config if isinstance(model, Decoder) else model
+  flat = {p: np.asarray(jax.device_get(v), np.float32) for p, v in traverse_util.flatten_dict(params).items()}
+  tensors = {}
+  for m in tensor_maps(cfg):
+    tensors[m.hf_key] = np.ascontiguousarray(m.to_hf([flat[p] for p in m.paths]))
+  ssa = {SSA_PREFIX + ".".join(p): v for p, v in flat.items() if is_temperature_param("/".join(p))}
+  tensors.update(ssa)
+  out_dir = epath.Path(out_dir)
+  out_dir.mkdir(parents=True, exist_ok=True)
+  (out_dir / "config.json").write_text(json.dumps(config_to_hf(cfg), indent=2))
+  if "://" in str(out_dir):  # safetensors writes local files only
+    with tempfile.TemporaryDirectory() as tmp:
+      save_file(tensors, f"{tmp}/model.safetensors", metadata={"format": "pt"})
+      epath.Path(f"{tmp}/model.safetensors").copy(out_dir / "model.safetensors", overwrite=True)
+  else:
+    save_file(tensors, str(out_dir / "model.safetensors"), metadata={"format": "pt"})
+  if ssa:
+    print(
+        f"[ssa_jax.hf] WARNING: {out_dir} holds an SSA model. transformers will load it as the VANILLA "
+        f"{cfg.family} model and ignore the {len(ssa)} `ssa.*` temperature tensors, so its outputs differ from "
+        "this model's. Load it with ssa_jax.hf.from_hf to keep SSA.", file=sys.stderr)
+  return out_dir
+
+
+# ------------------------------------------------------------------------------------------------------- CLI
+def main(argv: list[str]) -> int:
+  import argparse
+
+  parser = argparse.ArgumentParser(prog="python -m ssa_jax.hf", description=__doc__.split("\n\n")[0])
+  sub = parser.add_subparsers(dest="command", required=True)
+  imp = sub.add_parser("import", help="HF checkpoint directory -> ssa-jax checkpoint directory")
+  imp.add_argument("hf_dir")
+  imp.add_argument("out_dir")
+  exp = sub.add_parser("export", help="ssa-jax checkpoint (root, step dir or training workdir) -> HF directory")
+  exp.add_argument("ckpt_dir")
+  exp.add_argument("hf_dir")
+  args = parser.parse_args(argv)
+
+  from ssa_jax import checkpoint
+
+  if args.command == "import":
+    model, params = from_hf(args.hf_dir)
+    checkpoint.save_model(args.out_dir, model.config, params, run_config={"init": {"hf_dir": str(args.hf_dir)}})
+    print(f"imported {args.hf_dir} ({model.config.family}) -> {args.out_dir}")
+  else:
+    model, params, _ = checkpoint.load_model(args.ckpt_dir)
+    to_hf(model, params, args.hf_dir)
+    print(f"exported {args.ckpt_dir} ({model.config.family}) -> {args.hf_dir}")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main(sys.argv[1:]))

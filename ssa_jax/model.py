@@ -1,0 +1,161 @@
+"""Decoder: one block class for GPT-2, GPT-NeoX (Pythia) and Llama; the families differ by config switches."""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ssa_jax.attention import LayerCache, SelectiveSelfAttention
+from ssa_jax.config import ModelConfig
+from ssa_jax.layers import Mlp, Norm, compute_dtype
+
+Array = jax.Array
+
+
+@flax.struct.dataclass
+class KVCache:
+  """Keys and values of every layer plus the number of positions already written (shared by the batch)."""
+
+  layers: tuple[LayerCache, ...]
+  index: Array  # int32 scalar
+
+  @property
+  def max_len(self) -> int:
+    return self.layers[0].k_BSKD.shape[1]
+
+
+def init_cache(cfg: ModelConfig, batch_size: int, max_len: int, dtype=None) -> KVCache:
+  """An empty cache for `max_len` positions (prompt plus generated tokens)."""
+  dtype = dtype or compute_dtype(cfg)
+  shape = (batch_size, max_len, cfg.num_kv_heads, cfg.head_dim)
+  layer = lambda: LayerCache(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype))
+  return KVCache(tuple(layer() for _ in range(cfg.num_layers)), jnp.zeros((), jnp.int32))
+
+
+_REMAT_POLICIES = {
+    "full": None,
+    "dots": jax.checkpoint_policies.checkpoint_dots,
+    "dots_no_batch": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
+}
+
+
+class Block(nn.Module):
+  """Pre-norm transformer block; sequential (GPT-2, Llama) or parallel (GPT-NeoX) residual."""
+
+  cfg: ModelConfig
+
+  @nn.compact
+  def __call__(self, x_BTd, positions_BT, feature_BT=None, cache=None, cache_index=None):
+    cfg = self.cfg
+    attn_BTd, cache = SelectiveSelfAttention(cfg, name="attn")(
+        Norm(cfg, name="attn_norm")(x_BTd), positions_BT, feature_BT, cache, cache_index
+    )
+    if cfg.parallel_residual:
+      return x_BTd + attn_BTd + Mlp(cfg, name="mlp")(Norm(cfg, name="mlp_norm")(x_BTd)), cache
+    x_BTd = x_BTd + attn_BTd
+    return x_BTd + Mlp(cfg, name="mlp")(Norm(cfg, name="mlp_norm")(x_BTd)), cache
+
+
+def _load_token_feature(cfg: ModelConfig):
+  """Initializer of the fixed token feature phi (feature variant): read from the counts file if one is named."""
+
+  def init(key, shape, dtype=jnp.float32):
+    del key
+    if not cfg.ssa.feature_path:
+      return jnp.zeros(shape, dtype)
+    from ssa_jax.data.token_counts import load_token_feature  # the data layer owns the counts format
+
+    return jnp.asarray(load_token_feature(cfg.ssa.feature_path, shape[0]), dtype)
+
+  return init
+
+
+class Decoder(nn.Module):
+  """Token ids (B, T) -> float32 logits (B, T, vocab_size); with a KVCache, also the updated cache."""
+
+  config: ModelConfig
+
+  @nn.compact
+  def __call__(self, tokens_BT: Array, positions_BT: Array | None = None, cache: KVCache | None = None):
+    cfg = self.config
+    dtype = compute_dtype(cfg)
+    B, T = tokens_BT.shape
+    cache_index = None if cache is None else cache.index
+    if positions_BT is None:
+      start = 0 if cache is None else cache.index
+      positions_BT = jnp.broadcast_to(start + jnp.arange(T, dtype=jnp.int32), (B, T))
+
+    embed = nn.Embed(
+        cfg.vocab_size, cfg.d_model, dtype=dtype, param_dtype=jnp.float32,
+        embedding_init=nn.with_logical_partitioning(nn.initializers.normal(cfg.init_std), ("vocab", "embed")),
+        name="embed",
+    )
+    x_BTd = embed(tokens_BT)
+    if cfg.learned_positions:
+      x_BTd = x_BTd + nn.Embed(
+          cfg.max_seq_len, cfg.d_model, dtype=dtype, param_dtype=jnp.float32,
+          embedding_init=nn.with_logical_partitioning(nn.initializers.normal(0.01), (None, "embed")),
+          name="pos_embed",
+      )(positions_BT)
+
+    feature_BT = None
+    if cfg.ssa.enabled and cfg.ssa.variant == "feature" and cfg.ssa.token:
+      # phi is a fixed corpus statistic, stored with the params so checkpoints carry it; never trained.
+      phi_V = self.param(
+          "token_feature", nn.with_logical_partitioning(_load_token_feature(cfg), ("vocab",)), (cfg.vocab_size,),
+          jnp.float32,
+      )
+      feature_BT = jax.lax.stop_gradient(phi_V)[tokens_BT]
+
+    block_cls = Block
+    if cfg.remat != "none" and cache is None:
+      block_cls = nn.remat(Block, policy=_REMAT_POLICIES[cfg.remat], prevent_cse=True)
+    new_layers = []
+    for i in range(cfg.num_layers):
+      layer_cache = None if cache is None else cache.layers[i]
+      x_BTd, layer_cache = block_cls(cfg, name=f"layers_{i}")(x_BTd, positions_BT, feature_BT, layer_cache, cache_index)
+      new_layers.append(layer_cache)
+
+    x_BTd = Norm(cfg, name="final_norm")(x_BTd)
+    if cfg.tie_embeddings:
+      logits_BTV = embed.attend(x_BTd)
+    else:
+      logits_BTV = nn.DenseGeneral(
+          cfg.vocab_size, use_bias=False, dtype=dtype, param_dtype=jnp.float32,
+          kernel_init=nn.with_logical_partitioning(nn.initializers.normal(cfg.init_std), ("embed", "vocab")),
+          name="lm_head",
+      )(x_BTd)
+    logits_BTV = logits_BTV.astype(jnp.float32)
+    if cache is None:
+      return logits_BTV
+    return logits_BTV, KVCache(tuple(new_layers), cache.index + T)
+
+
+def init_params(cfg: ModelConfig, rng: Array, seq_len: int = 8) -> dict:
+  """Fresh parameters (logical-partitioning boxes removed)."""
+  tokens = jnp.zeros((1, min(seq_len, cfg.max_seq_len)), jnp.int32)
+  variables = Decoder(cfg).init(rng, tokens)
+  return nn.meta.unbox(variables["params"])
+
+
+def param_shapes(cfg: ModelConfig) -> dict:
+  """The parameter tree as ShapeDtypeStructs, without allocating (used to check imports)."""
+  return jax.eval_shape(lambda r: init_params(cfg, r), jax.random.PRNGKey(0))
+
+
+def count_params(params, where=lambda path: True) -> int:
+  """Number of scalars in the leaves whose '/'-joined path satisfies `where`."""
+  total = 0
+  for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
+    name = "/".join(str(getattr(p, "key", p)) for p in path)
+    if where(name):
+      total += int(np.prod(leaf.shape))
+  return total
+
+
+def is_temperature_param(path: str) -> bool:
+  """True for SSA parameters (everything under a tau_* module, and the fixed token feature)."""
+  return "/tau_" in path or path.startswith("tau_") or path.endswith("token_feature")

@@ -1,0 +1,23 @@
+"""Shared fixtures: the optional ../shared/data folder, and the tests dir on sys.path for helper modules."""
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root, for `configs`
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+@pytest.fixture
+def shared_data() -> Path:
+  """../shared/data beside the checkout; skips the test when it is absent."""
+  if not SHARED_DATA.is_dir():
+    pytest.skip(f"{SHARED_DATA} is absent (real tokenizers and benchmark files)")
+  return SHARED_DATA

@@ -1,0 +1,112 @@
+"""SSA attention against independent references: identity temperatures, and logit/value scaling written out."""
+
+import dataclasses
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import traverse_util
+
+from ssa_jax.attention import SelectiveSelfAttention
+from ssa_jax.config import ModelConfig, SSAConfig
+from ssa_jax.model import Decoder, init_params
+
+B, T = 2, 12
+
+
+def _cfg(family="llama", **ssa):
+  extra = dict(num_kv_heads=2, activation="silu", rope_theta=100.0) if family == "llama" else {}
+  return ModelConfig(family=family, vocab_size=50, d_model=32, num_layers=2, num_heads=4, mlp_dim=48,
+                     max_seq_len=32, ssa=SSAConfig(**ssa), **extra).validate()
+
+
+def _randomise(params, pattern="tau_", scale=0.5, seed=1):
+  """Random values for every leaf whose path contains `pattern` (zero-initialised weights included)."""
+  rng = np.random.default_rng(seed)
+  flat = traverse_util.flatten_dict(params)
+  return traverse_util.unflatten_dict({
+      p: jnp.asarray(rng.normal(scale=scale, size=v.shape), jnp.float32) if pattern in "/".join(p) else v
+      for p, v in flat.items()})
+
+
+@pytest.mark.parametrize("variant", ["base", "weight_sharing", "feature"])
+def test_identity_temperatures_equal_vanilla(variant):
+  # Token term at its zero init and no position term: tau = 1 + tanh(0) = 1 exactly.
+  ssa_cfg = _cfg(enabled=True, variant=variant, key=True, position=False)
+  vanilla_cfg = _cfg()
+  ssa_params = init_params(ssa_cfg, jax.random.PRNGKey(0))
+  vanilla_params = init_params(vanilla_cfg, jax.random.PRNGKey(0))
+  # Same weights for everything the two models share.
+  flat = traverse_util.flatten_dict(ssa_params)
+  for p, v in traverse_util.flatten_dict(vanilla_params).items():
+    flat[p] = v
+  ssa_params = traverse_util.unflatten_dict(flat)
+  tokens = np.random.default_rng(0).integers(0, 50, (B, T))
+  out_ssa = Decoder(ssa_cfg).apply({"params": ssa_params}, tokens)
+  out_vanilla = Decoder(vanilla_cfg).apply({"params": vanilla_params}, tokens)
+  np.testing.assert_array_equal(np.asarray(out_ssa), np.asarray(out_vanilla))
+
+
+# ------------------------------------------------------------------------------ the independent reference
+def _gelu(x):
+  return 0.5 * x * (1.0 + np.vectorize(math.erf)(x / math.sqrt(2.0)))
+
+
+def _rope_ref(x_THD, theta):
+  """Rotation of dimension pairs (i, i + D/2) by angle pos * theta^(-2i/D), written with complex numbers."""
+  T_, _, D = x_THD.shape
+  freqs = theta ** (-np.arange(D // 2) * 2.0 / D)
+  z = (x_THD[..., : D // 2] + 1j * x_THD[..., D // 2 :]) * np.exp(1j * np.arange(T_)[:, None, None] * freqs)
+  return np.concatenate([z.real, z.imag], axis=-1)
+
+
+def _tau_ref(p, x_Td, proj_THD, variant, T_, max_len):
+  """tanh(f(x)) + 1 + sigmoid(alpha) log(n) written out."""
+  if variant == "base":
+    f = _gelu(x_Td @ p["w1"]["kernel"] + p["w1"]["bias"]) @ p["w2"]["kernel"] + p["w2"]["bias"]
+  else:  # weight sharing: f_h = w_h . gelu(proj_h)
+    f = (_gelu(proj_THD) * p["w"][None]).sum(-1)
+  n = np.arange(1, T_ + 1, dtype=np.float64)[:, None]
+  return np.tanh(f) + 1.0 + np.log(n) / (1.0 + np.exp(-p["alpha"][None]))
+
+
+def _attention_ref(params, x_Td, cfg):
+  """Causal attention whose logits are multiplied row-wise by tau_q (column-wise by tau_k), values by tau_v."""
+  p = jax.tree_util.tree_map(lambda a: np.asarray(a, np.float64), params)
+  H, K, D = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+  T_ = x_Td.shape[0]
+  q = np.einsum("td,dhk->thk", x_Td, p["q"]["kernel"])
+  k = np.einsum("td,dhk->thk", x_Td, p["k"]["kernel"])
+  v = np.einsum("td,dhk->thk", x_Td, p["v"]["kernel"])
+  ones = lambda n: np.ones((T_, n))
+  tau_q = _tau_ref(p["tau_q"], x_Td, q, cfg.ssa.variant, T_, cfg.max_seq_len) if cfg.ssa.query else ones(H)
+  tau_k = _tau_ref(p["tau_k"], x_Td, k, cfg.ssa.variant, T_, cfg.max_seq_len) if cfg.ssa.key else ones(K)
+  tau_v = _tau_ref(p["tau_v"], x_Td, v, cfg.ssa.variant, T_, cfg.max_seq_len) if cfg.ssa.value else ones(K)
+  q, k = _rope_ref(q, cfg.rope_theta), _rope_ref(k, cfg.rope_theta)
+  out = np.zeros((T_, H, D))
+  group = H // K
+  for h in range(H):
+    kv = h // group
+    logits = (q[:, h] @ k[:, kv].T) / math.sqrt(D)
+    logits = logits * tau_q[:, h][:, None] * tau_k[:, kv][None, :]
+    logits = np.where(np.tril(np.ones((T_, T_), bool)), logits, -np.inf)
+    probs = np.exp(logits - logits.max(-1, keepdims=True))
+    probs /= probs.sum(-1, keepdims=True)
+    out[:, h] = probs @ (v[:, kv] * tau_v[:, kv][:, None])
+  return np.einsum("thk,hkd->td", out, p["o"]["kernel"])
+
+
+@pytest.mark.parametrize("variant,key", [("base", False), ("weight_sharing", False), ("base", True)])
+def test_random_temperatures_equal_logit_and_value_scaling(variant, key):
+  cfg = _cfg(enabled=True, variant=variant, key=key)
+  attn = SelectiveSelfAttention(cfg)
+  x = np.random.default_rng(0).normal(size=(B, T, cfg.d_model)).astype(np.float32)
+  pos = np.broadcast_to(np.arange(T), (B, T))
+  params = attn.init(jax.random.PRNGKey(0), x, pos)["params"]
+  params = _randomise(jax.tree_util.tree_map(lambda a: getattr(a, "value", a), params, is_leaf=lambda a: hasattr(a, "value")))
+  out, _ = attn.apply({"params": params}, x, pos)
+  for b in range(B):
+    np.testing.assert_allclose(np.asarray(out[b]), _attention_ref(params, x[b].astype(np.float64), cfg),
+                               atol=2e-5, rtol=1e-4)
