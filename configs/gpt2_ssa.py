@@ -1,7 +1,7 @@
-"""gpt2: SSA base (Q+V, token + position temperatures)."""
+"""gpt2, SSA base (Q+V, token + position temperatures): pre-training from scratch (--config.data.path=SLIMPAJAMA_DIR)."""
 
 from configs import base
 
 
 def get_config():
-  return base.get_config("gpt2", "ssa")
+  return base.get_config("gpt2", "ssa", mode="pretrain")

@@ -1,7 +1,7 @@
-"""gpt2: SSA weight sharing (Q+V, token + position; < 0.5% new parameters)."""
+"""gpt2, SSA weight sharing (Q+V, token + position; < 0.5% new parameters): pre-training from scratch (--config.data.path=SLIMPAJAMA_DIR)."""
 
 from configs import base
 
 
 def get_config():
-  return base.get_config("gpt2", "ssa_ws")
+  return base.get_config("gpt2", "ssa_ws", mode="pretrain")

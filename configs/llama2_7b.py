@@ -1,7 +1,7 @@
-"""llama2_7b: vanilla attention."""
+"""llama2_7b, vanilla attention: pre-training from scratch (--config.data.path=SLIMPAJAMA_DIR)."""
 
 from configs import base
 
 
 def get_config():
-  return base.get_config("llama2_7b", "vanilla")
+  return base.get_config("llama2_7b", "vanilla", mode="pretrain")

@@ -1,7 +1,7 @@
-"""llama2_7b: SSA base (Q+V, token + position temperatures)."""
+"""llama2_7b, SSA base (Q+V, token + position temperatures): pre-training from scratch (--config.data.path=SLIMPAJAMA_DIR)."""
 
 from configs import base
 
 
 def get_config():
-  return base.get_config("llama2_7b", "ssa")
+  return base.get_config("llama2_7b", "ssa", mode="pretrain")

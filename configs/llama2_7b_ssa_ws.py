@@ -1,7 +1,7 @@
-"""llama2_7b: SSA weight sharing (Q+V, token + position; < 0.5% new parameters)."""
+"""llama2_7b, SSA weight sharing (Q+V, token + position; < 0.5% new parameters): pre-training from scratch (--config.data.path=SLIMPAJAMA_DIR)."""
 
 from configs import base
 
 
 def get_config():
-  return base.get_config("llama2_7b", "ssa_ws")
+  return base.get_config("llama2_7b", "ssa_ws", mode="pretrain")

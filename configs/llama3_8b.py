@@ -1,7 +1,7 @@
-"""llama3_8b: vanilla attention."""
+"""llama3_8b, vanilla attention: pre-training from scratch (--config.data.path=SLIMPAJAMA_DIR)."""
 
 from configs import base
 
 
 def get_config():
-  return base.get_config("llama3_8b", "vanilla")
+  return base.get_config("llama3_8b", "vanilla", mode="pretrain")

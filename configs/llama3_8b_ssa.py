@@ -1,7 +1,7 @@
-"""llama3_8b: SSA base (Q+V, token + position temperatures)."""
+"""llama3_8b, SSA base (Q+V, token + position temperatures): pre-training from scratch (--config.data.path=SLIMPAJAMA_DIR)."""
 
 from configs import base
 
 
 def get_config():
-  return base.get_config("llama3_8b", "ssa")
+  return base.get_config("llama3_8b", "ssa", mode="pretrain")

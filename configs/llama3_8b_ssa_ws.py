@@ -1,7 +1,7 @@
-"""llama3_8b: SSA weight sharing (Q+V, token + position; < 0.5% new parameters)."""
+"""llama3_8b, SSA weight sharing (Q+V, token + position; < 0.5% new parameters): pre-training from scratch (--config.data.path=SLIMPAJAMA_DIR)."""
 
 from configs import base
 
 
 def get_config():
-  return base.get_config("llama3_8b", "ssa_ws")
+  return base.get_config("llama3_8b", "ssa_ws", mode="pretrain")

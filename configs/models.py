@@ -5,7 +5,7 @@ import ml_collections
 # Field names are those of ssa_jax.config.ModelConfig.
 MODELS = {
     # The embedded demo: a Pythia-shaped (GPT-NeoX) model small enough to train on a laptop CPU in minutes.
-    "tiny": dict(family="neox", vocab_size=4096, d_model=128, num_layers=4, num_heads=4, mlp_dim=512,
+    "tiny": dict(family="neox", vocab_size=2048, d_model=128, num_layers=4, num_heads=4, mlp_dim=512,
                  max_seq_len=256, rotary_pct=0.25, parallel_residual=True, qkv_bias=True, out_bias=True,
                  mlp_bias=True, activation="gelu", norm_eps=1e-5),
     "gpt2": dict(family="gpt2", vocab_size=50257, d_model=768, num_layers=12, num_heads=12, mlp_dim=3072,

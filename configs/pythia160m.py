@@ -1,7 +1,7 @@
-"""pythia160m: vanilla attention."""
+"""pythia160m, vanilla attention: pre-training from scratch (--config.data.path=SLIMPAJAMA_DIR)."""
 
 from configs import base
 
 
 def get_config():
-  return base.get_config("pythia160m", "vanilla")
+  return base.get_config("pythia160m", "vanilla", mode="pretrain")

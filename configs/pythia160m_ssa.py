@@ -1,7 +1,7 @@
-"""pythia160m: SSA base (Q+V, token + position temperatures)."""
+"""pythia160m, SSA base (Q+V, token + position temperatures): pre-training from scratch (--config.data.path=SLIMPAJAMA_DIR)."""
 
 from configs import base
 
 
 def get_config():
-  return base.get_config("pythia160m", "ssa")
+  return base.get_config("pythia160m", "ssa", mode="pretrain")

@@ -1,7 +1,7 @@
-"""pythia160m: SSA weight sharing (Q+V, token + position; < 0.5% new parameters)."""
+"""pythia160m, SSA weight sharing (Q+V, token + position; < 0.5% new parameters): pre-training from scratch (--config.data.path=SLIMPAJAMA_DIR)."""
 
 from configs import base
 
 
 def get_config():
-  return base.get_config("pythia160m", "ssa_ws")
+  return base.get_config("pythia160m", "ssa_ws", mode="pretrain")

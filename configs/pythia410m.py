@@ -1,7 +1,7 @@
-"""pythia410m: vanilla attention."""
+"""pythia410m, vanilla attention: pre-training from scratch (--config.data.path=SLIMPAJAMA_DIR)."""
 
 from configs import base
 
 
 def get_config():
-  return base.get_config("pythia410m", "vanilla")
+  return base.get_config("pythia410m", "vanilla", mode="pretrain")

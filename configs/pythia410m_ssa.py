@@ -1,7 +1,7 @@
-"""pythia410m: SSA base (Q+V, token + position temperatures)."""
+"""pythia410m, SSA base (Q+V, token + position temperatures): pre-training from scratch (--config.data.path=SLIMPAJAMA_DIR)."""
 
 from configs import base
 
 
 def get_config():
-  return base.get_config("pythia410m", "ssa")
+  return base.get_config("pythia410m", "ssa", mode="pretrain")

@@ -64,7 +64,7 @@ class SelectiveSelfAttention(nn.Module):
           d_model=cfg.d_model,
           max_seq_len=cfg.max_seq_len,
           head_axis="heads" if comp == "q" else "kv_heads",
-          name=f"tau_{comp}",
+          name=f"ssa_{comp}",
       )(x_BTd, positions_BT, projections[comp], feature_BT)
       self.sow("intermediates", f"tau_{comp}", tau_BTH)
       projections[comp] = (projections[comp] * tau_BTH[..., None]).astype(projections[comp].dtype)

@@ -79,3 +79,51 @@ def load_model(path: epath.PathLike, shardings=None) -> tuple[Decoder, Any, dict
   with ocp.CheckpointManager(root.absolute()) as mngr:
     restored = mngr.restore(step, args=ocp.args.Composite(params=ocp.args.StandardRestore(abstract)))
   return Decoder(cfg), restored["params"], run_config
+
+
+# ------------------------------------------------------------------------------------------ training runs
+def train_manager(workdir: epath.Path, keep: int, async_save: bool = True) -> ocp.CheckpointManager:
+  """The CheckpointManager of a training workdir (WORKDIR/checkpoints), keeping the last `keep` steps."""
+  options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, enable_async_checkpointing=async_save)
+  return ocp.CheckpointManager((epath.Path(workdir) / "checkpoints").absolute(), options=options)
+
+
+def save_train_state(mngr: ocp.CheckpointManager, state, data_states: list[dict], run_config: dict,
+                     force: bool = False) -> bool:
+  """Saves params, optimizer state, every process's data-iterator state and the run config at state.step."""
+  step = int(jax.device_get(state.step))
+  return mngr.save(step, force=force, args=ocp.args.Composite(
+      params=ocp.args.StandardSave(state.params),
+      opt_state=ocp.args.StandardSave(state.opt_state),
+      data=ocp.args.JsonSave({"processes": data_states}),
+      config=ocp.args.JsonSave(run_config),
+  ))
+
+
+def restore_train_state(mngr: ocp.CheckpointManager, step: int, abstract_state, shardings):
+  """(params, opt_state, data states per process) restored onto `shardings` (any device count)."""
+  target = jax.tree_util.tree_map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
+                                  abstract_state, shardings)
+  restored = mngr.restore(step, args=ocp.args.Composite(
+      params=ocp.args.StandardRestore(target.params),
+      opt_state=ocp.args.StandardRestore(target.opt_state),
+      data=ocp.args.JsonRestore(),
+  ))
+  return restored["params"], restored["opt_state"], list(restored["data"]["processes"])
+
+
+def gather_json(obj: Any) -> list[Any]:
+  """Every process's JSON-serialisable `obj`, in process order, on every process."""
+  if jax.process_count() == 1:
+    return [obj]
+  import json
+
+  import numpy as np
+  from jax.experimental import multihost_utils
+
+  data = np.frombuffer(json.dumps(obj).encode(), np.uint8)
+  lengths = multihost_utils.process_allgather(np.array([data.size], np.int32)).reshape(-1)
+  padded = np.zeros(int(lengths.max()), np.uint8)
+  padded[: data.size] = data
+  everything = multihost_utils.process_allgather(padded)
+  return [json.loads(bytes(everything[i][: lengths[i]])) for i in range(len(lengths))]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import flax.linen as nn
 import flax.struct
 import jax
@@ -157,5 +159,5 @@ def count_params(params, where=lambda path: True) -> int:
 
 
 def is_temperature_param(path: str) -> bool:
-  """True for SSA parameters (everything under a tau_* module, and the fixed token feature)."""
-  return "/tau_" in path or path.startswith("tau_") or path.endswith("token_feature")
+  """True for SSA parameters (everything under an ssa_{q,k,v} temperature module, and the fixed token feature)."""
+  return re.search(r"(^|/)ssa_[qkv](/|$)", path) is not None or path.endswith("token_feature")

@@ -26,7 +26,8 @@ def test_config_file_builds_a_valid_model(path):
   config = load_config(path)
   model_cfg = model_config_from_dict(config.model)
   assert model_cfg.ssa.enabled == ("_ssa" in path.stem)
-  assert (model_cfg.ssa.variant == "weight_sharing") == path.stem.endswith("_ssa_ws")
+  assert (config.init.hf_dir == "") and (config.data.demo == path.stem.startswith("tiny"))
+  assert (model_cfg.ssa.variant == "weight_sharing") == ("_ssa_ws" in path.stem)
 
 
 def test_presets_have_the_published_sizes():

@@ -127,3 +127,20 @@ def test_bad_config_names_the_field(field, value, message):
   d[field] = value
   with pytest.raises(ConfigError, match=message.replace(".", r"\.")):
     model_config_from_dict(d)
+
+
+@pytest.mark.parametrize("policy", ["full", "dots"])
+def test_remat_changes_memory_not_results(policy):
+  cfg = _cfg("neox", enabled=True, variant="weight_sharing")
+  params = _with_random_temperatures(init_params(cfg, jax.random.PRNGKey(0)))
+  tokens = np.random.default_rng(0).integers(0, cfg.vocab_size, (2, 16))
+
+  def grads(c):
+    return jax.grad(lambda p: Decoder(c).apply({"params": p}, tokens).sum())(params)
+
+  plain, remat = grads(cfg), grads(dataclasses.replace(cfg, remat=policy))
+  for a, b in zip(jax.tree_util.tree_leaves(plain), jax.tree_util.tree_leaves(remat)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+  jaxpr = str(jax.make_jaxpr(lambda p: jax.grad(lambda q: Decoder(dataclasses.replace(cfg, remat=policy)).apply(
+      {"params": q}, tokens).sum())(p))(params))
+  assert "remat" in jaxpr or "checkpoint" in jaxpr

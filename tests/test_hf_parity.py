@@ -66,7 +66,7 @@ def test_ssa_model_round_trips_exactly(tmp_path, variant, capsys):
   model, params = from_hf(tmp_path / "hf", ssa=ssa, rng_seed=3)
   # Give the zero-initialised temperature weights values so that "identical" means something.
   flat = traverse_util.flatten_dict(params)
-  leaves = {p: np.random.default_rng(i).normal(size=v.shape).astype(np.float32) if "tau_" in "/".join(p) else v
+  leaves = {p: np.random.default_rng(i).normal(size=v.shape).astype(np.float32) if "/ssa_" in "/".join(p) else v
             for i, (p, v) in enumerate(flat.items())}
   params = traverse_util.unflatten_dict(leaves)
 

@@ -22,7 +22,7 @@ def _cfg(family="llama", **ssa):
                      max_seq_len=32, ssa=SSAConfig(**ssa), **extra).validate()
 
 
-def _randomise(params, pattern="tau_", scale=0.5, seed=1):
+def _randomise(params, pattern="/ssa_", scale=0.5, seed=1):
   """Random values for every leaf whose path contains `pattern` (zero-initialised weights included)."""
   rng = np.random.default_rng(seed)
   flat = traverse_util.flatten_dict(params)
@@ -81,9 +81,9 @@ def _attention_ref(params, x_Td, cfg):
   k = np.einsum("td,dhk->thk", x_Td, p["k"]["kernel"])
   v = np.einsum("td,dhk->thk", x_Td, p["v"]["kernel"])
   ones = lambda n: np.ones((T_, n))
-  tau_q = _tau_ref(p["tau_q"], x_Td, q, cfg.ssa.variant, T_, cfg.max_seq_len) if cfg.ssa.query else ones(H)
-  tau_k = _tau_ref(p["tau_k"], x_Td, k, cfg.ssa.variant, T_, cfg.max_seq_len) if cfg.ssa.key else ones(K)
-  tau_v = _tau_ref(p["tau_v"], x_Td, v, cfg.ssa.variant, T_, cfg.max_seq_len) if cfg.ssa.value else ones(K)
+  tau_q = _tau_ref(p["ssa_q"], x_Td, q, cfg.ssa.variant, T_, cfg.max_seq_len) if cfg.ssa.query else ones(H)
+  tau_k = _tau_ref(p["ssa_k"], x_Td, k, cfg.ssa.variant, T_, cfg.max_seq_len) if cfg.ssa.key else ones(K)
+  tau_v = _tau_ref(p["ssa_v"], x_Td, v, cfg.ssa.variant, T_, cfg.max_seq_len) if cfg.ssa.value else ones(K)
   q, k = _rope_ref(q, cfg.rope_theta), _rope_ref(k, cfg.rope_theta)
   out = np.zeros((T_, H, D))
   group = H // K

@@ -1,0 +1,7 @@
+"""gpt2, vanilla attention: fine-tuning (--config.init.hf_dir=HF_DIR --config.data.path=DATA)."""
+
+from configs import base
+
+
+def get_config():
+  return base.get_config("gpt2", "vanilla", mode="finetune")

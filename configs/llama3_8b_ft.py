@@ -1,0 +1,7 @@
+"""llama3_8b, vanilla attention: fine-tuning (--config.init.hf_dir=HF_DIR --config.data.path=DATA)."""
+
+from configs import base
+
+
+def get_config():
+  return base.get_config("llama3_8b", "vanilla", mode="finetune")

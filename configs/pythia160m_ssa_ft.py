@@ -1,0 +1,7 @@
+"""pythia160m, SSA base (Q+V, token + position temperatures): fine-tuning (--config.init.hf_dir=HF_DIR --config.data.path=DATA)."""
+
+from configs import base
+
+
+def get_config():
+  return base.get_config("pythia160m", "ssa", mode="finetune")

@@ -1,0 +1,1 @@
+"""Analysis tools: training curves across runs."""

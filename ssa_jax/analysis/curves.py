@@ -1,0 +1,143 @@
+"""Training curves of several runs on one plot (paper Fig. 4) and how many fewer steps each needs to a target.
+
+Reads WORKDIR/metrics.jsonl (one JSON object a line: `step`, `loss`, ...; validation lines carry `val_loss`,
+`val_ppl`). For each run: the first step at which the (optionally EMA-smoothed) metric reaches --target
+(default: the final value of the first run), and steps(first run) / steps(run), the paper's "1.45x fewer steps".
+
+  python -m ssa_jax.analysis.curves runs/vanilla runs/ssa [--metric loss] [--target_loss 3.2] [--out runs/curves]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+
+LOWER_IS_BETTER = ("loss", "val_loss", "val_ppl")
+
+
+def read_metric(workdir: str, metric: str) -> tuple[list[int], list[float], dict[str, int]]:
+  """(steps, values) of `metric` from WORKDIR/metrics.jsonl, sorted by step; bad lines are counted and skipped."""
+  path = Path(workdir) / "metrics.jsonl"
+  if not path.is_file():
+    raise FileNotFoundError(f"{path}: expected a metrics.jsonl written by training")
+  bad: dict[str, int] = {}
+  points: dict[int, float] = {}
+  for line in path.read_text().splitlines():
+    if not line.strip():
+      continue
+    try:
+      record = json.loads(line)
+    except json.JSONDecodeError:
+      bad["not_json"] = bad.get("not_json", 0) + 1
+      continue
+    if not isinstance(record, dict) or metric not in record:
+      continue  # other kinds of line (e.g. train lines when reading val_ppl)
+    try:
+      step, value = int(record["step"]), float(record[metric])
+    except (KeyError, TypeError, ValueError):
+      bad["bad_step_or_value"] = bad.get("bad_step_or_value", 0) + 1
+      continue
+    if not math.isfinite(value):
+      bad["non_finite"] = bad.get("non_finite", 0) + 1
+      continue
+    points[step] = value  # a resumed run may log a step twice: the later line wins
+  for kind, count in bad.items():
+    print(f"warning: {path}: skipped {count} line(s): {kind}")
+  if not points:
+    raise ValueError(f"{path}: no line carries metric {metric!r} with a numeric value")
+  steps = sorted(points)
+  return steps, [points[s] for s in steps], bad
+
+
+def ema(values: list[float], smoothing: float) -> list[float]:
+  """Debiased exponential moving average (smoothing 0 returns the values unchanged)."""
+  if not 0.0 <= smoothing < 1.0:
+    raise ValueError(f"--smoothing: expected a value in [0, 1), got {smoothing}")
+  out, avg = [], 0.0
+  for i, v in enumerate(values):
+    avg = smoothing * avg + (1.0 - smoothing) * v
+    out.append(avg / (1.0 - smoothing ** (i + 1)))
+  return out
+
+
+def first_step_reaching(steps: list[int], values: list[float], target: float) -> int | None:
+  """First step whose value is <= target (lower is better), or None if never reached."""
+  for step, value in zip(steps, values):
+    if value <= target:
+      return step
+  return None
+
+
+def compare(workdirs: list[str], metric: str = "loss", target: float | None = None,
+            smoothing: float = 0.0, labels: list[str] | None = None) -> dict:
+  """Curves, the target, the first step each run reaches it, and steps(first run) / steps(run)."""
+  if metric not in LOWER_IS_BETTER:
+    raise ValueError(f"--metric: expected one of {LOWER_IS_BETTER}, got {metric!r}")
+  labels = labels or [Path(w).name or w for w in workdirs]
+  if len(labels) != len(workdirs):
+    raise ValueError(f"--labels: expected {len(workdirs)} labels, got {len(labels)}")
+  runs = []
+  for workdir, label in zip(workdirs, labels):
+    steps, raw, bad = read_metric(workdir, metric)
+    runs.append({"label": label, "workdir": workdir, "steps": steps, "values": raw,
+                 "smoothed": ema(raw, smoothing), "skipped_lines": bad})
+  if target is None:
+    target = runs[0]["smoothed"][-1]
+  reference = first_step_reaching(runs[0]["steps"], runs[0]["smoothed"], target)
+  for run in runs:
+    run["step_at_target"] = first_step_reaching(run["steps"], run["smoothed"], target)
+    hit = run["step_at_target"]
+    run["steps_ratio_vs_first"] = (reference / hit) if (reference is not None and hit) else None
+  return {"metric": metric, "target": target, "smoothing": smoothing, "runs": runs}
+
+
+def plot(path: Path, result: dict) -> None:
+  """Metric vs step for every run, the target as a dashed line and each run's first hit marked."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  fig, ax = plt.subplots(figsize=(6.5, 4.2))
+  for run in result["runs"]:
+    line, = ax.plot(run["steps"], run["smoothed"], label=run["label"])
+    if run["step_at_target"] is not None:
+      ax.axvline(run["step_at_target"], color=line.get_color(), ls=":", lw=1)
+  ax.axhline(result["target"], color="k", ls="--", lw=1, label=f"target {result['target']:.4g}")
+  ax.set_xlabel("step")
+  ax.set_ylabel(result["metric"])
+  if result["metric"] == "val_ppl":
+    ax.set_yscale("log")
+  ax.legend()
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> dict:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("workdirs", nargs="+", help="run directories holding metrics.jsonl; the first is the reference")
+  parser.add_argument("--metric", default="loss", choices=LOWER_IS_BETTER)
+  parser.add_argument("--target_loss", type=float, default=None,
+                      help="target value of --metric (default: the first run's final value)")
+  parser.add_argument("--smoothing", type=float, default=0.0, help="EMA factor in [0, 1) applied before the search")
+  parser.add_argument("--labels", nargs="+", default=None)
+  parser.add_argument("--out", default="runs/curves")
+  args = parser.parse_args(argv)
+  result = compare(args.workdirs, args.metric, args.target_loss, args.smoothing, args.labels)
+  out = Path(args.out)
+  out.mkdir(parents=True, exist_ok=True)
+  print(f"{args.metric} target {result['target']:.4f}")
+  for run in result["runs"]:
+    ratio = run["steps_ratio_vs_first"]
+    print(f"  {run['label']:20s} final {run['smoothed'][-1]:.4f}  first reaches target at step "
+          f"{run['step_at_target']}  steps(first)/steps = {'n/a' if ratio is None else f'{ratio:.2f}x'}")
+  (out / "curves.json").write_text(json.dumps(result, indent=2) + "\n")
+  plot(out / f"curves_{args.metric}.png", result)
+  print(f"wrote {out / 'curves.json'} and {out / f'curves_{args.metric}.png'}")
+  return result
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,100 @@
+"""Shared plumbing for the synthetic studies: flags to config, a scanned training loop, JSON output."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+import optax
+
+
+def parse_config(default: ml_collections.ConfigDict, description: str,
+                 argv: list[str] | None = None) -> ml_collections.ConfigDict:
+  """Exposes every top-level scalar/tuple field of `default` as a `--field` flag and returns the merged config."""
+  parser = argparse.ArgumentParser(description=description)
+  for name, value in default.items():
+    if isinstance(value, bool):
+      parser.add_argument(f"--{name}", type=lambda s: s.lower() in ("1", "true", "yes"), default=value)
+    elif isinstance(value, (tuple, list)):
+      kind = type(value[0]) if value else float
+      parser.add_argument(f"--{name}", type=kind, nargs="+", default=list(value))
+    else:
+      parser.add_argument(f"--{name}", type=type(value), default=value)
+  args = parser.parse_args(argv)
+  config = ml_collections.ConfigDict(default.to_dict())
+  for name in default.keys():
+    value = getattr(args, name)
+    config[name] = tuple(value) if isinstance(default[name], (tuple, list)) else value
+  return config
+
+
+def train(loss_fn: Callable[[Any, jax.Array], jax.Array], params: Any, optimizer: optax.GradientTransformation,
+          steps: int, key: jax.Array, *, log_every: int = 0, label: str = "") -> tuple[Any, np.ndarray]:
+  """Runs `steps` optimizer steps of loss_fn(params, key_t) in jitted scans; returns params and the loss curve."""
+  if steps <= 0:
+    raise ValueError(f"steps: expected a positive integer, got {steps}")
+  chunk = log_every if 0 < log_every < steps else steps
+
+  def step(carry, key_t):
+    params, opt_state = carry
+    loss, grads = jax.value_and_grad(loss_fn)(params, key_t)
+    updates, opt_state = optimizer.update(grads, opt_state, params)
+    return (optax.apply_updates(params, updates), opt_state), loss
+
+  @jax.jit
+  def run_chunk(carry, keys):
+    return jax.lax.scan(step, carry, keys)
+
+  carry = (params, optimizer.init(params))
+  keys = jax.random.split(key, steps)
+  losses = []
+  for start in range(0, steps, chunk):
+    carry, chunk_losses = run_chunk(carry, keys[start:start + chunk])
+    losses.append(np.asarray(chunk_losses))
+    if log_every:
+      print(f"  {label} step {min(start + chunk, steps):6d}/{steps}  loss {float(chunk_losses[-1]):.4f}", flush=True)
+  return carry[0], np.concatenate(losses)
+
+
+def output_dir(path: str) -> Path:
+  """Creates (if needed) and returns the output directory."""
+  out = Path(path)
+  out.mkdir(parents=True, exist_ok=True)
+  return out
+
+
+def write_json(path: Path, payload: dict) -> None:
+  """Writes `payload` as indented JSON (numpy scalars/arrays converted)."""
+
+  def convert(obj):
+    if isinstance(obj, np.ndarray):
+      return obj.tolist()
+    if isinstance(obj, np.generic):
+      return obj.item()
+    raise TypeError(f"not JSON-serialisable: {type(obj)}")
+
+  path.write_text(json.dumps(payload, indent=2, default=convert) + "\n")
+
+
+def device_info() -> dict:
+  """Names the machine the numbers were measured on."""
+  dev = jax.devices()[0]
+  return {"platform": dev.platform, "device_kind": dev.device_kind, "cpu_count": os.cpu_count()}
+
+
+class Timer:
+  """Wall-clock seconds since construction."""
+
+  def __init__(self):
+    self.start = time.perf_counter()
+
+  def seconds(self) -> float:
+    return time.perf_counter() - self.start

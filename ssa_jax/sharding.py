@@ -1,0 +1,120 @@
+"""The device mesh ('data', 'fsdp', 'tensor'), logical-axis rules, and host batches -> global arrays.
+
+All partitioning decisions live here: parameters carry logical axis names (see ssa_jax/layers.py), and the
+rules in `config.sharding.rules` map them to mesh axes. Batches are split over ('data', 'fsdp').
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax
+import numpy as np
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
+
+from ssa_jax.config import ConfigError, ModelConfig
+from ssa_jax.model import Decoder
+
+MESH_AXES = ("data", "fsdp", "tensor")
+BATCH_AXES = ("data", "fsdp")
+
+
+def maybe_initialize_distributed(mode: str | bool) -> None:
+  """Calls jax.distributed.initialize() when launched on several hosts ('auto' looks at the environment)."""
+  if mode in (False, "false", "off", ""):
+    return
+  if mode == "auto":
+    multi = (int(os.environ.get("SLURM_NTASKS", "1")) > 1 or "JAX_COORDINATOR_ADDRESS" in os.environ
+             or "," in os.environ.get("TPU_WORKER_HOSTNAMES", "")
+             or int(os.environ.get("OMPI_COMM_WORLD_SIZE", "1")) > 1)
+    if not multi:
+      return
+  jax.distributed.initialize()
+
+
+def make_mesh(mesh_cfg, where: str = "config.mesh") -> Mesh:
+  """Mesh with axes data/fsdp/tensor; one size may be -1 (the rest); `num_devices` -1 uses every device."""
+  devices = jax.devices()
+  n = mesh_cfg.get("num_devices", -1)
+  if n != -1:
+    if not 0 < n <= len(devices):
+      raise ConfigError(f"{where}.num_devices: {n} requested, {len(devices)} available")
+    devices = devices[:n]
+  sizes = [int(mesh_cfg[a]) for a in MESH_AXES]
+  if sizes.count(-1) > 1:
+    raise ConfigError(f"{where}: at most one of {MESH_AXES} may be -1, got {dict(zip(MESH_AXES, sizes))}")
+  if any(s == 0 or s < -1 for s in sizes):
+    raise ConfigError(f"{where}: axis sizes must be positive or -1, got {dict(zip(MESH_AXES, sizes))}")
+  known = math.prod(s for s in sizes if s != -1)
+  if -1 in sizes:
+    if len(devices) % known:
+      raise ConfigError(f"{where}: {dict(zip(MESH_AXES, sizes))} does not divide the {len(devices)} devices")
+    sizes[sizes.index(-1)] = len(devices) // known
+  if math.prod(sizes) != len(devices):
+    raise ConfigError(f"{where}: {dict(zip(MESH_AXES, sizes))} needs {math.prod(sizes)} devices, "
+                      f"{len(devices)} available")
+  # Auto axes: GSPMD propagates shardings from the annotated params and batch (no sharding-in-types).
+  return jax.make_mesh(tuple(sizes), MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES), devices=devices)
+
+
+def rules_from_config(rules: Sequence[Sequence[Any]]) -> tuple[tuple[str, Any], ...]:
+  """Logical-axis rules from config data: [[logical, mesh axis | [axes] | None], ...]."""
+  out = []
+  for item in rules:
+    logical, target = item[0], item[1]
+    if isinstance(target, (list, tuple)):
+      target = tuple(target)
+    out.append((str(logical), target))
+  return tuple(out)
+
+
+def param_shardings(model_cfg: ModelConfig, mesh: Mesh, rules) -> Any:
+  """NamedSharding for every parameter, from its logical axis names; checks divisibility up front."""
+  boxed = jax.eval_shape(
+      lambda r: Decoder(model_cfg).init(r, np.zeros((1, min(8, model_cfg.max_seq_len)), np.int32))["params"],
+      jax.random.PRNGKey(0))
+  specs = nn.get_partition_spec(boxed)
+  shardings = nn.logical_to_mesh_sharding(specs, mesh, rules)
+  shapes = nn.meta.unbox(boxed)
+
+  def check(path, shape, sharding):
+    for dim, axes in zip(shape.shape, sharding.spec):
+      if axes is None:
+        continue
+      size = math.prod(mesh.shape[a] for a in ((axes,) if isinstance(axes, str) else axes))
+      if dim % size:
+        name = "/".join(str(getattr(p, "key", p)) for p in path)
+        raise ConfigError(f"config.sharding.rules: parameter {name} dim {dim} is split over {axes} "
+                          f"({size} devices), which does not divide it")
+
+  jax.tree_util.tree_map_with_path(check, shapes, shardings)
+  return shardings
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+  """Sharding of (batch, ...) arrays: the batch over data x fsdp, the rest replicated."""
+  return NamedSharding(mesh, P(BATCH_AXES))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, P())
+
+
+def check_batch_divisible(global_batch: int, mesh: Mesh, microbatches: int = 1,
+                          where: str = "config.train.global_batch_size") -> None:
+  """Fails naming the field when the batch does not split over the batch axes (and microbatches)."""
+  shards = mesh.shape["data"] * mesh.shape["fsdp"]
+  if global_batch % (shards * microbatches):
+    raise ConfigError(f"{where}: {global_batch} is not divisible by data x fsdp = {shards} devices"
+                      + (f" x {microbatches} microbatches" if microbatches > 1 else ""))
+  if global_batch % jax.process_count():
+    raise ConfigError(f"{where}: {global_batch} is not divisible by the {jax.process_count()} processes")
+
+
+def global_batch(local: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
+  """This process's rows -> global arrays laid out by batch_sharding (multi-host safe)."""
+  sharding = batch_sharding(mesh)
+  return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in local.items()}

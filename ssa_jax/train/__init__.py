@@ -1,0 +1,1 @@
+"""Training: optimizer, jitted train/eval steps, metrics, and the loop with checkpoints and exact resume."""

@@ -1,0 +1,120 @@
+"""Training metrics: FLOPs and MFU (explicit per-chip peak table), and writers to JSONL, TensorBoard, console."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from typing import Any
+
+import jax
+import numpy as np
+from etils import epath
+
+from ssa_jax.config import ModelConfig
+
+# Dense bf16 peak FLOP/s per chip (vendor datasheets, without sparsity). Matched against device_kind by prefix;
+# a device not listed reports MFU as null rather than a guess.
+PEAK_FLOPS_BF16 = {
+    "NVIDIA H200": 989e12,
+    "NVIDIA H100 80GB HBM3": 989e12,  # SXM
+    "NVIDIA H100 PCIe": 756e12,
+    "NVIDIA H100": 989e12,
+    "NVIDIA A100": 312e12,
+    "NVIDIA L4": 121e12,
+    "NVIDIA A10G": 125e12,
+    "TPU v4": 275e12,
+    "TPU v5 lite": 197e12,  # v5e
+    "TPU v5e": 197e12,
+    "TPU v5p": 459e12,
+    "TPU v5": 459e12,
+    "TPU v6 lite": 918e12,  # Trillium
+    "TPU v6e": 918e12,
+}
+
+
+def peak_flops_per_device(device_kind: str) -> float | None:
+  for prefix in sorted(PEAK_FLOPS_BF16, key=len, reverse=True):
+    if device_kind.startswith(prefix):
+      return PEAK_FLOPS_BF16[prefix]
+  return None
+
+
+def flops_per_token(cfg: ModelConfig, seq_len: int) -> float:
+  """Training FLOPs per token: 6 x (non-embedding matmul params + LM head) + causal attention (PaLM appendix B)."""
+  d, L, H, K, D = cfg.d_model, cfg.num_layers, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+  attn_proj = d * (H * D) * 2 + d * (K * D) * 2
+  mlp = d * cfg.mlp_dim * (3 if cfg.gated_mlp else 2)
+  matmul_params = L * (attn_proj + mlp) + d * cfg.vocab_size
+  # QK^T and PV: 2 matmuls of 2*T*D flops per query token per head; causal masking halves the useful work.
+  attention = L * H * D * seq_len * 2 * 2 / 2
+  return 6.0 * matmul_params + 3.0 * attention
+
+
+class MetricsWriter:
+  """Appends one JSON object a line to WORKDIR/metrics.jsonl; mirrors scalars to TensorBoard (primary host)."""
+
+  def __init__(self, workdir: epath.Path, tensorboard: bool, resume_step: int):
+    self.primary = jax.process_index() == 0
+    self.path = workdir / "metrics.jsonl"
+    self.tb = None
+    if not self.primary:
+      return
+    if self.path.exists():
+      # After a resume, drop lines from steps past the restored checkpoint: they will be recomputed identically.
+      kept = [l for l in self.path.read_text().splitlines() if l.strip() and json.loads(l)["step"] <= resume_step]
+      self.path.write_text("".join(l + "\n" for l in kept))
+    if tensorboard:
+      from tensorboardX import SummaryWriter
+
+      self.tb = SummaryWriter(str(workdir / "tensorboard"), purge_step=resume_step + 1)
+
+  def write(self, record: dict[str, Any]) -> None:
+    if not self.primary:
+      return
+    record = {k: _plain(v) for k, v in record.items()}
+    with self.path.open("a") as f:
+      f.write(json.dumps(record) + "\n")
+    if self.tb is not None:
+      for k, v in record.items():
+        if isinstance(v, (int, float)) and k != "step":
+          self.tb.add_scalar(k, v, record["step"])
+        elif isinstance(v, list) and v and isinstance(v[0], (int, float)):
+          for i, x in enumerate(v):
+            self.tb.add_scalar(f"{k}/layer_{i}", x, record["step"])
+
+  def close(self) -> None:
+    if self.tb is not None:
+      self.tb.close()
+
+
+def _plain(v):
+  if isinstance(v, (np.ndarray, jax.Array)):
+    v = np.asarray(v)
+    return v.item() if v.ndim == 0 else v.tolist()
+  if isinstance(v, (np.floating, np.integer, np.bool_)):
+    return v.item()
+  return v
+
+
+class ConsoleProgress:
+  """A concise line per log step: a progress bar, loss, lr, tokens/s, MFU, ETA."""
+
+  def __init__(self, total_steps: int, start_step: int):
+    self.total, self.start, self.t0 = total_steps, start_step, time.time()
+
+  def line(self, step: int, m: dict[str, Any]) -> None:
+    if jax.process_index() != 0:
+      return
+    frac = step / max(self.total, 1)
+    bar = "#" * int(20 * frac) + "." * (20 - int(20 * frac))
+    done = step - self.start
+    eta = (time.time() - self.t0) / max(done, 1) * (self.total - step)
+    mfu = f" mfu {m['mfu']:.1%}" if m.get("mfu") is not None else ""
+    print(f"[{bar}] step {step}/{self.total} loss {m['loss']:.4f} lr {m['lr']:.2e} "
+          f"gnorm {m['grad_norm']:.3f} {m['tokens_per_s']:,.0f} tok/s{mfu} eta {eta / 60:.1f}m", flush=True)
+
+
+def log(msg: str) -> None:
+  if jax.process_index() == 0:
+    print(msg, file=sys.stderr, flush=True)

@@ -1,0 +1,72 @@
+"""AdamW with warmup + cosine/constant schedules, decay masks, a temperature LR multiplier, freezing."""
+
+from __future__ import annotations
+
+import jax
+import optax
+from flax import traverse_util
+
+from ssa_jax.config import ConfigError
+from ssa_jax.model import is_temperature_param
+
+SCHEDULES = ("cosine", "constant")
+
+
+def learning_rate_schedule(train_cfg) -> optax.Schedule:
+  """Linear warmup to `lr`, then cosine decay to `lr * min_lr_ratio` at `steps`, or constant."""
+  lr, warmup, steps = float(train_cfg.lr), int(train_cfg.warmup_steps), int(train_cfg.steps)
+  if train_cfg.schedule not in SCHEDULES:
+    raise ConfigError(f"config.train.schedule: unknown {train_cfg.schedule!r}; expected one of {SCHEDULES}")
+  warm = optax.linear_schedule(0.0 if warmup else lr, lr, max(warmup, 1))
+  if train_cfg.schedule == "constant":
+    after = optax.constant_schedule(lr)
+  else:
+    after = optax.cosine_decay_schedule(lr, max(steps - warmup, 1), alpha=float(train_cfg.min_lr_ratio))
+  return optax.join_schedules([warm, after], [warmup])
+
+
+def param_labels(params, temperatures_only: bool) -> dict:
+  """'temp' (SSA temperatures), 'decay' (matrices, embeddings), 'no_decay' (norms, biases), 'frozen'."""
+
+  def label(path: tuple[str, ...], leaf) -> str:
+    name = "/".join(path)
+    if name.endswith("token_feature"):
+      return "frozen"  # the feature variant's fixed corpus statistic
+    if is_temperature_param(name):
+      return "temp"
+    if temperatures_only:
+      return "frozen"
+    if path[-1] == "bias" or "norm" in path[-2] or leaf.ndim < 2:
+      return "no_decay"
+    return "decay"
+
+  flat = traverse_util.flatten_dict(params)
+  return traverse_util.unflatten_dict({p: label(p, v) for p, v in flat.items()})
+
+
+def make_optimizer(train_cfg, params) -> optax.GradientTransformation:
+  """The full gradient transformation; frozen parameters get no update and hold no optimizer state."""
+  schedule = learning_rate_schedule(train_cfg)
+  temp_mult = float(train_cfg.temperature_lr_multiplier)
+
+  def adamw(lr, weight_decay):
+    return optax.adamw(lr, b1=train_cfg.b1, b2=train_cfg.b2, eps=train_cfg.eps, weight_decay=weight_decay)
+
+  labels = param_labels(params, bool(train_cfg.temperatures_only))
+  if not any(l != "frozen" for l in jax.tree_util.tree_leaves(labels)):
+    raise ConfigError("config.train.temperatures_only: the model has no SSA temperature parameters to train")
+  return optax.chain(
+      # Zero frozen gradients first so that clipping measures only what is trained.
+      optax.multi_transform({"train": optax.identity(), "frozen": optax.set_to_zero()},
+                            jax.tree_util.tree_map(lambda l: "frozen" if l == "frozen" else "train", labels)),
+      optax.clip_by_global_norm(float(train_cfg.grad_clip)) if train_cfg.grad_clip > 0 else optax.identity(),
+      optax.multi_transform(
+          {
+              "decay": adamw(schedule, float(train_cfg.weight_decay)),
+              "no_decay": adamw(schedule, 0.0),
+              "temp": adamw(lambda step: schedule(step) * temp_mult, 0.0),
+              "frozen": optax.set_to_zero(),
+          },
+          labels,
+      ),
+  )

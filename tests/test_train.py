@@ -1,0 +1,165 @@
+"""The training system end to end: resume after SIGKILL (twice), SIGTERM, restore across device counts,
+non-finite steps, the demo command, and config errors before any compile."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+from flax import traverse_util
+
+from ssa_jax import checkpoint
+from ssa_jax.config import ConfigError
+from ssa_jax.train.loop import prepare, train
+from train_configs import tiny_run_config
+
+REPO = Path(__file__).resolve().parents[1]
+needs_8 = pytest.mark.skipif(jax.device_count() < 8, reason="needs XLA_FLAGS=--xla_force_host_platform_device_count=8")
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+  """The demo corpus (SlimPajama layout) and a small BPE trained on it, in a private cache."""
+  from ssa_jax.data import demo
+
+  cache = tmp_path_factory.mktemp("cache")
+  return demo.ensure_demo_corpus(str(cache)), demo.ensure_demo_tokenizer(str(cache), 512)
+
+
+def _config(corpus, **train):
+  config = tiny_run_config(corpus[0], corpus[1], **train)
+  config.model.vocab_size = 512
+  return config
+
+
+def _losses(workdir):
+  lines = [json.loads(l) for l in (Path(workdir) / "metrics.jsonl").read_text().splitlines()]
+  return {r["step"]: r["loss"] for r in lines if "loss" in r}
+
+
+def _cli_args(config, workdir):
+  """The config as --config.x=y overrides of configs/tiny_ssa.py (what a user would type)."""
+  c = config
+  over = {
+      "model.vocab_size": c.model.vocab_size, "model.d_model": c.model.d_model, "model.num_layers": c.model.num_layers,
+      "model.num_heads": c.model.num_heads, "model.mlp_dim": c.model.mlp_dim, "model.max_seq_len": c.model.max_seq_len,
+      "data.path": c.data.path, "data.tokenizer_path": c.data.tokenizer_path,
+      **{f"train.{k}": v for k, v in c.train.items()}, "eval.at_end": False, "eval.passkey": False,
+  }
+  return [f"--config={REPO}/configs/tiny_ssa.py", f"--workdir={workdir}"] + [f"--config.{k}={v}" for k, v in over.items()]
+
+
+def _run(args, env_extra=None, check=True):
+  env = {**os.environ, **(env_extra or {})}
+  return subprocess.run([sys.executable, *args], cwd=REPO, env=env, capture_output=True, text=True, check=check,
+                        timeout=600)
+
+
+def _final_params(workdir):
+  _, params, _ = checkpoint.load_model(Path(workdir) / "checkpoints")
+  return traverse_util.flatten_dict(jax.device_get(params))
+
+
+def test_resume_after_sigkill_twice_is_exact(corpus, tmp_path):
+  config = _config(corpus, steps=20, checkpoint_every=5, async_checkpoints=True)
+  straight = tmp_path / "straight"
+  train(config, str(straight))
+
+  resumed = tmp_path / "resumed"
+  driver = str(REPO / "tests" / "kill_after_checkpoint.py")
+  for kill_at in (10, 15):
+    proc = _run([driver, *_cli_args(config, resumed)], {"KILL_AT_STEP": str(kill_at)}, check=False)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
+  proc = _run([str(REPO / "train.py"), *_cli_args(config, resumed)])
+  assert "resumed from" in proc.stderr
+
+  assert _losses(resumed) == _losses(straight)
+  assert sorted(_losses(straight)) == list(range(1, 21))
+  a, b = _final_params(straight), _final_params(resumed)
+  assert a.keys() == b.keys()
+  for k in a:
+    np.testing.assert_array_equal(a[k], b[k], err_msg="/".join(k))
+
+
+def test_sigterm_checkpoints_the_current_step(corpus, tmp_path):
+  config = _config(corpus, steps=100_000, checkpoint_every=0, log_every=1)
+  workdir = tmp_path / "run"
+  proc = subprocess.Popen([sys.executable, str(REPO / "train.py"), *_cli_args(config, workdir)], cwd=REPO,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  metrics = workdir / "metrics.jsonl"
+  deadline = time.time() + 300
+  while time.time() < deadline and not (metrics.exists() and len(metrics.read_text().splitlines()) >= 3):
+    time.sleep(0.2)
+  proc.send_signal(signal.SIGTERM)
+  out, err = proc.communicate(timeout=300)
+  assert proc.returncode == 0, err[-3000:]
+  summary = json.loads(out[out.index("{"):])
+  assert summary["stopped"] == "SIGTERM" and summary["step"] >= 3
+  root, step = checkpoint.resolve_step_dir(workdir / "checkpoints")
+  assert step == summary["step"]
+
+
+@needs_8
+def test_checkpoint_from_8_devices_restores_on_one(corpus, tmp_path):
+  config = _config(corpus, steps=4, checkpoint_every=4)
+  config.mesh.update(dict(data=2, fsdp=2, tensor=2))
+  train(config, str(tmp_path / "run"))
+  saved = _final_params(tmp_path / "run")
+  # Evaluation-style restore onto one CPU device.
+  _, params, _ = checkpoint.load_model(tmp_path / "run")
+  assert all(len(x.sharding.device_set) == 1 for x in jax.tree_util.tree_leaves(params))
+  # Training resumes on a single device from the 8-device checkpoint.
+  config.mesh.update(dict(data=-1, fsdp=1, tensor=1, num_devices=1))
+  config.train.steps = 6
+  summary = train(config, str(tmp_path / "run"))
+  assert summary["step"] == 6
+  assert sorted(_losses(tmp_path / "run")) == list(range(1, 7))
+  assert set(saved) == set(_final_params(tmp_path / "run"))
+
+
+def test_nonfinite_steps_stop_the_run_with_a_good_checkpoint(corpus, tmp_path):
+  config = _config(corpus, steps=50, lr=1e38, warmup_steps=0, grad_clip=0.0, max_nonfinite_steps=2,
+                   checkpoint_every=0)
+  with pytest.raises(FloatingPointError, match="non-finite"):
+    train(config, str(tmp_path / "run"))
+  params = _final_params(tmp_path / "run")
+  assert all(np.all(np.isfinite(v)) for v in params.values())
+
+
+def test_demo_command_trains_and_writes_results(tmp_path):
+  workdir = tmp_path / "demo"
+  proc = _run([str(REPO / "train.py"), f"--config={REPO}/configs/tiny_ssa.py", f"--workdir={workdir}",
+               "--config.train.steps=60", "--config.train.eval_every=0", "--config.train.log_every=10",
+               f"--config.data.cache_dir={tmp_path / 'cache'}"])
+  losses = _losses(workdir)
+  assert losses[60] < losses[10] - 0.5, losses
+  assert checkpoint.resolve_step_dir(workdir)[1] == 60
+  results = json.loads((workdir / "results.json").read_text())
+  assert results["results"], results
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("data.path", "/nonexistent/slimpajama", "config.data.path"),
+    ("model.ssa.variant", "cubic", "config.model.ssa.variant"),
+    ("mesh.data", 3, "config.mesh"),
+    ("train.global_batch_size", 12, "config.train.global_batch_size"),
+    ("train.seq_len", 4096, "config.train.seq_len"),
+])
+def test_bad_config_fails_before_compiling(corpus, tmp_path, field, value, message):
+  config = _config(corpus)
+  config.mesh.update(dict(data=-1, fsdp=1, tensor=1))
+  section, *rest = field.split(".")
+  target = config[section]
+  for part in rest[:-1]:
+    target = target[part]
+  target[rest[-1]] = value
+  if field == "train.global_batch_size" and jax.device_count() < 8:
+    pytest.skip("needs 8 devices for a batch of 12 not to divide")
+  with pytest.raises(ConfigError, match=message.replace(".", r"\.")):
+    prepare(config, str(tmp_path / "run"))
