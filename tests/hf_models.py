@@ -10,18 +10,18 @@ def make_hf_model(kind: str, out_dir, **overrides):
   """Builds, seeds and saves a tiny GPT-2 / GPT-NeoX / Llama; returns the torch model in eval mode."""
   torch.manual_seed(0)
   if kind == "gpt2":
-    cfg = transformers.GPT2Config(vocab_size=101, n_embd=32, n_layer=2, n_head=4, n_positions=64,
-                                  resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, **overrides)
+    cfg = transformers.GPT2Config(**{**dict(vocab_size=101, n_embd=32, n_layer=2, n_head=4, n_positions=64,
+                                            resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0), **overrides})
     model = transformers.GPT2LMHeadModel(cfg)
   elif kind == "neox":
-    cfg = transformers.GPTNeoXConfig(vocab_size=112, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                                     intermediate_size=64, max_position_embeddings=64, rotary_pct=0.25,
-                                     hidden_dropout=0.0, attention_dropout=0.0, **overrides)
+    cfg = transformers.GPTNeoXConfig(**{**dict(vocab_size=112, hidden_size=32, num_hidden_layers=2,
+                                               num_attention_heads=4, intermediate_size=64, max_position_embeddings=64,
+                                               rotary_pct=0.25, hidden_dropout=0.0, attention_dropout=0.0), **overrides})
     model = transformers.GPTNeoXForCausalLM(cfg)
   elif kind == "llama":
-    cfg = transformers.LlamaConfig(vocab_size=103, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                                   num_key_value_heads=2, intermediate_size=48, max_position_embeddings=64,
-                                   **overrides)
+    cfg = transformers.LlamaConfig(**{**dict(vocab_size=103, hidden_size=32, num_hidden_layers=2,
+                                             num_attention_heads=4, num_key_value_heads=2, intermediate_size=48,
+                                             max_position_embeddings=64), **overrides})
     model = transformers.LlamaForCausalLM(cfg)
   else:
     raise ValueError(kind)

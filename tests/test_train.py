@@ -163,3 +163,41 @@ def test_bad_config_fails_before_compiling(corpus, tmp_path, field, value, messa
     pytest.skip("needs 8 devices for a batch of 12 not to divide")
   with pytest.raises(ConfigError, match=message.replace(".", r"\.")):
     prepare(config, str(tmp_path / "run"))
+
+
+def test_finetune_from_hf_starts_near_identity_and_can_train_temperatures_only(corpus, tmp_path):
+  """SSA added to a pretrained (here: random) HF model: step-0 loss equals the vanilla model's, and in
+  temperatures-only mode nothing but the SSA parameters moves."""
+  from hf_models import make_hf_model
+
+  from ssa_jax.hf import from_hf
+  from ssa_jax.model import is_temperature_param
+  from ssa_jax.train.step import next_token_loss
+
+  make_hf_model("neox", tmp_path / "hf", vocab_size=512, max_position_embeddings=64)
+  config = _config(corpus, steps=3, checkpoint_every=0, temperatures_only=True, temperature_lr_multiplier=50.0)
+  config.init.hf_dir = str(tmp_path / "hf")
+  vanilla_model, vanilla_params = from_hf(tmp_path / "hf")
+  for field in ("d_model", "num_layers", "num_heads", "mlp_dim", "max_seq_len", "vocab_size", "rotary_pct",
+                "parallel_residual", "tie_embeddings"):
+    config.model[field] = getattr(vanilla_model.config, field)
+  config.model.ssa.position_tau_at_end = 1.001
+
+  from ssa_jax.data.pipeline import make_lm_iterator
+  from ssa_jax.data.tokenizer import load_tokenizer
+
+  batch = next(make_lm_iterator(config.data, split="train", seq_len=16, global_batch_size=8, process_index=0,
+                                process_count=1, tokenizer=load_tokenizer(corpus[1])))
+  vanilla_loss = float(next_token_loss(vanilla_model, vanilla_params, batch["tokens"])[0])
+  summary = train(config, str(tmp_path / "ft"))
+  first = _losses(tmp_path / "ft")[1]
+  assert abs(first - vanilla_loss) < 1e-3 * vanilla_loss, (first, vanilla_loss)
+
+  tuned = _final_params(tmp_path / "ft")
+  before = traverse_util.flatten_dict(vanilla_params)
+  moved = [k for k in tuned if is_temperature_param("/".join(k)) and np.abs(tuned[k]).max() > 0
+           and not k[-1] == "alpha"]
+  assert moved, "the temperature weights did not train"
+  for k, v in before.items():
+    np.testing.assert_array_equal(tuned[k], np.asarray(v), err_msg="/".join(k))
+  assert summary["step"] == 3

@@ -1,0 +1,206 @@
+"""One reader stream: its files -> kept documents -> tokens (BOS per tokenizer, EOS after each) -> windows.
+
+Windows are consecutive, non-overlapping slices of `seq_len + 1` tokens of the stream's token stream
+(documents joined, no padding). A window boundary always falls inside or at the end of one document,
+so the exact position of a stream is small: `(epoch, file_pos, record, repeat, offset)` = resume at
+record `record` of the stream's `file_pos`-th file in epoch `epoch`, copy `repeat` of it, with `offset`
+of its tokens already emitted. Nothing before that position is read again on restore and nothing after
+it was counted, so the counters saved with a position are exact too.
+
+Which files a stream reads (`stream_files`): each epoch the sorted global file list is permuted by
+(seed, epoch); with F files and S streams, stream s reads permuted files s, s+S, s+2S, ... when F >= S;
+when F < S, the streams sharing file s % F split its records (record % k == rank).
+Mixture: a record of set `name` is emitted floor(w) or ceil(w) times (w = mixture weight, 0 for an
+excluded set), the fractional part decided by a hash of (seed, epoch, file, record), so no rng state.
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import dataclasses
+import hashlib
+import logging
+from typing import Iterator, Sequence
+
+import numpy as np
+
+from ssa_jax.data.readers import BAD_KINDS, read_records
+
+_log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class StreamPlan:
+  """The files of one stream in one epoch (indices into the global list) and its record slice."""
+
+  files: tuple[int, ...]
+  stride: int
+  rank: int
+
+
+def stream_files(num_files: int, num_streams: int, seed: int, epoch: int) -> list[StreamPlan]:
+  """Which files every stream reads in `epoch`; depends on (files, streams, seed, epoch) only."""
+  order = np.random.default_rng([seed, epoch]).permutation(num_files).tolist()
+  if num_files >= num_streams:
+    return [StreamPlan(tuple(order[s::num_streams]), 1, 0) for s in range(num_streams)]
+  return [StreamPlan((order[s % num_files],), len(range(s % num_files, num_streams, num_files)),
+                     s // num_files) for s in range(num_streams)]
+
+
+def _uniform(seed: int, epoch: int, file_index: int, record: int) -> float:
+  digest = hashlib.blake2b(f"{seed}:{epoch}:{file_index}:{record}".encode(), digest_size=8).digest()
+  return int.from_bytes(digest, "little") / 2.0**64
+
+
+@dataclasses.dataclass
+class Doc:
+  """A kept document's tokens and where it sits; counts of what was passed over just before it."""
+
+  tokens: list[int]
+  pos: tuple[int, int, int, int]  # (epoch, file_pos, record, repeat)
+  next_pos: tuple[int, int, int, int]
+  set_name: str
+  skipped: collections.Counter
+
+
+class Stream:
+  """Windows of one stream from a saved position on; `state()` after a window resumes right after it."""
+
+  def __init__(self, *, stream_id: int, files: Sequence[str], fmt: str, num_streams: int, seed: int,
+               tokenizer, window: int, mixture: dict, exclude: Sequence[str], docs_per_chunk: int,
+               executor: concurrent.futures.Executor, repeat: bool, state: dict | None = None,
+               logged: set | None = None):
+    self.stream_id, self._files, self._fmt, self._num_streams = stream_id, list(files), fmt, num_streams
+    self._seed, self._tok, self._window, self._repeat = seed, tokenizer, window, repeat
+    self._mixture, self._exclude = dict(mixture), set(exclude)
+    self._chunk, self._executor = docs_per_chunk, executor
+    self._logged = logged if logged is not None else set()
+    state = state or {"epoch": 0, "file_pos": 0, "record": 0, "repeat": 0, "offset": 0, "stats": {}}
+    self._pos = (state["epoch"], state["file_pos"], state["record"], state["repeat"])
+    self._offset = state["offset"]
+    self._stats = collections.Counter(state["stats"])
+    self._docs = self._doc_iter()
+    self._doc: Doc | None = None
+
+  # -- reading ------------------------------------------------------------------------------------
+  def _records(self) -> Iterator[tuple[tuple[int, int, int, int], tuple, str | None, str, object]]:
+    """(pos, next_pos, text or None, set_name, bad kind / 'filtered' / None) from the saved position."""
+    epoch, file_pos, record, repeat = self._pos
+    while True:
+      plan = stream_files(len(self._files), self._num_streams, self._seed, epoch)[self.stream_id]
+      emitted = False
+      for fp in range(file_pos, len(plan.files)):
+        file_index = plan.files[fp]
+        start = record if fp == file_pos else 0
+        for rec in read_records(self._files[file_index], self._fmt, start):
+          if rec.index % plan.stride != plan.rank:
+            continue
+          where = (self._files[file_index], rec.index)
+          if rec.bad is not None:
+            yield (epoch, fp, rec.index, 0), None, None, rec.set_name, (rec.bad, where)
+            continue
+          weight = 0.0 if rec.set_name in self._exclude else float(self._mixture.get(rec.set_name, 1.0))
+          copies = int(weight) + (_uniform(self._seed, epoch, file_index, rec.index) < weight - int(weight))
+          if copies == 0:
+            yield (epoch, fp, rec.index, 0), None, None, rec.set_name, ("filtered", where)
+          first = repeat if (fp == file_pos and rec.index == record) else 0
+          for c in range(first, copies):
+            nxt = (epoch, fp, rec.index, c + 1) if c + 1 < copies else (epoch, fp, rec.index + 1, 0)
+            emitted = True
+            yield (epoch, fp, rec.index, c), nxt, rec.text, rec.set_name, None
+      if not self._repeat:
+        return
+      if not emitted and file_pos == 0 and record == 0:
+        raise ValueError(f"data stream {self.stream_id}: a whole epoch of its files yielded no usable "
+                         f"document (files {[self._files[i] for i in plan.files]}); check the data "
+                         "path, config.data.exclude and config.data.mixture")
+      epoch, file_pos, record, repeat = epoch + 1, 0, 0, 0
+
+  def _tokenize(self, items: list) -> list[Doc]:
+    texts = [it[2] for it in items if it[2] is not None]
+    encoded = iter(self._tok.encode_batch(texts)) if texts else iter(())
+    docs, skipped = [], collections.Counter()
+    for pos, nxt, text, set_name, bad in items:
+      if text is None:
+        kind, where = bad
+        skipped[kind] += 1
+        if kind != "filtered" and kind not in self._logged:
+          self._logged.add(kind)
+          _log.warning("data: skipping bad record (%s) at %s record %d; further ones of this kind are "
+                       "only counted (see stats)", kind, *where)
+        continue
+      docs.append(Doc(next(encoded) + [self._tok.eos_id], pos, nxt, set_name, skipped))
+      skipped = collections.Counter()
+    if skipped:
+      docs.append(Doc([], (-1,), (-1,), "", skipped))  # Trailing skips, counted when pulled.
+    return docs
+
+  def _next_chunk(self, records) -> list[Doc] | None:
+    items = []
+    for item in records:
+      items.append(item)
+      if item[2] is not None and len(items) >= self._chunk:
+        break
+    return self._tokenize(items) if items else None
+
+  def _doc_iter(self) -> Iterator[Doc]:
+    """Tokenized documents; the next chunk is read and tokenized in the executor while this one is used."""
+    records = self._records()
+    future = self._executor.submit(self._next_chunk, records)
+    while True:
+      chunk = future.result()
+      if chunk is None:
+        return
+      future = self._executor.submit(self._next_chunk, records)
+      yield from chunk
+
+  # -- packing ------------------------------------------------------------------------------------
+  def _pull(self) -> bool:
+    """Advance to the next kept document (counting what was skipped); False at the end of the data."""
+    resumed_inside = self._doc is None and self._offset > 0
+    while True:
+      doc = next(self._docs, None)
+      if doc is None:
+        return False
+      self._stats.update(doc.skipped)
+      if doc.tokens:
+        break
+    self._doc = doc
+    if not resumed_inside:
+      self._stats["documents"] += 1
+      self._offset = 0
+    return True
+
+  def next_window(self) -> list[int] | None:
+    """The next `window` tokens of this stream, or None when a non-repeating stream runs out."""
+    out: list[int] = []
+    while len(out) < self._window:
+      if self._doc is None or self._offset >= len(self._doc.tokens):
+        if not self._pull():
+          return None
+      take = self._doc.tokens[self._offset:self._offset + self._window - len(out)]
+      out.extend(take)
+      self._offset += len(take)
+    self._stats["tokens"] += self._window
+    return out
+
+  def state(self) -> dict:
+    """JSON-serialisable position right after the last window (see the module docstring)."""
+    if self._doc is None:
+      pos, offset = self._pos, self._offset
+    elif self._offset < len(self._doc.tokens):
+      pos, offset = self._doc.pos, self._offset
+    else:
+      pos, offset = self._doc.next_pos, 0
+    epoch, file_pos, record, repeat = pos
+    return {"epoch": epoch, "file_pos": file_pos, "record": record, "repeat": repeat, "offset": offset,
+            "stats": dict(self._stats)}
+
+  def stats(self) -> dict[str, int]:
+    """Counters of this stream: documents, tokens, filtered, and one per bad-record kind."""
+    out = {"documents": 0, "tokens": 0, "filtered": 0, **{f"bad_{k}": 0 for k in BAD_KINDS}}
+    for key, value in self._stats.items():
+      out[key if key in ("documents", "tokens", "filtered") else f"bad_{key}"] = value
+    out["bad_records"] = sum(v for k, v in out.items() if k.startswith("bad_") and k != "bad_records")
+    return out

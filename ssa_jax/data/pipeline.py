@@ -1,0 +1,201 @@
+"""The LM batch iterator: streams -> global batch rows -> this process's rows, prefetched, resumable.
+
+How the global batch is laid out (why it does not depend on the process count P):
+  S reader streams (`config.data.num_streams`) each read a disjoint share of the split's files
+  (packing.stream_files). Global row j of every batch comes from stream j // (B / S), the streams taking
+  B / S consecutive windows each per step. Process p owns the rows [p B/P, (p+1) B/P), i.e. the whole
+  streams [p S/P, (p+1) S/P), and reads only their files. So the global batch for a fixed seed depends on
+  (files, seed, S, B, seq_len) only: any P that divides S gives the same global batch. It needs
+  B % S == 0 and S % P == 0; with F < S files, streams share files and split their records.
+  num_streams = 0 (auto) picks the largest multiple of P that divides B and is <= max(8, P): for
+  power-of-two B and P <= min(8, B) that is min(B, 8) whatever P, so the batch is P-independent there;
+  past that, set num_streams explicitly to a multiple of every P you will use.
+
+State (`get_state`, JSON): per local stream its exact position and counters (packing.Stream.state), keyed
+by global stream id, plus the layout it belongs to. `set_state` accepts a state holding at least the
+local streams, so the per-process states merged (dict union of "streams") restore onto another P.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import copy
+import queue
+import threading
+
+import ml_collections
+import numpy as np
+
+from ssa_jax.config import ConfigError
+from ssa_jax.data import demo
+from ssa_jax.data.config import resolve_paths, validate_data_config
+from ssa_jax.data.packing import Stream
+from ssa_jax.data.sources import list_files
+from ssa_jax.data.tokenizer import Tokenizer, load_tokenizer
+
+_STATE_VERSION = 1
+_END = object()
+
+
+def resolve_num_streams(requested: int, global_batch_size: int, process_count: int) -> int:
+  """The stream count S (see module docstring); raises ConfigError naming the field when invalid."""
+  b, p = global_batch_size, process_count
+  if b % p:
+    raise ConfigError(f"global_batch_size: {b} is not divisible by the process count {p}")
+  if requested == 0:
+    return max(s for s in range(p, max(8, p) + 1, p) if b % s == 0)
+  if b % requested or requested % p:
+    raise ConfigError(f"config.data.num_streams: {requested} must divide the global batch size {b} "
+                      f"and be a multiple of the process count {p}")
+  return requested
+
+
+class LMIterator:
+  """`next(it)` -> {"tokens": int32 [B / P, seq_len + 1]}; `get_state`/`set_state` resume exactly."""
+
+  def __init__(self, data_cfg: ml_collections.ConfigDict, *, files: list[str], split: str, seq_len: int,
+               global_batch_size: int, process_index: int, process_count: int, tokenizer: Tokenizer,
+               repeat: bool):
+    if not 0 <= process_index < process_count:
+      raise ConfigError(f"process_index: {process_index} not in [0, {process_count})")
+    if seq_len < 1:
+      raise ConfigError(f"seq_len: expected >= 1, got {seq_len}")
+    self._cfg, self._files, self._split, self._tok, self._repeat = data_cfg, files, split, tokenizer, repeat
+    self._window = seq_len + 1
+    self._batch = global_batch_size
+    self.num_streams = resolve_num_streams(data_cfg.num_streams, global_batch_size, process_count)
+    per_process = self.num_streams // process_count
+    self._local = list(range(process_index * per_process, (process_index + 1) * per_process))
+    self._rows_per_stream = global_batch_size // self.num_streams
+    self._logged: set = set()
+    self._thread = None
+    self._start({"step": 0, "streams": {}})
+
+  # -- state --------------------------------------------------------------------------------------
+  def _layout(self) -> dict:
+    return {"version": _STATE_VERSION, "split": self._split, "seed": self._cfg.seed,
+            "num_streams": self.num_streams, "window": self._window, "global_batch_size": self._batch,
+            "num_files": len(self._files)}
+
+  def get_state(self) -> dict:
+    """JSON-serialisable state after the last batch returned by `next`."""
+    return copy.deepcopy(self._state)
+
+  def set_state(self, state: dict) -> None:
+    """Continue right after the batch whose `get_state()` this is (also one merged across processes)."""
+    layout = self._layout()
+    for key, value in layout.items():
+      if state.get(key) != value:
+        raise ValueError(f"data iterator state: {key}={state.get(key)!r} does not match this iterator's "
+                         f"{value!r} (was it saved with another data config, split or batch layout?)")
+    missing = [s for s in self._local if str(s) not in state["streams"]]
+    if missing:
+      raise ValueError(f"data iterator state: streams {missing} of this process are missing")
+    self._stop()
+    self._start(state)
+
+  def stats(self) -> dict[str, int]:
+    """Counters after the last batch returned: documents, tokens, filtered, bad_<kind>, bad_records."""
+    return dict(self._stats)
+
+  # -- producer -----------------------------------------------------------------------------------
+  def _start(self, state: dict) -> None:
+    cfg = self._cfg
+    self._executor = concurrent.futures.ThreadPoolExecutor(cfg.num_threads, thread_name_prefix="ssa_data")
+    self._streams = [
+        Stream(stream_id=s, files=self._files, fmt=cfg.format, num_streams=self.num_streams, seed=cfg.seed,
+               tokenizer=self._tok, window=self._window, mixture=dict(cfg.mixture), exclude=list(cfg.exclude),
+               docs_per_chunk=cfg.docs_per_chunk, executor=self._executor, repeat=self._repeat,
+               state=state["streams"].get(str(s)), logged=self._logged)
+        for s in self._local]
+    self._state = {**self._layout(), "step": state["step"],
+                   "streams": {str(s.stream_id): s.state() for s in self._streams}}
+    self._stats = self._sum_stats()
+    self._queue: queue.Queue = queue.Queue(cfg.prefetch)
+    self._stop_event = threading.Event()
+    self._thread = threading.Thread(target=self._produce, args=(state["step"],), daemon=True,
+                                    name="ssa_data_producer")
+    self._thread.start()
+
+  def _sum_stats(self) -> dict[str, int]:
+    total: dict[str, int] = {}
+    for s in self._streams:
+      for k, v in s.stats().items():
+        total[k] = total.get(k, 0) + v
+    return total
+
+  def _put(self, item) -> bool:
+    while not self._stop_event.is_set():
+      try:
+        self._queue.put(item, timeout=0.1)
+        return True
+      except queue.Full:
+        continue
+    return False
+
+  def _produce(self, step: int) -> None:
+    try:
+      while not self._stop_event.is_set():
+        rows = []
+        for stream in self._streams:
+          for _ in range(self._rows_per_stream):
+            window = stream.next_window()
+            if window is None:
+              # The stats include what was read past the last whole batch (e.g. a final bad record).
+              self._put((_END, self._sum_stats()))
+              return
+            rows.append(window)
+        step += 1
+        state = {**self._layout(), "step": step, "streams": {str(s.stream_id): s.state() for s in self._streams}}
+        if not self._put((np.asarray(rows, dtype=np.int32), state, self._sum_stats())):
+          return
+    except BaseException as e:  # pylint: disable=broad-except
+      self._put(e)  # Re-raised in the consumer's thread.
+
+  def _stop(self) -> None:
+    if self._thread is not None:
+      self._stop_event.set()
+      self._thread.join()
+      self._executor.shutdown(wait=True, cancel_futures=True)
+      self._thread = None
+
+  def close(self) -> None:
+    """Stop the background threads."""
+    self._stop()
+
+  def __del__(self):
+    try:
+      self._stop()
+    except Exception:  # pylint: disable=broad-except
+      pass
+
+  def __iter__(self):
+    return self
+
+  def __next__(self) -> dict[str, np.ndarray]:
+    if self._thread is None and self._queue.empty():
+      raise StopIteration
+    item = self._queue.get()
+    if isinstance(item, tuple) and item[0] is _END:
+      self._queue.put(item)  # Stay exhausted.
+      self._stats = item[1]
+      raise StopIteration
+    if isinstance(item, BaseException):
+      self._queue.put(item)
+      raise item
+    tokens, self._state, self._stats = item
+    return {"tokens": tokens}
+
+
+def make_lm_iterator(data_cfg: ml_collections.ConfigDict, *, split: str, seq_len: int, global_batch_size: int,
+                     process_index: int, process_count: int, tokenizer: Tokenizer | None = None,
+                     repeat: bool = True) -> LMIterator:
+  """The batch iterator of `split` for this process (see the module docstring for the layout)."""
+  validate_data_config(data_cfg)
+  path = data_cfg.path or demo.ensure_demo_corpus(data_cfg.cache_dir)
+  if tokenizer is None:
+    tokenizer = load_tokenizer(resolve_paths(data_cfg)[1])
+  files = list_files(path, split, data_cfg.format)
+  return LMIterator(data_cfg, files=files, split=split, seq_len=seq_len, global_batch_size=global_batch_size,
+                    process_index=process_index, process_count=process_count, tokenizer=tokenizer,
+                    repeat=repeat)

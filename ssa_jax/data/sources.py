@@ -1,0 +1,52 @@
+"""Finding the files of a split under a data path (local or gs://), in one global, sorted order."""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+from etils import epath
+
+from ssa_jax.data.readers import format_of
+
+# Words a file name may use for a split when the path has no split directories (wiki.valid.raw).
+_SPLIT_WORDS = {"train": ("train",), "validation": ("validation", "valid", "val", "dev"), "test": ("test",)}
+
+
+def _walk(root: epath.Path) -> Iterator[epath.Path]:
+  """All files below `root` (etils refuses `**` globs on GCS, so walk the directories ourselves)."""
+  for child in root.iterdir():
+    if child.is_dir():
+      yield from _walk(child)
+    else:
+      yield child
+
+
+def _readable(paths, fmt: str) -> list[epath.Path]:
+  return [p for p in paths if p.is_file() and (format_of(p.name) if fmt == "auto" else fmt) and
+          not p.name.startswith(".")]
+
+
+def _names_split(name: str, split: str) -> bool:
+  words = name.replace("-", ".").replace("_", ".").split(".")
+  return any(w in words for w in _SPLIT_WORDS.get(split, (split,)))
+
+
+def list_files(path: str, split: str, fmt: str = "auto") -> list[str]:
+  """Files of `split` under `path`: PATH/SPLIT/** if that dir exists, else files naming the split, else PATH itself if a file.
+
+  Sorted by path, so every process sees the same global order whatever the listing order of the store.
+  """
+  root = epath.Path(path)
+  if not root.exists():
+    raise FileNotFoundError(f"config.data.path: {path!r} does not exist")
+  if root.is_file():
+    return [str(root)]
+  if (root / split).is_dir():
+    files = _readable(_walk(root / split), fmt)
+  else:
+    files = [p for p in _readable(_walk(root), fmt) if _names_split(p.name, split)]
+  if not files:
+    raise FileNotFoundError(
+        f"config.data.path: no {split!r} files under {path!r} (expected {path}/{split}/**/*.jsonl.zst|"
+        f".parquet|.jsonl|.txt, or file names containing {_SPLIT_WORDS.get(split, (split,))})")
+  return sorted(str(p) for p in files)
