@@ -26,7 +26,7 @@ def test_config_file_builds_a_valid_model(path):
   config = load_config(path)
   model_cfg = model_config_from_dict(config.model)
   assert model_cfg.ssa.enabled == ("_ssa" in path.stem)
-  assert (config.init.hf_dir == "") and (config.data.demo == path.stem.startswith("tiny"))
+  assert (config.init.hf_dir == "") and (config.data.demo == path.stem.startswith(("tiny", "study_")))
   assert (model_cfg.ssa.variant == "weight_sharing") == ("_ssa_ws" in path.stem)
 
 

@@ -130,12 +130,11 @@ def validation_loss(run: Run, eval_step, params) -> float | None:
     return None
   it = _data_iterator(run, run.config.data.validation_split, repeat=False)
   losses = []
-  for _ in range(t.eval_batches):
-    try:
-      batch = next(it)
-    except StopIteration:
-      break
-    losses.append(float(eval_step(params, sharding.global_batch(batch, run.mesh))))
+  try:
+    for _, batch in zip(range(t.eval_batches), it):
+      losses.append(float(eval_step(params, sharding.global_batch(batch, run.mesh))))
+  finally:
+    it.close()
   return float(np.mean(losses)) if losses else None
 
 
@@ -156,10 +155,10 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   if latest is not None:
     params, opt_state, data_states = checkpoint.restore_train_state(mngr, latest, abstract, shardings)
     state = TrainState(step=jax.device_put(np.int32(latest), shardings.step), params=params, opt_state=opt_state)
-    if len(data_states) != jax.process_count():
-      raise ConfigError(f"{run.workdir}: checkpoint {latest} was written by {len(data_states)} processes; "
-                        f"resuming the data stream exactly needs the same count ({jax.process_count()} now)")
-    train_it.set_state(data_states[jax.process_index()])
+    # Every process's streams, merged: the data layer restores its own streams from them whatever the new
+    # process count (the global batch layout depends on config.data.num_streams, not on the process count).
+    merged = dict(data_states[0], streams={k: v for st in data_states for k, v in st["streams"].items()})
+    train_it.set_state(merged)
     log(f"resumed from {run.workdir}/checkpoints/{latest}")
   else:
     state = create_state(run.model_cfg, tx, shardings, jax.random.PRNGKey(cfg.seed), _initial_params(run))
@@ -243,6 +242,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   finally:
     preemption.restore()
     writer.close()
+    train_it.close()
   if stopped:
     log(f"stopped at step {final_step}: {stopped}; checkpoint saved in {run.workdir}/checkpoints/{final_step}")
     if stopped != "SIGTERM":
