@@ -1,0 +1,360 @@
+"""Paper Figure 2: query-key weight norms spec_W(x) = ||W^T x|| and attention spikiness, vanilla vs SSA.
+
+For every checkpoint, on the first --tokens tokens of a text (default: the demo corpus' validation split),
+per token, layer and head:
+
+  spec_raw  = ||W^T x||_2 with W = W_q,h W_k,h^T (d x d, the head's combined query-key matrix, biases and
+              the 1/sqrt(head_dim) logit scale left out as in the paper) and x the token's input to the
+              attention layer, i.e. the residual stream *after* the layer's attention norm (what W_q sees).
+              RoPE is left out: it rotates q against k by the relative position, so it changes W^T x per key
+              pair; the paper's W has no position in it.
+  spec_eff  = tau_q(x, n) * spec_raw, the *effective* weight tau(q) W_q W_k^T of the paper's Lemma 1
+              discussion (tau_q = 1 for vanilla, so there spec_eff == spec_raw). Key temperatures (ssa.key)
+              scale the key side, not W^T x, and are not included.
+  opnorm    = ||W_q,h W_k,h^T||_2, the operator norm of the head's W (one number per layer and head), and
+              opnorm_eff = tau_q(x, n) * opnorm per token.
+  spikiness = ||s||_1 / (||s||_2^2 L) of the query's attention row s (softmax probabilities, so ||s||_1 = 1),
+              L = the number of keys the query sees = its position in the window + 1 (causal attention).
+              It lies in [1/L, 1]: 1 for a uniform row, 1/L for a one-hot row; lower = spikier. The first
+              query of a window (L = 1) always scores 1; --min_keys drops the queries with fewer keys.
+
+The attention rows come from the model's own forward (flax capture_intermediates: the q / k projections,
+the sown temperatures), with the same RoPE and GQA head grouping as the kernel. Outputs: norms.json (every
+number), norms.png (distributions over tokens, each token's value averaged over layers and heads, side by
+side per checkpoint) and a table on the console; the first checkpoint is the reference for the ratios.
+
+  python -m ssa_jax.analysis.norms /tmp/study/vanilla /tmp/study/ssa --labels=vanilla,ssa --tokens=1000
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ssa_jax.config import ModelConfig
+from ssa_jax.layers import apply_rope
+
+Array = jax.Array
+
+
+# ------------------------------------------------------------------------------------------ the model side
+def analysis_config(cfg: ModelConfig) -> ModelConfig:
+  """The checkpoint's config computing in float32, without remat, with the XLA kernel (exact rows on any device)."""
+  return dataclasses.replace(cfg, dtype="float32", remat="none", attention_impl="xla")
+
+
+def _capture_filter(module, method_name: str) -> bool:
+  """Capture the attention norms' outputs and the attention projections' / attention modules' outputs."""
+  return method_name == "__call__" and module.name in ("attn_norm", "q", "k", "v", "attn")
+
+
+def capture_layers(model, params, tokens_BT: Array) -> list[dict[str, Array]]:
+  """Per layer: x_BTd (attention input after the norm), q/k/v before temperatures and RoPE, tau_* (B, T, heads), attn_out_BTd."""
+  _, state = model.apply({"params": params}, tokens_BT, capture_intermediates=_capture_filter,
+                         mutable=["intermediates"])
+  inter = state["intermediates"]
+  cfg = model.config
+  B, T = tokens_BT.shape
+  layers = []
+  for i in range(cfg.num_layers):
+    blk = inter[f"layers_{i}"]
+    attn = blk["attn"]
+    out = {
+        "x_BTd": blk["attn_norm"]["__call__"][0],
+        "q_BTHD": attn["q"]["__call__"][0],
+        "k_BTKD": attn["k"]["__call__"][0],
+        "v_BTKD": attn["v"]["__call__"][0],
+        "attn_out_BTd": attn["__call__"][0][0],  # the module returns (output, cache)
+    }
+    for comp, heads in (("q", cfg.num_heads), ("k", cfg.num_kv_heads), ("v", cfg.num_kv_heads)):
+      sown = attn.get(f"tau_{comp}")
+      out[f"tau_{comp}_BTH"] = sown[0] if sown is not None else jnp.ones((B, T, heads), jnp.float32)
+    layers.append(out)
+  return layers
+
+
+def attention_rows(cfg: ModelConfig, layer: dict[str, Array], positions_BT: Array) -> Array:
+  """Softmax attention rows (B, H, T, S) as the layer computes them: temperatures, RoPE, GQA, causal mask."""
+  q_BTHD = layer["q_BTHD"] * layer["tau_q_BTH"][..., None]
+  k_BTKD = layer["k_BTKD"] * layer["tau_k_BTH"][..., None]
+  q_BTHD = apply_rope(q_BTHD, positions_BT, cfg)
+  k_BTKD = apply_rope(k_BTKD, positions_BT, cfg)
+  B, T, H, D = q_BTHD.shape
+  K = k_BTKD.shape[2]
+  # GQA: query head h reads kv head h // (H / K), the grouping of jax.nn.dot_product_attention.
+  q_BTKGD = q_BTHD.reshape(B, T, K, H // K, D)
+  logits_BKGTS = jnp.einsum("btkgd,bskd->bkgts", q_BTKGD, k_BTKD) / math.sqrt(D)
+  causal_TS = jnp.tril(jnp.ones((T, T), bool))
+  logits_BKGTS = jnp.where(causal_TS, logits_BKGTS, -jnp.inf)
+  return jax.nn.softmax(logits_BKGTS.astype(jnp.float32), axis=-1).reshape(B, H, T, T)
+
+
+def attention_output(cfg: ModelConfig, attn_params, layer: dict[str, Array], probs_BHTS: Array) -> Array:
+  """The layer's output rebuilt from `probs_BHTS` (values with tau_v, then the output projection): a check."""
+  v_BSKD = layer["v_BTKD"] * layer["tau_v_BTH"][..., None]
+  B, H, T, S = probs_BHTS.shape
+  K = v_BSKD.shape[2]
+  ctx_BTHD = jnp.einsum("bkgts,bskd->btkgd", probs_BHTS.reshape(B, K, H // K, T, S), v_BSKD).reshape(B, T, H, -1)
+  out_BTd = jnp.einsum("bthd,hde->bte", ctx_BTHD, attn_params["o"]["kernel"])
+  if "bias" in attn_params["o"]:
+    out_BTd = out_BTd + attn_params["o"]["bias"]
+  return out_BTd
+
+
+def spikiness(probs_BHTS: Array) -> Array:
+  """||s||_1 / (||s||_2^2 L) per query row, (B, H, T); L = number of keys the causal query sees (t + 1)."""
+  T = probs_BHTS.shape[-2]
+  keys_T = jnp.arange(1, T + 1, dtype=jnp.float32)
+  l1_BHT = jnp.sum(jnp.abs(probs_BHTS), axis=-1)
+  l2sq_BHT = jnp.sum(jnp.square(probs_BHTS), axis=-1)
+  return l1_BHT / (l2sq_BHT * keys_T)
+
+
+def spec_norms(cfg: ModelConfig, attn_params, x_BTd: Array) -> Array:
+  """spec_W(x) = ||W^T x||_2 = ||W_k,h (W_q,h^T x)||_2 per head, (B, T, H), with W = W_q,h W_k,h^T (no bias)."""
+  H, K = cfg.num_heads, cfg.num_kv_heads
+  wq_dHD = attn_params["q"]["kernel"]
+  wk_dKD = attn_params["k"]["kernel"]
+  qx_BTHD = jnp.einsum("btd,dhe->bthe", x_BTd.astype(jnp.float32), wq_dHD)
+  B, T, _, D = qx_BTHD.shape
+  wtx_BTKGd = jnp.einsum("btkge,dke->btkgd", qx_BTHD.reshape(B, T, K, H // K, D), wk_dKD)
+  return jnp.linalg.norm(wtx_BTKGd, axis=-1).reshape(B, T, H)
+
+
+def weight_opnorms(cfg: ModelConfig, attn_params) -> np.ndarray:
+  """||W_q,h W_k,h^T||_2 per head, (H,): from the QR factors, so only head_dim x head_dim SVDs."""
+  H, K = cfg.num_heads, cfg.num_kv_heads
+  wq = np.asarray(attn_params["q"]["kernel"], np.float64)  # (d, H, D)
+  wk = np.asarray(attn_params["k"]["kernel"], np.float64)  # (d, K, D)
+  norms = np.zeros(H)
+  for h in range(H):
+    _, rq = np.linalg.qr(wq[:, h, :])
+    _, rk = np.linalg.qr(wk[:, h // (H // K), :])
+    norms[h] = np.linalg.svd(rq @ rk.T, compute_uv=False)[0]
+  return norms
+
+
+def analyse_tokens(model, params, tokens_NT: np.ndarray, min_keys: int = 1) -> dict[str, np.ndarray]:
+  """Per-token arrays over windows `tokens_NT` (N windows of T tokens, each from position 0).
+
+  Returns spec_raw / spec_eff / opnorm_eff / tau_q (tokens, layers, heads), spikiness (queries, layers,
+  heads) for the queries seeing >= min_keys keys, and opnorm (layers, heads).
+  """
+  cfg = model.config
+  tokens_NT = jnp.asarray(tokens_NT, jnp.int32)
+  N, T = tokens_NT.shape
+  positions_NT = jnp.broadcast_to(jnp.arange(T, dtype=jnp.int32), (N, T))
+  opnorm_LH = np.stack([weight_opnorms(cfg, params[f"layers_{i}"]["attn"]) for i in range(cfg.num_layers)])
+
+  @jax.jit
+  def per_layer(params, tokens_NT):
+    layers = capture_layers(model, params, tokens_NT)
+    spec, tau, spiky = [], [], []
+    for i, layer in enumerate(layers):
+      spec.append(spec_norms(cfg, params[f"layers_{i}"]["attn"], layer["x_BTd"]))
+      tau.append(layer["tau_q_BTH"])
+      spiky.append(jnp.transpose(spikiness(attention_rows(cfg, layer, positions_NT)), (0, 2, 1)))  # (B, T, H)
+    return jnp.stack(spec, 2), jnp.stack(tau, 2), jnp.stack(spiky, 2)  # (B, T, layers, H)
+
+  spec_NTLH, tau_NTLH, spiky_NTLH = (np.asarray(a, np.float64) for a in per_layer(params, tokens_NT))
+  spec_raw = spec_NTLH.reshape(N * T, *spec_NTLH.shape[2:])
+  tau_q = tau_NTLH.reshape(N * T, *tau_NTLH.shape[2:])
+  keep_T = np.arange(T) + 1 >= min_keys
+  spiky = spiky_NTLH[:, keep_T].reshape(-1, *spiky_NTLH.shape[2:])
+  return {"spec_raw": spec_raw, "spec_eff": tau_q * spec_raw, "tau_q": tau_q, "spikiness": spiky,
+          "opnorm": opnorm_LH, "opnorm_eff": tau_q * opnorm_LH[None]}
+
+
+def analyse(model, params, tokens: list[int], window: int, min_keys: int = 1, batch_size: int = 8
+            ) -> dict[str, np.ndarray]:
+  """`analyse_tokens` over `tokens` cut into non-overlapping windows of `window` (the last one may be shorter)."""
+  if window <= 0 or window > model.config.max_seq_len:
+    raise ValueError(f"--window: expected 1..max_seq_len={model.config.max_seq_len}, got {window}")
+  full = len(tokens) // window
+  chunks = [np.asarray(tokens[: full * window], np.int32).reshape(full, window)] if full else []
+  chunks = [c[i:i + batch_size] for c in chunks for i in range(0, len(c), batch_size)]
+  if len(tokens) % window:
+    chunks.append(np.asarray(tokens[full * window:], np.int32)[None])
+  parts = [analyse_tokens(model, params, c, min_keys) for c in chunks]
+  merged = {k: np.concatenate([p[k] for p in parts]) for k in parts[0] if k != "opnorm"}
+  merged["opnorm"] = parts[0]["opnorm"]
+  return merged
+
+
+# ------------------------------------------------------------------------------------------ text and tokens
+def load_text_tokens(tokenizer, num_tokens: int, text_file: str = "", cache_dir: str = "~/.cache/ssa_jax"
+                     ) -> list[int]:
+  """The first `num_tokens` tokens of `text_file`, or of the demo validation split (documents joined by EOS)."""
+  from etils import epath
+
+  if text_file:
+    path = epath.Path(text_file)
+    if not path.is_file():
+      raise FileNotFoundError(f"--text_file: {text_file} is not a file")
+    tokens = tokenizer.encode(path.read_text(), add_bos=None)
+  else:
+    from ssa_jax.data import demo
+    from ssa_jax.data.readers import read_records
+    from ssa_jax.data.sources import list_files
+
+    tokens, bad = [], 0
+    for file in list_files(demo.ensure_demo_corpus(str(epath.Path(cache_dir).expanduser())), "validation"):
+      for record in read_records(file):
+        if record.bad or not record.text:
+          bad += 1
+          continue
+        tokens.extend(tokenizer.encode(record.text, add_bos=None) + [tokenizer.eos_id])
+        if len(tokens) >= num_tokens:
+          break
+      if len(tokens) >= num_tokens:
+        break
+    if bad:
+      print(f"warning: skipped {bad} unreadable record(s) of the demo validation split")
+  if len(tokens) < num_tokens:
+    raise ValueError(f"--tokens: asked for {num_tokens} tokens, the text has only {len(tokens)}")
+  return tokens[:num_tokens]
+
+
+def checkpoint_tokenizer(run_config: dict, override: str = ""):
+  """The tokenizer given by --tokenizer, else the one the run trained with (its config's data section)."""
+  from ssa_jax.data.tokenizer import load_tokenizer
+
+  if override:
+    return load_tokenizer(override)
+  data = run_config.get("data") or {}
+  if data.get("tokenizer_path"):
+    return load_tokenizer(data["tokenizer_path"])
+  if data.get("demo"):
+    from ssa_jax.data import demo
+    from etils import epath
+
+    cache = str(epath.Path(data.get("cache_dir", "~/.cache/ssa_jax")).expanduser())
+    return load_tokenizer(demo.ensure_demo_tokenizer(cache, int(data.get("demo_vocab_size", 2048))))
+  raise ValueError("--tokenizer: required, the checkpoint's config names no tokenizer (config.data.tokenizer_path)")
+
+
+# ------------------------------------------------------------------------------------------ summaries
+def summarise(arrays: dict[str, np.ndarray]) -> dict[str, Any]:
+  """Means (over tokens, layers, heads), per-layer means and the per-token values plotted."""
+  s: dict[str, Any] = {}
+  for key in ("spec_raw", "spec_eff", "opnorm_eff", "tau_q", "spikiness"):
+    a = arrays[key]
+    s[key] = {"mean": float(a.mean()), "median_per_token": float(np.median(a.mean(axis=(1, 2)))),
+              "per_layer": [float(v) for v in a.mean(axis=(0, 2))],
+              "per_token": [float(v) for v in a.mean(axis=(1, 2))]}
+  s["opnorm"] = {"mean": float(arrays["opnorm"].mean()), "per_layer_head": arrays["opnorm"].tolist()}
+  return s
+
+
+def add_ratios(results: list[dict]) -> None:
+  """reference / run for the norms (the paper's '~3x smaller with SSA') and the spikiness of each run."""
+  ref = results[0]["summary"]
+  for r in results:
+    s = r["summary"]
+    r["ratios_vs_first"] = {
+        "spec_raw": ref["spec_raw"]["mean"] / s["spec_raw"]["mean"],
+        "spec_eff": ref["spec_eff"]["mean"] / s["spec_eff"]["mean"],
+        "opnorm": ref["opnorm"]["mean"] / s["opnorm"]["mean"],
+        "opnorm_eff": ref["opnorm_eff"]["mean"] / s["opnorm_eff"]["mean"],
+    }
+
+
+def plot(path: Path, results: list[dict]) -> None:
+  """Violins over tokens (each token: mean over layers and heads) of spec_raw, spec_eff and spikiness."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  panels = (("spec_raw", "raw ||W^T x|| (W = W_q W_k^T)"), ("spec_eff", "effective tau_q(x) ||W^T x||"),
+            ("spikiness", "spikiness ||s||_1/(||s||_2^2 L), lower = spikier"))
+  fig, axes = plt.subplots(1, 3, figsize=(13, 4.2))
+  labels = [r["label"] for r in results]
+  for ax, (key, title) in zip(axes, panels):
+    data = [np.asarray(r["summary"][key]["per_token"]) for r in results]
+    ax.violinplot(data, showmeans=False, showextrema=False)
+    for j, d in enumerate(data):
+      ax.hlines(d.mean(), j + 0.7, j + 1.3, colors="k", linestyles="--", lw=1)
+    ax.set_xticks(range(1, len(labels) + 1), labels)
+    ax.set_title(title, fontsize=9)
+  fig.suptitle(f"per-token mean over layers and heads, {results[0]['num_tokens']} tokens (dashed: mean)", fontsize=9)
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+
+
+def run(checkpoints: list[str], labels: list[str], num_tokens: int = 1000, text_file: str = "",
+        tokenizer: str = "", window: int = 0, min_keys: int = 1, output_dir: str = "runs/norms",
+        cache_dir: str = "~/.cache/ssa_jax") -> list[dict]:
+  """Analyses every checkpoint on the same text; writes norms.json and norms.png; returns the results."""
+  from ssa_jax.checkpoint import load_model
+
+  if len(labels) != len(checkpoints):
+    raise ValueError(f"--labels: expected {len(checkpoints)} labels, got {len(labels)}")
+  if num_tokens <= 0:
+    raise ValueError(f"--tokens: expected a positive int, got {num_tokens}")
+  results = []
+  for path, label in zip(checkpoints, labels):
+    model, params, run_config = load_model(path)
+    model = type(model)(analysis_config(model.config))
+    tok = checkpoint_tokenizer(run_config, tokenizer)
+    tokens = load_text_tokens(tok, num_tokens, text_file, cache_dir)
+    win = window or int((run_config.get("train") or {}).get("seq_len") or model.config.max_seq_len)
+    win = min(win, model.config.max_seq_len)
+    arrays = analyse(model, params, tokens, win, min_keys)
+    cfg = model.config
+    results.append({"label": label, "checkpoint": str(path), "num_tokens": len(tokens), "window": win,
+                    "min_keys": min_keys, "ssa": dataclasses.asdict(cfg.ssa),
+                    "num_layers": cfg.num_layers, "num_heads": cfg.num_heads, "summary": summarise(arrays)})
+  add_ratios(results)
+  out = Path(output_dir)
+  out.mkdir(parents=True, exist_ok=True)
+  (out / "norms.json").write_text(json.dumps(results, indent=1) + "\n")
+  plot(out / "norms.png", results)
+  return results
+
+
+def print_table(results: list[dict]) -> None:
+  """One line per checkpoint: mean raw / effective spec, operator norms, tau_q, spikiness, ratios."""
+  head = (f"{'run':12s} {'spec_raw':>9s} {'spec_eff':>9s} {'||W||':>8s} {'tau||W||':>9s} {'tau_q':>6s} "
+          f"{'spiky':>6s} {'ref/raw':>8s} {'ref/eff':>8s}")
+  print(head)
+  for r in results:
+    s, q = r["summary"], r["ratios_vs_first"]
+    print(f"{r['label']:12s} {s['spec_raw']['mean']:9.4f} {s['spec_eff']['mean']:9.4f} {s['opnorm']['mean']:8.4f} "
+          f"{s['opnorm_eff']['mean']:9.4f} {s['tau_q']['mean']:6.3f} {s['spikiness']['mean']:6.3f} "
+          f"{q['spec_raw']:7.2f}x {q['spec_eff']:7.2f}x")
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("checkpoints", nargs="+", help="training workdirs, checkpoint roots or step dirs")
+  parser.add_argument("--labels", default="", help="comma-separated, one per checkpoint (default: dir names)")
+  parser.add_argument("--text_file", default="", help="plain text (default: the demo corpus' validation split)")
+  parser.add_argument("--tokenizer", default="", help="tokenizer path (default: the one the run trained with)")
+  parser.add_argument("--tokens", type=int, default=1000, help="number of tokens (queries) analysed")
+  parser.add_argument("--window", type=int, default=0,
+                      help="tokens per forward window (default: the run's train.seq_len, capped at max_seq_len)")
+  parser.add_argument("--min_keys", type=int, default=1, help="spikiness over queries seeing at least this many keys")
+  parser.add_argument("--cache_dir", default="~/.cache/ssa_jax", help="where the demo corpus lives")
+  parser.add_argument("--output_dir", default="runs/norms")
+  args = parser.parse_args(argv)
+  labels = args.labels.split(",") if args.labels else [Path(c.rstrip("/")).name for c in args.checkpoints]
+  results = run(args.checkpoints, labels, args.tokens, args.text_file, args.tokenizer, args.window, args.min_keys,
+                args.output_dir, args.cache_dir)
+  print_table(results)
+  print("spec_* = ||W^T x|| per token/layer/head (raw: W = W_q W_k^T; eff: tau_q(x) W); ||W||: operator norm; "
+        "ref/x: first run's mean / this run's")
+  print(f"wrote {Path(args.output_dir) / 'norms.json'} and {Path(args.output_dir) / 'norms.png'}")
+  return results
+
+
+if __name__ == "__main__":
+  main()
