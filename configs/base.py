@@ -64,3 +64,15 @@ def get_config(model: str = "tiny", ssa: str = "ssa", mode: str = "pretrain") ->
   # bf16 compute on accelerators (params and optimizer state stay fp32); the CPU demo computes in fp32.
   config.model.dtype = "float32" if mode == "demo" else "bfloat16"
   return config
+
+
+def study_config(ssa: str) -> ml_collections.ConfigDict:
+  """The small real-text study (README, "Small real-text study"): one budget for vanilla / SSA / SSA-WS."""
+  config = get_config("tiny", ssa, mode="demo")
+  # 600 steps x 16 x 128 tokens (1.2M tokens), about 5 minutes on a 2-core CPU.
+  config.train.update(dict(steps=600, global_batch_size=16, seq_len=128, eval_every=100, eval_batches=8,
+                           checkpoint_every=600))
+  config.seed = 0
+  config.data.seed = 0
+  config.eval.at_end = False  # the study compares validation perplexity only
+  return config

@@ -8,7 +8,7 @@ Our choice where the paper is silent or unidentifiable: the prediction is the at
 the context tokens (value = one-hot token, a copy head), so the model's next-token distribution *is* its
 attention row and err_map = ||P_hat - P*||_1 measures a well-defined map. With a free value matrix and
 linear head (paper's g = softmax(C f(X))) the attention map is not identified: any invertible map works,
-and we measured err_map ~ 9-13 (of 16 max) for both models. See docs/reproducing.md.
+and we measured err_map ~ 9-13 (of 16 max) for both models. See README.md, "Reproducing the paper".
 
   python -m ssa_jax.experiments.graph [--seeds 0 1 2] [--steps 3000] [--out_dir runs/graph]
 """
