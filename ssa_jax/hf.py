@@ -347,6 +347,10 @@ def to_hf(model: Decoder | ModelConfig, params: dict, out_dir: epath.PathLike) -
   flat = {p: np.asarray(jax.device_get(v), np.float32) for p, v in traverse_util.flatten_dict(params).items()}
   tensors = {}
   for m in tensor_maps(cfg):
+    absent = ["/".join(p) for p in m.paths if p not in flat]
+    if absent:  # e.g. a GPT-NeoX config without biases: transformers' GPTNeoX always has them
+      raise ValueError(f"to_hf: {cfg.family} checkpoint needs {m.hf_key}, but the params have no {absent[0]}; "
+                       "the model config does not match what transformers' architecture expects")
     tensors[m.hf_key] = np.ascontiguousarray(m.to_hf([flat[p] for p in m.paths]))
   ssa = {SSA_PREFIX + ".".join(p): v for p, v in flat.items() if is_temperature_param("/".join(p))}
   tensors.update(ssa)

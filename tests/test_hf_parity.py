@@ -114,6 +114,18 @@ def test_missing_tensor_is_named(tmp_path):
     from_hf(tmp_path / "hf")
 
 
+def test_export_of_a_config_transformers_cannot_hold_is_refused(tmp_path):
+  """GPT-NeoX in transformers always has biases: a bias-free NeoX config cannot be exported as one."""
+  from ssa_jax.config import ModelConfig
+  from ssa_jax.model import init_params
+
+  cfg = ModelConfig(family="neox", vocab_size=64, d_model=32, num_layers=1, num_heads=4, mlp_dim=64,
+                    max_seq_len=16, rotary_pct=0.25).validate()
+  with pytest.raises(ValueError, match=r"gpt_neox\.layers\.0\..*bias"):
+    to_hf(cfg, init_params(cfg, jax.random.PRNGKey(0)), tmp_path / "out")
+  assert not (tmp_path / "out").exists()
+
+
 def test_cli_import_then_export_keeps_logits(tmp_path):
   import transformers
 

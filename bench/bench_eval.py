@@ -1,0 +1,92 @@
+"""Requests/s of our scorer (eval.py's engine) vs lm-eval's `hf` model: same model, requests and machine.
+
+A random-weight GPT-2 (transformers) with the real GPT-2 BPE is saved once; both sides score the same
+(context, continuation) requests of PIQA, ARC-Easy and LAMBADA (tokenization included on both sides):
+lm-eval with `HFLM.loglikelihood` (torch), ours with `pair_requests` + `Scorer.score` (JAX, jitted, bucketed,
+all local devices). Ours runs twice: cold (including compilation) and warm.
+
+  python bench/bench_eval.py --docs=100 --batch_size=16 --d_model=256 --layers=4
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  parser.add_argument("--docs", type=int, default=100, help="documents per task")
+  parser.add_argument("--batch_size", type=int, default=16)
+  parser.add_argument("--d_model", type=int, default=256)
+  parser.add_argument("--layers", type=int, default=4)
+  parser.add_argument("--max_length", type=int, default=256)
+  parser.add_argument("--data", default=str(SHARED))
+  args = parser.parse_args()
+  os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+  import jax
+  import torch
+  import transformers
+  from lm_eval.api.instance import Instance
+  from lm_eval.models.huggingface import HFLM
+
+  from ssa_jax.data.tokenizer import load_tokenizer
+  from ssa_jax.evaluate.requests import pair_requests
+  from ssa_jax.evaluate.scoring import Scorer
+  from ssa_jax.evaluate.tasks import TASKS
+  from ssa_jax.hf import from_hf
+
+  data = Path(args.data)
+  pairs = []
+  for name in ("piqa", "arc_easy", "lambada_openai"):
+    spec = TASKS[name]
+    for line in (data / "benchmarks" / spec.filename).read_text().splitlines()[: args.docs]:
+      pairs.extend(spec.build(json.loads(line)).pairs)
+
+  with tempfile.TemporaryDirectory() as tmp:
+    torch.manual_seed(0)
+    cfg = transformers.GPT2Config(vocab_size=50257, n_embd=args.d_model, n_layer=args.layers,
+                                  n_head=max(args.d_model // 64, 1), n_positions=args.max_length)
+    transformers.GPT2LMHeadModel(cfg).eval().save_pretrained(tmp)
+    transformers.GPT2TokenizerFast(tokenizer_file=str(data / "tokenizers" / "gpt2" / "tokenizer.json"),
+                                   bos_token="<|endoftext|>", eos_token="<|endoftext|>").save_pretrained(tmp)
+
+    lm = HFLM(pretrained=tmp, max_length=args.max_length, dtype="float32", device="cpu", batch_size=args.batch_size)
+    instances = [Instance("loglikelihood", {}, p, i) for i, p in enumerate(pairs)]
+    t = time.perf_counter()
+    ref = lm.loglikelihood(instances, disable_tqdm=True)
+    lm_eval_s = time.perf_counter() - t
+
+    tok = load_tokenizer(tmp)
+    model, params = from_hf(tmp)
+    scorer = Scorer(model, params, args.max_length, args.batch_size, show_progress=False)
+    timings = []
+    for _ in range(2):
+      t = time.perf_counter()
+      reqs = pair_requests(tok, pairs, args.max_length)
+      ll, _ = scorer.score(reqs)
+      timings.append(time.perf_counter() - t)
+
+  max_rel = max(abs(a - r[0]) / max(abs(r[0]), 1e-9) for a, r in zip(ll, ref))
+  n = len(pairs)
+  dev = jax.devices()[0]
+  print(f"device: {dev.platform} {dev.device_kind} x{jax.local_device_count()}, CPUs: {os.cpu_count()}, "
+        f"torch threads: {torch.get_num_threads()}")
+  print(f"model: GPT-2 d={args.d_model} layers={args.layers} vocab=50257, max_length={args.max_length}, "
+        f"batch_size={args.batch_size}; {n} requests (piqa, arc_easy, lambada_openai x {args.docs} docs)")
+  print(f"lm-eval hf   : {n / lm_eval_s:8.1f} req/s ({lm_eval_s:.2f} s)")
+  print(f"ours (cold)  : {n / timings[0]:8.1f} req/s ({timings[0]:.2f} s, compilation included)")
+  print(f"ours (warm)  : {n / timings[1]:8.1f} req/s ({timings[1]:.2f} s)")
+  print(f"ratio warm: {lm_eval_s / timings[1]:.2f}x   cold: {lm_eval_s / timings[0]:.2f}x   "
+        f"(max relative difference of the log-likelihoods: {max_rel:.1e})")
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,74 @@
+"""Zero-shot evaluation with lm-evaluation-harness semantics (and passkey retrieval) -> results JSON.
+
+  python eval.py --hf_dir=DIR --data_dir=BENCH_DIR --tasks=piqa,arc_easy,wikitext --output=results.json
+  python eval.py --checkpoint=WORKDIR --data_dir=BENCH_DIR --tasks=lambada_openai,passkey --limit=100
+
+Tasks: wikitext, lambada_openai, lambada_standard, piqa, hellaswag, winogrande, arc_easy, arc_challenge,
+passkey. --data_dir holds the task files (piqa_validation.jsonl, arc_easy_test.jsonl, arc_challenge_test.jsonl,
+winogrande_xl_validation.jsonl, lambada_openai_test.jsonl, lambada_standard_test.jsonl,
+hellaswag_validation.jsonl, wikitext-2-raw/wiki.test.raw); a missing file is reported and the rest run.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from absl import app, flags
+
+from ssa_jax.evaluate.config import eval_config
+
+_DEFAULTS = eval_config()
+FLAGS = flags.FLAGS
+flags.DEFINE_string("hf_dir", "", "Hugging Face checkpoint directory (config.json + safetensors).")
+flags.DEFINE_string("checkpoint", "", "ssa-jax orbax checkpoint: training workdir, checkpoint root or step dir.")
+flags.DEFINE_string("tokenizer", "", "tokenizer.json / SentencePiece .model / dir; default: the source's own.")
+flags.DEFINE_string("data_dir", "", "Directory holding the task files.")
+flags.DEFINE_string("tasks", _DEFAULTS.tasks, "Comma-separated task names (passkey included).")
+flags.DEFINE_integer("limit", _DEFAULTS.limit, "First N documents of each task (0: all).")
+flags.DEFINE_integer("batch_size", _DEFAULTS.batch_size, "Rows per batch at max_length.")
+flags.DEFINE_integer("max_length", _DEFAULTS.max_length, "Context length (0: the model's).")
+flags.DEFINE_string("output", "", "Path of the results JSON (local or gs://).")
+flags.DEFINE_enum("add_bos", _DEFAULTS.add_bos, ["auto", "true", "false"],
+                  "Prepend BOS: auto = the tokenizer's own default (Llama yes, GPT-2 / Pythia no).")
+flags.DEFINE_integer("bootstrap_iters", _DEFAULTS.bootstrap_iters, "Bootstrap resamples (LAMBADA perplexity).")
+flags.DEFINE_string("passkey_lengths", ",".join(map(str, _DEFAULTS.passkey.lengths)), "Passkey prompt lengths.")
+flags.DEFINE_integer("passkey_trials", _DEFAULTS.passkey.trials, "Passkey prompts per length.")
+flags.DEFINE_integer("passkey_seed", _DEFAULTS.passkey.seed, "Passkey seed.")
+flags.DEFINE_string("dtype", "", "Compute dtype override (float32 / bfloat16); default: the model's.")
+
+
+def main(argv) -> int:
+  del argv
+  import dataclasses
+
+  from ssa_jax.data.tokenizer import load_tokenizer
+  from ssa_jax.evaluate import ModelSource, load_model, run_eval
+  from ssa_jax.evaluate.loading import source_info
+  from ssa_jax.model import count_params, is_temperature_param
+
+  source = ModelSource(hf_dir=FLAGS.hf_dir, checkpoint=FLAGS.checkpoint).validate()
+  tokenizer_path = FLAGS.tokenizer
+  if tokenizer_path:  # check the tokenizer before the (slow) model load
+    load_tokenizer(tokenizer_path)
+  model, params, own_tokenizer = load_model(source)
+  tokenizer_path = tokenizer_path or own_tokenizer
+  if not tokenizer_path:
+    raise app.UsageError(f"{source.hf_dir or source.checkpoint} names no tokenizer: pass --tokenizer=PATH")
+  if FLAGS.dtype:
+    model = type(model)(dataclasses.replace(model.config, dtype=FLAGS.dtype).validate())
+  passkey = eval_config().passkey
+  passkey.lengths = tuple(int(x) for x in FLAGS.passkey_lengths.split(",") if x)
+  passkey.trials, passkey.seed = FLAGS.passkey_trials, FLAGS.passkey_seed
+  info = source_info(source)
+  extra = {**info, "params": count_params(params), "ssa_params": count_params(params, is_temperature_param)}
+  model_args = ",".join(f"{k}={v}" for k, v in (("hf_dir", FLAGS.hf_dir), ("checkpoint", FLAGS.checkpoint),
+                                                 ("tokenizer", tokenizer_path)) if v)
+  run_eval(model, params, tokenizer_path, FLAGS.tasks, data_dir=FLAGS.data_dir or None, limit=FLAGS.limit,
+           batch_size=FLAGS.batch_size, max_length=FLAGS.max_length or None, output=FLAGS.output or None,
+           extra=extra, add_bos=FLAGS.add_bos, bootstrap_iters=FLAGS.bootstrap_iters, passkey=passkey,
+           model_args=model_args)
+  return 0
+
+
+if __name__ == "__main__":
+  app.run(lambda argv: sys.exit(main(argv)))

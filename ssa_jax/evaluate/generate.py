@@ -1,0 +1,77 @@
+"""Greedy decoding with the model's KV cache: one prefill call, then a jitted loop of one-token steps.
+
+The cache index is shared by the batch, so prompts are grouped by token length and each group decodes
+together (no padding inside the prompt, hence no attention masks).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from functools import partial
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ssa_jax.model import init_cache
+
+
+def _greedy(model, params, prompt_BT, max_new_tokens: int):
+  """Prompt (B, T) -> greedy continuation (B, max_new_tokens)."""
+  B, T = prompt_BT.shape
+  cache = init_cache(model.config, B, T + max_new_tokens)
+  logits_BTV, cache = model.apply({"params": params}, prompt_BT, cache=cache)
+  first_B = jnp.argmax(logits_BTV[:, -1], axis=-1).astype(jnp.int32)
+  out_BN = jnp.zeros((B, max_new_tokens), jnp.int32).at[:, 0].set(first_B)
+
+  def step(i, carry):
+    out_BN, cache = carry
+    token_B1 = jax.lax.dynamic_slice_in_dim(out_BN, i - 1, 1, axis=1)
+    logits_B1V, cache = model.apply({"params": params}, token_B1, cache=cache)
+    return out_BN.at[:, i].set(jnp.argmax(logits_B1V[:, -1], axis=-1).astype(jnp.int32)), cache
+
+  out_BN, _ = jax.lax.fori_loop(1, max_new_tokens, step, (out_BN, cache))
+  return out_BN
+
+
+_JITTED: dict[int, tuple[object, object]] = {}
+
+
+def _jitted(model):
+  """One jitted decoder per model object (flax modules are not used as static arguments)."""
+  entry = _JITTED.get(id(model))
+  if entry is None or entry[0] is not model:
+    entry = (model, jax.jit(partial(_greedy, model), static_argnames=("max_new_tokens",)))
+    _JITTED[id(model)] = entry
+  return entry[1]
+
+
+def greedy_generate(model, params, prompts: Sequence[Sequence[int]], max_new_tokens: int,
+                    max_batch: int = 16, stop_ids: Sequence[int] = ()) -> list[list[int]]:
+  """Greedy continuations of `max_new_tokens` tokens per prompt (cut after the first of `stop_ids`)."""
+  if max_new_tokens <= 0:
+    return [[] for _ in prompts]
+  limit = model.config.max_seq_len if model.config.learned_positions else None
+  groups: dict[int, list[int]] = defaultdict(list)
+  for i, p in enumerate(prompts):
+    if not p:
+      raise ValueError(f"prompt {i} is empty")
+    if limit is not None and len(p) + max_new_tokens > limit:
+      raise ValueError(f"prompt {i}: {len(p)} tokens + {max_new_tokens} new exceed the model's "
+                       f"{limit} learned positions")
+    groups[len(p)].append(i)
+  out: list[list[int]] = [[] for _ in prompts]
+  for length, idx in groups.items():
+    for s in range(0, len(idx), max_batch):
+      chunk = idx[s:s + max_batch]
+      prompt_BT = jnp.asarray(np.array([prompts[i] for i in chunk], np.int32))
+      gen = np.asarray(jax.device_get(_jitted(model)(params, prompt_BT, max_new_tokens=max_new_tokens)))
+      for row, i in enumerate(chunk):
+        tokens = gen[row].tolist()
+        for j, t in enumerate(tokens):
+          if t in stop_ids:
+            tokens = tokens[:j]
+            break
+        out[i] = tokens
+  return out

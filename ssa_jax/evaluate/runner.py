@@ -1,0 +1,172 @@
+"""run_eval: read tasks, build lm-eval requests, score them in batches, aggregate, write results JSON."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from typing import Any
+
+import jax
+import ml_collections
+
+from ssa_jax.evaluate import metrics as metrics_lib
+from ssa_jax.evaluate import results as results_lib
+from ssa_jax.evaluate.config import eval_config
+from ssa_jax.evaluate.loading import check_vocab
+from ssa_jax.evaluate.readers import TaskFileMissing, read_task
+from ssa_jax.evaluate.requests import pair_requests, rolling_requests
+from ssa_jax.evaluate.scoring import Scorer
+from ssa_jax.evaluate.tasks import MULTIPLE_CHOICE, PASSKEY, ROLLING, TASKS, parse_task_names
+
+log = logging.getLogger(__name__)
+
+
+def parse_add_bos(value: Any) -> bool | None:
+  """'auto' / None -> None (the tokenizer's default); 'true' / 'false' or a bool -> that bool."""
+  if value is None or isinstance(value, bool):
+    return value
+  v = str(value).strip().lower()
+  if v in ("auto", "", "none"):
+    return None
+  if v in ("true", "1", "yes"):
+    return True
+  if v in ("false", "0", "no"):
+    return False
+  raise ValueError(f"add_bos: expected auto, true or false, got {value!r}")
+
+
+def score_task(scorer: Scorer, tokenizer, spec, docs, max_length: int, add_bos: bool | None) -> list[dict]:
+  """Per-document raw scores of one task ({"lls"} / {"ll", "greedy"} / {"ll"})."""
+  if spec.output_type == ROLLING:
+    reqs = rolling_requests(tokenizer, [d.text for d in docs], max_length, add_bos)
+    ll, _ = scorer.score(reqs, desc=spec.name)
+    totals = [0.0] * len(docs)
+    for r, v in zip(reqs, ll):
+      totals[r.owner] += float(v)
+    return [{"ll": t} for t in totals]
+  pairs, owners = [], []
+  for i, d in enumerate(docs):
+    pairs.extend(d.pairs)
+    owners.extend([i] * len(d.pairs))
+  reqs = pair_requests(tokenizer, pairs, max_length, add_bos, what=f"task {spec.name}: request")
+  ll, greedy = scorer.score(reqs, desc=spec.name)
+  if spec.output_type == MULTIPLE_CHOICE:
+    per_doc = [{"lls": []} for _ in docs]
+    for o, v in zip(owners, ll):
+      per_doc[o]["lls"].append(float(v))
+    return per_doc
+  return [{"ll": float(ll[i]), "greedy": bool(greedy[i])} for i in range(len(docs))]
+
+
+def run_eval(model, params, tokenizer, tasks, data_dir: str | None = None, limit: int | None = None,
+             batch_size: int = 16, max_length: int | None = None, output: str | None = None,
+             extra: dict[str, Any] | None = None, add_bos: Any = None, bootstrap_iters: int = 100_000,
+             passkey: ml_collections.ConfigDict | None = None, model_args: str = "",
+             matmul_precision: str = "auto", vocab_slack: int = 1024, show_progress: bool = True) -> dict:
+  """Evaluates (model, params) on `tasks` ('a,b' or a list; 'passkey' included) and returns lm-eval's layout.
+
+  `tokenizer`: a Tokenizer or a path for load_tokenizer. A task whose file is missing is reported (console
+  and results["ssa_jax"]["missing_tasks"]) and the others still run. `output`: where the JSON goes.
+  """
+  from ssa_jax.data.tokenizer import load_tokenizer
+
+  start = time.time()
+  if isinstance(tokenizer, str):
+    tokenizer = load_tokenizer(tokenizer)
+  names = parse_task_names(tasks)
+  cfg = model.config
+  check_vocab(tokenizer, cfg.vocab_size, vocab_slack)
+  max_length = int(max_length or cfg.max_seq_len)
+  if max_length <= 0:
+    raise ValueError(f"max_length: expected a positive int, got {max_length}")
+  if cfg.learned_positions and max_length > cfg.max_seq_len:
+    raise ValueError(f"max_length={max_length} exceeds the model's {cfg.max_seq_len} learned positions")
+  bos = parse_add_bos(add_bos)
+  if matmul_precision == "auto":
+    matmul_precision = "highest" if cfg.dtype == "float32" else None
+  limit = int(limit) if limit else None
+
+  scorer = None
+  task_results, samples, paths, missing, skipped, timing = {}, {}, {}, {}, {}, {}
+  for name in names:
+    if name == PASSKEY:
+      continue
+    spec = TASKS[name]
+    try:
+      if not data_dir:
+        raise TaskFileMissing(f"task {name}: no --data_dir given (expected {spec.filename} under it)")
+      read = read_task(spec, data_dir, limit)
+    except TaskFileMissing as e:
+      print(f"[eval] SKIPPED {e}", flush=True)
+      missing[name] = str(e)
+      continue
+    if read.skipped:
+      skipped[name] = {"count": len(read.skipped), "records": read.skipped[:20]}
+    if not read.docs:
+      missing[name] = f"task {name}: {read.path} holds no valid documents"
+      print(f"[eval] SKIPPED {missing[name]}", flush=True)
+      continue
+    if scorer is None:
+      scorer = Scorer(model, params, max_length, batch_size, matmul_precision=matmul_precision,
+                      show_progress=show_progress)
+    t0, r0, tok0 = time.time(), scorer.stats.requests, scorer.stats.tokens
+    per_doc = score_task(scorer, tokenizer, spec, read.docs, max_length, bos)
+    values = metrics_lib.aggregate(spec, read.docs, per_doc, bootstrap_iters)
+    task_results[name] = results_lib.task_entry(name, len(read.docs), values)
+    samples[name] = {"original": read.original, "effective": len(read.docs)}
+    paths[name] = read.path
+    dt = time.time() - t0
+    timing[name] = {"seconds": dt, "requests": scorer.stats.requests - r0,
+                    "requests_per_s": (scorer.stats.requests - r0) / max(dt, 1e-9),
+                    "tokens_per_s": (scorer.stats.tokens - tok0) / max(dt, 1e-9)}
+
+  passkey_out = None
+  if PASSKEY in names:
+    from ssa_jax.evaluate.passkey import evaluate_passkey
+
+    pk_cfg = passkey if passkey is not None else eval_config().passkey
+    t0 = time.time()
+    passkey_out = evaluate_passkey(model, params, tokenizer, pk_cfg, add_bos=bos, batch_size=batch_size)
+    task_results[PASSKEY] = results_lib.task_entry(
+        PASSKEY, passkey_out["n"], {"acc,none": passkey_out["acc"], "acc_stderr,none": passkey_out["acc_stderr"]})
+    samples[PASSKEY] = {"original": passkey_out["n"], "effective": passkey_out["n"]}
+    passkey_out["config"] = pk_cfg.to_dict()
+    timing[PASSKEY] = {"seconds": time.time() - t0}
+
+  wall = time.time() - start
+  stats = scorer.stats if scorer else None
+  own = {
+      "checkpoint": None, "step": None,
+      "ssa": dataclasses.asdict(cfg.ssa), "family": cfg.family,
+      "params": _count(params), "wall_time_s": wall,
+      "scoring_seconds": stats.seconds if stats else 0.0,
+      "requests": stats.requests if stats else 0,
+      "requests_per_s": stats.requests / stats.seconds if stats and stats.seconds else None,
+      "tokens_per_s": stats.tokens / stats.seconds if stats and stats.seconds else None,
+      "padding_fraction": 1 - stats.tokens / stats.padded_tokens if stats and stats.padded_tokens else None,
+      "tasks": timing, "missing_tasks": missing, "skipped_records": skipped,
+      "devices": [f"{d.platform}:{d.device_kind}" for d in jax.local_devices()],
+      "tokenizer": tokenizer.path,
+  }
+  own.update(extra or {})
+  config = {
+      "model": "ssa_jax", "model_args": model_args, "batch_size": batch_size, "batch_sizes": [],
+      "device": jax.local_devices()[0].device_kind, "use_cache": None, "limit": limit,
+      "bootstrap_iters": bootstrap_iters, "gen_kwargs": None, "random_seed": 0, "numpy_seed": 1234,
+      "torch_seed": 1234, "fewshot_seed": 1234, "add_bos": bos, "max_length": max_length,
+  }
+  out = results_lib.assemble(task_results, TASKS, paths, samples, config, tokenizer, max_length, start, own,
+                             passkey_out)
+  if output:
+    results_lib.write(out, output)
+  print(results_lib.summary_table(out), flush=True)
+  if output:
+    print(f"[eval] results -> {output}", flush=True)
+  return out
+
+
+def _count(params) -> int:
+  from ssa_jax.model import count_params
+
+  return count_params(params)

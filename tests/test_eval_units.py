@@ -1,0 +1,223 @@
+"""Evaluation pieces against lm-eval's own functions: rolling windows, WikiText, bootstrap, bad input, passkey."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+
+import numpy as np
+import pytest
+
+from hf_models import make_hf_model
+from tests_shared import shared_data_or_skip
+
+from ssa_jax.evaluate import metrics, readers, requests, tasks, wikitext
+
+
+def test_rolling_windows_equal_lm_eval_windows_for_every_length():
+  from lm_eval import utils
+
+  rng = random.Random(0)
+  for max_length in (1, 2, 5, 16):
+    for n in (1, 2, 4, 5, 6, 15, 16, 17, 33, 80):
+      tokens = [rng.randrange(1000) for _ in range(n)]
+      ref = list(map(utils.make_disjoint_window, utils.get_rolling_token_windows(tokens, 999, max_length, 1)))
+      assert requests.rolling_windows(tokens, 999, max_length) == ref, (max_length, n)
+      # Every token is predicted exactly once.
+      assert [t for _, cont in ref for t in cont] == tokens
+
+
+def test_long_documents_rolling_loglikelihood_equals_lm_eval(tmp_path):
+  """Documents several times longer than max_length: same total log-likelihood as lm-eval's hf model."""
+  shared = shared_data_or_skip()
+  from lm_eval.api.instance import Instance
+  from lm_eval.models.huggingface import HFLM
+  from transformers import GPT2TokenizerFast
+
+  from ssa_jax.data.tokenizer import load_tokenizer
+  from ssa_jax.evaluate.scoring import Scorer
+  from ssa_jax.hf import from_hf
+
+  make_hf_model("gpt2", tmp_path, vocab_size=50257, n_embd=32, n_head=4, n_layer=2, n_positions=64)
+  GPT2TokenizerFast(tokenizer_file=str(shared / "tokenizers" / "gpt2" / "tokenizer.json"),
+                    bos_token="<|endoftext|>", eos_token="<|endoftext|>").save_pretrained(str(tmp_path))
+  texts = [json.loads(line)["text"] for line in
+           (shared / "benchmarks" / "lambada_openai_test.jsonl").read_text().splitlines()[:3]]
+  lm = HFLM(pretrained=str(tmp_path), max_length=16, dtype="float32", device="cpu", batch_size=4)
+  tok = load_tokenizer(str(tmp_path))
+  model, params = from_hf(tmp_path)
+  scorer = Scorer(model, params, max_length=16, batch_size=4, show_progress=False)
+  for text in texts:
+    assert len(tok.encode(text)) > 3 * 16
+    (ref,) = lm.loglikelihood_rolling([Instance("loglikelihood_rolling", {}, (text,), 0)], disable_tqdm=True)
+    reqs = requests.rolling_requests(tok, [text], 16)
+    ll, _ = scorer.score(reqs)
+    assert len(reqs) >= 4
+    np.testing.assert_allclose(ll.sum(), ref, rtol=1e-5)
+
+
+def test_wikitext_detokenizer_is_lm_eval_s():
+  from lm_eval.tasks.wikitext.preprocess_wikitext import wikitext_detokenizer
+
+  samples = [
+      " = Valkyria = \n \n The game 's 3 @,@ 000 @-@ seat arena ( opened in 1 @.@ 5 ) ; \" a \" , ' b ' : c ! d ? \n",
+      " = = = Plot = = = \n It was 5 ° C . [ note ] { x } N 's s ' /' 1/ \n = = = = deep = = = = ",
+      "no change here",
+  ]
+  for s in samples:
+    assert wikitext.detokenize(s) == wikitext_detokenizer({"page": s})
+
+
+def test_wikitext_pages_split_on_titles_only():
+  lines = [" ", " = A = ", " ", " text a ", " = = Section = = ", " more a ", " = B = ", " b ", ""]
+  pages = wikitext.split_pages("\n".join(lines))
+  assert pages == ["\n".join(lines[1:6]), "\n".join(lines[6:])]
+  doc = tasks.build_wikitext({"page": pages[0]})
+  # lm-eval splits on runs of white space, so the page's leading and trailing space each add an empty word.
+  assert doc.words == len(pages[0].split()) + 2 and doc.bytes == len(pages[0].encode())
+
+
+def test_hellaswag_docs_equal_lm_eval_process_docs():
+  import datasets
+  from lm_eval.tasks.hellaswag.utils import process_docs
+  from eval_reference import HELLASWAG
+
+  ref = process_docs(datasets.Dataset.from_list(HELLASWAG))
+  for record, expected in zip(HELLASWAG, ref):
+    doc = tasks.build_hellaswag(record)
+    assert doc.pairs[0][0] == expected["query"]
+    assert list(doc.choices) == expected["choices"] and doc.gold == expected["gold"]
+
+
+def test_bootstrap_stderr_draws_lm_eval_s_resamples(monkeypatch):
+  from lm_eval.api import metrics as lm_metrics
+
+  monkeypatch.setenv("DISABLE_MULTIPROC", "1")
+  lls = list(np.random.RandomState(1).randn(37) * 2 - 6)
+  ref = lm_metrics.bootstrap_stderr(lm_metrics.perplexity, lls, iters=2000)
+  assert metrics.bootstrap_perplexity_stderr(lls, iters=2000) == pytest.approx(ref, rel=1e-9)
+  assert metrics.mean_stderr([1.0, 0.0, 1.0]) == pytest.approx(lm_metrics.mean_stderr([1.0, 0.0, 1.0]))
+  assert metrics.mean_stderr([1.0]) == "N/A"
+
+
+def test_malformed_lines_are_reported_with_file_and_line_and_skipped(tmp_path, caplog):
+  good = {"goal": "g", "sol1": "a", "sol2": "b", "label": 1}
+  lines = [json.dumps(good), "{not json", json.dumps({"goal": "g", "sol1": "a", "label": 0}), "",
+           json.dumps([1, 2]), json.dumps({**good, "label": "x"}), json.dumps(good)]
+  (tmp_path / "piqa_validation.jsonl").write_text("\n".join(lines) + "\n")
+  read = readers.read_task(tasks.TASKS["piqa"], str(tmp_path))
+  assert len(read.docs) == 2 and read.original == 2
+  path = str(tmp_path / "piqa_validation.jsonl")
+  assert [s.split(": ")[0] for s in read.skipped] == [f"{path}:{i}" for i in (2, 3, 5, 6)]
+  assert "missing field 'sol2'" in read.skipped[1]
+  assert any(f"{path}:2" in r.message for r in caplog.records)
+  wino = tmp_path / "winogrande_xl_validation.jsonl"
+  wino.write_text(json.dumps({"sentence": "no blank", "option1": "a", "option2": "b", "answer": "1"}) + "\n")
+  (bad,) = readers.read_task(tasks.TASKS["winogrande"], str(tmp_path)).skipped
+  assert bad.startswith(f"{wino}:1: ValueError")
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+  from ssa_jax.hf import from_hf
+
+  d = tmp_path_factory.mktemp("tiny")
+  make_hf_model("llama", d, vocab_size=300, max_position_embeddings=128)
+  return from_hf(d)
+
+
+class ByteTokenizer:
+  """Bytes + 2 (0 = EOS, 1 = BOS): a tokenizer with no files, for the vocabulary and passkey checks."""
+
+  path, eos_id, bos_id, adds_bos_by_default, vocab_size = "bytes", 0, 1, False, 258
+
+  def encode(self, text, add_bos=None):
+    return ([1] if add_bos else []) + [b + 2 for b in text.encode()]
+
+  def encode_batch(self, texts, add_bos=None):
+    return [self.encode(t, add_bos) for t in texts]
+
+  def decode(self, ids):
+    return bytes(i - 2 for i in ids if i >= 2).decode(errors="replace")
+
+
+def test_missing_task_file_is_reported_and_the_others_run(tiny, tmp_path, capsys):
+  from ssa_jax.evaluate import run_eval
+
+  model, params = tiny
+  (tmp_path / "lambada_openai_test.jsonl").write_text(json.dumps({"text": "the cat sat on the mat"}) + "\n")
+  out = run_eval(model, params, ByteTokenizer(), "piqa,lambada_openai", data_dir=str(tmp_path), batch_size=2,
+                 max_length=32, output=str(tmp_path / "r.json"), show_progress=False)
+  assert "lambada_openai" in out["results"] and "piqa" not in out["results"]
+  assert "piqa_validation.jsonl" in out["ssa_jax"]["missing_tasks"]["piqa"]
+  assert "SKIPPED task piqa" in capsys.readouterr().out
+  assert json.loads((tmp_path / "r.json").read_text())["results"]["lambada_openai"]["acc,none"] in (0.0, 1.0)
+
+
+def test_tokenizer_that_does_not_match_the_vocabulary_fails_at_once(tiny, tmp_path):
+  from ssa_jax.evaluate import check_vocab, run_eval
+
+  model, params = tiny
+  big = ByteTokenizer()
+  big.vocab_size = 301
+  with pytest.raises(ValueError, match="301 tokens but the model's vocabulary has only 300"):
+    run_eval(model, params, big, "piqa", data_dir=str(tmp_path))
+  small = ByteTokenizer()
+  small.vocab_size = 10
+  with pytest.raises(ValueError, match="not the model's tokenizer"):
+    check_vocab(small, 32000)
+  with pytest.raises(ValueError, match="unknown task"):
+    run_eval(model, params, ByteTokenizer(), "piqa,nope", data_dir=str(tmp_path))
+
+
+def test_directory_that_is_not_a_checkpoint_fails_at_once(tmp_path):
+  from ssa_jax.checkpoint import NotACheckpointError
+  from ssa_jax.evaluate import ModelSource, load_model
+
+  (tmp_path / "junk.txt").write_text("x")
+  with pytest.raises(NotACheckpointError, match="not an ssa-jax checkpoint"):
+    load_model(ModelSource(checkpoint=str(tmp_path)))
+  with pytest.raises(FileNotFoundError, match="no config.json"):
+    load_model(ModelSource(hf_dir=str(tmp_path)))
+  with pytest.raises(ValueError, match="exactly one model source"):
+    load_model(ModelSource())
+
+
+def test_greedy_generation_with_cache_equals_argmax_of_full_forward(tiny):
+  import jax.numpy as jnp
+
+  from ssa_jax.evaluate.generate import greedy_generate
+
+  model, params = tiny
+  prompts = [[5, 9, 13, 200, 7], [11, 3, 4, 4, 8], [1, 2, 3]]
+  out = greedy_generate(model, params, prompts, max_new_tokens=6)
+  for prompt, gen in zip(prompts, out):
+    seq = list(prompt)
+    for _ in range(6):
+      logits = model.apply({"params": params}, jnp.asarray([seq], jnp.int32))
+      seq.append(int(jnp.argmax(logits[0, -1])))
+    assert gen == seq[len(prompt):]
+
+
+def test_passkey_prompts_are_seeded_and_fit_their_lengths(tiny):
+  from ssa_jax.evaluate.config import passkey_config
+  from ssa_jax.evaluate.passkey import evaluate_passkey, make_trials
+
+  cfg = passkey_config()
+  cfg.lengths, cfg.trials = (300, 600), 4
+  tok = ByteTokenizer()
+  a, b = make_trials(cfg, tok), make_trials(cfg, tok)
+  assert a == b and len(a) == 8
+  cfg2 = passkey_config()
+  cfg2.lengths, cfg2.trials, cfg2.seed = (300, 600), 4, 1
+  assert [t.key for t in make_trials(cfg2, tok)] != [t.key for t in a]
+  for t in a:
+    assert cfg.key_sentence.format(key=t.key) in t.prompt and len(t.key) == 5
+    assert len(tok.encode(t.prompt)) <= t.length and t.prompt.endswith(cfg.question)
+  assert len(tok.encode(a[-1].prompt)) > 600 - len(tok.encode(" " + cfg.filler))
+  model, params = tiny
+  cfg.lengths, cfg.trials, cfg.max_new_tokens = (120,), 3, 4
+  out = evaluate_passkey(model, params, tok, cfg)
+  assert out["n"] == 3 and set(out["by_length"]) == {"120"} and 0.0 <= out["acc"] <= 1.0
+  assert sum(v is not None for v in out["by_depth"].values()) >= 1
