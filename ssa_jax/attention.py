@@ -48,7 +48,9 @@ class SelectiveSelfAttention(nn.Module):
       feature_BT: Array | None = None,
       cache: LayerCache | None = None,
       cache_index: Array | None = None,
+      mask_BTT: Array | None = None,
   ) -> tuple[Array, LayerCache | None]:
+    """`mask_BTT` (bool, True = query t may see key s) replaces the causal mask: packed or tree-shaped rows."""
     cfg = self.cfg
     H, K, D = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
     q_BTHD = dense((H, D), ("embed", "heads", "head_dim"), cfg, name="q", use_bias=cfg.qkv_bias)(x_BTd)
@@ -74,11 +76,17 @@ class SelectiveSelfAttention(nn.Module):
     k_BTKD = apply_rope(k_BTKD, positions_BT, cfg)
 
     scale = 1.0 / math.sqrt(D)
-    if cache is None:
+    if cache is None and mask_BTT is None:
       out_BTHD = jax.nn.dot_product_attention(
           q_BTHD, k_BTKD, v_BTKD, scale=scale, is_causal=True, implementation=kernel_implementation(cfg)
       )
+    elif cache is None:
+      out_BTHD = jax.nn.dot_product_attention(
+          q_BTHD, k_BTKD, v_BTKD, scale=scale, mask=mask_BTT[:, None], implementation="xla"
+      )
     else:
+      if mask_BTT is not None:
+        raise ValueError("mask_BTT is for full forwards; with a KV cache the mask follows the cache index")
       k_BSKD = jax.lax.dynamic_update_slice_in_dim(cache.k_BSKD, k_BTKD.astype(cache.k_BSKD.dtype), cache_index, 1)
       v_BSKD = jax.lax.dynamic_update_slice_in_dim(cache.v_BSKD, v_BTKD.astype(cache.v_BSKD.dtype), cache_index, 1)
       cache = LayerCache(k_BSKD, v_BSKD)

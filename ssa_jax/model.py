@@ -50,10 +50,10 @@ class Block(nn.Module):
   cfg: ModelConfig
 
   @nn.compact
-  def __call__(self, x_BTd, positions_BT, feature_BT=None, cache=None, cache_index=None):
+  def __call__(self, x_BTd, positions_BT, feature_BT=None, cache=None, cache_index=None, mask_BTT=None):
     cfg = self.cfg
     attn_BTd, cache = SelectiveSelfAttention(cfg, name="attn")(
-        Norm(cfg, name="attn_norm")(x_BTd), positions_BT, feature_BT, cache, cache_index
+        Norm(cfg, name="attn_norm")(x_BTd), positions_BT, feature_BT, cache, cache_index, mask_BTT
     )
     if cfg.parallel_residual:
       return x_BTd + attn_BTd + Mlp(cfg, name="mlp")(Norm(cfg, name="mlp_norm")(x_BTd)), cache
@@ -81,7 +81,11 @@ class Decoder(nn.Module):
   config: ModelConfig
 
   @nn.compact
-  def __call__(self, tokens_BT: Array, positions_BT: Array | None = None, cache: KVCache | None = None):
+  def __call__(self, tokens_BT: Array, positions_BT: Array | None = None, cache: KVCache | None = None,
+               mask_BTT: Array | None = None):
+    """`positions_BT`: absolute positions (default 0..T-1, or after the cache's). `mask_BTT` (bool, query t
+    sees key s) replaces the causal mask, for rows that pack several sequences (evaluation); with it,
+    `positions_BT` must restart at each sequence so that RoPE, learned positions and SSA's log(n) are right."""
     cfg = self.config
     dtype = compute_dtype(cfg)
     B, T = tokens_BT.shape
@@ -118,7 +122,8 @@ class Decoder(nn.Module):
     new_layers = []
     for i in range(cfg.num_layers):
       layer_cache = None if cache is None else cache.layers[i]
-      x_BTd, layer_cache = block_cls(cfg, name=f"layers_{i}")(x_BTd, positions_BT, feature_BT, layer_cache, cache_index)
+      x_BTd, layer_cache = block_cls(cfg, name=f"layers_{i}")(
+          x_BTd, positions_BT, feature_BT, layer_cache, cache_index, mask_BTT)
       new_layers.append(layer_cache)
 
     x_BTd = Norm(cfg, name="final_norm")(x_BTd)

@@ -9,25 +9,13 @@ shared by the layers of one rendering. Writes OUT/temperatures.html, OUT/tempera
 
 from __future__ import annotations
 
+import argparse
 import html
 import json
-import sys
 
 import jax.numpy as jnp
 import numpy as np
-from absl import app, flags
 from etils import epath
-
-FLAGS = flags.FLAGS
-flags.DEFINE_string("hf_dir", "", "Hugging Face directory of an SSA model (exported by ssa_jax.hf).")
-flags.DEFINE_string("checkpoint", "", "ssa-jax checkpoint (workdir, root or step dir).")
-flags.DEFINE_string("tokenizer", "", "Tokenizer path when the source names none.")
-flags.DEFINE_string("text", "", "Text to render.")
-flags.DEFINE_string("text_file", "", "File holding the text (instead of --text).")
-flags.DEFINE_string("layers", "0,-1", "Comma-separated layer indices (negative from the end), or 'all'.")
-flags.DEFINE_integer("max_tokens", 512, "Tokens rendered at most.")
-flags.DEFINE_string("out", "temperatures", "Output directory.")
-flags.DEFINE_string("cmap", "coolwarm", "matplotlib colour map.")
 
 
 def token_temperatures(model, params, ids: list[int]) -> np.ndarray:
@@ -100,33 +88,45 @@ def render_png(pieces: list[str], tau_LT: np.ndarray, layers: list[int], cmap: s
   plt.close(fig)
 
 
-def main(argv) -> int:
-  del argv
+def main(argv: list[str] | None = None) -> dict:
+  """The command line: renders the text and returns what it wrote into temperatures.json."""
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--hf_dir", default="", help="Hugging Face directory of an SSA model (exported by ssa_jax.hf)")
+  parser.add_argument("--checkpoint", default="", help="ssa-jax checkpoint (workdir, root or step dir)")
+  parser.add_argument("--tokenizer", default="", help="tokenizer path when the source names none")
+  parser.add_argument("--text", default="", help="text to render")
+  parser.add_argument("--text_file", default="", help="file holding the text (instead of --text)")
+  parser.add_argument("--layers", default="0,-1", help="comma-separated layer indices (negative from the end), or 'all'")
+  parser.add_argument("--max_tokens", type=int, default=512, help="tokens rendered at most")
+  parser.add_argument("--out", default="temperatures", help="output directory")
+  parser.add_argument("--cmap", default="coolwarm", help="matplotlib colour map")
+  args = parser.parse_args(argv)
+
   from ssa_jax.data.tokenizer import load_tokenizer
   from ssa_jax.evaluate import ModelSource, check_vocab, load_model
 
-  text = FLAGS.text or (epath.Path(FLAGS.text_file).read_text() if FLAGS.text_file else "")
+  text = args.text or (epath.Path(args.text_file).read_text() if args.text_file else "")
   if not text:
-    raise app.UsageError("give --text or --text_file")
-  model, params, own_tok = load_model(ModelSource(hf_dir=FLAGS.hf_dir, checkpoint=FLAGS.checkpoint))
-  tok_path = FLAGS.tokenizer or own_tok
+    parser.error("give --text or --text_file")
+  model, params, own_tok = load_model(ModelSource(hf_dir=args.hf_dir, checkpoint=args.checkpoint).validate())
+  tok_path = args.tokenizer or own_tok
   if not tok_path:
-    raise app.UsageError("the model names no tokenizer: pass --tokenizer=PATH")
+    parser.error("the model names no tokenizer: pass --tokenizer=PATH")
   tokenizer = load_tokenizer(tok_path)
   check_vocab(tokenizer, model.config.vocab_size)
-  ids = tokenizer.encode(text)[: min(FLAGS.max_tokens, model.config.max_seq_len)]
+  ids = tokenizer.encode(text)[: min(args.max_tokens, model.config.max_seq_len)]
   tau_LT = token_temperatures(model, params, ids)
-  layers = parse_layers(FLAGS.layers, model.config.num_layers)
+  layers = parse_layers(args.layers, model.config.num_layers)
   pieces = [tokenizer.decode([i]) for i in ids]
-  out = epath.Path(FLAGS.out)
+  out = epath.Path(args.out)
   out.mkdir(parents=True, exist_ok=True)
-  (out / "temperatures.html").write_text(render_html(pieces, tau_LT, layers, FLAGS.cmap))
-  render_png(pieces, tau_LT, layers, FLAGS.cmap, str(out / "temperatures.png"))
-  (out / "temperatures.json").write_text(json.dumps(
-      {"tokens": pieces, "ids": ids, "tau_q_mean_over_heads": {str(l): tau_LT[l].tolist() for l in layers}}))
+  (out / "temperatures.html").write_text(render_html(pieces, tau_LT, layers, args.cmap))
+  render_png(pieces, tau_LT, layers, args.cmap, str(out / "temperatures.png"))
+  written = {"tokens": pieces, "ids": ids, "tau_q_mean_over_heads": {str(l): tau_LT[l].tolist() for l in layers}}
+  (out / "temperatures.json").write_text(json.dumps(written))
   print(f"wrote {out}/temperatures.html, temperatures.png, temperatures.json ({len(ids)} tokens, layers {layers})")
-  return 0
+  return written
 
 
 if __name__ == "__main__":
-  app.run(lambda argv: sys.exit(main(argv)))
+  main()
