@@ -27,6 +27,7 @@ flags.DEFINE_string("tasks", _DEFAULTS.tasks, "Comma-separated task names (passk
 flags.DEFINE_integer("limit", _DEFAULTS.limit, "First N documents of each task (0: all).")
 flags.DEFINE_integer("batch_size", _DEFAULTS.batch_size, "Rows per batch at max_length.")
 flags.DEFINE_integer("max_length", _DEFAULTS.max_length, "Context length (0: the model's).")
+flags.DEFINE_integer("pack_length", _DEFAULTS.pack_length, "Row length that short requests are packed into.")
 flags.DEFINE_string("output", "", "Path of the results JSON (local or gs://).")
 flags.DEFINE_enum("add_bos", _DEFAULTS.add_bos, ["auto", "true", "false"],
                   "Prepend BOS: auto = the tokenizer's own default (Llama yes, GPT-2 / Pythia no).")
@@ -66,7 +67,7 @@ def main(argv) -> int:
   run_eval(model, params, tokenizer_path, FLAGS.tasks, data_dir=FLAGS.data_dir or None, limit=FLAGS.limit,
            batch_size=FLAGS.batch_size, max_length=FLAGS.max_length or None, output=FLAGS.output or None,
            extra=extra, add_bos=FLAGS.add_bos, bootstrap_iters=FLAGS.bootstrap_iters, passkey=passkey,
-           model_args=model_args)
+           model_args=model_args, pack_length=FLAGS.pack_length)
   return 0
 
 

@@ -1,9 +1,10 @@
 """Requests/s of our scorer (eval.py's engine) vs lm-eval's `hf` model: same model, requests and machine.
 
 A random-weight GPT-2 (transformers) with the real GPT-2 BPE is saved once; both sides score the same
-(context, continuation) requests of PIQA, ARC-Easy and LAMBADA (tokenization included on both sides):
-lm-eval with `HFLM.loglikelihood` (torch), ours with `pair_requests` + `Scorer.score` (JAX, jitted, bucketed,
-all local devices). Ours runs twice: cold (including compilation) and warm.
+(context, continuation) requests of the first --docs documents of each benchmark file in
+../shared/data/benchmarks (PIQA, ARC-Easy, ARC-Challenge, Winogrande, LAMBADA; tokenization included on both
+sides): lm-eval with `HFLM.loglikelihood` (torch), ours with `pair_requests` + `Scorer.score` (JAX, jitted,
+prefix-sharing packed rows, all local devices). Ours runs twice: cold (including compilation) and warm.
 
   python bench/bench_eval.py --docs=100 --batch_size=16 --d_model=256 --layers=4
 """
@@ -45,7 +46,8 @@ def main() -> None:
 
   data = Path(args.data)
   pairs = []
-  for name in ("piqa", "arc_easy", "lambada_openai"):
+  names = ("piqa", "arc_easy", "arc_challenge", "winogrande", "lambada_openai")
+  for name in names:
     spec = TASKS[name]
     for line in (data / "benchmarks" / spec.filename).read_text().splitlines()[: args.docs]:
       pairs.extend(spec.build(json.loads(line)).pairs)
@@ -80,7 +82,11 @@ def main() -> None:
   print(f"device: {dev.platform} {dev.device_kind} x{jax.local_device_count()}, CPUs: {os.cpu_count()}, "
         f"torch threads: {torch.get_num_threads()}")
   print(f"model: GPT-2 d={args.d_model} layers={args.layers} vocab=50257, max_length={args.max_length}, "
-        f"batch_size={args.batch_size}; {n} requests (piqa, arc_easy, lambada_openai x {args.docs} docs)")
+        f"batch_size={args.batch_size}; {n} requests ({', '.join(names)} x {args.docs} docs)")
+  st = scorer.stats
+  print(f"tokens per pass: lm-eval rows {st.tokens // 2:,} (before its padding); ours {st.computed_tokens // 2:,} "
+        f"after prefix sharing ({st.computed_tokens / st.tokens:.2f}x), {st.padded_tokens // 2:,} with padding; "
+        f"LM-head positions: lm-eval all, ours {st.head_positions // 2:,}")
   print(f"lm-eval hf   : {n / lm_eval_s:8.1f} req/s ({lm_eval_s:.2f} s)")
   print(f"ours (cold)  : {n / timings[0]:8.1f} req/s ({timings[0]:.2f} s, compilation included)")
   print(f"ours (warm)  : {n / timings[1]:8.1f} req/s ({timings[1]:.2f} s)")

@@ -63,7 +63,8 @@ def run_eval(model, params, tokenizer, tasks, data_dir: str | None = None, limit
              batch_size: int = 16, max_length: int | None = None, output: str | None = None,
              extra: dict[str, Any] | None = None, add_bos: Any = None, bootstrap_iters: int = 100_000,
              passkey: ml_collections.ConfigDict | None = None, model_args: str = "",
-             matmul_precision: str = "auto", vocab_slack: int = 1024, show_progress: bool = True) -> dict:
+             matmul_precision: str = "auto", vocab_slack: int = 1024, show_progress: bool = True,
+             pack_length: int = 512) -> dict:
   """Evaluates (model, params) on `tasks` ('a,b' or a list; 'passkey' included) and returns lm-eval's layout.
 
   `tokenizer`: a Tokenizer or a path for load_tokenizer. A task whose file is missing is reported (console
@@ -109,7 +110,7 @@ def run_eval(model, params, tokenizer, tasks, data_dir: str | None = None, limit
       continue
     if scorer is None:
       scorer = Scorer(model, params, max_length, batch_size, matmul_precision=matmul_precision,
-                      show_progress=show_progress)
+                      show_progress=show_progress, pack_length=pack_length)
     t0, r0, tok0 = time.time(), scorer.stats.requests, scorer.stats.tokens
     per_doc = score_task(scorer, tokenizer, spec, read.docs, max_length, bos)
     values = metrics_lib.aggregate(spec, read.docs, per_doc, bootstrap_iters)
@@ -144,7 +145,9 @@ def run_eval(model, params, tokenizer, tasks, data_dir: str | None = None, limit
       "requests": stats.requests if stats else 0,
       "requests_per_s": stats.requests / stats.seconds if stats and stats.seconds else None,
       "tokens_per_s": stats.tokens / stats.seconds if stats and stats.seconds else None,
-      "padding_fraction": 1 - stats.tokens / stats.padded_tokens if stats and stats.padded_tokens else None,
+      # tokens_per_s counts the tokens lm-eval would run; prefix sharing and packing compute fewer:
+      "computed_token_fraction": stats.computed_tokens / stats.tokens if stats and stats.tokens else None,
+      "padding_fraction": 1 - stats.computed_tokens / stats.padded_tokens if stats and stats.padded_tokens else None,
       "tasks": timing, "missing_tasks": missing, "skipped_records": skipped,
       "devices": [f"{d.platform}:{d.device_kind}" for d in jax.local_devices()],
       "tokenizer": tokenizer.path,

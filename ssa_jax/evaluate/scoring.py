@@ -1,8 +1,16 @@
 """Batched, jitted, data-parallel log-likelihood scoring of token requests (lm-eval's left truncation).
 
-Requests are sorted by length and padded to a few bucket lengths (powers of two up to max_length) and row
-counts (powers of two), so only a handful of shapes compile. Batches are split over a 1-D mesh of the local
-devices; only per-request sums come back to the host.
+lm-eval runs each request as its own padded row. We score the same numbers with far fewer tokens:
+- Shared prefixes: the requests of one multiple-choice document share their context. The context goes into
+  a row once, followed by each choice's tokens as a branch that sees the context and itself only (a tree
+  mask); positions restart per branch, so RoPE, learned positions and SSA's log(n) see what a separate row
+  would. Requests with identical (truncated) context tokens share it.
+- Packing: several such units (any task, rolling windows included) fill one row, each unit blind to the
+  others, so padding is a few percent instead of lm-eval's per-batch padding to the longest request.
+- The LM head runs only where a token is predicted (once for all the branches of a context), never on the
+  full (B, T, V) logits: with a 50k vocabulary it costs as much as several layers a token.
+Rows have a few fixed lengths and batches a few row counts (powers of two), so few shapes compile.
+Batches are split over a 1-D mesh of the local devices; only per-request sums come back to the host.
 """
 
 from __future__ import annotations
@@ -10,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import time
+from collections import defaultdict
 from typing import Sequence
 
 import jax
@@ -30,6 +39,10 @@ def bucket_lengths(max_length: int, smallest: int = 32) -> list[int]:
   return out + [max_length]
 
 
+def _pow2(n: int) -> int:
+  return 1 << max(int(n) - 1, 0).bit_length()
+
+
 def lm_head(params, h_BKd):
   """float32 logits from final hidden states: the untied `lm_head` or the tied input embedding."""
   if "lm_head" in params:
@@ -46,55 +59,210 @@ def model_input(req: TokenRequest, max_length: int) -> tuple[list[int], int]:
 
 
 @dataclasses.dataclass
+class Unit:
+  """A shared context and the requests continuing it: one contiguous, self-contained piece of a row.
+
+  `context` ends with the token that predicts each branch's first continuation token; branch i holds the
+  rest of request `requests[i]`'s input (its continuation minus the last token), and so has n_cont - 1 tokens.
+  """
+
+  context: list[int]
+  requests: list[int] = dataclasses.field(default_factory=list)
+  branches: list[list[int]] = dataclasses.field(default_factory=list)
+
+  @property
+  def length(self) -> int:
+    return len(self.context) + sum(len(b) for b in self.branches)
+
+  @property
+  def heads(self) -> int:
+    """Positions whose LM-head output is needed: the context's last token (shared) and every branch token."""
+    return 1 + sum(len(b) for b in self.branches)
+
+
+def make_units(requests: Sequence[TokenRequest], max_length: int) -> list[Unit]:
+  """Requests grouped by identical context tokens (after truncation); units never exceed max_length tokens."""
+  by_context: dict[tuple[int, ...], Unit] = {}
+  units = []
+  for k, req in enumerate(requests):
+    inp, n_cont = model_input(req, max_length)
+    split = len(inp) - (n_cont - 1)
+    context, branch = tuple(inp[:split]), inp[split:]
+    unit = by_context.get(context)
+    if unit is None or unit.length + len(branch) > max_length:
+      unit = by_context[context] = Unit(list(context))
+      units.append(unit)
+    unit.requests.append(k)
+    unit.branches.append(branch)
+  return units
+
+
+def pack_rows(units: Sequence[Unit], row_length: int) -> list[list[Unit]]:
+  """First-fit decreasing: units (each <= row_length tokens) into as few rows of `row_length` as it finds."""
+  rows: list[list[Unit]] = []
+  free: list[int] = []
+  for unit in sorted(units, key=lambda u: -u.length):
+    for r, space in enumerate(free):
+      if unit.length <= space:
+        rows[r].append(unit)
+        free[r] -= unit.length
+        break
+    else:
+      rows.append([unit])
+      free.append(row_length - unit.length)
+  return rows
+
+
+@dataclasses.dataclass
+class RowBatch:
+  """Host arrays of one batch: R packed rows of T tokens, split into D contiguous blocks (one a device).
+
+  Each device's LM-head positions are flattened over its rows (N of them, padding included), so that the
+  head runs on about as many positions as are predicted; E = N + S scored entries (the branches of a unit
+  share the position before them) and S request slots a device.
+  """
+
+  tokens_RT: np.ndarray
+  positions_RT: np.ndarray
+  segment_RT: np.ndarray  # unit index in the row + 1; 0 = padding
+  branch_RT: np.ndarray  # 0 = the unit's shared context, i + 1 = its branch i
+  head_DN: np.ndarray  # local_row * T + t of each position that goes through the LM head
+  head_of_DE: np.ndarray  # which of the N head positions predicts the entry's target
+  target_DE: np.ndarray
+  slot_DE: np.ndarray  # request slot on the device; S = unused
+  request_DS: np.ndarray  # request index of each slot; -1 = unused
+
+
+def head_count(rows: Sequence[Sequence[Unit]], devices: int) -> tuple[int, int]:
+  """(most head positions, most requests) on one device when `rows` are dealt round-robin to `devices`."""
+  heads, reqs = [0] * devices, [0] * devices
+  for j, row in enumerate(rows):
+    heads[j % devices] += sum(u.heads for u in row)
+    reqs[j % devices] += sum(len(u.requests) for u in row)
+  return max(heads), max(reqs)
+
+
+def build_batch(rows: Sequence[Sequence[Unit]], requests: Sequence[TokenRequest], n_rows: int, T: int, D: int,
+                N: int, S: int) -> RowBatch:
+  """Lays out `rows` (padded to n_rows, dealt round-robin to D devices); see RowBatch."""
+  E, per_device = N + S, n_rows // D
+  b = RowBatch(*(np.zeros((n_rows, T), np.int32) for _ in range(4)), np.zeros((D, N), np.int32),
+               np.zeros((D, E), np.int32), np.zeros((D, E), np.int32), np.full((D, E), S, np.int32),
+               np.full((D, S), -1, np.int64))
+  cursor = [[0, 0, 0] for _ in range(D)]  # per device: head positions, entries, slots used
+  for j, row in enumerate(rows):
+    d, local = j % D, j // D
+    r, base = d * per_device + local, local * T
+    u, e, s = cursor[d]
+    t = 0
+    for u_i, unit in enumerate(row):
+      c = len(unit.context)
+      b.tokens_RT[r, t:t + c] = unit.context
+      b.positions_RT[r, t:t + c] = np.arange(c)
+      b.segment_RT[r, t:t + c] = u_i + 1
+      b.head_DN[d, u] = base + t + c - 1
+      shared_head = u
+      t, u = t + c, u + 1
+      for i, (req, branch) in enumerate(zip(unit.requests, unit.branches)):
+        n = len(branch)
+        b.tokens_RT[r, t:t + n] = branch
+        b.positions_RT[r, t:t + n] = np.arange(c, c + n)
+        b.segment_RT[r, t:t + n] = u_i + 1
+        b.branch_RT[r, t:t + n] = i + 1
+        b.head_DN[d, u:u + n] = base + np.arange(t, t + n)
+        b.head_of_DE[d, e:e + n + 1] = [shared_head, *range(u, u + n)]
+        b.target_DE[d, e:e + n + 1] = requests[req].continuation[-(n + 1):]
+        b.slot_DE[d, e:e + n + 1] = s
+        b.request_DS[d, s] = req
+        t, u, e, s = t + n, u + n, e + n + 1, s + 1
+    cursor[d] = [u, e, s]
+  return b
+
+
+def _round_up(n: int) -> int:
+  """n rounded up to a sixteenth of the power of two above it (<= 6% padding, few distinct shapes)."""
+  step = max(_pow2(n) // 16, 1)
+  return -(-n // step) * step
+
+
+def tree_mask(segment_BT, branch_BT):
+  """Query t sees key s: same unit, s <= t, and s in the shared context or in t's own branch (diagonal always)."""
+  T = segment_BT.shape[1]
+  causal_TT = jnp.tril(jnp.ones((T, T), bool))
+  same_unit = (segment_BT[:, :, None] == segment_BT[:, None, :]) & (segment_BT[:, None, :] > 0)
+  visible = (branch_BT[:, None, :] == 0) | (branch_BT[:, None, :] == branch_BT[:, :, None])
+  return (same_unit & visible & causal_TT[None]) | jnp.eye(T, dtype=bool)[None]
+
+
+@dataclasses.dataclass
 class ScoreStats:
   """Totals across calls (for the results' tokens/s)."""
 
   requests: int = 0
-  tokens: int = 0  # real (unpadded) input tokens
-  padded_tokens: int = 0
+  tokens: int = 0  # tokens lm-eval would run (each request's own input)
+  computed_tokens: int = 0  # tokens in our rows after prefix sharing, without padding
+  padded_tokens: int = 0  # row slots, padding included
+  head_positions: int = 0  # positions through the LM head, padding included (lm-eval: every token)
   seconds: float = 0.0
 
 
 class Scorer:
-  """Scores token requests with `model.apply({'params': params}, tokens_BT)`; see the module doc."""
+  """Scores token requests with the model on packed, prefix-sharing rows; see the module doc.
+
+  `batch_size`: rows per batch at max_length; shorter rows come proportionally more per batch (same tokens).
+  `pack_length`: the row length that short units are packed into (min(max_length, pack_length)).
+  """
 
   def __init__(self, model, params, max_length: int, batch_size: int = 16, devices=None,
-               matmul_precision: str | None = None, smallest_bucket: int = 32, show_progress: bool = True):
+               matmul_precision: str | None = None, smallest_bucket: int = 32, show_progress: bool = True,
+               pack_length: int = 512):
     self.model = model
     self.max_length = int(max_length)
     devices = list(devices or jax.local_devices())
     self.mesh = Mesh(np.array(devices), ("data",))
     self.n_devices = len(devices)
-    # batch_size rows at the longest bucket; shorter buckets take proportionally more rows (same tokens).
     self.batch_size = max(int(batch_size), 1)
     self.buckets = bucket_lengths(self.max_length, min(smallest_bucket, self.max_length))
+    self.pack_length = min(int(pack_length), self.max_length)
     self.params = jax.device_put(params, NamedSharding(self.mesh, P()))
     self._batch_sharding = NamedSharding(self.mesh, P("data"))
     self.precision = matmul_precision
     self.show_progress = show_progress
     self.stats = ScoreStats()
 
-    def score(params, tokens_BT, positions_BK, targets_BK, mask_BK):
-      # The LM head runs only where a continuation token is scored: the final norm's output is captured and
-      # the full (B, T, V) logits, left unused, are removed by XLA.
-      _, state = model.apply({"params": params}, tokens_BT, mutable=["intermediates"],
-                             capture_intermediates=lambda mdl, _: mdl.name == "final_norm")
+    def score(params, tokens_BT, positions_BT, segment_BT, branch_BT, head_DN, head_of_DE, target_DE, slot_DE, S):
+      # The LM head runs only at the head positions: the final norm's output is captured and the full
+      # (B, T, V) logits, left unused, are removed by XLA.
+      _, state = model.apply({"params": params}, tokens_BT, positions_BT, mask_BTT=tree_mask(segment_BT, branch_BT),
+                             mutable=["intermediates"], capture_intermediates=lambda mdl, _: mdl.name == "final_norm")
       h_BTd = state["intermediates"]["final_norm"]["__call__"][0]
-      h_BKd = jnp.take_along_axis(h_BTd, positions_BK[..., None], axis=1)
-      logits_BKV = lm_head(params, h_BKd)
-      lse_BK = jax.nn.logsumexp(logits_BKV, axis=-1)
-      target_logit_BK = jnp.take_along_axis(logits_BKV, targets_BK[..., None], axis=-1)[..., 0]
-      logprob_BK = jnp.where(mask_BK, target_logit_BK - lse_BK, 0.0)
-      greedy_BK = jnp.argmax(logits_BKV, axis=-1) == targets_BK
-      return logprob_BK.sum(-1), jnp.all(greedy_BK | ~mask_BK, axis=-1)
+      D = head_DN.shape[0]
+      h_DXd = h_BTd.reshape(D, -1, h_BTd.shape[-1])  # each device's rows, flattened
+      logits_DNV = lm_head(params, jnp.take_along_axis(h_DXd, head_DN[..., None], axis=1))
+      V = logits_DNV.shape[-1]
+      max_DN = jnp.max(logits_DNV, axis=-1)
+      lse_DE = jnp.take_along_axis(jax.nn.logsumexp(logits_DNV, axis=-1), head_of_DE, axis=1)
+      target_logit_DE = jnp.take_along_axis(logits_DNV.reshape(D, -1), head_of_DE * V + target_DE, axis=1)
+      used_DE = slot_DE < S
+      logprob_DE = jnp.where(used_DE, target_logit_DE - lse_DE, 0.0)
+      # Greedy: the target's logit is the largest (lm-eval: argmax == target; they differ only on exact ties).
+      missed_DE = used_DE & (target_logit_DE < jnp.take_along_axis(max_DN, head_of_DE, axis=1))
+      per_slot = jax.vmap(lambda x, ids: jax.ops.segment_sum(x, ids, num_segments=S))
+      ll_DS = per_slot(logprob_DE, slot_DE)
+      misses_DS = per_slot(missed_DE.astype(jnp.int32), slot_DE)
+      return ll_DS, misses_DS == 0
 
-    self._score = jax.jit(score)
+    self._score = jax.jit(score, static_argnames=("S",))
 
-  def _rows_for(self, bucket: int, n: int) -> int:
-    """Rows of a batch at `bucket` length holding up to `n` requests: a power of two, a multiple of devices."""
-    cap = max(self.batch_size * self.max_length // bucket, self.batch_size)
-    rows = min(1 << max(n - 1, 0).bit_length(), cap)
-    return -(-rows // self.n_devices) * self.n_devices
+  def _row_length(self, unit_length: int) -> int:
+    if unit_length <= self.pack_length:
+      return self.pack_length
+    return self.buckets[int(np.searchsorted(self.buckets, unit_length))]
+
+  def _rows_per_batch(self, T: int, n: int) -> int:
+    """Rows of a batch of length-T rows holding up to n rows: a power of two, a multiple of the devices."""
+    cap = max(self.batch_size * self.max_length // T, self.batch_size)
+    return -(-min(_pow2(n), cap) // self.n_devices) * self.n_devices
 
   def score(self, requests: Sequence[TokenRequest], desc: str = "scoring") -> tuple[np.ndarray, np.ndarray]:
     """(log-likelihood float64 [n], is_greedy bool [n]) of every request, in the given order."""
@@ -103,42 +271,34 @@ class Scorer:
     greedy = np.zeros(n, bool)
     if n == 0:
       return ll, greedy
-    inputs = [model_input(r, self.max_length) for r in requests]
-    lengths = np.array([len(x[0]) for x in inputs])
-    order = np.argsort(-lengths, kind="stable")  # longest first: memory problems show at once
-    bucket_of = np.searchsorted(self.buckets, lengths)
     start = time.perf_counter()
+    units = make_units(requests, self.max_length)
+    by_length: dict[int, list[Unit]] = defaultdict(list)
+    for unit in units:
+      by_length[self._row_length(unit.length)].append(unit)
+    self.stats.tokens += sum(len(model_input(r, self.max_length)[0]) for r in requests)
+    self.stats.computed_tokens += sum(u.length for u in units)
     pending = []
     bar = tqdm(total=n, desc=desc, unit="req", disable=not self.show_progress, leave=True, dynamic_ncols=True)
     with jax.default_matmul_precision(self.precision) if self.precision else contextlib.nullcontext():
-      for b in sorted(set(bucket_of.tolist()), reverse=True):
-        T = self.buckets[b]
-        idx = order[bucket_of[order] == b]
-        # Within a bucket, longest continuations first: a batch's scored positions K (a power of two, so few
-        # shapes compile) then fit its rows tightly, and the LM head runs on rows x K positions only.
-        idx = idx[np.argsort([-inputs[k][1] for k in idx], kind="stable")]
+      for T in sorted(by_length, reverse=True):  # longest rows first: memory problems show at once
+        # Rows with the most head positions first, so that a batch's rows are alike.
+        rows = sorted(pack_rows(by_length[T], T), key=lambda row: -sum(u.heads for u in row))
+        D = self.n_devices
         i = 0
-        while i < len(idx):
-          rows = self._rows_for(T, len(idx) - i)
-          chunk = idx[i:i + rows]
+        while i < len(rows):
+          n_rows = self._rows_per_batch(T, len(rows) - i)
+          chunk = rows[i:i + n_rows]
           i += len(chunk)
-          K = min(1 << max(inputs[chunk[0]][1] - 1, 0).bit_length(), T)
-          tokens = np.zeros((rows, T), np.int32)
-          positions = np.zeros((rows, K), np.int32)
-          targets = np.zeros((rows, K), np.int32)
-          mask = np.zeros((rows, K), bool)
-          for r, k in enumerate(chunk):
-            inp, n_cont = inputs[k]
-            L = len(inp)
-            tokens[r, :L] = inp
-            positions[r, :n_cont] = np.arange(L - n_cont, L)
-            targets[r, :n_cont] = requests[k].continuation[-n_cont:]
-            mask[r, :n_cont] = True
-            self.stats.tokens += L
-          self.stats.padded_tokens += rows * T
-          batch = (tokens, positions, targets, mask)
-          out = self._score(self.params, *(jax.device_put(a, self._batch_sharding) for a in batch))
-          pending.append((chunk, out))
+          most_heads, most_requests = head_count(chunk, D)
+          N, S = _round_up(most_heads), _pow2(most_requests)
+          b = build_batch(chunk, requests, n_rows, T, D, N, S)
+          self.stats.padded_tokens += n_rows * T
+          self.stats.head_positions += D * N
+          arrays = (b.tokens_RT, b.positions_RT, b.segment_RT, b.branch_RT, b.head_DN, b.head_of_DE, b.target_DE,
+                    b.slot_DE)
+          out = self._score(self.params, *(jax.device_put(a, self._batch_sharding) for a in arrays), S=S)
+          pending.append((b.request_DS, out))
           if len(pending) > 2:  # keep the device busy while the host prepares the next batch
             self._collect(pending.pop(0), ll, greedy, bar)
       while pending:
@@ -150,8 +310,9 @@ class Scorer:
 
   @staticmethod
   def _collect(item, ll, greedy, bar):
-    chunk, (ll_B, greedy_B) = item
-    ll_B, greedy_B = jax.device_get((ll_B, greedy_B))
-    ll[chunk] = np.asarray(ll_B[:len(chunk)], np.float64)
-    greedy[chunk] = greedy_B[:len(chunk)]
-    bar.update(len(chunk))
+    request_DS, (ll_DS, greedy_DS) = item
+    ll_DS, greedy_DS = jax.device_get((ll_DS, greedy_DS))
+    used = request_DS >= 0
+    ll[request_DS[used]] = np.asarray(ll_DS, np.float64)[used]
+    greedy[request_DS[used]] = np.asarray(greedy_DS)[used]
+    bar.update(int(used.sum()))
