@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import sys
 
-from absl import app, flags
+from absl import app, flags, logging
 
 from ssa_jax.evaluate.config import eval_config
 
@@ -40,6 +40,8 @@ flags.DEFINE_string("dtype", "", "Compute dtype override (float32 / bfloat16); d
 
 def main(argv) -> int:
   del argv
+  if not FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)  # orbax logs every file operation at INFO
   import dataclasses
 
   from ssa_jax.data.tokenizer import load_tokenizer

@@ -155,6 +155,22 @@ def test_missing_task_file_is_reported_and_the_others_run(tiny, tmp_path, capsys
   assert json.loads((tmp_path / "r.json").read_text())["results"]["lambada_openai"]["acc,none"] in (0.0, 1.0)
 
 
+def test_document_whose_choice_exceeds_max_length_is_left_out_and_reported(tiny, tmp_path, capsys):
+  from ssa_jax.evaluate import run_eval
+
+  model, params = tiny
+  docs = [{"goal": "Open a jar", "sol1": "twist the lid", "sol2": "x" * 40, "label": 0},
+          {"goal": "Dry a towel", "sol1": "hang it", "sol2": "soak it", "label": 0},
+          {"goal": "Cut bread", "sol1": "use a knife", "sol2": "use a spoon", "label": 0}]
+  (tmp_path / "piqa_validation.jsonl").write_text("".join(json.dumps(d) + "\n" for d in docs))
+  out = run_eval(model, params, ByteTokenizer(), "piqa", data_dir=str(tmp_path), batch_size=2, max_length=32,
+                 show_progress=False)
+  assert out["n-samples"]["piqa"] == {"original": 3, "effective": 2}
+  assert out["ssa_jax"]["skipped_records"]["piqa"]["count"] == 1
+  assert "document 0" in out["ssa_jax"]["skipped_records"]["piqa"]["records"][0]
+  assert "1 document(s) left out" in capsys.readouterr().out
+
+
 def test_tokenizer_that_does_not_match_the_vocabulary_fails_at_once(tiny, tmp_path):
   from ssa_jax.evaluate import check_vocab, run_eval
 

@@ -15,7 +15,7 @@ from ssa_jax.evaluate import results as results_lib
 from ssa_jax.evaluate.config import eval_config
 from ssa_jax.evaluate.loading import check_vocab
 from ssa_jax.evaluate.readers import TaskFileMissing, read_task
-from ssa_jax.evaluate.requests import pair_requests, rolling_requests
+from ssa_jax.evaluate.requests import TokenRequest, encode_pairs, rolling_requests
 from ssa_jax.evaluate.scoring import Scorer
 from ssa_jax.evaluate.tasks import MULTIPLE_CHOICE, PASSKEY, ROLLING, TASKS, parse_task_names
 
@@ -36,27 +36,41 @@ def parse_add_bos(value: Any) -> bool | None:
   raise ValueError(f"add_bos: expected auto, true or false, got {value!r}")
 
 
-def score_task(scorer: Scorer, tokenizer, spec, docs, max_length: int, add_bos: bool | None) -> list[dict]:
-  """Per-document raw scores of one task ({"lls"} / {"ll", "greedy"} / {"ll"})."""
+def score_task(scorer: Scorer, tokenizer, spec, docs, max_length: int, add_bos: bool | None
+               ) -> tuple[list, list[dict], list[str]]:
+  """(scored docs, their raw scores ({"lls"} / {"ll", "greedy"} / {"ll"}), messages of the docs left out).
+
+  A document with a continuation that encodes to no tokens or to more than max_length tokens cannot be
+  scored (lm-eval stops with an assertion there); it is left out, reported, and the task goes on.
+  """
   if spec.output_type == ROLLING:
     reqs = rolling_requests(tokenizer, [d.text for d in docs], max_length, add_bos)
     ll, _ = scorer.score(reqs, desc=spec.name)
     totals = [0.0] * len(docs)
     for r, v in zip(reqs, ll):
       totals[r.owner] += float(v)
-    return [{"ll": t} for t in totals]
+    return list(docs), [{"ll": t} for t in totals], []
   pairs, owners = [], []
   for i, d in enumerate(docs):
     pairs.extend(d.pairs)
     owners.extend([i] * len(d.pairs))
-  reqs = pair_requests(tokenizer, pairs, max_length, add_bos, what=f"task {spec.name}: request")
+  encoded = encode_pairs(tokenizer, pairs, add_bos)
+  bad = {}
+  for (_, cont), owner in zip(encoded, owners):
+    if (not cont or len(cont) > max_length) and owner not in bad:
+      bad[owner] = (f"task {spec.name}: document {owner}: a continuation of {len(cont)} tokens "
+                    f"(expected 1 to max_length={max_length}); left out")
+  keep = [i for i in range(len(docs)) if i not in bad]
+  new_index = {old: new for new, old in enumerate(keep)}
+  reqs = [TokenRequest(tuple(ctx), tuple(cont), new_index[o]) for (ctx, cont), o in zip(encoded, owners) if o not in bad]
   ll, greedy = scorer.score(reqs, desc=spec.name)
   if spec.output_type == MULTIPLE_CHOICE:
-    per_doc = [{"lls": []} for _ in docs]
-    for o, v in zip(owners, ll):
-      per_doc[o]["lls"].append(float(v))
-    return per_doc
-  return [{"ll": float(ll[i]), "greedy": bool(greedy[i])} for i in range(len(docs))]
+    per_doc = [{"lls": []} for _ in keep]
+    for r, v in zip(reqs, ll):
+      per_doc[r.owner]["lls"].append(float(v))
+  else:
+    per_doc = [{"ll": float(ll[i]), "greedy": bool(greedy[i])} for i in range(len(reqs))]
+  return [docs[i] for i in keep], per_doc, list(bad.values())
 
 
 def run_eval(model, params, tokenizer, tasks, data_dir: str | None = None, limit: int | None = None,
@@ -112,10 +126,18 @@ def run_eval(model, params, tokenizer, tasks, data_dir: str | None = None, limit
       scorer = Scorer(model, params, max_length, batch_size, matmul_precision=matmul_precision,
                       show_progress=show_progress, pack_length=pack_length)
     t0, r0, tok0 = time.time(), scorer.stats.requests, scorer.stats.tokens
-    per_doc = score_task(scorer, tokenizer, spec, read.docs, max_length, bos)
-    values = metrics_lib.aggregate(spec, read.docs, per_doc, bootstrap_iters)
-    task_results[name] = results_lib.task_entry(name, len(read.docs), values)
-    samples[name] = {"original": read.original, "effective": len(read.docs)}
+    docs, per_doc, left_out = score_task(scorer, tokenizer, spec, read.docs, max_length, bos)
+    if left_out:
+      print(f"[eval] {name}: {len(left_out)} document(s) left out, e.g. {left_out[0]}", flush=True)
+      entry = skipped.setdefault(name, {"count": 0, "records": []})
+      entry["count"] += len(left_out)
+      entry["records"] = (entry["records"] + left_out)[:20]
+    if not docs:
+      missing[name] = f"task {name}: no document could be scored"
+      continue
+    values = metrics_lib.aggregate(spec, docs, per_doc, bootstrap_iters)
+    task_results[name] = results_lib.task_entry(name, len(docs), values)
+    samples[name] = {"original": read.original, "effective": len(docs)}
     paths[name] = read.path
     dt = time.time() - t0
     timing[name] = {"seconds": dt, "requests": scorer.stats.requests - r0,

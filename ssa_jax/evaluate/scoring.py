@@ -260,9 +260,10 @@ class Scorer:
     return self.buckets[int(np.searchsorted(self.buckets, unit_length))]
 
   def _rows_per_batch(self, T: int, n: int) -> int:
-    """Rows of a batch of length-T rows holding up to n rows: a power of two, a multiple of the devices."""
+    """Rows of a batch of length-T rows holding up to n rows: the cap, or (the last batch) n rounded up to
+    a sixteenth of a power of two; a multiple of the devices."""
     cap = max(self.batch_size * self.max_length // T, self.batch_size)
-    return -(-min(_pow2(n), cap) // self.n_devices) * self.n_devices
+    return -(-min(_round_up(n), cap) // self.n_devices) * self.n_devices
 
   def score(self, requests: Sequence[TokenRequest], desc: str = "scoring") -> tuple[np.ndarray, np.ndarray]:
     """(log-likelihood float64 [n], is_greedy bool [n]) of every request, in the given order."""
