@@ -73,7 +73,10 @@ def test_packed_scores_equal_one_forward_per_request(family):
   reqs = _requests(np.random.default_rng(0))
   scorer = Scorer(model, params, MAX_LENGTH, batch_size=2, matmul_precision="highest", show_progress=False,
                   pack_length=16)
+  jitted, kernels = scorer._score, []
+  scorer._score = lambda *a, **k: kernels.append(k["causal"]) or jitted(*a, **k)
   ll, greedy = scorer.score(reqs)
+  assert set(kernels) == {True, False}  # both the tree-mask rows and the plain causal rows ran
   ref = _reference(model, params, reqs)
   np.testing.assert_allclose(ll, [r[0] for r in ref], rtol=2e-5, atol=2e-5)
   assert greedy.tolist() == [r[1] for r in ref]

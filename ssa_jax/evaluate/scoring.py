@@ -230,10 +230,14 @@ class Scorer:
     self.show_progress = show_progress
     self.stats = ScoreStats()
 
-    def score(params, tokens_BT, positions_BT, segment_BT, branch_BT, head_DN, head_of_DE, target_DE, slot_DE, S):
+    def score(params, tokens_BT, positions_BT, segment_BT, branch_BT, head_DN, head_of_DE, target_DE, slot_DE, S,
+              causal):
+      # causal: every row holds one request from position 0, so the plain causal kernel (cuDNN flash attention
+      # on GPU, no (B, T, T) mask) gives the same result; long rows (rolling windows) are all like that.
+      mask_BTT = None if causal else tree_mask(segment_BT, branch_BT)
       # The LM head runs only at the head positions: the final norm's output is captured and the full
       # (B, T, V) logits, left unused, are removed by XLA.
-      _, state = model.apply({"params": params}, tokens_BT, positions_BT, mask_BTT=tree_mask(segment_BT, branch_BT),
+      _, state = model.apply({"params": params}, tokens_BT, None if causal else positions_BT, mask_BTT=mask_BTT,
                              mutable=["intermediates"], capture_intermediates=lambda mdl, _: mdl.name == "final_norm")
       h_BTd = state["intermediates"]["final_norm"]["__call__"][0]
       D = head_DN.shape[0]
@@ -252,7 +256,7 @@ class Scorer:
       misses_DS = per_slot(missed_DE.astype(jnp.int32), slot_DE)
       return ll_DS, misses_DS == 0
 
-    self._score = jax.jit(score, static_argnames=("S",))
+    self._score = jax.jit(score, static_argnames=("S", "causal"))
 
   def _row_length(self, unit_length: int) -> int:
     if unit_length <= self.pack_length:
@@ -298,7 +302,9 @@ class Scorer:
           self.stats.head_positions += D * N
           arrays = (b.tokens_RT, b.positions_RT, b.segment_RT, b.branch_RT, b.head_DN, b.head_of_DE, b.target_DE,
                     b.slot_DE)
-          out = self._score(self.params, *(jax.device_put(a, self._batch_sharding) for a in arrays), S=S)
+          causal = all(len(row) == 1 and len(row[0].branches) == 1 for row in chunk)
+          out = self._score(self.params, *(jax.device_put(a, self._batch_sharding) for a in arrays), S=S,
+                            causal=causal)
           pending.append((b.request_DS, out))
           if len(pending) > 2:  # keep the device busy while the host prepares the next batch
             self._collect(pending.pop(0), ll, greedy, bar)
