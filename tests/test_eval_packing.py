@@ -76,10 +76,16 @@ def test_packed_scores_equal_one_forward_per_request(family):
   jitted, kernels = scorer._score, []
   scorer._score = lambda *a, **k: kernels.append(k["causal"]) or jitted(*a, **k)
   ll, greedy = scorer.score(reqs)
-  assert set(kernels) == {True, False}  # both the tree-mask rows and the plain causal rows ran
+  assert False in kernels  # tree-mask rows ran
   ref = _reference(model, params, reqs)
   np.testing.assert_allclose(ll, [r[0] for r in ref], rtol=2e-5, atol=2e-5)
   assert greedy.tolist() == [r[1] for r in ref]
+  # Requests longer than pack_length, one a row: the plain causal kernel, same numbers.
+  long_ids = [i for i, r in enumerate(reqs) if 100 <= r.owner < 300 and len(r.context) + len(r.continuation) > 17]
+  kernels.clear()
+  ll_long, _ = scorer.score([reqs[i] for i in long_ids])
+  assert kernels and all(kernels)
+  np.testing.assert_allclose(ll_long, [ref[i][0] for i in long_ids], rtol=2e-5, atol=2e-5)
   # Sharing and packing did happen: fewer computed tokens than lm-eval's one row per request.
   assert scorer.stats.computed_tokens < 0.8 * scorer.stats.tokens
   assert scorer.stats.padded_tokens < 1.5 * scorer.stats.computed_tokens
