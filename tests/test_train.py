@@ -144,6 +144,22 @@ def test_demo_command_trains_and_writes_results(tmp_path):
   assert results["results"], results
 
 
+@pytest.mark.slow
+def test_full_demo_learns_and_evaluates(tmp_path):
+  """The README's main command as it is (600 steps, then evaluation): about 3 minutes on a 2-core CPU."""
+  workdir = tmp_path / "demo"
+  _run([str(REPO / "train.py"), f"--config={REPO}/configs/tiny_ssa.py", f"--workdir={workdir}",
+        f"--config.data.cache_dir={tmp_path / 'cache'}"])
+  losses = _losses(workdir)
+  assert max(losses) == 600 and losses[600] < losses[20] - 1.5, losses
+  val = [json.loads(l) for l in (workdir / "metrics.jsonl").read_text().splitlines() if "val_ppl" in l]
+  assert val and val[-1]["val_ppl"] < 80, val
+  results = json.loads((workdir / "results.json").read_text())
+  assert results["ssa_jax"]["step"] == 600
+  assert results["ssa_jax"]["validation"]["val_ppl"] == pytest.approx(val[-1]["val_ppl"], rel=1e-6)
+  assert results["results"]["passkey"]["acc,none"] is not None
+
+
 @pytest.mark.parametrize("field,value,message", [
     ("data.path", "/nonexistent/slimpajama", "config.data.path"),
     ("model.ssa.variant", "cubic", "config.model.ssa.variant"),
