@@ -47,28 +47,25 @@ def main(argv) -> int:
   from ssa_jax.data.tokenizer import load_tokenizer
   from ssa_jax.evaluate import ModelSource, load_model, run_eval
   from ssa_jax.evaluate.loading import source_info
-  from ssa_jax.model import count_params, is_temperature_param
 
   source = ModelSource(hf_dir=FLAGS.hf_dir, checkpoint=FLAGS.checkpoint).validate()
-  tokenizer_path = FLAGS.tokenizer
-  if tokenizer_path:  # check the tokenizer before the (slow) model load
-    load_tokenizer(tokenizer_path)
+  # An explicit tokenizer is loaded before the (slow) model load, so that a bad path fails at once.
+  tokenizer = load_tokenizer(FLAGS.tokenizer) if FLAGS.tokenizer else None
   model, params, own_tokenizer = load_model(source)
-  tokenizer_path = tokenizer_path or own_tokenizer
-  if not tokenizer_path:
-    raise app.UsageError(f"{source.hf_dir or source.checkpoint} names no tokenizer: pass --tokenizer=PATH")
+  if tokenizer is None:
+    if not own_tokenizer:
+      raise app.UsageError(f"{source.hf_dir or source.checkpoint} names no tokenizer: pass --tokenizer=PATH")
+    tokenizer = load_tokenizer(own_tokenizer)
   if FLAGS.dtype:
     model = type(model)(dataclasses.replace(model.config, dtype=FLAGS.dtype).validate())
   passkey = eval_config().passkey
   passkey.lengths = tuple(int(x) for x in FLAGS.passkey_lengths.split(",") if x)
   passkey.trials, passkey.seed = FLAGS.passkey_trials, FLAGS.passkey_seed
-  info = source_info(source)
-  extra = {**info, "params": count_params(params), "ssa_params": count_params(params, is_temperature_param)}
   model_args = ",".join(f"{k}={v}" for k, v in (("hf_dir", FLAGS.hf_dir), ("checkpoint", FLAGS.checkpoint),
-                                                 ("tokenizer", tokenizer_path)) if v)
-  run_eval(model, params, tokenizer_path, FLAGS.tasks, data_dir=FLAGS.data_dir or None, limit=FLAGS.limit,
+                                                 ("tokenizer", FLAGS.tokenizer or own_tokenizer)) if v)
+  run_eval(model, params, tokenizer, FLAGS.tasks, data_dir=FLAGS.data_dir or None, limit=FLAGS.limit,
            batch_size=FLAGS.batch_size, max_length=FLAGS.max_length or None, output=FLAGS.output or None,
-           extra=extra, add_bos=FLAGS.add_bos, bootstrap_iters=FLAGS.bootstrap_iters, passkey=passkey,
+           extra=source_info(source), add_bos=FLAGS.add_bos, bootstrap_iters=FLAGS.bootstrap_iters, passkey=passkey,
            model_args=model_args, pack_length=FLAGS.pack_length)
   return 0
 

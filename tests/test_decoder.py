@@ -10,32 +10,14 @@ from flax import traverse_util
 
 from ssa_jax.config import ConfigError, ModelConfig, SSAConfig, model_config_from_dict
 from ssa_jax.model import Decoder, count_params, init_cache, init_params, is_temperature_param, param_shapes
-
-FAMILY_EXTRAS = {
-    "gpt2": dict(qkv_bias=True, out_bias=True, mlp_bias=True, tie_embeddings=True),
-    "neox": dict(rotary_pct=0.25, parallel_residual=True, qkv_bias=True, out_bias=True, mlp_bias=True),
-    "llama": dict(num_kv_heads=2, activation="silu"),
-}
-
-
-def _cfg(family, **ssa):
-  return ModelConfig(family=family, vocab_size=64, d_model=32, num_layers=2, num_heads=4, mlp_dim=48,
-                     max_seq_len=32, ssa=SSAConfig(**ssa), **FAMILY_EXTRAS[family]).validate()
-
-
-def _with_random_temperatures(params, seed=0):
-  rng = np.random.default_rng(seed)
-  flat = traverse_util.flatten_dict(params)
-  return traverse_util.unflatten_dict({
-      p: jnp.asarray(rng.normal(scale=0.3, size=v.shape), jnp.float32) if is_temperature_param("/".join(p)) else v
-      for p, v in flat.items()})
+from tiny_models import tiny_config, with_random_temperatures
 
 
 @pytest.mark.parametrize("family", ["gpt2", "neox", "llama"])
 def test_kv_cache_decoding_matches_full_forward_with_ssa(family):
-  cfg = _cfg(family, enabled=True, variant="base", key=True)
+  cfg = tiny_config(family, enabled=True, variant="base", key=True)
   model = Decoder(cfg)
-  params = _with_random_temperatures(init_params(cfg, jax.random.PRNGKey(0)))
+  params = with_random_temperatures(init_params(cfg, jax.random.PRNGKey(0)))
   tokens = np.random.default_rng(1).integers(0, cfg.vocab_size, (2, 14))
   full = np.asarray(model.apply({"params": params}, tokens))
 
@@ -75,13 +57,13 @@ def test_parameter_overhead_gpt2_small_query_value():
 
 @pytest.mark.parametrize("variant", ["base", "weight_sharing", "feature", "constant"])
 def test_gradients_reach_every_temperature_parameter(variant):
-  cfg = _cfg("llama", enabled=True, variant=variant, key=True)
+  cfg = tiny_config("llama", enabled=True, variant=variant, key=True)
   params = init_params(cfg, jax.random.PRNGKey(0))
   if variant == "feature":  # phi from a made-up frequency table, as a counts file would give
     params["token_feature"] = jnp.asarray(np.random.default_rng(0).normal(size=cfg.vocab_size), jnp.float32)
   # Zero-initialised output weights block the gradient to the weights before them (as LoRA's B = 0 does);
   # after one optimizer step they are non-zero, so test there.
-  params = _with_random_temperatures(params, seed=2) if variant != "feature" else params
+  params = with_random_temperatures(params, seed=2) if variant != "feature" else params
   tokens = np.random.default_rng(3).integers(0, cfg.vocab_size, (2, 16))
 
   def loss(p):
@@ -101,8 +83,8 @@ def test_gradients_reach_every_temperature_parameter(variant):
 
 
 def test_bf16_forward_close_to_fp32():
-  cfg = _cfg("llama", enabled=True, variant="base")
-  params = _with_random_temperatures(init_params(cfg, jax.random.PRNGKey(0)))
+  cfg = tiny_config("llama", enabled=True, variant="base")
+  params = with_random_temperatures(init_params(cfg, jax.random.PRNGKey(0)))
   tokens = np.random.default_rng(0).integers(0, cfg.vocab_size, (2, 24))
   fp32 = np.asarray(Decoder(cfg).apply({"params": params}, tokens))
   bf16 = np.asarray(Decoder(dataclasses.replace(cfg, dtype="bfloat16")).apply({"params": params}, tokens))
@@ -131,8 +113,8 @@ def test_bad_config_names_the_field(field, value, message):
 
 @pytest.mark.parametrize("policy", ["full", "dots"])
 def test_remat_changes_memory_not_results(policy):
-  cfg = _cfg("neox", enabled=True, variant="weight_sharing")
-  params = _with_random_temperatures(init_params(cfg, jax.random.PRNGKey(0)))
+  cfg = tiny_config("neox", enabled=True, variant="weight_sharing")
+  params = with_random_temperatures(init_params(cfg, jax.random.PRNGKey(0)))
   tokens = np.random.default_rng(0).integers(0, cfg.vocab_size, (2, 16))
 
   def grads(c):

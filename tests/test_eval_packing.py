@@ -7,27 +7,17 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ssa_jax.config import ModelConfig, SSAConfig
 from ssa_jax.evaluate.requests import TokenRequest
 from ssa_jax.evaluate.scoring import Scorer, make_units, pack_rows
 from ssa_jax.model import Decoder, init_params
+from tiny_models import tiny_config, with_random_temperatures
 
 MAX_LENGTH = 24
 
 
 def _model(family: str) -> tuple[Decoder, dict]:
-  extra = dict(gpt2=dict(tie_embeddings=True, qkv_bias=True, out_bias=True, mlp_bias=True),
-               neox=dict(rotary_pct=0.25, parallel_residual=True, qkv_bias=True, out_bias=True, mlp_bias=True),
-               llama=dict(num_kv_heads=2, activation="silu"))[family]
-  cfg = ModelConfig(family=family, vocab_size=50, d_model=32, num_layers=2, num_heads=4, mlp_dim=64,
-                    max_seq_len=MAX_LENGTH, ssa=SSAConfig(enabled=True, position_tau_at_end=1.5), **extra).validate()
-  params = init_params(cfg, jax.random.PRNGKey(0))
-  # Token temperatures that depend on the token (f's last layer starts at zero).
-  leaves, treedef = jax.tree_util.tree_flatten_with_path(params)
-  keys = jax.random.split(jax.random.PRNGKey(1), len(leaves))
-  leaves = [v + 0.3 * jax.random.normal(k, v.shape) if "w2" in jax.tree_util.keystr(p) else v
-            for (p, v), k in zip(leaves, keys)]
-  return Decoder(cfg), jax.tree_util.tree_unflatten(treedef, leaves)
+  cfg = tiny_config(family, max_seq_len=MAX_LENGTH, enabled=True, position_tau_at_end=1.5)
+  return Decoder(cfg), with_random_temperatures(init_params(cfg, jax.random.PRNGKey(0)), seed=1)
 
 
 def _reference(model, params, reqs: list[TokenRequest]) -> list[tuple[float, bool]]:

@@ -9,20 +9,18 @@ import numpy as np
 import pytest
 
 from ssa_jax.analysis import temperatures
-from ssa_jax.config import ModelConfig, SSAConfig
 from ssa_jax.model import Decoder, init_params
+from tiny_models import tiny_config
 
 
-def _model(ssa: SSAConfig) -> tuple[Decoder, dict]:
-  cfg = ModelConfig(family="neox", vocab_size=64, num_layers=2, d_model=32, num_heads=4, mlp_dim=64,
-                    max_seq_len=32, rotary_pct=0.25, parallel_residual=True, qkv_bias=True, out_bias=True,
-                    mlp_bias=True, ssa=ssa).validate()
+def _model(**ssa) -> tuple[Decoder, dict]:
+  cfg = tiny_config("neox", **ssa)  # NeoX with biases: what transformers' GPTNeoX holds (the CLI test exports)
   return Decoder(cfg), init_params(cfg, jax.random.PRNGKey(0))
 
 
 def test_position_only_temperatures_equal_the_formula():
   """tau_q with the position term alone is 1 + sigmoid(alpha_h) log(n): averaged over heads, per layer."""
-  model, params = _model(SSAConfig(enabled=True, query=True, value=False, token=False, position=True))
+  model, params = _model(enabled=True, query=True, value=False, token=False, position=True)
   rng = np.random.default_rng(0)
   alphas = {}
   for layer in range(2):
@@ -39,7 +37,7 @@ def test_position_only_temperatures_equal_the_formula():
 
 
 def test_token_temperatures_vary_by_token_and_render(tmp_path):
-  model, params = _model(SSAConfig(enabled=True, query=True, value=True, token=True, position=True))
+  model, params = _model(enabled=True, query=True, value=True, token=True, position=True)
   # Non-zero second layer of f, so that tau_tok depends on the token (it starts at 0).
   w2 = params["layers_0"]["attn"]["ssa_q"]["w2"]
   w2["kernel"] = np.asarray(jax.random.normal(jax.random.PRNGKey(1), w2["kernel"].shape))
@@ -60,7 +58,7 @@ def test_token_temperatures_vary_by_token_and_render(tmp_path):
 def test_bad_layers_and_vanilla_models_are_refused():
   with pytest.raises(ValueError, match="--layers: 5"):
     temperatures.parse_layers("0,5", 2)
-  model, params = _model(SSAConfig(enabled=False))
+  model, params = _model(enabled=False)
   with pytest.raises(ValueError, match="no query temperatures"):
     temperatures.token_temperatures(model, params, [1, 2, 3])
 
@@ -74,7 +72,7 @@ def test_cli_writes_html_png_and_json(tmp_path):
 
   from ssa_jax.hf import to_hf
 
-  model, params = _model(SSAConfig(enabled=True))
+  model, params = _model(enabled=True)
   hf_dir = tmp_path / "hf"
   to_hf(model, params, str(hf_dir))
   vocab = {w: i for i, w in enumerate(["<eos>", "<unk>"] + [f"w{i}" for i in range(62)])}

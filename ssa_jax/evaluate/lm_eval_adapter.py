@@ -47,8 +47,7 @@ class SSAJaxLM(TemplateLM):
     self._max_gen_toks = int(max_gen_toks)
     bs = 16 if str(batch_size).startswith("auto") else int(batch_size)
     self.batch_size_per_gpu = bs
-    self.scorer = Scorer(model, params, self._max_length, bs,
-                         matmul_precision="highest" if model.config.dtype == "float32" else None)
+    self.scorer = Scorer(model, params, self._max_length, bs)
 
   @property
   def eot_token_id(self) -> int:

@@ -91,13 +91,13 @@ def rolling_requests(tokenizer: Tokenizer, texts: Sequence[str], max_length: int
 
 
 def pair_requests(tokenizer: Tokenizer, pairs: Sequence[tuple[str, str]], max_length: int,
-                  add_bos: bool | None = None, what: str = "request") -> list[TokenRequest]:
+                  add_bos: bool | None = None) -> list[TokenRequest]:
   """Token requests of (context, continuation) pairs (owner = index of the pair); checks lm-eval's limits."""
   out = []
   for owner, (ctx, cont) in enumerate(encode_pairs(tokenizer, pairs, add_bos)):
     if not cont:
-      raise ValueError(f"{what} {owner}: the continuation {pairs[owner][1]!r} encodes to no tokens")
+      raise ValueError(f"request {owner}: the continuation {pairs[owner][1]!r} encodes to no tokens")
     if len(cont) > max_length:
-      raise ValueError(f"{what} {owner}: continuation of {len(cont)} tokens is longer than max_length={max_length}")
+      raise ValueError(f"request {owner}: continuation of {len(cont)} tokens is longer than max_length={max_length}")
     out.append(TokenRequest(tuple(ctx), tuple(cont), owner))
   return out

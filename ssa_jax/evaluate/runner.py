@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import logging
 import time
 from typing import Any
 
@@ -18,8 +17,7 @@ from ssa_jax.evaluate.readers import TaskFileMissing, read_task
 from ssa_jax.evaluate.requests import TokenRequest, encode_pairs, rolling_requests
 from ssa_jax.evaluate.scoring import Scorer
 from ssa_jax.evaluate.tasks import MULTIPLE_CHOICE, PASSKEY, ROLLING, TASKS, parse_task_names
-
-log = logging.getLogger(__name__)
+from ssa_jax.model import count_params, is_temperature_param
 
 
 def parse_add_bos(value: Any) -> bool | None:
@@ -98,8 +96,6 @@ def run_eval(model, params, tokenizer, tasks, data_dir: str | None = None, limit
   if cfg.learned_positions and max_length > cfg.max_seq_len:
     raise ValueError(f"max_length={max_length} exceeds the model's {cfg.max_seq_len} learned positions")
   bos = parse_add_bos(add_bos)
-  if matmul_precision == "auto":
-    matmul_precision = "highest" if cfg.dtype == "float32" else None
   limit = int(limit) if limit else None
 
   scorer = None
@@ -162,7 +158,7 @@ def run_eval(model, params, tokenizer, tasks, data_dir: str | None = None, limit
   own = {
       "checkpoint": None, "step": None,
       "ssa": dataclasses.asdict(cfg.ssa), "family": cfg.family,
-      "params": _count(params), "wall_time_s": wall,
+      "params": count_params(params), "ssa_params": count_params(params, is_temperature_param), "wall_time_s": wall,
       "scoring_seconds": stats.seconds if stats else 0.0,
       "requests": stats.requests if stats else 0,
       "requests_per_s": stats.requests / stats.seconds if stats and stats.seconds else None,
@@ -190,8 +186,3 @@ def run_eval(model, params, tokenizer, tasks, data_dir: str | None = None, limit
     print(f"[eval] results -> {output}", flush=True)
   return out
 
-
-def _count(params) -> int:
-  from ssa_jax.model import count_params
-
-  return count_params(params)

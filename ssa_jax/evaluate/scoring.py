@@ -211,10 +211,11 @@ class Scorer:
 
   `batch_size`: rows per batch at max_length; shorter rows come proportionally more per batch (same tokens).
   `pack_length`: the row length that short units are packed into (min(max_length, pack_length)).
+  `matmul_precision`: 'auto' = 'highest' for float32 models (no TF32 on GPU), else the JAX default.
   """
 
   def __init__(self, model, params, max_length: int, batch_size: int = 16, devices=None,
-               matmul_precision: str | None = None, smallest_bucket: int = 32, show_progress: bool = True,
+               matmul_precision: str | None = "auto", smallest_bucket: int = 32, show_progress: bool = True,
                pack_length: int = 512):
     self.model = model
     self.max_length = int(max_length)
@@ -226,6 +227,8 @@ class Scorer:
     self.pack_length = min(int(pack_length), self.max_length)
     self.params = jax.device_put(params, NamedSharding(self.mesh, P()))
     self._batch_sharding = NamedSharding(self.mesh, P("data"))
+    if matmul_precision == "auto":
+      matmul_precision = "highest" if model.config.dtype == "float32" else None
     self.precision = matmul_precision
     self.show_progress = show_progress
     self.stats = ScoreStats()
@@ -281,7 +284,8 @@ class Scorer:
     by_length: dict[int, list[Unit]] = defaultdict(list)
     for unit in units:
       by_length[self._row_length(unit.length)].append(unit)
-    self.stats.tokens += sum(len(model_input(r, self.max_length)[0]) for r in requests)
+    # lm-eval's input of a request: (ctx + cont)[-(max_length + 1):][:-1].
+    self.stats.tokens += sum(min(len(r.context) + len(r.continuation), self.max_length + 1) - 1 for r in requests)
     self.stats.computed_tokens += sum(u.length for u in units)
     pending = []
     bar = tqdm(total=n, desc=desc, unit="req", disable=not self.show_progress, leave=True, dynamic_ncols=True)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 from etils import epath
@@ -11,7 +10,6 @@ from etils import epath
 def evaluate_at_end(run, model, params, summary: dict[str, Any]) -> epath.Path:
   """Runs config.eval's tasks (and passkey when config.eval.passkey) on `params`; returns the results path."""
   from ssa_jax.evaluate import run_eval
-  from ssa_jax.model import count_params, is_temperature_param
 
   ev = run.config.eval
   tasks = [t for t in str(ev.tasks).split(",") if t]
@@ -24,9 +22,6 @@ def evaluate_at_end(run, model, params, summary: dict[str, Any]) -> epath.Path:
       extra={
           "checkpoint": str(run.workdir / "checkpoints"),
           "step": summary["step"],
-          "ssa": dataclasses.asdict(run.model_cfg.ssa),
-          "params": count_params(params),
-          "ssa_params": count_params(params, is_temperature_param),
           "validation": {k: summary.get(k) for k in ("val_loss", "val_ppl")},
       },
   )

@@ -1,0 +1,31 @@
+"""Tiny decoder configs of each family and random SSA temperatures, shared by the model and eval tests."""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+import numpy as np
+from flax import traverse_util
+
+from ssa_jax.config import ModelConfig, SSAConfig
+from ssa_jax.model import is_temperature_param
+
+FAMILY_EXTRAS = {
+    "gpt2": dict(qkv_bias=True, out_bias=True, mlp_bias=True, tie_embeddings=True),
+    "neox": dict(rotary_pct=0.25, parallel_residual=True, qkv_bias=True, out_bias=True, mlp_bias=True),
+    "llama": dict(num_kv_heads=2, activation="silu"),
+}
+
+
+def tiny_config(family: str, max_seq_len: int = 32, **ssa) -> ModelConfig:
+  """A 2-layer, 32-wide model of `family` (64-token vocabulary) with SSAConfig(**ssa)."""
+  return ModelConfig(family=family, vocab_size=64, d_model=32, num_layers=2, num_heads=4, mlp_dim=48,
+                     max_seq_len=max_seq_len, ssa=SSAConfig(**ssa), **FAMILY_EXTRAS[family]).validate()
+
+
+def with_random_temperatures(params, seed: int = 0):
+  """Every SSA temperature parameter drawn from N(0, 0.3^2) (their zero inits would make tau_tok = 0)."""
+  rng = np.random.default_rng(seed)
+  flat = traverse_util.flatten_dict(params)
+  return traverse_util.unflatten_dict({
+      p: jnp.asarray(rng.normal(scale=0.3, size=v.shape), jnp.float32) if is_temperature_param("/".join(p)) else v
+      for p, v in flat.items()})
