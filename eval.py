@@ -7,13 +7,19 @@ Tasks: wikitext, lambada_openai, lambada_standard, piqa, hellaswag, winogrande, 
 passkey. --data_dir holds the task files (piqa_validation.jsonl, arc_easy_test.jsonl, arc_challenge_test.jsonl,
 winogrande_xl_validation.jsonl, lambada_openai_test.jsonl, lambada_standard_test.jsonl,
 hellaswag_validation.jsonl, wikitext-2-raw/wiki.test.raw); a missing file is reported and the rest run.
+
+Without --output the results go beside the model (WORKDIR/eval_results_stepN.json for a training workdir,
+CHECKPOINT_ROOT/eval_results_stepN.json, HF_DIR/eval_results.json); the console says where. A request that
+cannot run (no model source, unknown task, negative --limit, missing task files, a tokenizer that does not
+fit the model) stops before the model loads with one `error: ...` line and exit code 2 (the traceback with
+--verbosity=1); exit code 1 when the model loaded but no task ran.
 """
 
 from __future__ import annotations
 
 import sys
 
-from absl import app, flags, logging
+from absl import flags, logging
 
 from ssa_jax.evaluate.config import eval_config
 
@@ -28,7 +34,7 @@ flags.DEFINE_integer("limit", _DEFAULTS.limit, "First N documents of each task (
 flags.DEFINE_integer("batch_size", _DEFAULTS.batch_size, "Rows per batch at max_length.")
 flags.DEFINE_integer("max_length", _DEFAULTS.max_length, "Context length (0: the model's).")
 flags.DEFINE_integer("pack_length", _DEFAULTS.pack_length, "Row length that short requests are packed into.")
-flags.DEFINE_string("output", "", "Path of the results JSON (local or gs://).")
+flags.DEFINE_string("output", "", "Path of the results JSON (local or gs://); default: beside the model.")
 flags.DEFINE_enum("add_bos", _DEFAULTS.add_bos, ["auto", "true", "false"],
                   "Prepend BOS: auto = the tokenizer's own default (Llama yes, GPT-2 / Pythia no).")
 flags.DEFINE_integer("bootstrap_iters", _DEFAULTS.bootstrap_iters, "Bootstrap resamples (LAMBADA perplexity).")
@@ -39,36 +45,51 @@ flags.DEFINE_string("dtype", "", "Compute dtype override (float32 / bfloat16); d
 
 
 def main(argv) -> int:
-  del argv
   if not FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)  # orbax logs every file operation at INFO
-  import dataclasses
+  from ssa_jax.accelerator_check import warn_if_accelerator_unused
+  from ssa_jax.evaluate.cli import NOTHING_RAN_EXIT, USAGE_EXIT, USER_ERRORS, error_line, plan_eval, write_results
 
-  from ssa_jax.data.tokenizer import load_tokenizer
-  from ssa_jax.evaluate import ModelSource, load_model, run_eval
-  from ssa_jax.evaluate.loading import source_info
+  verbose = FLAGS.verbosity >= 1  # with --verbosity=1 a user error keeps its traceback
+  try:
+    if len(argv) > 1:
+      raise ValueError(f"unexpected argument(s) {argv[1:]}; every option is a --flag (see --helpshort)")
+    plan = plan_eval(hf_dir=FLAGS.hf_dir, checkpoint=FLAGS.checkpoint, tokenizer=FLAGS.tokenizer, tasks=FLAGS.tasks,
+                     data_dir=FLAGS.data_dir, limit=FLAGS.limit, max_length=FLAGS.max_length,
+                     batch_size=FLAGS.batch_size, pack_length=FLAGS.pack_length,
+                     passkey_lengths=FLAGS.passkey_lengths, passkey_trials=FLAGS.passkey_trials,
+                     passkey_seed=FLAGS.passkey_seed, output=FLAGS.output, dtype=FLAGS.dtype)
+    from ssa_jax.evaluate import load_model, run_eval
+    from ssa_jax.evaluate.loading import source_info
 
-  source = ModelSource(hf_dir=FLAGS.hf_dir, checkpoint=FLAGS.checkpoint).validate()
-  # An explicit tokenizer is loaded before the (slow) model load, so that a bad path fails at once.
-  tokenizer = load_tokenizer(FLAGS.tokenizer) if FLAGS.tokenizer else None
-  model, params, own_tokenizer = load_model(source)
-  if tokenizer is None:
-    if not own_tokenizer:
-      raise app.UsageError(f"{source.hf_dir or source.checkpoint} names no tokenizer: pass --tokenizer=PATH")
-    tokenizer = load_tokenizer(own_tokenizer)
-  if FLAGS.dtype:
-    model = type(model)(dataclasses.replace(model.config, dtype=FLAGS.dtype).validate())
-  passkey = eval_config().passkey
-  passkey.lengths = tuple(int(x) for x in FLAGS.passkey_lengths.split(",") if x)
-  passkey.trials, passkey.seed = FLAGS.passkey_trials, FLAGS.passkey_seed
+    warn_if_accelerator_unused()
+    model, params, _ = load_model(plan.source)
+  except USER_ERRORS as e:
+    if verbose:
+      raise
+    print(error_line(e), file=sys.stderr)
+    return USAGE_EXIT
+  if model.config != plan.model_config:  # the --dtype override
+    model = type(model)(plan.model_config)
   model_args = ",".join(f"{k}={v}" for k, v in (("hf_dir", FLAGS.hf_dir), ("checkpoint", FLAGS.checkpoint),
-                                                 ("tokenizer", FLAGS.tokenizer or own_tokenizer)) if v)
-  run_eval(model, params, tokenizer, FLAGS.tasks, data_dir=FLAGS.data_dir or None, limit=FLAGS.limit,
-           batch_size=FLAGS.batch_size, max_length=FLAGS.max_length or None, output=FLAGS.output or None,
-           extra=source_info(source), add_bos=FLAGS.add_bos, bootstrap_iters=FLAGS.bootstrap_iters, passkey=passkey,
-           model_args=model_args, pack_length=FLAGS.pack_length)
+                                                 ("tokenizer", plan.tokenizer_path)) if v)
+  out = run_eval(model, params, plan.tokenizer, plan.names, data_dir=FLAGS.data_dir or None, limit=FLAGS.limit,
+                 batch_size=FLAGS.batch_size, max_length=plan.max_length, output=None,
+                 extra=source_info(plan.source), add_bos=FLAGS.add_bos, bootstrap_iters=FLAGS.bootstrap_iters,
+                 passkey=plan.passkey, model_args=model_args, pack_length=FLAGS.pack_length)
+  written = write_results(out, plan)
+  if written:
+    print(f"[eval] results -> {written}{' (the default; --output=PATH to choose)' if plan.output_is_default else ''}",
+          flush=True)
+  if not out["results"]:
+    print("error: no task ran: " + "; ".join(out["ssa_jax"]["missing_tasks"].values()), file=sys.stderr)
+    return NOTHING_RAN_EXIT
   return 0
 
 
 if __name__ == "__main__":
-  app.run(lambda argv: sys.exit(main(argv)))
+  from ssa_jax import cli_errors
+
+  # Flag mistakes as one line, Ctrl-C as `interrupted`; main reports the request's own mistakes itself, so
+  # that an error inside the evaluation proper keeps its traceback.
+  cli_errors.run(lambda argv: sys.exit(main(argv)), user_errors=(), config_flag_names=())

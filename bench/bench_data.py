@@ -1,120 +1,97 @@
-"""Tokens/s of the data pipeline (read .jsonl.zst -> tokenize -> pack -> batch) against a training step's appetite.
+"""Tokens/s of the two data paths on all cores, and how many CPU cores one GPU's training step needs of each.
 
-  python bench/bench_data.py                          # GPT-2 tokenizer from ../shared/data when present
-  python bench/bench_data.py --train_tokens_per_s=5e4 # skip measuring the tiny train step, use this figure
+  python bench/bench_data.py                        # Pythia BPE from ../shared/data when present, seq 2048
+  python bench/bench_data.py --gpu_tokens_per_s=4e5 # the appetite to compare with (one H100, Pythia-160M)
+  python bench/bench_data.py --corpus=../shared/data/benchmarks/wikitext-2-raw --split=test  # Wikipedia text
 
-Reads the demo corpus (KJV in SlimPajama layout) with the batch shape of configs/tiny_ssa.py and prints
-the pipeline's tokens/s (consumer doing nothing, after a warm-up), the single-thread `encode` rate for
-reference, the tokens/s of a jitted tiny_ssa train step on this machine (measured here, or the flag), and
-their ratio: above 1 means the pipeline keeps ahead of training.
+Streaming: the demo corpus (KJV in SlimPajama layout, .jsonl.zst; or --corpus) read -> tokenized -> packed -> batched
+by make_lm_iterator. Pre-tokenized: the same corpus written once by ssa_jax.data.tfds_builder as ArrayRecord
+windows, read with grain (config.data.format='array_record'). Both at the batch shape given, consumer doing
+nothing, after a warm-up, with `--num_threads` (default: every core). Besides wall-clock tokens/s it
+reports tokens per CPU-second (the process's CPU time over all its threads): on a machine shared with other
+work the wall rate drops, the CPU-second rate much less. Cores per GPU = the GPU's tokens/s divided by
+tokens per CPU-second.
 """
 
 import argparse
 import os
-import statistics
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import jax  # noqa: E402
-import numpy as np  # noqa: E402
-
-from configs import tiny_ssa  # noqa: E402
 from ssa_jax.data import demo  # noqa: E402
+from ssa_jax.data.config import data_config  # noqa: E402
 from ssa_jax.data.pipeline import make_lm_iterator  # noqa: E402
-from ssa_jax.data.readers import read_records  # noqa: E402
-from ssa_jax.data.sources import list_files  # noqa: E402
+from ssa_jax.data.tfds_builder import build_tokenized  # noqa: E402
 from ssa_jax.data.tokenizer import load_tokenizer  # noqa: E402
 
-GPT2 = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "tokenizers" / "gpt2" / "tokenizer.json"
+TOKENIZERS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "tokenizers"
 
 
-def pipeline_tokens_per_s(data_cfg, tok, seq_len, batch, batches, warmup):
-  it = make_lm_iterator(data_cfg, split="train", seq_len=seq_len, global_batch_size=batch, process_index=0,
-                        process_count=1, tokenizer=tok)
+def tokens_per_s(it, batches: int, warmup: int) -> tuple[float, float]:
+  """(tokens per wall second, tokens per CPU second) of `batches` batches after `warmup` ones.
+
+  Far more batches than the read-ahead holds, so what was prepared during the warm-up does not count.
+  """
   for _ in range(warmup):
     next(it)
-  # Count far more tokens than the pipeline holds ahead (~2 chunks of docs per stream + the queue),
-  # so read-ahead done during the warm-up does not inflate the rate.
-  t0 = time.perf_counter()
+  t0, c0 = time.perf_counter(), time.process_time()
   n = sum(next(it)["tokens"].size for _ in range(batches))
-  dt = time.perf_counter() - t0
+  dt, dc = time.perf_counter() - t0, time.process_time() - c0
   it.close()
-  return n / dt
-
-
-def encode_tokens_per_s(path, tok, max_docs=300):
-  texts = [r.text for f in list_files(path, "train") for r in read_records(f) if r.text][:max_docs]
-  t0 = time.perf_counter()
-  n = sum(len(tok.encode(t)) for t in texts)
-  return n / (time.perf_counter() - t0)
-
-
-def train_tokens_per_s(config, steps=10, warmup=2):
-  """Median tokens/s of the jitted tiny_ssa train step on random tokens (the lead's train step)."""
-  import ml_collections  # pylint: disable=import-outside-toplevel
-  from ssa_jax import sharding  # pylint: disable=import-outside-toplevel
-  from ssa_jax.config import model_config_from_dict  # pylint: disable=import-outside-toplevel
-  from ssa_jax.model import Decoder, param_shapes  # pylint: disable=import-outside-toplevel
-  from ssa_jax.train.optim import learning_rate_schedule, make_optimizer  # pylint: disable=import-outside-toplevel
-  from ssa_jax.train.state import create_state, state_shardings  # pylint: disable=import-outside-toplevel
-  from ssa_jax.train.step import jit_train_step  # pylint: disable=import-outside-toplevel
-
-  model_cfg = model_config_from_dict(config.model)
-  t = config.train
-  mesh = sharding.make_mesh(ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1, num_devices=-1)))
-  rules = sharding.rules_from_config(config.sharding.rules)
-  tx = make_optimizer(t, param_shapes(model_cfg))
-  _, shardings = state_shardings(model_cfg, tx, mesh, rules)
-  state = create_state(model_cfg, tx, shardings, jax.random.PRNGKey(0))
-  step = jit_train_step(Decoder(model_cfg), tx, learning_rate_schedule(t), 1, shardings, mesh)
-  rng = np.random.default_rng(0)
-  host = rng.integers(0, model_cfg.vocab_size, (t.global_batch_size, t.seq_len + 1)).astype(np.int32)
-  batch = sharding.global_batch({"tokens": host}, mesh)
-  times = []
-  for i in range(warmup + steps):
-    t0 = time.perf_counter()
-    state, m = step(state, batch)
-    jax.block_until_ready(m["loss"])
-    if i >= warmup:
-      times.append(time.perf_counter() - t0)
-  return t.global_batch_size * t.seq_len / statistics.median(times)
+  return n / dt, n / dc
 
 
 def main():
-  p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  p.add_argument("--tokenizer", default=str(GPT2) if GPT2.exists() else "",
-                 help="tokenizer path (default: GPT-2 from ../shared/data, else the demo BPE)")
+  p = argparse.ArgumentParser(description=__doc__.split("\n\n", maxsplit=1)[0])
+  default_tok = next((str(TOKENIZERS / n / "tokenizer.json") for n in ("pythia", "gpt2")
+                      if (TOKENIZERS / n / "tokenizer.json").exists()), "")
+  p.add_argument("--tokenizer", default=default_tok, help="tokenizer path (default: Pythia, else GPT-2 from "
+                 "../shared/data, else the demo BPE)")
   p.add_argument("--cache_dir", default="~/.cache/ssa_jax")
-  p.add_argument("--tokens", type=float, default=8e6, help="tokens to time (several epochs of the KJV)")
-  p.add_argument("--warmup", type=int, default=1)
-  p.add_argument("--num_threads", type=int, default=2)
-  p.add_argument("--train_tokens_per_s", type=float, default=0.0,
-                 help="tokens/s of the training step; 0 = measure the tiny_ssa step here")
+  p.add_argument("--corpus", default="", help="a data path as config.data.path takes it (default: the demo KJV; "
+                 "its very repetitive text tokenizes faster than web text)")
+  p.add_argument("--split", default="train")
+  p.add_argument("--seq_len", type=int, default=2048)
+  p.add_argument("--batch", type=int, default=8, help="global batch (one process)")
+  p.add_argument("--tokens", type=float, default=8e6, help="tokens to time per path (several KJV epochs)")
+  p.add_argument("--warmup", type=int, default=2)
+  p.add_argument("--num_threads", type=int, default=os.cpu_count())
+  p.add_argument("--gpu_tokens_per_s", type=float, default=4e5,
+                 help="one GPU's training appetite (measured: one H100, Pythia-160M)")
   args = p.parse_args()
 
-  config = tiny_ssa.get_config()
-  seq_len, batch = config.train.seq_len, config.train.global_batch_size
-  data_cfg = config.data
-  data_cfg.cache_dir, data_cfg.num_threads = args.cache_dir, args.num_threads
-  path = demo.ensure_demo_corpus(args.cache_dir)
-  tok_path = args.tokenizer or demo.ensure_demo_tokenizer(args.cache_dir, data_cfg.demo_vocab_size)
+  cache = os.path.expanduser(args.cache_dir)
+  path = args.corpus or demo.ensure_demo_corpus(cache)
+  tok_path = args.tokenizer or demo.ensure_demo_tokenizer(cache, data_config().demo_vocab_size)
   tok = load_tokenizer(tok_path)
-  dev = jax.devices()[0]
-  print(f"device: {dev.platform} {dev.device_kind} (CPU cores {os.cpu_count()}); tokenizer {tok_path}; "
-        f"batch {batch} x {seq_len + 1}; threads {args.num_threads}; corpus {path}")
-  batches = int(args.tokens // (batch * (seq_len + 1)))
-  pipe = pipeline_tokens_per_s(data_cfg, tok, seq_len, batch, batches, args.warmup)
-  enc = encode_tokens_per_s(path, tok)
-  print(f"pipeline: {pipe:,.0f} tokens/s   (single-thread encode alone: {enc:,.0f} tokens/s)")
-  train = args.train_tokens_per_s
-  source = "--train_tokens_per_s"
-  if not train:
-    train, source = train_tokens_per_s(config), "measured: tiny_ssa train step"
-  print(f"train step: {train:,.0f} tokens/s ({source})")
-  print(f"ratio pipeline / train step: {pipe / train:.1f}x")
+  cores = args.num_threads
+  print(f"CPU cores {os.cpu_count()} (using {cores}); tokenizer {tok_path}; batch {args.batch} x "
+        f"{args.seq_len + 1}; corpus {path}")
+  batches = max(1, int(args.tokens // (args.batch * (args.seq_len + 1))))
+
+  cfg = data_config()
+  cfg.path, cfg.tokenizer_path, cfg.num_threads, cfg.cache_dir = path, tok_path, cores, cache
+  stream = tokens_per_s(make_lm_iterator(cfg, split=args.split, seq_len=args.seq_len, global_batch_size=args.batch,
+                                         process_index=0, process_count=1, tokenizer=tok), batches, args.warmup)
+
+  t0 = time.perf_counter()
+  builder = build_tokenized(path, tok_path, args.seq_len, os.path.join(cache, "tfds_bench"), splits=(args.split,))
+  built = time.perf_counter() - t0
+  windows = builder.info.splits[args.split].num_examples
+  ar = data_config()
+  ar.path, ar.format, ar.num_threads = str(builder.data_dir), "array_record", cores
+  pretok = tokens_per_s(make_lm_iterator(ar, split=args.split, seq_len=args.seq_len, global_batch_size=args.batch,
+                                         process_index=0, process_count=1), batches, args.warmup)
+
+  print(f"load average {os.getloadavg()[0]:.1f} (other work on the machine slows the wall rate)")
+  print(f"{'path':14s} {'tokens/s':>12s} {'tokens/CPU-s':>13s} {'cores per GPU':>14s}")
+  for name, (rate, per_cpu_s) in (("streaming", stream), ("pre-tokenized", pretok)):
+    print(f"{name:14s} {rate:12,.0f} {per_cpu_s:13,.0f} {args.gpu_tokens_per_s / per_cpu_s:14.2f}")
+  print(f"(GPU appetite {args.gpu_tokens_per_s:,.0f} tokens/s; the ArrayRecord dataset, {windows} windows, "
+        f"{'was built in ' + format(built, '.1f') + ' s' if built > 1 else 'was already built'})")
 
 
 if __name__ == "__main__":

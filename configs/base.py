@@ -9,12 +9,15 @@ import ml_collections
 
 from configs import models
 from ssa_jax.data.config import data_config
+from ssa_jax.distributed import distributed_config
 
 # The paper's optimizer (AdamW, beta1 0.9, beta2 0.95) with Pythia's pre-training settings where it gives none.
 PRETRAIN = dict(steps=28_600, global_batch_size=256, seq_len=2048, lr=6e-4, warmup_steps=286, min_lr_ratio=0.1,
                 weight_decay=0.01)  # 28.6k steps x 524k tokens = 15B tokens (SSA.md)
-FINETUNE = dict(steps=107, global_batch_size=16, seq_len=2048, lr=5e-5, warmup_steps=10, min_lr_ratio=0.1,
-                weight_decay=0.0)  # 107 steps x 32.8k tokens = 3.5M tokens (SSA.md)
+# Appendix A's fine-tune: AdamW 0.9 / 0.95, lr 1e-6, no weight decay, no warmup, 3.5M tokens
+# (107 steps x 16 x 2048 = 3.5M tokens). A constant rate: the paper names no decay.
+FINETUNE = dict(steps=107, global_batch_size=16, seq_len=2048, lr=1e-6, warmup_steps=0, schedule="constant",
+                min_lr_ratio=1.0, weight_decay=0.0)
 DEMO = dict(steps=600, global_batch_size=16, seq_len=128, lr=3e-3, warmup_steps=30, min_lr_ratio=0.1,
             weight_decay=0.01, log_every=20, eval_every=200, eval_batches=8, checkpoint_every=200)
 
@@ -24,8 +27,10 @@ def get_config(model: str = "tiny", ssa: str = "ssa", mode: str = "pretrain") ->
   if mode not in ("pretrain", "finetune", "demo"):
     raise ValueError(f"unknown mode {mode!r}")
   config = ml_collections.ConfigDict()
+  config.mode = mode  # the run checks mode-specific requirements (finetune needs config.init.hf_dir)
   config.seed = 0
-  config.distributed = "auto"  # jax.distributed.initialize() when the environment shows several hosts
+  # mode 'auto' | 'on' | 'off', coordinator_address, num_processes, process_id (ssa_jax/distributed.py)
+  config.distributed = distributed_config()
   config.model = models.model_config(model, ssa)
 
   # Mesh axis sizes; -1 takes the remaining devices. num_devices -1 uses all of them.
@@ -34,7 +39,8 @@ def get_config(model: str = "tiny", ssa: str = "ssa", mode: str = "pretrain") ->
   config.sharding = ml_collections.ConfigDict()
   config.sharding.rules = [
       ["vocab", "tensor"], ["embed", "fsdp"], ["mlp", "tensor"], ["heads", "tensor"], ["kv_heads", "tensor"],
-      ["head_dim", None], ["norm", None], ["ssa_hidden", None],
+      ["head_dim", None], ["norm", None], ["ssa_hidden", None], ["ssa_heads", None],
+      ["layers", None],  # the stacked-layer axis of scan_layers
   ]
 
   config.data = data_config()
@@ -44,6 +50,7 @@ def get_config(model: str = "tiny", ssa: str = "ssa", mode: str = "pretrain") ->
 
   config.train = ml_collections.ConfigDict(dict(
       steps=1000, global_batch_size=32, seq_len=1024, microbatches=1,  # microbatches: gradient accumulation
+      loss_chunk_size=256,  # positions per LM-head chunk of the loss; 0 = the whole (B, T, V) logits at once
       lr=3e-4, warmup_steps=100, schedule="cosine", min_lr_ratio=0.1,
       b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.1, grad_clip=1.0,
       temperature_lr_multiplier=1.0,  # SSA temperature parameters: lr x this, no weight decay
@@ -53,14 +60,29 @@ def get_config(model: str = "tiny", ssa: str = "ssa", mode: str = "pretrain") ->
       max_nonfinite_steps=5, tensorboard=True,
   ))
   config.train.update({"pretrain": PRETRAIN, "finetune": FINETUNE, "demo": DEMO}[mode])
+  if config.train.seq_len > config.model.max_seq_len:
+    # A model with fewer positions (GPT-2: 1024) trains on windows it has, with the same tokens per step.
+    factor = config.train.seq_len // config.model.max_seq_len
+    config.train.seq_len = config.model.max_seq_len
+    config.train.global_batch_size *= factor
 
   # Evaluation of the final checkpoint into WORKDIR/results.json (see eval.py for the tasks).
   config.eval = ml_collections.ConfigDict(dict(
-      at_end=mode == "demo", tasks="", data_dir="", limit=0, batch_size=16, passkey=mode == "demo"))
+      at_end=mode == "demo", tasks="", data_dir="", limit=0, batch_size=16, passkey=mode == "demo",
+      heldout_split="test"))  # end-of-run perplexity on this split of config.data.path ('' = none)
 
   if mode == "finetune":
     config.model.ssa.position_tau_at_end = 1.001  # near-identity start: the pretrained model's outputs at step 0
-    config.train.temperature_lr_multiplier = 20.0  # the new temperature weights start from zero
+    # The temperatures are new parameters (the token function starts at zero, the position coefficient at
+    # 1.3e-4 for 2048 positions); at the paper's lr of 1e-6 Adam would move them by about 1e-4 in the whole
+    # 107-step schedule, i.e. not at all. At 1e-6 x 1e4 = 1e-2 the position coefficient (softplus, so Adam's
+    # steps are multiplicative near zero) can grow about 3x, and the token function's output weights reach O(1).
+    config.train.temperature_lr_multiplier = 1e4
+  if models.MODELS[model]["d_model"] >= 4096:
+    # 7B / 8B: fp32 parameters + Adam moments are ~84 GB, so they are sharded over every device (FSDP) rather
+    # than replicated, and each block's activations are recomputed in the backward pass.
+    config.mesh.update(dict(data=1, fsdp=-1))
+    config.model.remat = "full"
   # bf16 compute on accelerators (params and optimizer state stay fp32); the CPU demo computes in fp32.
   config.model.dtype = "float32" if mode == "demo" else "bfloat16"
   return config

@@ -19,27 +19,31 @@ MODELS = {
                        mlp_bias=True, activation="gelu", norm_eps=1e-5),
     "llama2_7b": dict(family="llama", vocab_size=32000, d_model=4096, num_layers=32, num_heads=32, num_kv_heads=32,
                       mlp_dim=11008, max_seq_len=4096, rope_theta=10000.0, activation="silu", norm_eps=1e-5),
+    # Meta-Llama-3-8B exactly (8192 positions, rope theta 500000, no rope scaling).
     "llama3_8b": dict(family="llama", vocab_size=128256, d_model=4096, num_layers=32, num_heads=32, num_kv_heads=8,
-                      mlp_dim=14336, max_seq_len=8192, rope_theta=500000.0, activation="silu", norm_eps=1e-5,
-                      rope_scaling=dict(factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0,
-                                        original_max_position_embeddings=8192)),
+                      mlp_dim=14336, max_seq_len=8192, rope_theta=500000.0, activation="silu", norm_eps=1e-5),
+    # Llama-3.1-8B: Llama-3's shapes with 131072 positions through the 'llama3' rope scaling.
+    "llama31_8b": dict(family="llama", vocab_size=128256, d_model=4096, num_layers=32, num_heads=32, num_kv_heads=8,
+                       mlp_dim=14336, max_seq_len=131072, rope_theta=500000.0, activation="silu", norm_eps=1e-5,
+                       rope_scaling=dict(factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0,
+                                         original_max_position_embeddings=8192)),
 }
 
-# SSA.md defaults: query and value scaled, token and position terms on.
+# SSA.md defaults: query and value scaled, token and position terms on. Field names: ssa_jax.config.SSAConfig.
 SSA_VARIANTS = {
     "vanilla": dict(enabled=False),
-    "ssa": dict(enabled=True, variant="base", query=True, key=False, value=True, token=True, position=True),
-    "ssa_ws": dict(enabled=True, variant="weight_sharing", query=True, key=False, value=True, token=True,
-                   position=True),
+    "ssa": dict(enabled=True, token_kind="mlp", position_kind="log"),  # the paper's SSA "base"
+    "ssa_ws": dict(enabled=True, token_kind="shared", position_kind="log"),  # weight sharing
 }
 
-SSA_DEFAULTS = dict(enabled=False, variant="base", query=True, key=False, value=True, token=True, position=True,
-                    hidden_ratio=0.5, position_tau_at_end=1.1, yarn_scale=0.1, feature_path="")
+SSA_DEFAULTS = dict(enabled=False, query=True, key=False, value=True, token=True, position=True, token_kind="mlp",
+                    position_kind="log", weight_sharing_scope="layer", hidden_ratio=0.5, position_tau_at_end=1.1,
+                    yarn_scale=0.1, feature_path="")
 
 MODEL_DEFAULTS = dict(num_kv_heads=0, head_dim=0, norm_eps=1e-5, activation="gelu_tanh", rope_theta=10000.0,
                       rotary_pct=1.0, rope_scaling=None, parallel_residual=False, tie_embeddings=False,
                       qkv_bias=False, out_bias=False, mlp_bias=False, init_std=0.02, dtype="float32",
-                      attention_impl="auto", remat="none")
+                      attention_impl="auto", remat="none", scan_layers=False)
 
 
 def model_config(name: str, ssa: str = "vanilla") -> ml_collections.ConfigDict:

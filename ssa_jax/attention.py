@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 
 from ssa_jax.config import ModelConfig
-from ssa_jax.layers import apply_rope, dense
+from ssa_jax.layers import apply_rope, compute_dtype, dense
 from ssa_jax.temperature import Temperature
 
 Array = jax.Array
@@ -24,11 +24,16 @@ class LayerCache:
   v_BSKD: Array
 
 
-def kernel_implementation(cfg: ModelConfig) -> str | None:
-  """The `jax.nn.dot_product_attention` implementation: cuDNN on GPU when 'auto', XLA elsewhere."""
-  if cfg.attention_impl == "auto":
-    return "cudnn" if jax.default_backend() == "gpu" else "xla"
-  return cfg.attention_impl
+def kernel_implementation(cfg: ModelConfig, backend: str | None = None) -> str:
+  """The `jax.nn.dot_product_attention` implementation for the causal full forward.
+
+  'auto': cuDNN (flash) on GPU when the compute dtype is bfloat16 / float16 (cuDNN takes nothing else), XLA
+  otherwise (CPU, TPU, float32 on GPU). `backend` defaults to jax's default backend.
+  """
+  if cfg.attention_impl != "auto":
+    return cfg.attention_impl
+  backend = backend or jax.default_backend()
+  return "cudnn" if backend in ("gpu", "cuda") and cfg.dtype in ("bfloat16", "float16") else "xla"
 
 
 class SelectiveSelfAttention(nn.Module):
@@ -65,7 +70,9 @@ class SelectiveSelfAttention(nn.Module):
           num_heads=heads,
           d_model=cfg.d_model,
           max_seq_len=cfg.max_seq_len,
+          component=comp,
           head_axis="heads" if comp == "q" else "kv_heads",
+          dtype=compute_dtype(cfg),
           name=f"ssa_{comp}",
       )(x_BTd, positions_BT, projections[comp], feature_BT)
       self.sow("intermediates", f"tau_{comp}", tau_BTH)

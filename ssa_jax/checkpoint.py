@@ -14,7 +14,7 @@ import jax
 import orbax.checkpoint as ocp
 from etils import epath
 
-from ssa_jax.config import ModelConfig, model_config_from_dict
+from ssa_jax.config import ConfigError, ModelConfig, model_config_from_dict
 from ssa_jax.model import Decoder, param_shapes
 
 
@@ -100,8 +100,21 @@ def save_train_state(mngr: ocp.CheckpointManager, state, data_states: list[dict]
   ))
 
 
+def check_layer_layout(mngr: ocp.CheckpointManager, step: int, abstract_params) -> None:
+  """Fails naming config.model.scan_layers when checkpoint `step` stores the other parameter layout."""
+  saved = mngr.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"]
+  saved_scan = bool(dict(saved.get("model") or {}).get("scan_layers", False))
+  ours = "layers" in abstract_params
+  if saved_scan != ours:
+    raise ConfigError(
+        f"config.model.scan_layers: {ours} here, but checkpoint {step} in {mngr.directory} stores "
+        f"{'scanned (stacked)' if saved_scan else 'unrolled (layers_0, layers_1, ...)'} layers; resume with "
+        f"--config.model.scan_layers={saved_scan} (eval and HF export read either layout)")
+
+
 def restore_train_state(mngr: ocp.CheckpointManager, step: int, abstract_state, shardings):
   """(params, opt_state, data states per process) restored onto `shardings` (any device count)."""
+  check_layer_layout(mngr, step, abstract_state.params)
   target = jax.tree_util.tree_map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
                                   abstract_state, shardings)
   restored = mngr.restore(step, args=ocp.args.Composite(

@@ -7,7 +7,11 @@ import math
 from typing import Any, Mapping
 
 FAMILIES = ("gpt2", "neox", "llama")
-SSA_VARIANTS = ("base", "weight_sharing", "feature", "constant", "yarn")
+# SSA's two temperature terms, chosen independently (SSA.md; every row of the paper's Table 8 is one pair).
+TOKEN_KINDS = ("mlp", "shared", "frequency")
+POSITION_KINDS = ("log", "yarn", "constant", "ssmax")
+QUERY_ONLY_POSITION_KINDS = ("yarn", "constant", "ssmax")  # logit temperatures in their sources
+WEIGHT_SHARING_SCOPES = ("layer", "head")
 ACTIVATIONS = ("gelu_tanh", "gelu", "silu")
 ATTENTION_IMPLS = ("auto", "xla", "cudnn")
 REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
@@ -20,23 +24,38 @@ class ConfigError(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class SSAConfig:
-  """Selective Self-Attention switches (SSA.md): what is scaled, by which temperature function."""
+  """Selective Self-Attention switches (SSA.md): what is scaled, and by which token and position terms.
+
+  tau(x, n) = tau_tok(x) + tau_pos(n), one float32 scalar per token per head, multiplying q / k / v.
+  - token term (`token` on/off), `token_kind`:
+      'mlp'       tanh(W2 GeLU(W1 x))                      (the paper's SSA "base")
+      'shared'    tanh(W_tmp GeLU(W_{q/k/v} x))             (weight sharing, reusing the layer's projection)
+      'frequency' tanh(beta_h phi(token))                   (feature-based: standardized log token frequency)
+  - position term (`position` on/off), `position_kind`:
+      'log'       1 + sigmoid(alpha_h) log n                (SSA's, on every scaled projection)
+      'yarn'      1 + yarn_scale log n, fixed               (query only)
+      'constant'  exp(c_h), learned, starts at 1            (query only)
+      'ssmax'     s_h log n, s_h = softplus(a_h) learned     (Scalable-Softmax; query only, no "1 +")
+    With the position term off, or for k / v under a query-only kind, the position term is the constant 1.
+  """
 
   enabled: bool = False
-  # Token-aware function f: 'base' (MLP), 'weight_sharing' (reuses W_q/W_k/W_v), 'feature' (token frequency).
-  # Baselines replacing the whole temperature: 'constant' (learned per head), 'yarn' (1 + yarn_scale * log n).
-  variant: str = "base"
   query: bool = True
   key: bool = False
   value: bool = True
-  token: bool = True  # tau_tok = tanh(f(x)) on/off
-  position: bool = True  # tau_pos = 1 + sigmoid(alpha) log(n) on/off (off: the constant 1 alone)
-  hidden_ratio: float = 0.5  # base variant: MLP hidden width = round(d_model * hidden_ratio)
-  # alpha is initialised so that tau_pos at the last position of the context (n = max_seq_len) equals this;
-  # a value just above 1 (e.g. 1.001) gives the near-identity start used for fine-tuning.
+  token: bool = True  # the token term on/off
+  position: bool = True  # the position term on/off (off: the constant 1)
+  token_kind: str = "mlp"
+  position_kind: str = "log"
+  # 'shared' token kind: W_tmp holds, per head, one vector as wide as the layer's whole projection ('layer', the
+  # paper's: "3 vectors per attention head") or as wide as the head's own slice of it ('head').
+  weight_sharing_scope: str = "layer"
+  hidden_ratio: float = 0.5  # 'mlp' token kind: hidden width = round(d_model * hidden_ratio)
+  # The learned position coefficient starts so that the position term at the last position of the context
+  # (n = max_seq_len) equals this ('log' and 'ssmax'); just above 1 (1.001) is the near-identity fine-tune start.
   position_tau_at_end: float = 1.1
-  yarn_scale: float = 0.1
-  # 'feature' variant: token-count file (see ssa_jax.data.token_counts) giving the fixed feature phi(token).
+  yarn_scale: float = 0.1  # 'yarn': the fixed coefficient of log n
+  # 'frequency' token kind: token-count file (python -m ssa_jax.data.token_counts) giving phi(token).
   feature_path: str = ""
 
   @property
@@ -46,10 +65,74 @@ class SSAConfig:
       return ()
     return tuple(c for c, on in (("q", self.query), ("k", self.key), ("v", self.value)) if on)
 
+  def position_acts_on(self, component: str) -> bool:
+    """Whether the position term (when on) varies for `component` ('q', 'k', 'v'); else it is the constant 1."""
+    return self.position and (component == "q" or self.position_kind not in QUERY_ONLY_POSITION_KINDS)
+
   def alpha_init(self, max_seq_len: int) -> float:
-    """Pre-sigmoid alpha such that 1 + sigmoid(alpha) * log(max_seq_len) == position_tau_at_end."""
+    """'log': pre-sigmoid alpha such that 1 + sigmoid(alpha) * log(max_seq_len) == position_tau_at_end."""
     s = (self.position_tau_at_end - 1.0) / math.log(max(max_seq_len, 2))
     return math.log(s / (1.0 - s))
+
+  def ssmax_init(self, max_seq_len: int) -> float:
+    """'ssmax': pre-softplus a such that softplus(a) * log(max_seq_len) == position_tau_at_end."""
+    s = self.position_tau_at_end / math.log(max(max_seq_len, 2))
+    return math.log(math.expm1(s))
+
+  def validate(self, max_seq_len: int, d_model: int, where: str = "config.model.ssa") -> None:
+    """Raises ConfigError naming the first field that is unknown or part of a combination that means nothing."""
+
+    def bad(field: str, msg: str):
+      raise ConfigError(f"{where}.{field}: {msg}")
+
+    if self.token_kind not in TOKEN_KINDS:
+      bad("token_kind", f"unknown {self.token_kind!r}; expected one of {TOKEN_KINDS}")
+    if self.position_kind not in POSITION_KINDS:
+      bad("position_kind", f"unknown {self.position_kind!r}; expected one of {POSITION_KINDS}")
+    if self.weight_sharing_scope not in WEIGHT_SHARING_SCOPES:
+      bad("weight_sharing_scope", f"unknown {self.weight_sharing_scope!r}; expected one of {WEIGHT_SHARING_SCOPES}")
+    if not self.enabled:
+      return
+    if not self.components:
+      bad("query", "SSA is enabled but none of query / key / value is scaled")
+    if not (self.token or self.position):
+      bad("token", "SSA is enabled with both the token and the position term off")
+    for comp, field in (("k", "key"), ("v", "value")):
+      if comp in self.components and not self.token and not self.position_acts_on(comp):
+        bad(field, f"scales {comp} by the constant 1: the token term is off and position_kind "
+                   f"{self.position_kind!r} acts on the query only")
+    if self.position and self.position_kind in QUERY_ONLY_POSITION_KINDS and not self.query:
+      bad("position_kind", f"{self.position_kind!r} is a query (logit) temperature but query scaling is off")
+    if self.position and self.position_kind == "log":
+      frac = (self.position_tau_at_end - 1.0) / math.log(max(max_seq_len, 2))
+      if not 0.0 < frac < 1.0:
+        bad("position_tau_at_end", f"expected 1 < value < 1 + log(max_seq_len), got {self.position_tau_at_end}")
+    if self.position and self.position_kind == "ssmax" and not self.position_tau_at_end > 0:
+      bad("position_tau_at_end", f"expected > 0 for 'ssmax', got {self.position_tau_at_end}")
+    if self.position and self.position_kind == "yarn" and self.yarn_scale < 0:
+      bad("yarn_scale", f"expected >= 0, got {self.yarn_scale}")
+    if self.token and self.token_kind == "mlp" and int(round(d_model * self.hidden_ratio)) <= 0:
+      bad("hidden_ratio", f"expected > 0, got {self.hidden_ratio}")
+
+
+# The single SSA field of earlier releases, and what each of its values is now.
+_LEGACY_VARIANTS = {
+    "base": "token_kind='mlp'", "weight_sharing": "token_kind='shared'", "feature": "token_kind='frequency'",
+    "constant": "token=False, position_kind='constant'", "yarn": "token=False, position_kind='yarn'",
+}
+
+
+def ssa_config_from_dict(d: Mapping[str, Any], where: str = "config.model.ssa") -> SSAConfig:
+  """An SSAConfig from a dict, rejecting unknown fields by name (and the replaced `variant` with its successor)."""
+  d = dict(d)
+  if "variant" in d:
+    raise ConfigError(f"{where}.variant: replaced by token_kind / position_kind (variant {d['variant']!r} is "
+                      f"{_LEGACY_VARIANTS.get(d['variant'], 'unknown')}); see the README's SSA switches")
+  known = {f.name for f in dataclasses.fields(SSAConfig)}
+  unknown = sorted(set(d) - known)
+  if unknown:
+    raise ConfigError(f"{where}: unknown field(s) {unknown}; known fields are {sorted(known)}")
+  return SSAConfig(**d)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,8 +170,11 @@ class ModelConfig:
   mlp_bias: bool = False
   init_std: float = 0.02
   dtype: str = "float32"  # compute dtype; params are always float32
-  attention_impl: str = "auto"  # 'auto': cudnn on GPU, xla elsewhere
+  attention_impl: str = "auto"  # 'auto': cuDNN for bf16 / fp16 on GPU, XLA otherwise
   remat: str = "none"
+  # Layers under nn.scan: one compiled block whatever the depth; parameters stacked as params["layers"] with a
+  # leading layer axis (checkpoints record it through this field; ssa_jax.model.{stack,unstack}_layers convert).
+  scan_layers: bool = False
   ssa: SSAConfig = dataclasses.field(default_factory=SSAConfig)
 
   def __post_init__(self):
@@ -147,20 +233,10 @@ class ModelConfig:
       bad("attention_impl", f"unknown {self.attention_impl!r}; expected one of {ATTENTION_IMPLS}")
     if self.remat not in REMAT_POLICIES:
       bad("remat", f"unknown {self.remat!r}; expected one of {REMAT_POLICIES}")
-    s = self.ssa
-    if s.enabled:
-      if s.variant not in SSA_VARIANTS:
-        bad("ssa.variant", f"unknown SSA variant {s.variant!r}; expected one of {SSA_VARIANTS}")
-      if not s.components:
-        bad("ssa.query", "SSA is enabled but none of query/key/value is scaled")
-      if s.variant in ("base", "weight_sharing", "feature") and not (s.token or s.position):
-        bad("ssa.token", "SSA is enabled with both the token and the position term off")
-      if s.position and s.variant in ("base", "weight_sharing", "feature"):
-        frac = (s.position_tau_at_end - 1.0) / math.log(max(self.max_seq_len, 2))
-        if not 0.0 < frac < 1.0:
-          bad("ssa.position_tau_at_end", f"expected 1 < value < 1 + log(max_seq_len), got {s.position_tau_at_end}")
-      if s.variant == "base" and int(round(self.d_model * s.hidden_ratio)) <= 0:
-        bad("ssa.hidden_ratio", f"expected > 0, got {s.hidden_ratio}")
+    self.ssa.validate(self.max_seq_len, self.d_model, where=f"{where}.ssa")
+    if self.attention_impl == "cudnn" and self.dtype == "float32":
+      bad("attention_impl", "'cudnn' takes bfloat16 / float16 only; use dtype='bfloat16' or attention_impl='auto' "
+                            "(cuDNN for bf16 / fp16 on GPU, XLA otherwise)")
     return self
 
 
@@ -177,14 +253,10 @@ def model_config_from_dict(cfg: Mapping[str, Any] | Any, where: str = "config.mo
   unknown = sorted(set(d) - known)
   if unknown:
     raise ConfigError(f"{where}: unknown field(s) {unknown}; known fields are {sorted(known)}")
-  ssa = dict(_to_plain(d.pop("ssa", None)) or {})
-  ssa_known = {f.name for f in dataclasses.fields(SSAConfig)}
-  bad_ssa = sorted(set(ssa) - ssa_known)
-  if bad_ssa:
-    raise ConfigError(f"{where}.ssa: unknown field(s) {bad_ssa}; known fields are {sorted(ssa_known)}")
+  ssa = ssa_config_from_dict(_to_plain(d.pop("ssa", None)) or {}, where=f"{where}.ssa")
   rope = _to_plain(d.pop("rope_scaling", None))
   rope_cfg = RopeScaling(**dict(rope)) if rope else None
-  return ModelConfig(**d, ssa=SSAConfig(**ssa), rope_scaling=rope_cfg).validate(where)
+  return ModelConfig(**d, ssa=ssa, rope_scaling=rope_cfg).validate(where)
 
 
 def model_config_to_dict(cfg: ModelConfig) -> dict[str, Any]:

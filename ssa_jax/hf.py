@@ -5,6 +5,9 @@ block in config.json; `from_hf` restores them exactly. `transformers` ignores bo
 
 CLI:  python -m ssa_jax.hf import HF_DIR OUT_DIR     (HF checkpoint -> our model directory)
       python -m ssa_jax.hf export CKPT_DIR HF_DIR    (our model directory or training checkpoint -> HF)
+Export writes the tokenizer the checkpoint's run config names (data.tokenizer_path; --tokenizer=PATH to
+choose another) into HF_DIR, so that `eval.py --hf_dir=HF_DIR` needs no --tokenizer; import records the HF
+directory's tokenizer in the run config.
 """
 
 from __future__ import annotations
@@ -21,8 +24,8 @@ import numpy as np
 from etils import epath
 from flax import traverse_util
 
-from ssa_jax.config import ConfigError, ModelConfig, RopeScaling, SSAConfig
-from ssa_jax.model import Decoder, is_temperature_param, param_shapes
+from ssa_jax.config import ConfigError, ModelConfig, RopeScaling, SSAConfig, ssa_config_from_dict
+from ssa_jax.model import Decoder, is_temperature_param, param_shapes, stack_layers, unstack_layers
 from ssa_jax.safetensors_io import read_safetensors
 
 ARCHITECTURES = {"GPT2LMHeadModel": "gpt2", "GPTNeoXForCausalLM": "neox", "LlamaForCausalLM": "llama"}
@@ -54,7 +57,7 @@ def config_from_hf(hf: dict, where: str = "config.json") -> ModelConfig:
   family = ARCHITECTURES.get(arch)
   if family is None:
     raise ConfigError(f"{where}: architecture {arch!r} is not supported; expected one of {sorted(ARCHITECTURES)}")
-  ssa = SSAConfig(**hf["ssa"]) if hf.get("ssa") else SSAConfig()
+  ssa = ssa_config_from_dict(hf["ssa"], where=f"{where}: ssa") if hf.get("ssa") else SSAConfig()
   if family == "gpt2":
     d = hf["n_embd"]
     act = hf.get("activation_function", "gelu_new")
@@ -289,6 +292,7 @@ def from_hf(hf_dir: epath.PathLike, ssa: SSAConfig | None = None, rng_seed: int 
       raise ConfigError(f"{hf_dir}: checkpoint already has SSA ({cfg.ssa}); do not pass ssa=")
     overrides["ssa"] = ssa
   cfg = dataclasses.replace(cfg, **overrides).validate()
+  scanned, cfg = cfg.scan_layers, dataclasses.replace(cfg, scan_layers=False)  # converted in the unrolled layout
   tensors = {_normalise_key(k, cfg.family): v for k, v in read_hf_tensors(hf_dir).items()}
   expected = traverse_util.flatten_dict(param_shapes(cfg))
   flat: dict[tuple[str, ...], np.ndarray] = {}
@@ -329,7 +333,10 @@ def from_hf(hf_dir: epath.PathLike, ssa: SSAConfig | None = None, rng_seed: int 
   leftover = sorted(k for k in tensors if k not in used and not _BUFFERS.search(k))
   if leftover:
     print(f"[ssa_jax.hf] warning: {len(leftover)} tensor(s) in {hf_dir} not used: {leftover[:8]}", file=sys.stderr)
-  return Decoder(cfg), traverse_util.unflatten_dict(flat)
+  params = traverse_util.unflatten_dict(flat)
+  if scanned:
+    params = jax.device_get(stack_layers(params, cfg.num_layers))
+  return Decoder(dataclasses.replace(cfg, scan_layers=scanned)), params
 
 
 def _init_ssa(cfg: ModelConfig, seed: int) -> dict:
@@ -344,6 +351,7 @@ def to_hf(model: Decoder | ModelConfig, params: dict, out_dir: epath.PathLike) -
   from safetensors.numpy import save_file
 
   cfg = model.config if isinstance(model, Decoder) else model
+  params = unstack_layers(params, cfg.num_layers)  # transformers' layout is one module per layer
   flat = {p: np.asarray(jax.device_get(v), np.float32) for p, v in traverse_util.flatten_dict(params).items()}
   tensors = {}
   for m in tensor_maps(cfg):
@@ -372,10 +380,41 @@ def to_hf(model: Decoder | ModelConfig, params: dict, out_dir: epath.PathLike) -
 
 
 # ------------------------------------------------------------------------------------------------------- CLI
-def main(argv: list[str]) -> int:
+def _export_tokenizer(run_config: dict, ckpt_dir: str, hf_dir: epath.PathLike, model_vocab: int,
+                      override: str = "") -> str:
+  """Copies the checkpoint's tokenizer (or `override`) into the export; returns what it did, for the console."""
+  from ssa_jax.evaluate.loading import run_config_tokenizer
+  from ssa_jax.hf_tokenizer import copy_tokenizer
+
+  if override:  # a tokenizer that does not fit the model fails here, not at evaluation
+    from ssa_jax.data.tokenizer import load_tokenizer
+    from ssa_jax.evaluate.loading import check_vocab
+
+    check_vocab(load_tokenizer(override), model_vocab)
+  source = override or run_config_tokenizer(run_config)
+  if not source:
+    print(f"[ssa_jax.hf] warning: {ckpt_dir}'s run config names no tokenizer (config.data.tokenizer_path), so "
+          f"none was exported: pass --tokenizer=PATH here, or to eval.py", file=sys.stderr)
+    return "no tokenizer"
+  if not override and not epath.Path(source).exists():
+    print(f"[ssa_jax.hf] warning: the tokenizer {ckpt_dir} was trained with, {source}, does not exist here, so "
+          f"none was exported: pass --tokenizer=PATH", file=sys.stderr)
+    return "no tokenizer"
+  return f"tokenizer {', '.join(copy_tokenizer(source, hf_dir))} from {source}"
+
+
+class _UsageError(Exception):
+  """A command-line mistake, printed as one `error: ...` line."""
+
+
+def _parser():
   import argparse
 
-  parser = argparse.ArgumentParser(prog="python -m ssa_jax.hf", description=__doc__.split("\n\n")[0])
+  class Parser(argparse.ArgumentParser):
+    def error(self, message):  # argparse prints the usage text too; one line says it
+      raise _UsageError(f"{self.prog}: {message} (see --help)")
+
+  parser = Parser(prog="python -m ssa_jax.hf", description=__doc__.split("\n\n")[0])
   sub = parser.add_subparsers(dest="command", required=True)
   imp = sub.add_parser("import", help="HF checkpoint directory -> ssa-jax checkpoint directory")
   imp.add_argument("hf_dir")
@@ -383,18 +422,32 @@ def main(argv: list[str]) -> int:
   exp = sub.add_parser("export", help="ssa-jax checkpoint (root, step dir or training workdir) -> HF directory")
   exp.add_argument("ckpt_dir")
   exp.add_argument("hf_dir")
-  args = parser.parse_args(argv)
+  exp.add_argument("--tokenizer", default="", help="tokenizer to export (default: the run config's)")
+  return parser
 
+
+def main(argv: list[str]) -> int:
   from ssa_jax import checkpoint
+  from ssa_jax.evaluate.loading import tokenizer_in
 
-  if args.command == "import":
-    model, params = from_hf(args.hf_dir)
-    checkpoint.save_model(args.out_dir, model.config, params, run_config={"init": {"hf_dir": str(args.hf_dir)}})
-    print(f"imported {args.hf_dir} ({model.config.family}) -> {args.out_dir}")
-  else:
-    model, params, _ = checkpoint.load_model(args.ckpt_dir)
-    to_hf(model, params, args.hf_dir)
-    print(f"exported {args.ckpt_dir} ({model.config.family}) -> {args.hf_dir}")
+  try:
+    args = _parser().parse_args(argv)
+    if args.command == "import":
+      model, params = from_hf(args.hf_dir)
+      run_config = {"init": {"hf_dir": str(args.hf_dir)}}
+      tokenizer = tokenizer_in(epath.Path(args.hf_dir).absolute())
+      if tokenizer:  # eval.py --checkpoint=OUT_DIR then finds it
+        run_config["data"] = {"tokenizer_path": tokenizer}
+      checkpoint.save_model(args.out_dir, model.config, params, run_config=run_config)
+      print(f"imported {args.hf_dir} ({model.config.family}) -> {args.out_dir}")
+    else:
+      model, params, run_config = checkpoint.load_model(args.ckpt_dir)
+      what = _export_tokenizer(run_config, args.ckpt_dir, args.hf_dir, model.config.vocab_size, args.tokenizer)
+      to_hf(model, params, args.hf_dir)
+      print(f"exported {args.ckpt_dir} ({model.config.family}, {what}) -> {args.hf_dir}")
+  except (_UsageError, ValueError, KeyError, OSError) as e:  # a user's mistake: one line, no traceback
+    print(f"error: {e.args[0] if isinstance(e, KeyError) and e.args else e}", file=sys.stderr)
+    return 2
   return 0
 
 

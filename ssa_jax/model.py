@@ -21,18 +21,22 @@ Array = jax.Array
 class KVCache:
   """Keys and values of every layer plus the number of positions already written (shared by the batch)."""
 
-  layers: tuple[LayerCache, ...]
+  layers: tuple[LayerCache, ...] | LayerCache  # one per layer; with scan_layers one whose arrays are (L, ...)
   index: Array  # int32 scalar
 
   @property
   def max_len(self) -> int:
-    return self.layers[0].k_BSKD.shape[1]
+    first = self.layers if isinstance(self.layers, LayerCache) else self.layers[0]
+    return first.k_BSKD.shape[-3]
 
 
 def init_cache(cfg: ModelConfig, batch_size: int, max_len: int, dtype=None) -> KVCache:
-  """An empty cache for `max_len` positions (prompt plus generated tokens)."""
+  """An empty cache for `max_len` positions (prompt plus generated tokens), laid out as the model's layers."""
   dtype = dtype or compute_dtype(cfg)
   shape = (batch_size, max_len, cfg.num_kv_heads, cfg.head_dim)
+  if cfg.scan_layers:
+    stacked = (cfg.num_layers, *shape)
+    return KVCache(LayerCache(jnp.zeros(stacked, dtype), jnp.zeros(stacked, dtype)), jnp.zeros((), jnp.int32))
   layer = lambda: LayerCache(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype))
   return KVCache(tuple(layer() for _ in range(cfg.num_layers)), jnp.zeros((), jnp.int32))
 
@@ -62,7 +66,10 @@ class Block(nn.Module):
 
 
 def _load_token_feature(cfg: ModelConfig):
-  """Initializer of the fixed token feature phi (feature variant): read from the counts file if one is named."""
+  """Initializer of the fixed token feature phi ('frequency' token kind): read from the counts file if one is named.
+
+  Without one phi is 0 (the token term is dead): training refuses that at start (config.model.ssa.feature_path);
+  a checkpoint being loaded overwrites these zeros with the phi it stores."""
 
   def init(key, shape, dtype=jnp.float32):
     del key
@@ -82,10 +89,12 @@ class Decoder(nn.Module):
 
   @nn.compact
   def __call__(self, tokens_BT: Array, positions_BT: Array | None = None, cache: KVCache | None = None,
-               mask_BTT: Array | None = None):
+               mask_BTT: Array | None = None, return_hidden: bool = False):
     """`positions_BT`: absolute positions (default 0..T-1, or after the cache's). `mask_BTT` (bool, query t
     sees key s) replaces the causal mask, for rows that pack several sequences (evaluation); with it,
-    `positions_BT` must restart at each sequence so that RoPE, learned positions and SSA's log(n) are right."""
+    `positions_BT` must restart at each sequence so that RoPE, learned positions and SSA's log(n) are right.
+    `return_hidden`: return the final-normed hidden states x_BTd (compute dtype) instead of the logits, for
+    losses that apply the LM head (`lm_head_kernel`) chunk by chunk."""
     cfg = self.config
     dtype = compute_dtype(cfg)
     B, T = tokens_BT.shape
@@ -108,7 +117,7 @@ class Decoder(nn.Module):
       )(positions_BT)
 
     feature_BT = None
-    if cfg.ssa.enabled and cfg.ssa.variant == "feature" and cfg.ssa.token:
+    if uses_token_feature(cfg):
       # phi is a fixed corpus statistic, stored with the params so checkpoints carry it; never trained.
       phi_V = self.param(
           "token_feature", nn.with_logical_partitioning(_load_token_feature(cfg), ("vocab",)), (cfg.vocab_size,),
@@ -118,27 +127,83 @@ class Decoder(nn.Module):
 
     block_cls = Block
     if cfg.remat != "none" and cache is None:
-      block_cls = nn.remat(Block, policy=_REMAT_POLICIES[cfg.remat], prevent_cse=True)
-    new_layers = []
-    for i in range(cfg.num_layers):
-      layer_cache = None if cache is None else cache.layers[i]
-      x_BTd, layer_cache = block_cls(cfg, name=f"layers_{i}")(
-          x_BTd, positions_BT, feature_BT, layer_cache, cache_index, mask_BTT)
-      new_layers.append(layer_cache)
+      # Under scan the loop boundary already keeps XLA from merging the recomputation away (no CSE barrier).
+      block_cls = nn.remat(Block, policy=_REMAT_POLICIES[cfg.remat], prevent_cse=not cfg.scan_layers)
+    if cfg.scan_layers:
+      scanned = nn.scan(
+          block_cls, variable_axes={"params": 0, "intermediates": 0}, split_rngs={"params": True},
+          in_axes=(nn.broadcast, nn.broadcast, 0, nn.broadcast, nn.broadcast), length=cfg.num_layers,
+          metadata_params={nn.PARTITION_NAME: "layers"})
+      x_BTd, new_layers = scanned(cfg, name="layers")(
+          x_BTd, positions_BT, feature_BT, None if cache is None else cache.layers, cache_index, mask_BTT)
+    else:
+      new_layers = []
+      for i in range(cfg.num_layers):
+        layer_cache = None if cache is None else cache.layers[i]
+        x_BTd, layer_cache = block_cls(cfg, name=f"layers_{i}")(
+            x_BTd, positions_BT, feature_BT, layer_cache, cache_index, mask_BTT)
+        new_layers.append(layer_cache)
+      new_layers = tuple(new_layers)
 
     x_BTd = Norm(cfg, name="final_norm")(x_BTd)
-    if cfg.tie_embeddings:
-      logits_BTV = embed.attend(x_BTd)
-    else:
-      logits_BTV = nn.DenseGeneral(
+    head = None
+    if not cfg.tie_embeddings:
+      head = nn.DenseGeneral(
           cfg.vocab_size, use_bias=False, dtype=dtype, param_dtype=jnp.float32,
           kernel_init=nn.with_logical_partitioning(nn.initializers.normal(cfg.init_std), ("embed", "vocab")),
           name="lm_head",
-      )(x_BTd)
+      )
+    if return_hidden and not self.is_initializing():
+      if cache is not None:
+        raise ValueError("return_hidden is for full forwards (training losses), not with a KV cache")
+      return x_BTd
+    logits_BTV = embed.attend(x_BTd) if head is None else head(x_BTd)
     logits_BTV = logits_BTV.astype(jnp.float32)
     if cache is None:
       return logits_BTV
-    return logits_BTV, KVCache(tuple(new_layers), cache.index + T)
+    return logits_BTV, KVCache(new_layers, cache.index + T)
+
+
+def unstack_layers(tree: dict, num_layers: int) -> dict:
+  """A params / intermediates tree with scanned layers ({'layers': leaves of shape (L, ...)}) as the unrolled
+  layout ({'layers_0': ..., 'layers_{L-1}': ...}); a tree already unrolled is returned as it is."""
+  if "layers" not in tree:
+    return tree
+  out = {k: v for k, v in tree.items() if k != "layers"}
+  for i in range(num_layers):
+    out[f"layers_{i}"] = jax.tree_util.tree_map(lambda a, i=i: a[i], tree["layers"])
+  return out
+
+
+def stack_layers(tree: dict, num_layers: int) -> dict:
+  """The inverse of unstack_layers: 'layers_0' ... 'layers_{L-1}' stacked into 'layers' (leading layer axis)."""
+  if "layers_0" not in tree:
+    return tree
+  out = {k: v for k, v in tree.items() if not (k.startswith("layers_") and k[7:].isdigit())}
+  out["layers"] = jax.tree_util.tree_map(lambda *a: jnp.stack(a), *[tree[f"layers_{i}"] for i in range(num_layers)])
+  return out
+
+
+def unrolled(model: "Decoder", params: dict) -> tuple["Decoder", dict]:
+  """The same model and parameters in the unrolled layer layout (for analyses that read layer by layer)."""
+  if not model.config.scan_layers:
+    return model, params
+  import dataclasses  # pylint: disable=import-outside-toplevel
+
+  cfg = dataclasses.replace(model.config, scan_layers=False)
+  return Decoder(cfg), unstack_layers(params, cfg.num_layers)
+
+
+def uses_token_feature(cfg: ModelConfig) -> bool:
+  """Whether the model holds the fixed token feature phi (the 'frequency' token term is on)."""
+  return cfg.ssa.enabled and cfg.ssa.token and cfg.ssa.token_kind == "frequency"
+
+
+def lm_head_kernel(params, cfg: ModelConfig) -> Array:
+  """The LM head as a (d_model, vocab) float32 matrix: the embedding's transpose when tied."""
+  if cfg.tie_embeddings:
+    return params["embed"]["embedding"].T
+  return params["lm_head"]["kernel"]
 
 
 def init_params(cfg: ModelConfig, rng: Array, seq_len: int = 8) -> dict:

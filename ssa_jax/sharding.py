@@ -7,7 +7,6 @@ rules in `config.sharding.rules` map them to mesh axes. Batches are split over (
 from __future__ import annotations
 
 import math
-import os
 from typing import Any, Sequence
 
 import flax.linen as nn
@@ -15,6 +14,7 @@ import jax
 import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
+from ssa_jax import distributed
 from ssa_jax.config import ConfigError, ModelConfig
 from ssa_jax.model import Decoder
 
@@ -22,17 +22,12 @@ MESH_AXES = ("data", "fsdp", "tensor")
 BATCH_AXES = ("data", "fsdp")
 
 
-def maybe_initialize_distributed(mode: str | bool) -> None:
-  """Calls jax.distributed.initialize() when launched on several hosts ('auto' looks at the environment)."""
-  if mode in (False, "false", "off", ""):
-    return
-  if mode == "auto":
-    multi = (int(os.environ.get("SLURM_NTASKS", "1")) > 1 or "JAX_COORDINATOR_ADDRESS" in os.environ
-             or "," in os.environ.get("TPU_WORKER_HOSTNAMES", "")
-             or int(os.environ.get("OMPI_COMM_WORLD_SIZE", "1")) > 1)
-    if not multi:
-      return
-  jax.distributed.initialize()
+def maybe_initialize_distributed(cfg) -> bool:
+  """jax.distributed.initialize() per `config.distributed` (a section, or the old 'auto'/'on'/'off' string).
+
+  See ssa_jax/distributed.py: 'auto' leaves cluster detection to jax's own cluster environments.
+  """
+  return distributed.maybe_initialize(cfg)
 
 
 def make_mesh(mesh_cfg, where: str = "config.mesh") -> Mesh:

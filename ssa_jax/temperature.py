@@ -1,4 +1,15 @@
-"""SSA's inverse temperatures tau(x, n) = tau_tok(x) + tau_pos(n): one float32 scalar per token per head."""
+"""SSA's inverse temperatures tau(x, n) = tau_tok(x) + tau_pos(n): one float32 scalar per token per head.
+
+The two terms are independent choices (config.model.ssa.token_kind / position_kind; see SSAConfig). Matmuls run
+in the compute dtype with float32 accumulation; the temperature values themselves (tanh, log n, the sum) are
+float32 (SSA.md: an fp32 matmul costs many times a bf16 one on an accelerator).
+
+Single learned scalars and Adam: a near-identity start must still be able to move within a fine-tune's few hundred
+steps, so each positive scalar is a function whose logarithm Adam moves additively: 'log' keeps the paper's
+sigmoid(alpha), which is exp(alpha) in its tail (d log s / d alpha = 1 - s, about 1 at a near-identity start);
+'constant' is exp(c); 'ssmax' is softplus(a) (exp(a) for small s, linear for large). How far they move in a run is
+then set by the learning rate they get: config.train.temperature_lr_multiplier.
+"""
 
 from __future__ import annotations
 
@@ -15,18 +26,42 @@ def _partitioned(init, axes):
   return nn.with_logical_partitioning(init, axes)
 
 
-class Temperature(nn.Module):
-  """The temperature of one scaled projection (q, k or v) for `num_heads` heads.
+def _matmul_f32(x: Array, w: Array, dtype) -> Array:
+  """x @ w over x's last axis with both operands in `dtype` and float32 accumulation and result."""
+  return jax.lax.dot_general(x.astype(dtype), w.astype(dtype), (((x.ndim - 1,), (0,)), ((), ())),
+                             preferred_element_type=jnp.float32)
 
-  Returns tau_BTH in float32. Parameters: base `w1`, `w2` (MLP); weight sharing `w` (one vector per head);
-  feature `beta`; position `alpha` (one scalar per head); constant baseline `tau`.
+
+class TemperatureDense(nn.Module):
+  """y = x W + b with float32 parameters, compute-dtype operands and a float32 result."""
+
+  features: int
+  axes: tuple[str, str]
+  kernel_init: nn.initializers.Initializer
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    kernel = self.param("kernel", _partitioned(self.kernel_init, self.axes), (x.shape[-1], self.features),
+                        jnp.float32)
+    bias = self.param("bias", _partitioned(nn.initializers.zeros, self.axes[1:]), (self.features,), jnp.float32)
+    return _matmul_f32(x, kernel, self.dtype) + bias
+
+
+class Temperature(nn.Module):
+  """The temperature of one scaled projection (`component` 'q', 'k' or 'v') for `num_heads` heads.
+
+  Returns tau_BTH in float32. Parameters: 'mlp' `w1`, `w2`; 'shared' `w`; 'frequency' `beta`; position 'log'
+  `alpha`, 'constant' `log_tau`, 'ssmax' `ssmax_s` (one scalar per head each); 'yarn' has none.
   """
 
   ssa: SSAConfig
   num_heads: int
   d_model: int
   max_seq_len: int
+  component: str = "q"
   head_axis: str = "heads"  # logical axis of the heads this temperature serves ('heads' or 'kv_heads')
+  dtype: jnp.dtype = jnp.float32  # the compute dtype of the temperature's matmuls
 
   @nn.compact
   def __call__(
@@ -36,58 +71,59 @@ class Temperature(nn.Module):
       proj_BTHD: Array | None = None,
       feature_BT: Array | None = None,
   ) -> Array:
-    H, ssa = self.num_heads, self.ssa
-    # n is the 1-based absolute position of the token (with a KV cache: in the whole sequence).
-    log_n_BT1 = jnp.log(positions_BT.astype(jnp.float32) + 1.0)[..., None]
-    if ssa.variant == "yarn":
-      return jnp.broadcast_to(1.0 + ssa.yarn_scale * log_n_BT1, (*positions_BT.shape, H))
-    if ssa.variant == "constant":
-      tau_H = self.param("tau", _partitioned(nn.initializers.ones, (self.head_axis,)), (H,), jnp.float32)
-      return jnp.broadcast_to(tau_H, (*positions_BT.shape, H))
-
-    tau_BTH = jnp.ones((*positions_BT.shape, H), jnp.float32)
+    ssa = self.ssa
+    tau_BTH = self._position_term(positions_BT)
     if ssa.token:
       tau_BTH = tau_BTH + jnp.tanh(self._token_logits(x_BTd, proj_BTHD, feature_BT))
-    if ssa.position:
-      alpha_H = self.param(
-          "alpha",
-          _partitioned(nn.initializers.constant(ssa.alpha_init(self.max_seq_len)), (self.head_axis,)),
-          (H,),
-          jnp.float32,
-      )
-      tau_BTH = tau_BTH + jax.nn.sigmoid(alpha_H) * log_n_BT1
     return tau_BTH
 
-  def _token_logits(self, x_BTd, proj_BTHD, feature_BT) -> Array:
-    """f(x) of SSA.md, (B, T, H) float32; every variant starts at f = 0 (tau_tok = 0)."""
+  def _position_term(self, positions_BT: Array) -> Array:
+    """tau_pos (B, T, H) float32; the constant 1 when the position term is off or does not act on this component."""
     H, ssa = self.num_heads, self.ssa
-    if ssa.variant == "base":
+    shape = (*positions_BT.shape, H)
+    if not ssa.position_acts_on(self.component):
+      return jnp.ones(shape, jnp.float32)
+    # n is the 1-based absolute position of the token (with a KV cache: in the whole sequence).
+    log_n_BT1 = jnp.log(positions_BT.astype(jnp.float32) + 1.0)[..., None]
+    per_head = lambda name, init: self.param(name, _partitioned(nn.initializers.constant(init), (self.head_axis,)),
+                                             (H,), jnp.float32)
+    kind = ssa.position_kind
+    if kind == "log":
+      return 1.0 + jax.nn.sigmoid(per_head("alpha", ssa.alpha_init(self.max_seq_len))) * log_n_BT1
+    if kind == "yarn":
+      return jnp.broadcast_to(1.0 + ssa.yarn_scale * log_n_BT1, shape)
+    if kind == "constant":
+      return jnp.broadcast_to(jnp.exp(per_head("log_tau", 0.0)), shape)
+    if kind == "ssmax":
+      return jax.nn.softplus(per_head("ssmax_s", ssa.ssmax_init(self.max_seq_len))) * log_n_BT1
+    raise ValueError(f"unknown position_kind {kind!r}")
+
+  def _token_logits(self, x_BTd, proj_BTHD, feature_BT) -> Array:
+    """f(x) of SSA.md, (B, T, H) float32; every kind starts at f = 0 (tau_tok = 0)."""
+    H, ssa = self.num_heads, self.ssa
+    if ssa.token_kind == "mlp":
       hidden = int(round(self.d_model * ssa.hidden_ratio))
-      h_BTF = nn.Dense(
-          hidden,
-          dtype=jnp.float32,
-          kernel_init=_partitioned(nn.initializers.normal(0.02), ("embed", "ssa_hidden")),
-          bias_init=_partitioned(nn.initializers.zeros, ("ssa_hidden",)),
-          name="w1",
-      )(x_BTd.astype(jnp.float32))
-      return nn.Dense(
-          H,
-          dtype=jnp.float32,
-          kernel_init=_partitioned(nn.initializers.zeros, ("ssa_hidden", self.head_axis)),
-          bias_init=_partitioned(nn.initializers.zeros, (self.head_axis,)),
-          name="w2",
-      )(jax.nn.gelu(h_BTF, approximate=False))
-    if ssa.variant == "weight_sharing":
+      h_BTF = TemperatureDense(hidden, ("embed", "ssa_hidden"), nn.initializers.normal(0.02), self.dtype,
+                               name="w1")(x_BTd)
+      h_BTF = jax.nn.gelu(h_BTF, approximate=False)
+      return TemperatureDense(H, ("ssa_hidden", self.head_axis), nn.initializers.zeros, self.dtype, name="w2")(h_BTF)
+    if ssa.token_kind == "shared":
       if proj_BTHD is None:
-        raise ValueError("weight_sharing temperature needs the layer's own projection")
-      w_HD = self.param(
-          "w", _partitioned(nn.initializers.zeros, (self.head_axis, "head_dim")), proj_BTHD.shape[-2:], jnp.float32
-      )
-      # No new matmul: a per-head dot product with the activation of the projection the layer computes anyway.
-      return jnp.einsum("bthd,hd->bth", jax.nn.gelu(proj_BTHD.astype(jnp.float32), approximate=False), w_HD)
-    if ssa.variant == "feature":
+        raise ValueError("the 'shared' token term needs the layer's own projection")
+      # No new matmul over d x d: the activation of the projection the layer computes anyway, in its own dtype
+      # (no float32 copy of q or v), dotted with one vector per head; float32 accumulation.
+      g_BTHD = jax.nn.gelu(proj_BTHD.astype(self.dtype), approximate=False)
+      Hin, D = proj_BTHD.shape[-2:]
+      if ssa.weight_sharing_scope == "head":
+        w_HD = self.param("w", _partitioned(nn.initializers.zeros, (self.head_axis, "head_dim")), (H, D), jnp.float32)
+        return jnp.einsum("bthd,hd->bth", g_BTHD, w_HD.astype(self.dtype), preferred_element_type=jnp.float32)
+      # 'layer' (the paper's): head g reads the whole projection (every input head h), one H*D vector per head.
+      w_GHD = self.param("w", _partitioned(nn.initializers.zeros, ("ssa_heads", self.head_axis, "head_dim")),
+                         (H, Hin, D), jnp.float32)
+      return jnp.einsum("bthd,ghd->btg", g_BTHD, w_GHD.astype(self.dtype), preferred_element_type=jnp.float32)
+    if ssa.token_kind == "frequency":
       if feature_BT is None:
-        raise ValueError("feature temperature needs the token feature phi(token)")
+        raise ValueError("the 'frequency' token term needs the token feature phi(token)")
       beta_H = self.param("beta", _partitioned(nn.initializers.zeros, (self.head_axis,)), (H,), jnp.float32)
       return feature_BT.astype(jnp.float32)[..., None] * beta_H
-    raise ValueError(f"unknown SSA variant {ssa.variant!r}")
+    raise ValueError(f"unknown token_kind {ssa.token_kind!r}")

@@ -13,19 +13,7 @@ from ssa_jax.data.config import data_config
 from ssa_jax.data.pipeline import make_lm_iterator
 from ssa_jax.data.readers import read_records
 from ssa_jax.data.sources import list_files
-
-
-class ByteTokenizer:
-  path, eos_id, bos_id, vocab_size, adds_bos_by_default = "bytes", 256, None, 257, False
-
-  def encode(self, text, add_bos=None):
-    return list(text.encode("utf-8"))
-
-  def encode_batch(self, texts, add_bos=None):
-    return [self.encode(t) for t in texts]
-
-  def decode(self, ids):
-    return bytes(i for i in ids if i < 256).decode("utf-8")
+from tests_shared import ByteTokenizer
 
 
 def good(text, set_name="RedPajamaC4"):
@@ -117,3 +105,28 @@ def test_missing_split_names_the_path(tmp_path):
   with pytest.raises(FileNotFoundError, match="config.data.path: no 'test' files"):
     list_files(str(tmp_path), "test")
   assert np.array_equal(list_files(str(tmp_path), "train"), [str(tmp_path / "train" / "a.jsonl")])
+
+
+def test_gs_paths_without_the_gcs_extra_name_the_pip_command(monkeypatch):
+  import importlib.util
+
+  from ssa_jax.config import ConfigError
+  from ssa_jax.data.config import validate_data_config
+  from ssa_jax.data.tokenizer import load_tokenizer
+  from ssa_jax.gcs import TENSORBOARD, require_gcs
+
+  real = importlib.util.find_spec
+  monkeypatch.setattr(importlib.util, "find_spec",
+                      lambda name, *a: None if name.split(".")[0] in ("gcsfs", "google") else real(name, *a))
+  cfg = data_config()
+  cfg.path = "gs://bucket/SlimPajama-627B"
+  with pytest.raises(ConfigError, match=r"config.data.path: 'gs://bucket/SlimPajama-627B' is a gs:// path, "
+                                        r"which needs gcsfs .*pip install 'ssa-jax\[gcs\]'"):
+    validate_data_config(cfg)
+  with pytest.raises(ImportError, match=r"config.data.path.*ssa-jax\[gcs\]"):
+    list_files("gs://bucket/data", "train")
+  with pytest.raises(ImportError, match=r"tokenizer path.*ssa-jax\[gcs\]"):
+    load_tokenizer("gs://bucket/tokenizer.json")
+  with pytest.raises(ImportError, match=r"--workdir.*needs google-cloud-storage"):
+    require_gcs("gs://bucket/run", "--workdir (TensorBoard)", TENSORBOARD)
+  require_gcs("/local/run", "--workdir", TENSORBOARD)  # local paths need nothing

@@ -233,7 +233,131 @@ def test_passkey_prompts_are_seeded_and_fit_their_lengths(tiny):
     assert len(tok.encode(t.prompt)) <= t.length and t.prompt.endswith(cfg.question)
   assert len(tok.encode(a[-1].prompt)) > 600 - len(tok.encode(" " + cfg.filler))
   model, params = tiny
-  cfg.lengths, cfg.trials, cfg.max_new_tokens = (120,), 3, 4
+  cfg.lengths, cfg.trials, cfg.max_new_tokens = (300,), 3, 4  # past the 128 positions: RoPE runs on
   out = evaluate_passkey(model, params, tok, cfg)
-  assert out["n"] == 3 and set(out["by_length"]) == {"120"} and 0.0 <= out["acc"] <= 1.0
+  assert out["n"] == 3 and set(out["by_length"]) == {"300"} and 0.0 <= out["acc"] <= 1.0
   assert sum(v is not None for v in out["by_depth"].values()) >= 1
+
+
+def test_passkey_each_length_draws_from_its_own_stream():
+  """Adding, removing or reordering lengths leaves every other length's prompts exactly as they were."""
+  from ssa_jax.evaluate.config import passkey_config
+  from ssa_jax.evaluate.passkey import make_trials
+
+  tok = ByteTokenizer()
+
+  def trials(lengths):
+    cfg = passkey_config()
+    cfg.lengths, cfg.trials = lengths, 5
+    return make_trials(cfg, tok)
+
+  alone = trials((300,))
+  assert [t for t in trials((300, 600)) if t.length == 300] == alone
+  assert [t for t in trials((900, 300)) if t.length == 300] == alone
+  assert [t for t in trials((300, 600)) if t.length == 600] == trials((600,))
+  # Different lengths are different streams, not one stream restarted.
+  assert [t.key for t in alone] != [t.key for t in trials((600,))]
+
+
+def test_passkey_depth_is_where_the_key_was_placed():
+  from ssa_jax.evaluate.config import passkey_config
+  from ssa_jax.evaluate.passkey import make_trials
+
+  cfg = passkey_config()
+  cfg.lengths, cfg.trials = (520, 1200), 12  # ByteTokenizer: 243 tokens without filler, 90 per filler
+  for t in make_trials(cfg, ByteTokenizer()):
+    key_at = t.prompt.index(cfg.key_sentence.format(key=t.key))
+    before, after = t.prompt[:key_at].count(cfg.filler), t.prompt[key_at:].count(cfg.filler)
+    assert t.depth == (before / (before + after) if before + after else 0.0)
+  # At 520 tokens there are 3 fillers: the placed depth is a multiple of 1/3, whatever was drawn.
+  short = [t for t in make_trials(cfg, ByteTokenizer()) if t.length == 520]
+  assert {t.prompt.count(cfg.filler) for t in short} == {3}
+  assert {round(t.depth * 3, 9) for t in short} <= {0.0, 1.0, 2.0, 3.0}
+
+
+def test_passkey_hit_is_the_first_integer_of_the_output():
+  from ssa_jax.evaluate.passkey import is_hit
+
+  assert not is_hit("1234", "123")
+  assert is_hit("123 abc", "123")
+  assert is_hit(" the key is 123.", "123")
+  assert not is_hit("0123", "123")
+  assert not is_hit("99 then 123", "123")  # the first integer decides
+  assert not is_hit("no digits", "123")
+  assert is_hit("12345\nThe pass key is 12345", "12345")
+
+
+@pytest.fixture(scope="module")
+def tiny_gpt2():
+  """A 512-position GPT-2 (learned positions) with a vocabulary that covers ByteTokenizer."""
+  import dataclasses
+
+  import jax
+
+  from tiny_models import tiny_config
+  from ssa_jax.model import Decoder, init_params
+
+  cfg = dataclasses.replace(tiny_config("gpt2", max_seq_len=512), vocab_size=300).validate()
+  return Decoder(cfg), init_params(cfg, jax.random.PRNGKey(0))
+
+
+def _passkey_cfg(lengths, trials=2):
+  from ssa_jax.evaluate.config import passkey_config
+
+  cfg = passkey_config()
+  cfg.lengths, cfg.trials, cfg.max_new_tokens = lengths, trials, 8
+  return cfg
+
+
+def test_passkey_length_past_the_position_table_is_skipped_and_reported(tiny_gpt2, capsys):
+  from ssa_jax.evaluate import run_eval
+  from ssa_jax.evaluate.results import summary_table
+
+  model, params = tiny_gpt2
+  # 400 + 8 new tokens fit 512 positions; 512 + 8 do not (the prompt alone would); 200 is shorter than the
+  # passkey prompt without filler (243 ByteTokenizer tokens).
+  cfg = _passkey_cfg((512, 200, 400))
+  out = run_eval(model, params, ByteTokenizer(), "passkey", passkey=cfg, show_progress=False)
+  console = capsys.readouterr().out
+  why = out["passkey"]["skipped_lengths"]["512"]
+  assert "512 tokens + 8 new tokens" in why and "512 learned positions" in why
+  assert "without any filler (243 tokens)" in out["passkey"]["skipped_lengths"]["200"]
+  assert set(out["passkey"]["by_length"]) == {"400"} and out["results"]["passkey"]["sample_len"] == 2
+  assert f"SKIPPED {why}" in console
+  table = summary_table(out)
+  assert "| passkey | acc@512" in table and "(skipped)" in table and why in table
+  assert "acc@400" in table
+
+
+def test_passkey_with_every_length_skipped_reports_instead_of_crashing(tiny_gpt2, capsys):
+  from ssa_jax.evaluate import run_eval
+
+  model, params = tiny_gpt2
+  out = run_eval(model, params, ByteTokenizer(), "passkey", passkey=_passkey_cfg((512, 1024)), show_progress=False)
+  console = capsys.readouterr().out
+  assert out["results"] == {} and "every length was skipped" in out["ssa_jax"]["missing_tasks"]["passkey"]
+  assert set(out["passkey"]["skipped_lengths"]) == {"512", "1024"}
+  assert "not run: passkey: every length was skipped" in console and "SKIPPED passkey length 512" in console
+
+
+def test_summary_table_prints_whole_reasons(tiny, tmp_path, capsys):
+  from ssa_jax.evaluate import run_eval
+
+  model, params = tiny
+  deep = tmp_path / ("a_long_directory_name_" * 4) / "benchmarks"
+  deep.mkdir(parents=True)
+  (deep / "lambada_openai_test.jsonl").write_text(json.dumps({"text": "the cat sat on the mat"}) + "\n")
+  out = run_eval(model, params, ByteTokenizer(), "lambada_openai,lambada_standard", data_dir=str(deep),
+                 batch_size=2, max_length=32, show_progress=False)
+  table = capsys.readouterr().out
+  message = out["ssa_jax"]["missing_tasks"]["lambada_standard"]
+  assert str(deep / "lambada_standard_test.jsonl") in message and f"not run: {message}" in table
+  assert "| lambada_standard | (not run) " in table
+
+
+def test_negative_limit_fails_in_run_eval(tiny, tmp_path):
+  from ssa_jax.evaluate import run_eval
+
+  model, params = tiny
+  with pytest.raises(ValueError, match="limit: expected an int >= 0"):
+    run_eval(model, params, ByteTokenizer(), "piqa", data_dir=str(tmp_path), limit=-1)

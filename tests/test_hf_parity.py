@@ -59,10 +59,10 @@ def test_logits_equal_transformers_and_export_round_trips(hf_case, tmp_path):
   np.testing.assert_allclose(hf_logits(again, tokens), ref, atol=1e-4, rtol=0)
 
 
-@pytest.mark.parametrize("variant", ["base", "weight_sharing"])
-def test_ssa_model_round_trips_exactly(tmp_path, variant, capsys):
+@pytest.mark.parametrize("token_kind,position_kind", [("mlp", "log"), ("shared", "log"), ("shared", "ssmax")])
+def test_ssa_model_round_trips_exactly(tmp_path, token_kind, position_kind, capsys):
   make_hf_model("llama", tmp_path / "hf")
-  ssa = SSAConfig(enabled=True, variant=variant, key=True)
+  ssa = SSAConfig(enabled=True, token_kind=token_kind, position_kind=position_kind, key=position_kind == "log")
   model, params = from_hf(tmp_path / "hf", ssa=ssa, rng_seed=3)
   # Give the zero-initialised temperature weights values so that "identical" means something.
   flat = traverse_util.flatten_dict(params)

@@ -72,11 +72,11 @@ def reference_rows(cfg, x_BTd, attn_params, tau_q_BTH):
 
 @pytest.mark.parametrize("fields", [NEOX, LLAMA_GQA], ids=["neox", "llama_gqa"])
 def test_attention_rows_match_explicit_softmax_and_the_layer_output(fields):
-  model, params = make(fields, ssa=SSAConfig(enabled=True, variant="constant", query=True, value=True), qk_gain=8.0)
-  # Known, distinct temperatures per head, so tau_q / tau_v must be applied to the right heads.
+  model, params = make(fields, ssa=SSAConfig(enabled=True, token=False, query=True, value=True), qk_gain=8.0)
+  # Known, distinct position coefficients per head, so tau_q / tau_v must be applied to the right heads.
   for i in range(model.config.num_layers):
-    params[f"layers_{i}"]["attn"]["ssa_q"]["tau"] = jnp.array([0.5, 1.0, 2.0, 3.0]) * (i + 1)
-    params[f"layers_{i}"]["attn"]["ssa_v"]["tau"] = jnp.linspace(0.5, 1.5, model.config.num_kv_heads)
+    params[f"layers_{i}"]["attn"]["ssa_q"]["alpha"] = jnp.array([-2.0, -1.0, 0.0, 2.0]) * (i + 1)
+    params[f"layers_{i}"]["attn"]["ssa_v"]["alpha"] = jnp.linspace(-1.5, 1.5, model.config.num_kv_heads)
   toks = tokens()
   B, T = toks.shape
   layers = norms.capture_layers(model, params, jnp.asarray(toks))
@@ -91,7 +91,7 @@ def test_attention_rows_match_explicit_softmax_and_the_layer_output(fields):
     # The rows, through tau_v-scaled values and the output projection, give the layer's real output.
     rebuilt = norms.attention_output(model.config, attn_p, layer, jnp.asarray(rows))
     np.testing.assert_allclose(np.asarray(rebuilt), np.asarray(layer["attn_out_BTd"]), atol=2e-5)
-  assert not np.allclose(np.asarray(layers[0]["tau_q_BTH"][0, 0]), 1.0)  # the sown temperatures were read
+  assert not np.allclose(np.asarray(layers[0]["tau_q_BTH"][0, -1]), 1.0)  # the sown temperatures were read
 
 
 def test_spec_is_the_norm_of_the_combined_matrix_times_x():
@@ -118,12 +118,12 @@ def test_spikiness_bounds():
 
 def test_query_temperature_scales_effective_norm_and_spikes_attention():
   vanilla, params_v = make(NEOX, qk_gain=6.0)
-  ssa_cfg = SSAConfig(enabled=True, variant="constant", query=True, value=False)
+  ssa_cfg = SSAConfig(enabled=True, token=False, position_kind="constant", query=True, value=False)
   ssa, _ = make(NEOX, ssa=ssa_cfg)
   params_s = dict(params_v)
   for i in range(NEOX["num_layers"]):  # the same weights, plus a query temperature of 4 everywhere
     layer = dict(params_v[f"layers_{i}"])
-    layer["attn"] = {**layer["attn"], "ssa_q": {"tau": jnp.full((NEOX["num_heads"],), 4.0)}}
+    layer["attn"] = {**layer["attn"], "ssa_q": {"log_tau": jnp.full((NEOX["num_heads"],), np.log(4.0))}}
     params_s[f"layers_{i}"] = layer
   toks = tokens(T=32, B=2)
   a_v = norms.analyse(vanilla, params_v, toks.reshape(-1).tolist(), window=32)
@@ -137,8 +137,8 @@ def test_query_temperature_scales_effective_norm_and_spikes_attention():
   assert a_s["spikiness"].mean() < a_v["spikiness"].mean() - 0.05  # colder softmax: spikier rows
 
 
-def test_base_variant_temperature_is_read_from_the_forward():
-  ssa_cfg = SSAConfig(enabled=True, variant="base", query=True, value=True)
+def test_mlp_token_temperature_is_read_from_the_forward():
+  ssa_cfg = SSAConfig(enabled=True, token_kind="mlp", query=True, value=True)
   model, params = make(NEOX, ssa=ssa_cfg)
   params["layers_0"]["attn"]["ssa_q"]["w2"]["bias"] = jnp.full((4,), 20.0)  # tanh -> 1: tau_tok = 1
   params["layers_0"]["attn"]["ssa_q"]["alpha"] = jnp.full((4,), 30.0)  # sigmoid -> 1: tau_pos = 1 + log n
@@ -164,9 +164,9 @@ def _tiny_tokenizer(tmp_path):
 def test_cli_writes_json_and_png(tmp_path, capsys):
   tok_path, text_path = _tiny_tokenizer(tmp_path)
   vanilla, params_v = make(NEOX, qk_gain=4.0)
-  ssa, params_s = make(NEOX, ssa=SSAConfig(enabled=True, variant="constant", query=True, value=False), qk_gain=4.0)
+  ssa, params_s = make(NEOX, ssa=SSAConfig(enabled=True, token=False, position_kind="constant", query=True, value=False), qk_gain=4.0)
   for i in range(2):
-    params_s[f"layers_{i}"]["attn"]["ssa_q"]["tau"] = jnp.full((4,), 3.0)
+    params_s[f"layers_{i}"]["attn"]["ssa_q"]["log_tau"] = jnp.full((4,), np.log(3.0))
   save_model(tmp_path / "v", vanilla.config, params_v, run_config={"train": {"seq_len": 16}})
   save_model(tmp_path / "s", ssa.config, params_s, run_config={"train": {"seq_len": 16}})
   norms.main([str(tmp_path / "v"), str(tmp_path / "s"), "--labels=vanilla,ssa", f"--text_file={text_path}",

@@ -31,10 +31,10 @@ def _randomise(params, pattern="/ssa_", scale=0.5, seed=1):
       for p, v in flat.items()})
 
 
-@pytest.mark.parametrize("variant", ["base", "weight_sharing", "feature"])
-def test_identity_temperatures_equal_vanilla(variant):
+@pytest.mark.parametrize("token_kind", ["mlp", "shared", "frequency"])
+def test_identity_temperatures_equal_vanilla(token_kind):
   # Token term at its zero init and no position term: tau = 1 + tanh(0) = 1 exactly.
-  ssa_cfg = _cfg(enabled=True, variant=variant, key=True, position=False)
+  ssa_cfg = _cfg(enabled=True, token_kind=token_kind, key=True, position=False)
   vanilla_cfg = _cfg()
   ssa_params = init_params(ssa_cfg, jax.random.PRNGKey(0))
   vanilla_params = init_params(vanilla_cfg, jax.random.PRNGKey(0))
@@ -62,12 +62,15 @@ def _rope_ref(x_THD, theta):
   return np.concatenate([z.real, z.imag], axis=-1)
 
 
-def _tau_ref(p, x_Td, proj_THD, variant, T_, max_len):
+def _tau_ref(p, x_Td, proj_THD, ssa, T_, max_len):
   """tanh(f(x)) + 1 + sigmoid(alpha) log(n) written out."""
-  if variant == "base":
+  if ssa.token_kind == "mlp":
     f = _gelu(x_Td @ p["w1"]["kernel"] + p["w1"]["bias"]) @ p["w2"]["kernel"] + p["w2"]["bias"]
-  else:  # weight sharing: f_h = w_h . gelu(proj_h)
+  elif ssa.weight_sharing_scope == "head":  # f_h = w_h . gelu(proj_h)
     f = (_gelu(proj_THD) * p["w"][None]).sum(-1)
+  else:  # 'layer': f_g = sum over every head h and dim d of w[g, h, d] gelu(proj[h, d])
+    gp = _gelu(proj_THD)
+    f = np.stack([(gp * p["w"][g][None]).sum((-2, -1)) for g in range(p["w"].shape[0])], axis=-1)
   n = np.arange(1, T_ + 1, dtype=np.float64)[:, None]
   return np.tanh(f) + 1.0 + np.log(n) / (1.0 + np.exp(-p["alpha"][None]))
 
@@ -81,9 +84,9 @@ def _attention_ref(params, x_Td, cfg):
   k = np.einsum("td,dhk->thk", x_Td, p["k"]["kernel"])
   v = np.einsum("td,dhk->thk", x_Td, p["v"]["kernel"])
   ones = lambda n: np.ones((T_, n))
-  tau_q = _tau_ref(p["ssa_q"], x_Td, q, cfg.ssa.variant, T_, cfg.max_seq_len) if cfg.ssa.query else ones(H)
-  tau_k = _tau_ref(p["ssa_k"], x_Td, k, cfg.ssa.variant, T_, cfg.max_seq_len) if cfg.ssa.key else ones(K)
-  tau_v = _tau_ref(p["ssa_v"], x_Td, v, cfg.ssa.variant, T_, cfg.max_seq_len) if cfg.ssa.value else ones(K)
+  tau_q = _tau_ref(p["ssa_q"], x_Td, q, cfg.ssa, T_, cfg.max_seq_len) if cfg.ssa.query else ones(H)
+  tau_k = _tau_ref(p["ssa_k"], x_Td, k, cfg.ssa, T_, cfg.max_seq_len) if cfg.ssa.key else ones(K)
+  tau_v = _tau_ref(p["ssa_v"], x_Td, v, cfg.ssa, T_, cfg.max_seq_len) if cfg.ssa.value else ones(K)
   q, k = _rope_ref(q, cfg.rope_theta), _rope_ref(k, cfg.rope_theta)
   out = np.zeros((T_, H, D))
   group = H // K
@@ -98,9 +101,10 @@ def _attention_ref(params, x_Td, cfg):
   return np.einsum("thk,hkd->td", out, p["o"]["kernel"])
 
 
-@pytest.mark.parametrize("variant,key", [("base", False), ("weight_sharing", False), ("base", True)])
-def test_random_temperatures_equal_logit_and_value_scaling(variant, key):
-  cfg = _cfg(enabled=True, variant=variant, key=key)
+@pytest.mark.parametrize("token_kind,scope,key", [("mlp", "layer", False), ("shared", "layer", False),
+                                                 ("shared", "head", False), ("mlp", "layer", True)])
+def test_random_temperatures_equal_logit_and_value_scaling(token_kind, scope, key):
+  cfg = _cfg(enabled=True, token_kind=token_kind, weight_sharing_scope=scope, key=key)
   attn = SelectiveSelfAttention(cfg)
   x = np.random.default_rng(0).normal(size=(B, T, cfg.d_model)).astype(np.float32)
   pos = np.broadcast_to(np.arange(T), (B, T))

@@ -89,3 +89,79 @@ def test_cli_writes_html_png_and_json(tmp_path):
   assert written["ids"] == [3, 4, 5, 3, 4, 42]
   assert set(written["tau_q_mean_over_heads"]) == {"0", "1"}
   assert (out / "temperatures.png").stat().st_size > 0 and "<span" in (out / "temperatures.html").read_text()
+  # The README's example: a held-out demo chapter instead of a text file.
+  written = temperatures.main([f"--hf_dir={hf_dir}", "--demo_sample", "--max_tokens=20", f"--out={tmp_path / 'demo'}"])
+  assert len(written["ids"]) == 20 and "inverse" in written["meaning"]
+
+
+def _byte_bpe(tmp_path, vocab_size=300):
+  """A byte-level BPE trained on ASCII chapters only: accented letters stay split over two byte tokens."""
+  from ssa_jax.data import demo
+  from ssa_jax.data.tokenizer import load_tokenizer
+
+  (tmp_path / "tokenizer.json").write_text(demo.train_bpe(demo.kjv_chapters()[:3], vocab_size))
+  return load_tokenizer(str(tmp_path / "tokenizer.json"))
+
+
+def test_pieces_join_as_the_tokenizer_decodes_them(tmp_path):
+  """Multi-byte characters stay whole and SentencePiece-style leading spaces are kept (one-by-one decoding loses both)."""
+  tok = _byte_bpe(tmp_path)
+  ids = tok.encode("the café of naïve men")
+  assert any("\ufffd" in tok.decode([i]) for i in ids)  # what decoding token by token showed
+  pieces = temperatures.decoded_pieces(tok.decode, ids)
+  assert len(pieces) == len(ids) and "".join(pieces) == "the café of naïve men"
+  assert not any("\ufffd" in p for p in pieces)
+  assert any("é" in p for p in pieces) and any("ï" in p for p in pieces)
+
+  # A SentencePiece-like decoder: '▁' is a space, and the text's leading space is dropped.
+  vocab = ["▁In", "▁the", "▁begin", "ning", "."]
+  decode = lambda ids: "".join(vocab[i] for i in ids).replace("▁", " ").lstrip(" ")
+  assert [decode([i]) for i in range(5)] == ["In", "the", "begin", "ning", "."]
+  assert temperatures.decoded_pieces(decode, [0, 1, 2, 3, 4]) == ["In", " the", " begin", "ning", "."]
+
+
+def test_tokens_are_laid_out_as_running_text_wrapped_at_words():
+  pieces = ["In", " the", " begin", "ning", " God", ".\n\n", "And", " the", " earth", " was", " without", " form"]
+  segments = temperatures.layout_running_text(pieces, width=12)
+  lines: dict[int, str] = {}
+  for seg in segments:
+    row = lines.get(seg.line, "")
+    assert seg.col == len(row), seg  # each piece starts where the previous one ended: no fixed grid
+    lines[seg.line] = row + seg.text
+  assert [lines[i] for i in sorted(lines)] == ["In the ", "beginning ", "God.↵", "↵", "And the ", "earth was ",
+                                               "without form"]
+  assert max(len(line) for line in lines.values()) <= 12
+  assert {seg.token for seg in segments if "ning" in seg.text} == {3}
+  with pytest.raises(ValueError, match="width"):
+    temperatures.layout_running_text(pieces, width=0)
+
+
+def test_figures_say_tau_q_is_the_inverse_temperature_with_a_legend(tmp_path):
+  """Both renderings name tau_q as the inverse temperature (higher = sharper); the HTML gets a colour bar."""
+  from tiny_models import with_random_temperatures
+
+  model, params = _model(enabled=True)
+  params = with_random_temperatures(params, seed=3)
+  ids = list(range(3, 40))
+  tau_LT = temperatures.token_temperatures(model, params, ids)
+  pieces = [f" w{i}" for i in ids]
+  page = temperatures.render_html(pieces, tau_LT, [0, 1], "coolwarm")
+  assert "inverse" in page and "sharper" in page
+  legend = page[page.index("class='legend'"):]
+  assert "linear-gradient" in legend and f"{tau_LT.min():.4f}" in legend and f"{tau_LT.max():.4f}" in legend
+  fig = temperatures.figure(pieces, tau_LT, [0, 1], "coolwarm", width=30)
+  text_axes = [ax for ax in fig.axes if ax.get_title(loc="left")]
+  assert len(text_axes) == 2 and all("inverse" in ax.get_title(loc="left") for ax in text_axes)
+  colorbar_axis = [ax for ax in fig.axes if not ax.get_title(loc="left")][0]
+  assert "inverse" in colorbar_axis.get_xlabel() and "sharper" in colorbar_axis.get_xlabel()
+  shown = "".join(t.get_text() for t in text_axes[0].texts)
+  assert shown.replace(" ", "") == "".join(pieces).replace(" ", "")  # the whole text, in order, wrapped
+
+
+def test_demo_sample_is_a_held_out_chapter_and_sources_are_exclusive(tmp_path):
+  text = temperatures.demo_sample(0)
+  assert text.startswith("Genesis 8\n")  # chapter 7 of the Bible (0-based), the first validation chapter
+  with pytest.raises(ValueError, match="--demo_sample"):
+    temperatures.demo_sample(10_000)
+  with pytest.raises(SystemExit):
+    temperatures.main(["--hf_dir=x", "--text=a", "--demo_sample"])

@@ -105,6 +105,35 @@ def test_sigterm_checkpoints_the_current_step(corpus, tmp_path):
   assert step == summary["step"]
 
 
+def test_ctrl_c_checkpoints_and_the_rerun_resumes_exactly(corpus, tmp_path):
+  """Ctrl-C twice exits at once; once, it finishes the step, checkpoints it, exits 130; the re-run resumes."""
+  config = _config(corpus, steps=14, checkpoint_every=4, async_checkpoints=True)
+  straight = tmp_path / "straight"
+  train(config, str(straight))
+
+  interrupted = tmp_path / "interrupted"
+  driver = str(REPO / "tests" / "kill_after_checkpoint.py")
+  twice = {"KILL_AT_STEP": "4", "KILL_SIGNAL": "SIGINT", "KILL_TIMES": "2"}
+  proc = _run([driver, *_cli_args(config, interrupted)], twice, check=False)
+  assert proc.returncode == -signal.SIGINT, proc.stderr[-3000:]  # killed by the second Ctrl-C, no clean-up
+
+  proc = _run([driver, *_cli_args(config, interrupted)], {"KILL_AT_STEP": "8", "KILL_SIGNAL": "SIGINT"}, check=False)
+  assert proc.returncode == 130, proc.stderr[-3000:]
+  assert "taking over the stale lock" in proc.stderr  # the killed run could not remove its lock
+  assert f"resumed from {interrupted}/checkpoints/4" in proc.stderr
+  assert "Ctrl-C: saving a checkpoint" in proc.stderr and "Traceback" not in proc.stderr
+  summary = json.loads(proc.stdout[proc.stdout.index("{"):])
+  assert summary["stopped"] == "SIGINT" and summary["step"] == 9, summary  # the step under way, then saved
+  assert not (interrupted / "train.lock").exists()
+
+  proc = _run([str(REPO / "train.py"), *_cli_args(config, interrupted)])
+  assert f"resumed from {interrupted}/checkpoints/9" in proc.stderr
+  assert _losses(interrupted) == _losses(straight)
+  a, b = _final_params(straight), _final_params(interrupted)
+  for k in a:
+    np.testing.assert_array_equal(a[k], b[k], err_msg="/".join(k))
+
+
 @needs_8
 def test_checkpoint_from_8_devices_restores_on_one(corpus, tmp_path):
   config = _config(corpus, steps=4, checkpoint_every=4)
@@ -141,7 +170,18 @@ def test_demo_command_trains_and_writes_results(tmp_path):
   assert losses[60] < losses[10] - 0.5, losses
   assert checkpoint.resolve_step_dir(workdir)[1] == 60
   results = json.loads((workdir / "results.json").read_text())
-  assert results["results"], results
+  # The held-out split's perplexity, a real one: between a perfect model and a uniform guess.
+  heldout = results["results"]["heldout"]
+  assert 1.0 < heldout["perplexity,none"] < 2048 and heldout["sample_len"] > 0, heldout
+  assert heldout["perplexity,none"] == pytest.approx(np.exp(heldout["loss,none"]), rel=1e-6)
+  assert results["ssa_jax"]["heldout"]["split"] == "test"
+  # Passkey prompts plus the generated tokens fit the 128-token training window.
+  trials = results["passkey"]["trials"]
+  assert trials and all(t["prompt_tokens"] + results["passkey"]["config"]["max_new_tokens"] <= 128 for t in trials)
+  # The console and results.json say what each number is.
+  explained = results["ssa_jax"]["explained"]
+  assert [line.split(" ")[0] for line in explained] == ["held-out", "validation", "passkey"], explained
+  assert "What the numbers mean:" in proc.stdout and explained[0] in proc.stdout
 
 
 @pytest.mark.slow
@@ -162,7 +202,10 @@ def test_full_demo_learns_and_evaluates(tmp_path):
 
 @pytest.mark.parametrize("field,value,message", [
     ("data.path", "/nonexistent/slimpajama", "config.data.path"),
-    ("model.ssa.variant", "cubic", "config.model.ssa.variant"),
+    ("model.ssa.token_kind", "cubic", "config.model.ssa.token_kind"),
+    ("model.ssa.token_kind", "frequency", "config.model.ssa.feature_path"),
+    ("model.ssa.feature_path", "/nonexistent/counts.npy", "config.model.ssa.feature_path"),
+    ("mode", "finetune", "config.init.hf_dir"),
     ("mesh.data", 3, "config.mesh"),
     ("train.global_batch_size", 12, "config.train.global_batch_size"),
     ("train.seq_len", 4096, "config.train.seq_len"),
@@ -170,14 +213,26 @@ def test_full_demo_learns_and_evaluates(tmp_path):
 def test_bad_config_fails_before_compiling(corpus, tmp_path, field, value, message):
   config = _config(corpus)
   config.mesh.update(dict(data=-1, fsdp=1, tensor=1))
-  section, *rest = field.split(".")
-  target = config[section]
-  for part in rest[:-1]:
+  if field == "model.ssa.feature_path":
+    config.model.ssa.token_kind = "frequency"
+  *parents, last = field.split(".")
+  target = config
+  for part in parents:
     target = target[part]
-  target[rest[-1]] = value
+  target[last] = value
   if field == "train.global_batch_size" and jax.device_count() < 8:
     pytest.skip("needs 8 devices for a batch of 12 not to divide")
   with pytest.raises(ConfigError, match=message.replace(".", r"\.")):
+    prepare(config, str(tmp_path / "run"))
+
+
+def test_frequency_token_term_without_feature_path_fails_even_from_hf(corpus, tmp_path):
+  """An HF checkpoint carries no token feature: with init.hf_dir the frequency term would still be dead."""
+  config = _config(corpus)
+  config.mode = "finetune"
+  config.init.hf_dir = str(tmp_path)  # exists; never read, the check comes first
+  config.model.ssa.token_kind = "frequency"
+  with pytest.raises(ConfigError, match=r"config\.model\.ssa\.feature_path"):
     prepare(config, str(tmp_path / "run"))
 
 

@@ -14,3 +14,18 @@ def shared_data_or_skip() -> Path:
   if not SHARED_DATA.is_dir():
     pytest.skip(f"{SHARED_DATA} is absent (real tokenizers and benchmark files)")
   return SHARED_DATA
+
+
+class ByteTokenizer:
+  """One token per UTF-8 byte, EOS 256, no BOS: a tokenizer whose output the data tests can predict exactly."""
+
+  path, eos_id, bos_id, vocab_size, adds_bos_by_default = "bytes", 256, None, 257, False
+
+  def encode(self, text, add_bos=None):
+    return list(text.encode("utf-8"))
+
+  def encode_batch(self, texts, add_bos=None):
+    return [self.encode(t) for t in texts]
+
+  def decode(self, ids):
+    return bytes(i for i in ids if i < 256).decode("utf-8")

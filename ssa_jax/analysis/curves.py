@@ -1,8 +1,10 @@
 """Training curves of several runs on one plot (paper Fig. 4) and how many fewer steps each needs to a target.
 
 Reads WORKDIR/metrics.jsonl (one JSON object a line: `step`, `loss`, ...; validation lines carry `val_loss`,
-`val_ppl`). For each run: the first step at which the (optionally EMA-smoothed) metric reaches --target
-(default: the final value of the first run), and steps(first run) / steps(run), the paper's "1.45x fewer steps".
+`val_ppl`). For each run: the first step at which the EMA-smoothed metric reaches --target_loss, and
+steps(first run) / steps(run), the paper's "1.45x fewer steps". The default target is the first run's final
+SMOOTHED value: a raw final training loss is one noisy batch, which a lucky early step of another run can beat.
+--smoothing defaults to 0.9 for the training loss and 0 for validation metrics (already means over many batches).
 
   python -m ssa_jax.analysis.curves runs/vanilla runs/ssa [--metric loss] [--target_loss 3.2] [--out runs/curves]
 """
@@ -15,6 +17,7 @@ import math
 from pathlib import Path
 
 LOWER_IS_BETTER = ("loss", "val_loss", "val_ppl")
+DEFAULT_SMOOTHING = {"loss": 0.9, "val_loss": 0.0, "val_ppl": 0.0}
 
 
 def read_metric(workdir: str, metric: str) -> tuple[list[int], list[float], dict[str, int]]:
@@ -71,10 +74,13 @@ def first_step_reaching(steps: list[int], values: list[float], target: float) ->
 
 
 def compare(workdirs: list[str], metric: str = "loss", target: float | None = None,
-            smoothing: float = 0.0, labels: list[str] | None = None) -> dict:
-  """Curves, the target, the first step each run reaches it, and steps(first run) / steps(run)."""
+            smoothing: float | None = None, labels: list[str] | None = None) -> dict:
+  """Curves, the target (default: the first run's final smoothed value), each run's first step reaching it on its
+  smoothed curve, and steps(first run) / steps(run). `smoothing` None: DEFAULT_SMOOTHING[metric]."""
   if metric not in LOWER_IS_BETTER:
     raise ValueError(f"--metric: expected one of {LOWER_IS_BETTER}, got {metric!r}")
+  if smoothing is None:
+    smoothing = DEFAULT_SMOOTHING[metric]
   labels = labels or [Path(w).name or w for w in workdirs]
   if len(labels) != len(workdirs):
     raise ValueError(f"--labels: expected {len(workdirs)} labels, got {len(labels)}")
@@ -93,11 +99,27 @@ def compare(workdirs: list[str], metric: str = "loss", target: float | None = No
   return {"metric": metric, "target": target, "smoothing": smoothing, "runs": runs}
 
 
-def plot(path: Path, result: dict) -> None:
-  """Metric vs step for every run, the target as a dashed line and each run's first hit marked."""
+def log_ticks(lo: float, hi: float, max_ticks: int = 8) -> list[float]:
+  """Round tick values in [lo, hi] (lo > 0) for a log axis: 1-2-5 per decade when the range spans decades,
+  evenly spaced round numbers when it spans less (a log axis over 50..60 has no power of ten to label)."""
+  if not 0 < lo <= hi:
+    raise ValueError(f"log axis: expected 0 < lo <= hi, got {lo}, {hi}")
+  from matplotlib import ticker
+
+  for subs in ((1.0,), (1.0, 2.0, 5.0), (1.0, 2.0, 3.0, 5.0, 7.0)):
+    ticks = [float(f"{v:.12g}") for v in ticker.LogLocator(base=10, subs=subs).tick_values(lo, hi) if lo <= v <= hi]
+    if 3 <= len(ticks) <= max_ticks:
+      return ticks
+  linear = ticker.MaxNLocator(nbins=min(max_ticks, 6), steps=[1, 2, 2.5, 5, 10]).tick_values(lo, hi)
+  return [float(f"{v:.12g}") for v in linear if lo <= v <= hi]  # 53.50000000000001 -> 53.5
+
+
+def figure(result: dict):
+  """Metric vs step for every run (smoothed), the target as a dashed line and each run's first hit marked."""
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
+  from matplotlib import ticker
 
   fig, ax = plt.subplots(figsize=(6.5, 4.2))
   for run in result["runs"]:
@@ -106,11 +128,26 @@ def plot(path: Path, result: dict) -> None:
       ax.axvline(run["step_at_target"], color=line.get_color(), ls=":", lw=1)
   ax.axhline(result["target"], color="k", ls="--", lw=1, label=f"target {result['target']:.4g}")
   ax.set_xlabel("step")
-  ax.set_ylabel(result["metric"])
+  smoothed = f" (EMA {result['smoothing']:g})" if result["smoothing"] else ""
+  ax.set_ylabel(result["metric"] + smoothed)
   if result["metric"] == "val_ppl":
     ax.set_yscale("log")
+    values = [v for run in result["runs"] for v in run["smoothed"]] + [result["target"]]
+    lo, hi = min(values), max(values)
+    ax.set_ylim(lo / 1.05, hi * 1.05)
+    ax.yaxis.set_major_locator(ticker.FixedLocator(log_ticks(lo / 1.05, hi * 1.05)))
+    ax.yaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))  # plain numbers, not 10^x
+    ax.yaxis.set_minor_formatter(ticker.NullFormatter())
   ax.legend()
   fig.tight_layout()
+  return fig
+
+
+def plot(path: Path, result: dict) -> None:
+  """Writes `figure(result)` as a PNG."""
+  import matplotlib.pyplot as plt
+
+  fig = figure(result)
   fig.savefig(path, dpi=120)
   plt.close(fig)
 
@@ -120,15 +157,17 @@ def main(argv: list[str] | None = None) -> dict:
   parser.add_argument("workdirs", nargs="+", help="run directories holding metrics.jsonl; the first is the reference")
   parser.add_argument("--metric", default="loss", choices=LOWER_IS_BETTER)
   parser.add_argument("--target_loss", type=float, default=None,
-                      help="target value of --metric (default: the first run's final value)")
-  parser.add_argument("--smoothing", type=float, default=0.0, help="EMA factor in [0, 1) applied before the search")
+                      help="target value of --metric (default: the first run's final smoothed value)")
+  parser.add_argument("--smoothing", type=float, default=None,
+                      help="EMA factor in [0, 1) applied before the search (default: 0.9 for loss, 0 for val_*)")
   parser.add_argument("--labels", nargs="+", default=None)
   parser.add_argument("--out", default="runs/curves")
   args = parser.parse_args(argv)
   result = compare(args.workdirs, args.metric, args.target_loss, args.smoothing, args.labels)
   out = Path(args.out)
   out.mkdir(parents=True, exist_ok=True)
-  print(f"{args.metric} target {result['target']:.4f}")
+  how = "given" if args.target_loss is not None else f"{result['runs'][0]['label']}'s final smoothed value"
+  print(f"{args.metric} target {result['target']:.4f} ({how}; EMA smoothing {result['smoothing']:g})")
   for run in result["runs"]:
     ratio = run["steps_ratio_vs_first"]
     print(f"  {run['label']:20s} final {run['smoothed'][-1]:.4f}  first reaches target at step "

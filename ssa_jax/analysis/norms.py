@@ -41,6 +41,7 @@ import numpy as np
 
 from ssa_jax.config import ModelConfig
 from ssa_jax.layers import apply_rope
+from ssa_jax.model import unrolled
 
 Array = jax.Array
 
@@ -58,6 +59,7 @@ def _capture_filter(module, method_name: str) -> bool:
 
 def capture_layers(model, params, tokens_BT: Array) -> list[dict[str, Array]]:
   """Per layer: x_BTd (attention input after the norm), q/k/v before temperatures and RoPE, tau_* (B, T, heads), attn_out_BTd."""
+  model, params = unrolled(model, params)
   _, state = model.apply({"params": params}, tokens_BT, capture_intermediates=_capture_filter,
                          mutable=["intermediates"])
   inter = state["intermediates"]
@@ -148,6 +150,7 @@ def analyse_tokens(model, params, tokens_NT: np.ndarray, min_keys: int = 1) -> d
   Returns spec_raw / spec_eff / opnorm_eff / tau_q (tokens, layers, heads), spikiness (queries, layers,
   heads) for the queries seeing >= min_keys keys, and opnorm (layers, heads).
   """
+  model, params = unrolled(model, params)
   cfg = model.config
   tokens_NT = jnp.asarray(tokens_NT, jnp.int32)
   N, T = tokens_NT.shape

@@ -1,10 +1,14 @@
-"""The paper's Figure 1: text with each token coloured by its learned query temperature tau_q (HTML and PNG).
+"""The paper's Figure 1: text with each token coloured by tau_q, its learned INVERSE query temperature (HTML, PNG).
 
   python -m ssa_jax.analysis.temperatures --hf_dir=DIR --text="Some text." --layers=0,-1 --out=/tmp/tau
-  python -m ssa_jax.analysis.temperatures --checkpoint=WORKDIR --text_file=page.txt
+  python -m ssa_jax.analysis.temperatures --checkpoint=WORKDIR --demo_sample --out=tau
 
-Per chosen layer, tau_q (the model's `intermediates`, (B, T, H)) averaged over heads; the colour scale is
-shared by the layers of one rendering. Writes OUT/temperatures.html, OUT/temperatures.png and .json.
+tau_q multiplies the queries, so it scales a token's attention logits: a higher tau_q (red in the default
+colour map) means sharper, more selective attention; a lower one (blue) flatter attention. Per chosen layer,
+tau_q is read from the model's sown `intermediates` ((B, T, H), averaged over heads); the colour scale is
+shared by the layers of one rendering. Tokens are laid out as running text: each token's text is the piece the
+tokenizer adds when decoding the sequence up to it, so subword pieces join into words and a character split
+over several byte tokens is shown whole. Writes OUT/temperatures.html, OUT/temperatures.png and .json.
 """
 
 from __future__ import annotations
@@ -12,10 +16,16 @@ from __future__ import annotations
 import argparse
 import html
 import json
+from typing import NamedTuple, Sequence
 
 import jax.numpy as jnp
 import numpy as np
 from etils import epath
+
+MEANING = "tau_q, the inverse query temperature (mean over heads): higher = sharper attention"
+NEWLINE_MARK = "\u21b5"  # the visible end of a line that ended with a newline token
+# DejaVu Sans Mono (matplotlib's bundled monospace font) advances 1233/2048 em per character.
+MONO_ADVANCE_EM = 1233 / 2048
 
 
 def token_temperatures(model, params, ids: list[int]) -> np.ndarray:
@@ -26,6 +36,83 @@ def token_temperatures(model, params, ids: list[int]) -> np.ndarray:
   inter = state["intermediates"]
   rows = [np.asarray(inter[f"layers_{i}"]["attn"]["tau_q"][0])[0].mean(-1) for i in range(model.config.num_layers)]
   return np.stack(rows).astype(np.float32)
+
+
+def decoded_pieces(decode, ids: Sequence[int]) -> list[str]:
+  """Each token's share of `decode(ids)`: the text decoding adds when the token is appended (joined = decode(ids)).
+
+  Decoding tokens one by one loses what a tokenizer does across tokens: SentencePiece drops a piece's leading
+  space, and a byte-level BPE shows half a multi-byte character as U+FFFD. Here a token whose bytes complete
+  no character yet gets '' and the token completing it gets the whole character.
+  """
+  full = decode(list(ids))
+  bounds = [0]
+  for t in range(1, len(ids)):
+    prefix = decode(list(ids[:t]))
+    common = 0
+    for a, b in zip(prefix, full):
+      if a != b:
+        break
+      common += 1
+    bounds.append(max(bounds[-1], common))  # a prefix ending in a partial character stops before it
+  bounds.append(len(full))
+  return [full[bounds[t]:bounds[t + 1]] for t in range(len(ids))]
+
+
+class Segment(NamedTuple):
+  """A run of one token's characters on one line of the running-text layout."""
+
+  token: int
+  line: int
+  col: int
+  text: str
+
+
+def layout_running_text(pieces: Sequence[str], width: int) -> list[Segment]:
+  """Lays token pieces out as prose: word wrap at `width` characters, newlines kept (shown as a mark).
+
+  Words are broken only when longer than a line; spaces that would overflow a line are dropped there.
+  """
+  if width < 1:
+    raise ValueError(f"width: expected >= 1 character, got {width}")
+  chars = [(ch, k) for k, piece in enumerate(pieces) for ch in piece.replace("\t", " ").replace("\r", "")]
+  placed: list[tuple[int, int, str, int]] = []  # (line, col, character, token)
+  line, col = 0, 0
+
+  def put(ch: str, tok: int) -> None:
+    nonlocal line, col
+    if col >= width:
+      line, col = line + 1, 0
+    placed.append((line, col, ch, tok))
+    col += 1
+
+  i = 0
+  while i < len(chars):
+    ch, tok = chars[i]
+    if ch == "\n":
+      put(NEWLINE_MARK, tok)
+      line, col, i = line + 1, 0, i + 1
+    elif ch == " ":
+      if col < width:
+        put(ch, tok)
+      i += 1
+    else:
+      j = i
+      while j < len(chars) and chars[j][0] not in (" ", "\n"):
+        j += 1
+      if col > 0 and col + (j - i) > width:  # start the word on a fresh line; break it only if longer than one
+        line, col = line + 1, 0
+      for ch, tok in chars[i:j]:
+        put(ch, tok)
+      i = j
+  segments: list[Segment] = []
+  for ln, c, ch, tok in placed:
+    last = segments[-1] if segments else None
+    if last and last.token == tok and last.line == ln and last.col + len(last.text) == c:
+      segments[-1] = last._replace(text=last.text + ch)
+    else:
+      segments.append(Segment(tok, ln, c, ch))
+  return segments
 
 
 def parse_layers(spec: str, num_layers: int) -> list[int]:
@@ -41,51 +128,110 @@ def parse_layers(spec: str, num_layers: int) -> list[int]:
   return sorted(set(out))
 
 
-def render_html(pieces: list[str], tau_LT: np.ndarray, layers: list[int], cmap: str) -> str:
-  """One paragraph per layer, each token's background its temperature on the shared colour scale."""
+def _scale(tau_LT: np.ndarray, layers: list[int], cmap: str):
+  """The colour map and the normalisation shared by all rendered layers."""
   import matplotlib
   from matplotlib import colors
 
   lo, hi = float(tau_LT[layers].min()), float(tau_LT[layers].max())
-  norm, cm = colors.Normalize(lo, hi if hi > lo else lo + 1e-6), matplotlib.colormaps[cmap]
-  parts = ["<html><head><meta charset='utf-8'><title>query temperatures</title></head>",
-           "<body style='font-family:monospace;line-height:1.9'>",
-           f"<p>tau_q (mean over heads); colour scale {lo:.4f} .. {hi:.4f} ({cmap})</p>"]
+  return matplotlib.colormaps[cmap], colors.Normalize(lo, hi if hi > lo else lo + 1e-6), lo, hi
+
+
+def html_legend(cmap: str, lo: float, hi: float) -> str:
+  """A colour bar (CSS gradient sampled from `cmap`) labelled with the low and high tau_q and their meaning."""
+  import matplotlib
+  from matplotlib import colors
+
+  cm = matplotlib.colormaps[cmap]
+  stops = ", ".join(f"{colors.to_hex(cm(x))} {100 * x:.0f}%" for x in np.linspace(0, 1, 11))
+  return ("<div class='legend' style='font-family:sans-serif;margin:0.5em 0 1em 0'>"
+          f"<div>{html.escape(MEANING)}</div>"
+          "<div style='display:flex;align-items:center;gap:0.5em'>"
+          f"<div>{lo:.4f}<br><small>flatter</small></div>"
+          f"<div style='width:24em;height:1.1em;background:linear-gradient(to right, {stops})'></div>"
+          f"<div>{hi:.4f}<br><small>sharper</small></div></div></div>")
+
+
+def render_html(pieces: list[str], tau_LT: np.ndarray, layers: list[int], cmap: str) -> str:
+  """One paragraph of running text per layer, each token's background its tau_q; a colour legend on top."""
+  from matplotlib import colors
+
+  cm, norm, lo, hi = _scale(tau_LT, layers, cmap)
+  parts = ["<html><head><meta charset='utf-8'><title>tau_q: inverse query temperature per token</title></head>",
+           "<body style='font-family:monospace;line-height:1.9;max-width:60em'>",
+           "<h2 style='font-family:sans-serif'>tau_q per token: the inverse query temperature</h2>",
+           "<p style='font-family:sans-serif'>tau_q multiplies the token's query, so it scales the token's "
+           "attention logits: a higher tau_q means sharper attention, a lower one flatter attention. Hover a "
+           "token for its value.</p>",
+           html_legend(cmap, lo, hi)]
   for layer in layers:
     spans = []
     for piece, tau in zip(pieces, tau_LT[layer]):
-      spans.append(f"<span title='{tau:.4f}' style='background:{colors.to_hex(cm(norm(tau)))}'>"
-                   f"{html.escape(piece).replace(chr(10), '&#8629;<br>')}</span>")
-    parts.append(f"<h3>layer {layer}</h3><p style='white-space:pre-wrap'>{''.join(spans)}</p>")
+      spans.append(f"<span title='tau_q {tau:.4f}' style='background:{colors.to_hex(cm(norm(tau)))}'>"
+                   f"{html.escape(piece).replace(chr(10), NEWLINE_MARK + '<br>')}</span>")
+    parts.append(f"<h3 style='font-family:sans-serif'>layer {layer}</h3>"
+                 f"<p style='white-space:pre-wrap'>{''.join(spans)}</p>")
   return "\n".join(parts + ["</body></html>"])
 
 
-def render_png(pieces: list[str], tau_LT: np.ndarray, layers: list[int], cmap: str, path: str,
-               per_line: int = 16) -> None:
-  """A grid of token boxes per layer, coloured by temperature, with a colour bar."""
+def figure(pieces: list[str], tau_LT: np.ndarray, layers: list[int], cmap: str, width: int = 90,
+           fontsize: float = 9.0):
+  """The running text of each layer coloured by tau_q, with a labelled colour bar; returns the figure."""
   import matplotlib
 
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
-  from matplotlib import colors
+  from matplotlib.patches import Rectangle
 
-  lo, hi = float(tau_LT[layers].min()), float(tau_LT[layers].max())
-  norm, cm = colors.Normalize(lo, hi if hi > lo else lo + 1e-6), matplotlib.colormaps[cmap]
-  n_lines = -(-len(pieces) // per_line)
-  fig, axes = plt.subplots(len(layers), 1, figsize=(per_line * 0.9, 0.45 * n_lines * len(layers) + 1.2),
-                           squeeze=False)
-  for ax, layer in zip(axes[:, 0], layers):
-    for k, (piece, tau) in enumerate(zip(pieces, tau_LT[layer])):
-      r, c = divmod(k, per_line)
-      ax.text(c + 0.5, n_lines - r - 0.5, piece.replace("\n", "\\n")[:10], ha="center", va="center", fontsize=8,
-              bbox=dict(boxstyle="square,pad=0.25", fc=cm(norm(tau)), ec="none"))
-    ax.set_xlim(0, per_line)
-    ax.set_ylim(0, n_lines)
+  cm, norm, _, _ = _scale(tau_LT, layers, cmap)
+  segments = layout_running_text(pieces, width)
+  n_lines = max((s.line for s in segments), default=0) + 1
+  used = max((s.col + len(s.text) for s in segments), default=1)
+  char_in, line_in = MONO_ADVANCE_EM * fontsize / 72, 1.55 * fontsize / 72
+  title_in, bar_in, margin_in = 0.3, 0.9, 0.15
+  text_w, text_h = used * char_in, n_lines * line_in
+  fig_w = max(text_w, 4.5) + 2 * margin_in
+  fig_h = len(layers) * (text_h + title_in) + bar_in + margin_in
+  fig = plt.figure(figsize=(fig_w, fig_h))
+  top = fig_h - margin_in
+  for layer in layers:
+    top -= title_in
+    ax = fig.add_axes([margin_in / fig_w, (top - text_h) / fig_h, text_w / fig_w, text_h / fig_h])
+    for seg in segments:
+      ax.add_patch(Rectangle((seg.col, seg.line), len(seg.text), 1, facecolor=cm(norm(tau_LT[layer, seg.token])),
+                             edgecolor="none"))
+      ax.text(seg.col, seg.line + 0.5, seg.text, ha="left", va="center", family="DejaVu Sans Mono",
+              fontsize=fontsize)
+    ax.set_xlim(0, used)
+    ax.set_ylim(n_lines, 0)
     ax.axis("off")
-    ax.set_title(f"layer {layer}: query temperature (mean over heads)", fontsize=9)
-  fig.colorbar(plt.cm.ScalarMappable(norm=norm, cmap=cm), ax=axes[:, 0].tolist(), fraction=0.02, label="tau_q")
-  fig.savefig(path, dpi=130, bbox_inches="tight")
+    ax.set_title(f"layer {layer}: tau_q, inverse query temperature (mean over heads)", fontsize=9, loc="left")
+    top -= text_h
+  cax = fig.add_axes([margin_in / fig_w, 0.5 / fig_h, min(4.0, fig_w - 2 * margin_in) / fig_w, 0.12 / fig_h])
+  fig.colorbar(plt.cm.ScalarMappable(norm=norm, cmap=cm), cax=cax, orientation="horizontal",
+               label="tau_q (inverse temperature): low = flatter attention, high = sharper")
+  return fig
+
+
+def render_png(pieces: list[str], tau_LT: np.ndarray, layers: list[int], cmap: str, path: str,
+               width: int = 90) -> None:
+  """Writes `figure(...)` as a PNG."""
+  import matplotlib.pyplot as plt
+
+  fig = figure(pieces, tau_LT, layers, cmap, width)
+  fig.savefig(path, dpi=130, bbox_inches="tight", pad_inches=0.1)
   plt.close(fig)
+
+
+def demo_sample(index: int) -> str:
+  """Chapter `index` of the demo corpus's validation split (held out from the demo's training)."""
+  from ssa_jax.data import demo
+
+  chapters = [text for i, text in enumerate(demo.kjv_chapters())
+              if demo._split_of(i) == "validation"]  # pylint: disable=protected-access
+  if not 0 <= index < len(chapters):
+    raise ValueError(f"--demo_sample: expected a chapter index in [0, {len(chapters)}), got {index}")
+  return chapters[index]
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -96,18 +242,26 @@ def main(argv: list[str] | None = None) -> dict:
   parser.add_argument("--tokenizer", default="", help="tokenizer path when the source names none")
   parser.add_argument("--text", default="", help="text to render")
   parser.add_argument("--text_file", default="", help="file holding the text (instead of --text)")
+  parser.add_argument("--demo_sample", type=int, nargs="?", const=0, default=None, metavar="N",
+                      help="render chapter N (default 0) of the demo corpus's validation split instead of --text")
   parser.add_argument("--layers", default="0,-1", help="comma-separated layer indices (negative from the end), or 'all'")
   parser.add_argument("--max_tokens", type=int, default=512, help="tokens rendered at most")
+  parser.add_argument("--width", type=int, default=90, help="characters per line of the PNG's running text")
   parser.add_argument("--out", default="temperatures", help="output directory")
-  parser.add_argument("--cmap", default="coolwarm", help="matplotlib colour map")
+  parser.add_argument("--cmap", default="coolwarm", help="matplotlib colour map (coolwarm: red = high tau_q)")
   args = parser.parse_args(argv)
 
   from ssa_jax.data.tokenizer import load_tokenizer
   from ssa_jax.evaluate import ModelSource, check_vocab, load_model
 
-  text = args.text or (epath.Path(args.text_file).read_text() if args.text_file else "")
-  if not text:
-    parser.error("give --text or --text_file")
+  given = [name for name in ("text", "text_file") if getattr(args, name)] + (
+      ["demo_sample"] if args.demo_sample is not None else [])
+  if len(given) != 1:
+    parser.error(f"give exactly one of --text, --text_file, --demo_sample (got {given or 'none'})")
+  if args.text_file and not epath.Path(args.text_file).is_file():
+    parser.error(f"--text_file: {args.text_file} is not a file")
+  text = (args.text or (epath.Path(args.text_file).read_text() if args.text_file else "")
+          or demo_sample(args.demo_sample))
   model, params, own_tok = load_model(ModelSource(hf_dir=args.hf_dir, checkpoint=args.checkpoint).validate())
   tok_path = args.tokenizer or own_tok
   if not tok_path:
@@ -115,16 +269,20 @@ def main(argv: list[str] | None = None) -> dict:
   tokenizer = load_tokenizer(tok_path)
   check_vocab(tokenizer, model.config.vocab_size)
   ids = tokenizer.encode(text)[: min(args.max_tokens, model.config.max_seq_len)]
+  if not ids:
+    parser.error("the text encodes to no tokens")
   tau_LT = token_temperatures(model, params, ids)
   layers = parse_layers(args.layers, model.config.num_layers)
-  pieces = [tokenizer.decode([i]) for i in ids]
+  pieces = decoded_pieces(tokenizer.decode, ids)
   out = epath.Path(args.out)
   out.mkdir(parents=True, exist_ok=True)
   (out / "temperatures.html").write_text(render_html(pieces, tau_LT, layers, args.cmap))
-  render_png(pieces, tau_LT, layers, args.cmap, str(out / "temperatures.png"))
-  written = {"tokens": pieces, "ids": ids, "tau_q_mean_over_heads": {str(l): tau_LT[l].tolist() for l in layers}}
+  render_png(pieces, tau_LT, layers, args.cmap, str(out / "temperatures.png"), args.width)
+  written = {"meaning": MEANING, "tokens": pieces, "ids": ids,
+             "tau_q_mean_over_heads": {str(l): tau_LT[l].tolist() for l in layers}}
   (out / "temperatures.json").write_text(json.dumps(written))
-  print(f"wrote {out}/temperatures.html, temperatures.png, temperatures.json ({len(ids)} tokens, layers {layers})")
+  print(f"wrote {out}/temperatures.html, temperatures.png, temperatures.json ({len(ids)} tokens, layers {layers}); "
+        f"colour = {MEANING}")
   return written
 
 

@@ -6,8 +6,9 @@ import ml_collections
 from etils import epath
 
 from ssa_jax.config import ConfigError
+from ssa_jax.gcs import require_gcs
 
-FORMATS = ("auto", "jsonl_zst", "jsonl", "parquet", "text")
+FORMATS = ("auto", "jsonl_zst", "jsonl", "parquet", "text", "array_record")
 
 
 def data_config() -> ml_collections.ConfigDict:
@@ -16,7 +17,9 @@ def data_config() -> ml_collections.ConfigDict:
   # A SlimPajama root ({train,validation,test}/chunk*/*.jsonl.zst), a split dir, a dir of files whose
   # names carry the split (wiki.train.raw, wiki.valid.raw), or one file; local or gs://. '' = demo corpus.
   c.path = ""
-  c.format = "auto"  # one of FORMATS; auto picks by file extension.
+  # One of FORMATS; auto picks by file extension. 'array_record': `path` is a dataset of pre-tokenized
+  # windows written by `python -m ssa_jax.data.tfds_builder` (read with grain, no tokenizing while training).
+  c.format = "auto"
   c.tokenizer_path = ""  # tokenizer.json / SentencePiece .model / a dir; '' = the demo BPE.
   c.demo_vocab_size = 2048  # vocab size of the demo BPE trained when tokenizer_path is ''.
   c.cache_dir = "~/.cache/ssa_jax"  # where the demo corpus and demo BPE are written once.
@@ -47,12 +50,20 @@ def resolve_paths(cfg: ml_collections.ConfigDict) -> tuple[str, str]:
 
 def validate_data_config(cfg: ml_collections.ConfigDict) -> None:
   """Raise ConfigError naming the field of the first invalid value in `cfg` (the data section)."""
+  require_gcs(cfg.path, "config.data.path")
+  require_gcs(cfg.tokenizer_path, "config.data.tokenizer_path")
   if cfg.path and not epath.Path(cfg.path).exists():
     raise ConfigError(f"config.data.path: {cfg.path!r} does not exist")
   if cfg.tokenizer_path and not epath.Path(cfg.tokenizer_path).exists():
     raise ConfigError(f"config.data.tokenizer_path: {cfg.tokenizer_path!r} does not exist")
+  for field in ("train_split", "validation_split"):
+    if not isinstance(cfg[field], str) or not cfg[field]:
+      raise ConfigError(f"config.data.{field}: expected a split name (e.g. 'train', 'validation'), got {cfg[field]!r}")
   if cfg.format not in FORMATS:
     raise ConfigError(f"config.data.format: expected one of {FORMATS}, got {cfg.format!r}")
+  if cfg.format == "array_record" and not cfg.path:
+    raise ConfigError("config.data.path: config.data.format='array_record' needs the directory of a dataset "
+                      "written by `python -m ssa_jax.data.tfds_builder` (the demo corpus is streamed only)")
   for name, weight in dict(cfg.mixture).items():
     if not isinstance(weight, (int, float)) or weight < 0:
       raise ConfigError(f"config.data.mixture.{name}: expected a number >= 0, got {weight!r}")

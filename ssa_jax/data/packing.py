@@ -9,7 +9,9 @@ it was counted, so the counters saved with a position are exact too.
 
 Which files a stream reads (`stream_files`): each epoch the sorted global file list is permuted by
 (seed, epoch); with F files and S streams, stream s reads permuted files s, s+S, s+2S, ... when F >= S;
-when F < S, the streams sharing file s % F split its records (record % k == rank).
+when F < S, the k streams sharing file s % F each read one part of it (readers.read_records
+`part=(rank, k)`: byte ranges for .jsonl / text, row ranges for parquet, every k-th line for .jsonl.zst),
+so no stream decodes the records of another.
 Mixture: a record of set `name` is emitted floor(w) or ceil(w) times (w = mixture weight, 0 for an
 excluded set), the fractional part decided by a hash of (seed, epoch, file, record), so no rng state.
 """
@@ -93,9 +95,7 @@ class Stream:
       for fp in range(file_pos, len(plan.files)):
         file_index = plan.files[fp]
         start = record if fp == file_pos else 0
-        for rec in read_records(self._files[file_index], self._fmt, start):
-          if rec.index % plan.stride != plan.rank:
-            continue
+        for rec in read_records(self._files[file_index], self._fmt, start, part=(plan.rank, plan.stride)):
           where = (self._files[file_index], rec.index)
           if rec.bad is not None:
             yield (epoch, fp, rec.index, 0), None, None, rec.set_name, (rec.bad, where)
@@ -154,6 +154,24 @@ class Stream:
         return
       future = self._executor.submit(self._next_chunk, records)
       yield from chunk
+
+  def count_windows(self, max_windows: int | None = None) -> int:
+    """Windows this (non-repeating) stream yields from its saved position, counting at most `max_windows`.
+
+    Reads and tokenizes in the calling thread (no executor), stopping as soon as the bound is reached.
+    """
+    if self._repeat and max_windows is None:
+      raise ValueError("count_windows: a repeating stream has no end; pass max_windows")
+    tokens = -self._offset  # The current document is read again from its start; its first tokens were emitted.
+    bound = None if max_windows is None else max_windows * self._window
+    records = self._records()
+    while bound is None or tokens < bound:
+      chunk = self._next_chunk(records)
+      if chunk is None:
+        break
+      tokens += sum(len(d.tokens) for d in chunk)
+    windows = max(tokens, 0) // self._window
+    return windows if max_windows is None else min(windows, max_windows)
 
   # -- packing ------------------------------------------------------------------------------------
   def _pull(self) -> bool:

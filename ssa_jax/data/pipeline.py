@@ -11,6 +11,11 @@ How the global batch is laid out (why it does not depend on the process count P)
   power-of-two B and P <= min(8, B) that is min(B, 8) whatever P, so the batch is P-independent there;
   past that, set num_streams explicitly to a multiple of every P you will use.
 
+End of a non-repeating iterator (validation): every process stops at the same batch, the first at which any
+of the S streams (its own or another process's) runs out, or `max_batches`. A process counts the windows of
+the other processes' streams by tokenizing them once (bounded by `max_batches`, cached for the run), so the
+count is the same on every process and equals a one-process run's, with no collective.
+
 State (`get_state`, JSON): per local stream its exact position and counters (packing.Stream.state), keyed
 by global stream id, plus the layout it belongs to. `set_state` accepts a state holding at least the
 local streams, so the per-process states merged (dict union of "streams") restore onto another P.
@@ -22,6 +27,7 @@ import concurrent.futures
 import copy
 import queue
 import threading
+from typing import Callable
 
 import ml_collections
 import numpy as np
@@ -30,11 +36,16 @@ from ssa_jax.config import ConfigError
 from ssa_jax.data import demo
 from ssa_jax.data.config import resolve_paths, validate_data_config
 from ssa_jax.data.packing import Stream
+from ssa_jax.data.readers import format_of
 from ssa_jax.data.sources import list_files
 from ssa_jax.data.tokenizer import Tokenizer, load_tokenizer
 
 _STATE_VERSION = 1
 _END = object()
+# Window counts of non-repeating streams, keyed by everything they depend on: validation iterators are
+# rebuilt at every evaluation, the count is needed once per run.
+_WINDOW_COUNTS: dict[tuple, int] = {}
+_WINDOW_COUNTS_LOCK = threading.Lock()
 
 
 def resolve_num_streams(requested: int, global_batch_size: int, process_count: int) -> int:
@@ -51,15 +62,20 @@ def resolve_num_streams(requested: int, global_batch_size: int, process_count: i
 
 
 class LMIterator:
-  """`next(it)` -> {"tokens": int32 [B / P, seq_len + 1]}; `get_state`/`set_state` resume exactly."""
+  """`next(it)` -> {"tokens": int32 [B / P, seq_len + 1]}; `get_state`/`set_state` resume exactly.
+
+  `num_batches`: the batch count at which the iterator ends, when known in advance (else None).
+  """
 
   def __init__(self, data_cfg: ml_collections.ConfigDict, *, files: list[str], split: str, seq_len: int,
                global_batch_size: int, process_index: int, process_count: int, tokenizer: Tokenizer,
-               repeat: bool):
+               repeat: bool, max_batches: int | None = None):
     if not 0 <= process_index < process_count:
       raise ConfigError(f"process_index: {process_index} not in [0, {process_count})")
     if seq_len < 1:
       raise ConfigError(f"seq_len: expected >= 1, got {seq_len}")
+    if max_batches is not None and max_batches < 1:
+      raise ConfigError(f"max_batches: expected >= 1 or None, got {max_batches}")
     self._cfg, self._files, self._split, self._tok, self._repeat = data_cfg, files, split, tokenizer, repeat
     self._window = seq_len + 1
     self._batch = global_batch_size
@@ -69,13 +85,56 @@ class LMIterator:
     self._rows_per_stream = global_batch_size // self.num_streams
     self._logged: set = set()
     self._thread = None
+    self._max_batches = max_batches
+    self.num_batches = self._global_end()  # None: no end known in advance (a repeating iterator).
     self._start({"step": 0, "streams": {}})
 
   # -- state --------------------------------------------------------------------------------------
   def _layout(self) -> dict:
-    return {"version": _STATE_VERSION, "split": self._split, "seed": self._cfg.seed,
-            "num_streams": self.num_streams, "window": self._window, "global_batch_size": self._batch,
-            "num_files": len(self._files)}
+    layout = {"version": _STATE_VERSION, "split": self._split, "seed": self._cfg.seed,
+              "num_streams": self.num_streams, "window": self._window, "global_batch_size": self._batch,
+              "num_files": len(self._files)}
+    if len(self._files) < self.num_streams and any(self._format(f) != "jsonl_zst" for f in self._files):
+      # Streams sharing a .jsonl / text / parquet file read byte or row ranges (positions are byte offsets
+      # for .jsonl / text); states from before that change hold record numbers and must not be restored.
+      layout["shared_file_parts"] = "ranges"
+    return layout
+
+  def _format(self, file: str) -> str | None:
+    return format_of(file) if self._cfg.format == "auto" else self._cfg.format
+
+  # -- end of a non-repeating iterator ------------------------------------------------------------
+  def _new_stream(self, stream_id: int, executor, state: dict | None, repeat: bool) -> Stream:
+    cfg = self._cfg
+    return Stream(stream_id=stream_id, files=self._files, fmt=cfg.format, num_streams=self.num_streams,
+                  seed=cfg.seed, tokenizer=self._tok, window=self._window, mixture=dict(cfg.mixture),
+                  exclude=list(cfg.exclude), docs_per_chunk=cfg.docs_per_chunk, executor=executor,
+                  repeat=repeat, state=state, logged=self._logged)
+
+  def _count_windows(self, stream_id: int, max_windows: int | None) -> int:
+    cfg = self._cfg
+    key = (tuple(self._files), cfg.format, self.num_streams, cfg.seed, self._window,
+           tuple(sorted(dict(cfg.mixture).items())), tuple(sorted(cfg.exclude)), type(self._tok).__name__,
+           getattr(self._tok, "path", None) or id(self._tok), stream_id, max_windows)
+    with _WINDOW_COUNTS_LOCK:
+      if key in _WINDOW_COUNTS:
+        return _WINDOW_COUNTS[key]
+    count = self._new_stream(stream_id, None, None, repeat=False).count_windows(max_windows)
+    with _WINDOW_COUNTS_LOCK:
+      _WINDOW_COUNTS[key] = count
+    return count
+
+  def _global_end(self) -> int | None:
+    """The batch count at which every process stops (see the module docstring); None = no end known."""
+    if self._repeat:
+      return self._max_batches
+    others = [s for s in range(self.num_streams) if s not in self._local]
+    limit = None if self._max_batches is None else self._max_batches * self._rows_per_stream
+    with concurrent.futures.ThreadPoolExecutor(self._cfg.num_threads, thread_name_prefix="ssa_data_count") as pool:
+      counts = list(pool.map(lambda s: self._count_windows(s, limit), others))
+    ends = [c // self._rows_per_stream for c in counts] + ([self._max_batches] if self._max_batches else [])
+    # The local streams end by themselves (the producer stops at the first of them to run out).
+    return min(ends) if ends else None
 
   def get_state(self) -> dict:
     """JSON-serialisable state after the last batch returned by `next`."""
@@ -102,12 +161,8 @@ class LMIterator:
   def _start(self, state: dict) -> None:
     cfg = self._cfg
     self._executor = concurrent.futures.ThreadPoolExecutor(cfg.num_threads, thread_name_prefix="ssa_data")
-    self._streams = [
-        Stream(stream_id=s, files=self._files, fmt=cfg.format, num_streams=self.num_streams, seed=cfg.seed,
-               tokenizer=self._tok, window=self._window, mixture=dict(cfg.mixture), exclude=list(cfg.exclude),
-               docs_per_chunk=cfg.docs_per_chunk, executor=self._executor, repeat=self._repeat,
-               state=state["streams"].get(str(s)), logged=self._logged)
-        for s in self._local]
+    self._streams = [self._new_stream(s, self._executor, state["streams"].get(str(s)), self._repeat)
+                     for s in self._local]
     self._state = {**self._layout(), "step": state["step"],
                    "streams": {str(s.stream_id): s.state() for s in self._streams}}
     self._stats = self._sum_stats()
@@ -136,6 +191,9 @@ class LMIterator:
   def _produce(self, step: int) -> None:
     try:
       while not self._stop_event.is_set():
+        if self.num_batches is not None and step >= self.num_batches:
+          self._put((_END, self._sum_stats()))
+          return
         rows = []
         for stream in self._streams:
           for _ in range(self._rows_per_stream):
@@ -189,13 +247,47 @@ class LMIterator:
 
 def make_lm_iterator(data_cfg: ml_collections.ConfigDict, *, split: str, seq_len: int, global_batch_size: int,
                      process_index: int, process_count: int, tokenizer: Tokenizer | None = None,
-                     repeat: bool = True) -> LMIterator:
-  """The batch iterator of `split` for this process (see the module docstring for the layout)."""
+                     repeat: bool = True, max_batches: int | None = None):
+  """The batch iterator of `split` for this process (see the module docstring for the layout).
+
+  `max_batches` ends the iterator after that many batches (pass `eval_batches` for validation: it also
+  bounds the counting that makes every process stop at the same batch). `config.data.format='array_record'`
+  reads pre-tokenized windows with grain (ssa_jax/data/array_record.py), with the same interface.
+  """
   validate_data_config(data_cfg)
+  if data_cfg.format == "array_record":
+    from ssa_jax.data.array_record import ArrayRecordIterator  # pylint: disable=import-outside-toplevel
+
+    return ArrayRecordIterator(data_cfg, split=split, seq_len=seq_len, global_batch_size=global_batch_size,
+                               process_index=process_index, process_count=process_count, repeat=repeat,
+                               max_batches=max_batches)
   path = data_cfg.path or demo.ensure_demo_corpus(data_cfg.cache_dir)
   if tokenizer is None:
     tokenizer = load_tokenizer(resolve_paths(data_cfg)[1])
   files = list_files(path, split, data_cfg.format)
   return LMIterator(data_cfg, files=files, split=split, seq_len=seq_len, global_batch_size=global_batch_size,
                     process_index=process_index, process_count=process_count, tokenizer=tokenizer,
-                    repeat=repeat)
+                    repeat=repeat, max_batches=max_batches)
+
+
+def sum_over_processes(stats: dict[str, int], allgather: Callable | None = None) -> dict[str, int]:
+  """Data counters (`iterator.stats()`) summed over all processes; a collective: call it on every process.
+
+  `allgather` maps an int32 array to the stacked [process_count, ...] arrays of all processes (default
+  jax.experimental.multihost_utils.process_allgather; with one process the stats are returned as they are).
+  """
+  if allgather is None:
+    import jax  # pylint: disable=import-outside-toplevel
+
+    if jax.process_count() == 1:
+      return dict(stats)
+    from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+
+    allgather = multihost_utils.process_allgather
+  keys = sorted(stats)
+  values = np.asarray([stats[k] for k in keys], np.int64)
+  # Token counts pass 2^31; jax runs 32-bit by default, so each count travels as two 31-bit halves.
+  halves = np.stack([values >> 31, values & (2**31 - 1)]).astype(np.int32)
+  gathered = np.asarray(allgather(halves)).astype(np.int64)  # [processes, 2, keys]
+  totals = ((gathered[:, 0] << 31) + gathered[:, 1]).sum(axis=0)
+  return {k: int(v) for k, v in zip(keys, totals)}

@@ -8,6 +8,15 @@ to tokenizing them). A bad record is yielded with `text=None` and `bad` naming i
   invalid_json, missing_text (no `text` string), non_utf8, empty_text, truncated_file (a .zst that ends
   inside a frame: the partial last line is dropped), unreadable_file (cannot be opened or decoded).
 
+A file shared by `count` readers (fewer files than data streams) is read in parts: `part=(rank, count)`
+yields only the records of part `rank`, without decoding the others:
+  .jsonl / .txt / .raw  the byte range [rank, rank + 1) * size / count: records (lines, articles) that
+                        start inside it; `index` is then the record's byte offset (seek, no scan).
+  .parquet              the row range [rank, rank + 1) * rows / count (`index` stays the row); only the
+                        row groups overlapping it are read, so one file of one row group is still read whole.
+  .jsonl.zst            every count-th line (index % count == rank): zstd has no random access, so each
+                        reader decompresses the whole file, but only its own lines are decoded and parsed.
+
 Text files (`.txt`, `.raw`): WikiText's `wiki.*.raw` is split into one document per article, an article
 starting at each top-level heading line ` = Title = ` (sub-headings ` = = Sub = = ` stay inside). A text
 file whose first non-blank line is not such a heading is read as one document per non-blank line.
@@ -113,7 +122,7 @@ def _lines(chunks: Iterator[bytes]) -> Iterator[bytes]:
     yield rest
 
 
-def _read_jsonl(f, start: int, compressed: bool) -> Iterator[Record]:
+def _read_jsonl(f, start: int, compressed: bool, rank: int = 0, count: int = 1) -> Iterator[Record]:
   chunks = _zst_chunks(f) if compressed else iter(lambda: f.read(_READ_BYTES), b"")
   index = -1
   lines = _lines(chunks)
@@ -124,37 +133,67 @@ def _read_jsonl(f, start: int, compressed: bool) -> Iterator[Record]:
     for raw in lines:
       if held is not None:
         index += 1
-        if index >= start:
+        if index >= start and index % count == rank:
           yield _json_record(index, held)
       held = raw
     if held is not None:
       index += 1
-      if index >= start:
+      if index >= start and index % count == rank:
         yield _json_record(index, held)
   except _Truncated:
-    yield Record(index + 1, None, "", "truncated_file")
+    if (index + 1) % count == rank:
+      yield Record(index + 1, None, "", "truncated_file")
 
 
-def _read_parquet(f, start: int) -> Iterator[Record]:
+def _byte_range(f, rank: int, count: int) -> tuple[int, int]:
+  size = f.seek(0, io.SEEK_END)
+  return size * rank // count, size * (rank + 1) // count
+
+
+def _lines_from(f, pos: int) -> Iterator[tuple[int, bytes]]:
+  """(byte offset, line without newline) of every line starting at or after byte `pos`."""
+  if pos > 0:
+    f.seek(pos - 1)
+    offset = pos - 1 + len(f.readline())  # The rest of the line holding byte pos - 1 belongs to earlier.
+  else:
+    f.seek(0)
+    offset = 0
+  for raw in iter(f.readline, b""):
+    yield offset, raw[:-1] if raw.endswith(b"\n") else raw
+    offset += len(raw)
+
+
+def _read_jsonl_part(f, start: int, rank: int, count: int) -> Iterator[Record]:
+  begin, end = _byte_range(f, rank, count)
+  for offset, raw in _lines_from(f, max(begin, start)):
+    if offset >= end:
+      return
+    yield _json_record(offset, raw)
+
+
+def _read_parquet(f, start: int, rank: int = 0, count: int = 1) -> Iterator[Record]:
   import pyarrow.parquet as pq  # pylint: disable=import-outside-toplevel
 
   pf = pq.ParquetFile(f)
   names = pf.schema_arrow.names
   if "text" not in names:
-    yield Record(0, None, "", "unreadable_file")
+    if rank == 0:
+      yield Record(0, None, "", "unreadable_file")
     return
   columns = ["text"] + (["meta"] if "meta" in names else [])
+  total = pf.metadata.num_rows
+  start, stop = max(start, total * rank // count), total * (rank + 1) // count
   first = 0
   for group in range(pf.num_row_groups):
     rows = pf.metadata.row_group(group).num_rows
-    if first + rows <= start:
+    if first + rows <= start or first >= stop:
       first += rows
       continue
     table = pf.read_row_group(group, columns=columns)
     texts = table.column("text").to_pylist()
     metas = table.column("meta").to_pylist() if "meta" in columns else [None] * len(texts)
     for i, (text, meta) in enumerate(zip(texts, metas)):
-      if first + i >= start:
+      if start <= first + i < stop:
         yield _check_text(first + i, text, _set_name(meta))
     first += rows
 
@@ -191,11 +230,59 @@ def _read_text(f, start: int) -> Iterator[Record]:
     yield flush()
 
 
-def read_records(path: str, fmt: str = "auto", start: int = 0) -> Iterator[Record]:
-  """Records of one file from record `start` on; bad ones flagged, never raised."""
+def _text_mode(f) -> str | None:
+  """'article' when the first decodable non-blank line is a top-level heading, 'line' otherwise."""
+  f.seek(0)
+  for raw in iter(f.readline, b""):
+    try:
+      line = raw.decode("utf-8").rstrip("\n")
+    except UnicodeDecodeError:
+      continue
+    if line.strip():
+      return "article" if _HEADING.match(line) else "line"
+  return None
+
+
+def _read_text_part(f, start: int, rank: int, count: int) -> Iterator[Record]:
+  """Records of a text file that start in the byte range of part `rank`; index = the record's offset."""
+  mode = _text_mode(f)
+  begin, end = _byte_range(f, rank, count)
+  article_at, article = -1, []  # An article that starts in the range runs on to the next heading.
+  for offset, raw in _lines_from(f, max(begin, start)):
+    try:
+      line = raw.decode("utf-8")
+    except UnicodeDecodeError:
+      if offset >= end and (mode != "article" or article_at < 0):
+        break
+      if mode != "article" or article_at >= 0:
+        yield Record(offset, None, "", "non_utf8")
+      continue
+    if mode == "article":
+      if _HEADING.match(line):
+        if article_at >= 0:
+          yield _check_text(article_at, "".join(article), "")
+        if offset >= end:
+          return
+        article_at, article = offset, []
+      if article_at >= 0:
+        article.append(line + "\n")
+    else:
+      if offset >= end:
+        return
+      if line.strip():
+        yield Record(offset, line, "", None)
+  if mode == "article" and article_at >= 0:
+    yield _check_text(article_at, "".join(article), "")
+
+
+def read_records(path: str, fmt: str = "auto", start: int = 0, part: tuple[int, int] = (0, 1)) -> Iterator[Record]:
+  """Records of one file from record `start` on (of part `part[0]` of `part[1]`); bad ones flagged, never raised."""
   fmt = format_of(path) if fmt == "auto" else fmt
   if fmt is None:
     raise ValueError(f"{path}: no reader for this file type (expected one of {sorted(_EXTENSIONS)})")
+  rank, count = part
+  if not 0 <= rank < count:
+    raise ValueError(f"{path}: part {rank} of {count} does not exist")
   try:
     f = epath.Path(path).open("rb")
   except OSError:
@@ -204,12 +291,15 @@ def read_records(path: str, fmt: str = "auto", start: int = 0) -> Iterator[Recor
   with f:
     f = io.BufferedReader(f) if not isinstance(f, io.BufferedIOBase) else f
     try:
-      if fmt in ("jsonl_zst", "jsonl"):
-        yield from _read_jsonl(f, start, compressed=fmt == "jsonl_zst")
+      if fmt == "jsonl_zst":
+        yield from _read_jsonl(f, start, compressed=True, rank=rank, count=count)
+      elif fmt == "jsonl":
+        yield from (_read_jsonl(f, start, compressed=False) if count == 1 else
+                    _read_jsonl_part(f, start, rank, count))
       elif fmt == "parquet":
-        yield from _read_parquet(f, start)
+        yield from _read_parquet(f, start, rank, count)
       else:
-        yield from _read_text(f, start)
+        yield from _read_text(f, start) if count == 1 else _read_text_part(f, start, rank, count)
     except (OSError, ValueError, zstandard.ZstdError) as e:
       # Corrupt frames, unreadable parquet: the rest of the file is lost, the stream goes on.
       del e

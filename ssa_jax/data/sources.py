@@ -7,6 +7,7 @@ from typing import Iterator
 from etils import epath
 
 from ssa_jax.data.readers import format_of
+from ssa_jax.gcs import require_gcs
 
 # Words a file name may use for a split when the path has no split directories (wiki.valid.raw).
 _SPLIT_WORDS = {"train": ("train",), "validation": ("validation", "valid", "val", "dev"), "test": ("test",)}
@@ -36,6 +37,7 @@ def list_files(path: str, split: str, fmt: str = "auto") -> list[str]:
 
   Sorted by path, so every process sees the same global order whatever the listing order of the store.
   """
+  require_gcs(path, "config.data.path")
   root = epath.Path(path)
   if not root.exists():
     raise FileNotFoundError(f"config.data.path: {path!r} does not exist")

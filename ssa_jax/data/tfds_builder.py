@@ -1,13 +1,14 @@
 """A TFDS builder that pre-tokenizes local SlimPajama shards into packed ArrayRecord windows (no TensorFlow).
 
+`python -m ssa_jax.data.tfds_builder SOURCE_DIR --tokenizer=... --seq_len=2048 --data_dir=...` prepares it
+and prints the `config.data.path` to train from with `config.data.format=array_record` (array_record.py).
 For users who prefer random access: every example is one window `{"tokens": int32[seq_len + 1]}` of the
 split's documents (sorted file order, BOS per tokenizer, joined by EOS, the last partial window dropped),
 written in order (`disable_shuffling`) as ArrayRecord. tensorflow-datasets writes ArrayRecord and
-serializes examples without TensorFlow installed. Read it back with grain:
+serializes examples without TensorFlow installed. The trainer reads it with grain (array_record.py); by hand:
 
   builder = build_tokenized(source_dir, tokenizer_path, seq_len, data_dir)
   ds = grain_dataset(builder, "train")             # grain.MapDataset of {"tokens": np.int32[seq_len+1]}
-  ds = ds[process_index::process_count].shuffle(seed=0).batch(batch_size // process_count)
 """
 
 from __future__ import annotations
@@ -21,8 +22,10 @@ import tensorflow_datasets as tfds
 from ssa_jax.data.readers import read_records
 from ssa_jax.data.sources import list_files
 from ssa_jax.data.tokenizer import load_tokenizer
+from ssa_jax.gcs import require_gcs
 
 _log = logging.getLogger(__name__)
+_DOCS_PER_BATCH = 256
 
 
 class SlimPajamaTokenized(tfds.core.GeneratorBasedBuilder):
@@ -59,16 +62,30 @@ class SlimPajamaTokenized(tfds.core.GeneratorBasedBuilder):
 
   def _generate_examples(self, split: str):
     tok = load_tokenizer(self._tokenizer_path)
-    window, buffer, index, bad = self._seq_len + 1, [], 0, 0
+    window, buffer, index, bad, texts = self._seq_len + 1, [], 0, 0, []
+
+    def flush():
+      nonlocal buffer, index
+      for ids in tok.encode_batch(texts):  # batched: the tokenizers library spreads it over the cores
+        buffer.extend(ids + [tok.eos_id])
+      texts.clear()
+      examples = []
+      while len(buffer) - len(examples) * window >= window:
+        start = len(examples) * window
+        examples.append((index + len(examples), {"tokens": np.asarray(buffer[start:start + window], np.int32)}))
+      buffer = buffer[len(examples) * window:]
+      index += len(examples)
+      return examples
+
     for file in list_files(self._source_dir, split):
       for rec in read_records(file):
         if rec.bad is not None:
           bad += 1
           continue
-        buffer.extend(tok.encode(rec.text) + [tok.eos_id])
-        while len(buffer) >= window:
-          yield index, {"tokens": np.asarray(buffer[:window], np.int32)}
-          index, buffer = index + 1, buffer[window:]
+        texts.append(rec.text)
+        if len(texts) >= _DOCS_PER_BATCH:
+          yield from flush()
+    yield from flush()
     if bad:
       _log.warning("tfds %s/%s: skipped %d bad records", self.name, split, bad)
 
@@ -76,10 +93,25 @@ class SlimPajamaTokenized(tfds.core.GeneratorBasedBuilder):
 def build_tokenized(source_dir: str, tokenizer_path: str, seq_len: int, data_dir: str,
                     splits: tuple[str, ...] = ("train", "validation")) -> SlimPajamaTokenized:
   """Prepare (once) the ArrayRecord dataset under `data_dir`; returns the builder."""
+  require_gcs(source_dir, "source_dir")
+  require_gcs(data_dir, "data_dir")
   builder = SlimPajamaTokenized(source_dir=source_dir, tokenizer_path=tokenizer_path, seq_len=seq_len,
                                 splits=splits, data_dir=data_dir, file_format="array_record")
   builder.download_and_prepare()
   return builder
+
+
+def _main(argv) -> None:
+  from absl import flags  # pylint: disable=import-outside-toplevel
+
+  if len(argv) != 2:
+    raise SystemExit("usage: python -m ssa_jax.data.tfds_builder SOURCE_DIR --tokenizer=PATH --seq_len=N "
+                     "--data_dir=DIR [--splits=train,validation]")
+  f = flags.FLAGS
+  builder = build_tokenized(argv[1], f.tokenizer, f.seq_len, f.data_dir, tuple(f.splits.split(",")))
+  for split, info in builder.info.splits.items():
+    print(f"{split}: {info.num_examples} windows of {f.seq_len + 1} tokens")
+  print(f"config.data.format=array_record config.data.path={builder.data_dir}")
 
 
 def grain_dataset(builder: SlimPajamaTokenized, split: str):
@@ -90,3 +122,13 @@ def grain_dataset(builder: SlimPajamaTokenized, split: str):
   features = builder.info.features
   return grain.MapDataset.source(grain.sources.ArrayRecordDataSource(files)).map(
       features.deserialize_example_np)
+
+
+if __name__ == "__main__":
+  from absl import app, flags
+
+  flags.DEFINE_string("tokenizer", None, "tokenizer.json / SentencePiece .model / dir holding one.", required=True)
+  flags.DEFINE_integer("seq_len", None, "Training sequence length (windows of seq_len + 1 tokens).", required=True)
+  flags.DEFINE_string("data_dir", None, "Where the dataset is written (local or gs://).", required=True)
+  flags.DEFINE_string("splits", "train,validation", "Comma-separated splits to prepare.")
+  app.run(_main)

@@ -14,6 +14,8 @@ from typing import Protocol, Sequence
 
 from etils import epath
 
+from ssa_jax.gcs import require_gcs
+
 # Names tried, in order, when no tokenizer_config.json beside tokenizer.json says which token is EOS / BOS.
 _EOS_NAMES = ("<|endoftext|>", "</s>", "<|end_of_text|>", "<eos>", "<|im_end|>")
 _BOS_NAMES = ("<s>", "<|begin_of_text|>", "<bos>", "<|startoftext|>")
@@ -146,6 +148,7 @@ class SentencePieceTokenizer:
 
 def load_tokenizer(path: str) -> Tokenizer:
   """A tokenizer from a tokenizer.json, a SentencePiece .model, or a directory holding one of them."""
+  require_gcs(str(path), "tokenizer path")
   p = epath.Path(path)
   if not p.exists():
     raise FileNotFoundError(f"tokenizer path {path!r} does not exist")

@@ -45,7 +45,7 @@ def assemble(task_results: dict[str, dict], specs: dict[str, TaskSpec], paths: d
   """The whole results document."""
   names = list(task_results)
   hib = {n: {m: HIGHER_IS_BETTER[m] for m in specs[n].metrics} for n in names if n in specs}
-  if passkey is not None:
+  if PASSKEY in task_results:
     hib[PASSKEY] = {"acc": True}
   out: dict[str, Any] = {
       "results": task_results,
@@ -83,6 +83,8 @@ def _jsonable(x):
 
 
 def _fmt(v) -> str:
+  if v is None:  # a value that could not be computed (e.g. no trial ran)
+    return "-"
   if isinstance(v, str):
     return v
   if isinstance(v, float) and (math.isinf(v) or math.isnan(v) or abs(v) >= 1e5):
@@ -91,17 +93,27 @@ def _fmt(v) -> str:
 
 
 def summary_table(results: dict[str, Any]) -> str:
-  """| Task | Metric | Value | Stderr | rows, in the order the tasks ran."""
+  """| Task | Metric | Value | Stderr | rows in the order the tasks ran, then one line per task or passkey length
+  that did not run, with its whole reason (never cut: it usually names the file that was looked for)."""
   rows = [("Task", "Metric", "Value", "Stderr")]
+  notes = []
+  passkey = results.get("passkey") or {}
   for task, entry in results["results"].items():
     for key, value in entry.items():
       if "," not in key or "_stderr," in key:
         continue
       metric = key.split(",")[0]
       rows.append((task, metric, _fmt(value), _fmt(entry.get(f"{metric}_stderr,none", "N/A"))))
+    if task == PASSKEY:
+      for length, acc in passkey.get("by_length", {}).items():
+        rows.append((task, f"acc@{length}", _fmt(acc), ""))
+  for length, why in passkey.get("skipped_lengths", {}).items():
+    rows.append((PASSKEY, f"acc@{length}", "(skipped)", "-"))
+    notes.append(f"skipped: {why}")
   for task, message in results.get("ssa_jax", {}).get("missing_tasks", {}).items():
-    rows.append((task, "(not run)", "-", message[:60]))
+    rows.append((task, "(not run)", "-", "-"))
+    notes.append(f"not run: {message}")
   widths = [max(len(r[i]) for r in rows) for i in range(4)]
   line = lambda r: "| " + " | ".join(c.ljust(w) for c, w in zip(r, widths)) + " |"
   sep = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
-  return "\n".join([line(rows[0]), sep] + [line(r) for r in rows[1:]])
+  return "\n".join([line(rows[0]), sep] + [line(r) for r in rows[1:]] + notes)

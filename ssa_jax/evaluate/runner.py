@@ -12,7 +12,7 @@ import ml_collections
 from ssa_jax.evaluate import metrics as metrics_lib
 from ssa_jax.evaluate import results as results_lib
 from ssa_jax.evaluate.config import eval_config
-from ssa_jax.evaluate.loading import check_vocab
+from ssa_jax.evaluate.preflight import check_options
 from ssa_jax.evaluate.readers import TaskFileMissing, read_task
 from ssa_jax.evaluate.requests import TokenRequest, encode_pairs, rolling_requests
 from ssa_jax.evaluate.scoring import Scorer
@@ -79,8 +79,9 @@ def run_eval(model, params, tokenizer, tasks, data_dir: str | None = None, limit
              pack_length: int = 512) -> dict:
   """Evaluates (model, params) on `tasks` ('a,b' or a list; 'passkey' included) and returns lm-eval's layout.
 
-  `tokenizer`: a Tokenizer or a path for load_tokenizer. A task whose file is missing is reported (console
-  and results["ssa_jax"]["missing_tasks"]) and the others still run. `output`: where the JSON goes.
+  `tokenizer`: a Tokenizer or a path for load_tokenizer. A task whose file is missing, or passkey with every
+  length skipped, is reported (console and results["ssa_jax"]["missing_tasks"]) and the others still run;
+  results["results"] holds the tasks that ran (possibly none). `output`: where the JSON goes (None: nowhere).
   """
   from ssa_jax.data.tokenizer import load_tokenizer
 
@@ -89,12 +90,8 @@ def run_eval(model, params, tokenizer, tasks, data_dir: str | None = None, limit
     tokenizer = load_tokenizer(tokenizer)
   names = parse_task_names(tasks)
   cfg = model.config
-  check_vocab(tokenizer, cfg.vocab_size, vocab_slack)
-  max_length = int(max_length or cfg.max_seq_len)
-  if max_length <= 0:
-    raise ValueError(f"max_length: expected a positive int, got {max_length}")
-  if cfg.learned_positions and max_length > cfg.max_seq_len:
-    raise ValueError(f"max_length={max_length} exceeds the model's {cfg.max_seq_len} learned positions")
+  pk_cfg = passkey if passkey is not None else eval_config().passkey
+  max_length = check_options(cfg, tokenizer, names, limit, max_length, pk_cfg, vocab_slack)
   bos = parse_add_bos(add_bos)
   limit = int(limit) if limit else None
 
@@ -130,6 +127,7 @@ def run_eval(model, params, tokenizer, tasks, data_dir: str | None = None, limit
       entry["records"] = (entry["records"] + left_out)[:20]
     if not docs:
       missing[name] = f"task {name}: no document could be scored"
+      print(f"[eval] SKIPPED {missing[name]}", flush=True)
       continue
     values = metrics_lib.aggregate(spec, docs, per_doc, bootstrap_iters)
     task_results[name] = results_lib.task_entry(name, len(docs), values)
@@ -144,14 +142,18 @@ def run_eval(model, params, tokenizer, tasks, data_dir: str | None = None, limit
   if PASSKEY in names:
     from ssa_jax.evaluate.passkey import evaluate_passkey
 
-    pk_cfg = passkey if passkey is not None else eval_config().passkey
     t0 = time.time()
     passkey_out = evaluate_passkey(model, params, tokenizer, pk_cfg, add_bos=bos, batch_size=batch_size)
-    task_results[PASSKEY] = results_lib.task_entry(
-        PASSKEY, passkey_out["n"], {"acc,none": passkey_out["acc"], "acc_stderr,none": passkey_out["acc_stderr"]})
-    samples[PASSKEY] = {"original": passkey_out["n"], "effective": passkey_out["n"]}
+    for why in passkey_out["skipped_lengths"].values():
+      print(f"[eval] SKIPPED {why}", flush=True)
     passkey_out["config"] = pk_cfg.to_dict()
-    timing[PASSKEY] = {"seconds": time.time() - t0}
+    if passkey_out["n"]:
+      task_results[PASSKEY] = results_lib.task_entry(
+          PASSKEY, passkey_out["n"], {"acc,none": passkey_out["acc"], "acc_stderr,none": passkey_out["acc_stderr"]})
+      samples[PASSKEY] = {"original": passkey_out["n"], "effective": passkey_out["n"]}
+      timing[PASSKEY] = {"seconds": time.time() - t0}
+    else:
+      missing[PASSKEY] = "passkey: every length was skipped (see passkey.skipped_lengths)"
 
   wall = time.time() - start
   stats = scorer.stats if scorer else None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import signal
 import time
 from typing import Any
@@ -15,14 +16,19 @@ import numpy as np
 from etils import epath
 
 from ssa_jax import checkpoint, sharding
+from ssa_jax.accelerator_check import warn_if_accelerator_unused
 from ssa_jax.config import ConfigError, ModelConfig, model_config_from_dict
-from ssa_jax.model import Decoder, param_shapes
+from ssa_jax.data.demo_counts import DEMO_FEATURE_PATH
+from ssa_jax.model import Decoder, param_shapes, uses_token_feature
 from ssa_jax.train import metrics as metrics_lib
 from ssa_jax.train.optim import learning_rate_schedule, make_optimizer
 from ssa_jax.train.state import TrainState, create_state, state_shardings
+from ssa_jax.train.loss import DEFAULT_LOSS_CHUNK_SIZE
 from ssa_jax.train.step import jit_train_step, make_eval_step
+from ssa_jax.train.workdir_lock import workdir_lock
 
 log = metrics_lib.log
+STOP_SIGNALS = ("SIGTERM", "SIGINT")  # the values of summary["stopped"] for a requested stop
 
 
 @dataclasses.dataclass
@@ -30,11 +36,14 @@ class Run:
   """Everything a run builds from its config before the first compile."""
 
   config: ml_collections.ConfigDict
-  workdir: epath.Path
+  workdir: epath.Path | None  # None for a dry run (nothing is written)
   model_cfg: ModelConfig
   mesh: Any
   rules: Any
-  tokenizer: Any
+  tokenizer: Any  # None for a dry run that could not load it
+  # Dry run: checks that need files a dry run does not require (the corpus, the HF checkpoint), one line each.
+  unchecked: list[str] = dataclasses.field(default_factory=list)
+  tokenizer_checked: bool = True  # dry run: False when the tokenizer's vocab size could not be compared
 
 
 def resolve_data(config: ml_collections.ConfigDict, model_cfg: ModelConfig):
@@ -44,50 +53,187 @@ def resolve_data(config: ml_collections.ConfigDict, model_cfg: ModelConfig):
 
   data = config.data
   if not data.path and not data.demo:
-    raise ConfigError("config.data.path: required (a SlimPajama / parquet / jsonl / txt directory or file, "
-                      "local or gs://); set config.data.demo=True for the offline demo corpus")
+    raise ConfigError(_DATA_PATH_REQUIRED)
   validate_data_config(data)
   data.path, data.tokenizer_path = resolve_paths(data)
   tokenizer = load_tokenizer(data.tokenizer_path)
-  if tokenizer.vocab_size > model_cfg.vocab_size:
-    raise ConfigError(f"config.data.tokenizer_path: tokenizer has {tokenizer.vocab_size} tokens, more than "
-                      f"config.model.vocab_size={model_cfg.vocab_size}")
+  _check_vocab(tokenizer.vocab_size, model_cfg, "config.data.tokenizer_path")
   return tokenizer
 
 
-def prepare(config: ml_collections.ConfigDict, workdir: str) -> Run:
-  """Validates every field that can be checked before compiling; names the field on failure."""
+_DATA_PATH_REQUIRED = ("config.data.path: required (a SlimPajama / parquet / jsonl / txt directory or file, "
+                       "local or gs://); set config.data.demo=True for the offline demo corpus")
+
+
+def _check_vocab(tokenizer_vocab: int, model_cfg: ModelConfig, field: str) -> None:
+  if tokenizer_vocab > model_cfg.vocab_size:
+    raise ConfigError(f"{field}: tokenizer has {tokenizer_vocab} tokens, more than "
+                      f"config.model.vocab_size={model_cfg.vocab_size}")
+
+
+def _dry_run_data(config: ml_collections.ConfigDict, model_cfg: ModelConfig, unchecked: list[str]):
+  """The data checks that need no corpus: every field's value; the tokenizer only when its file exists
+  (the demo BPE, not yet trained, is checked by its configured size). Returns (tokenizer or None, whether
+  the tokenizer's vocab size was compared with the model's)."""
+  from ssa_jax.data.config import validate_data_config
+  from ssa_jax.data.tokenizer import load_tokenizer
+
+  data = ml_collections.ConfigDict(config.data.to_dict())
+  if not data.path and not data.demo:
+    unchecked.append(_DATA_PATH_REQUIRED)
+  elif data.path and not epath.Path(data.path).exists():
+    unchecked.append(f"config.data.path: {data.path} does not exist here (a real run reads it)")
+    data.path = ""
+  if data.tokenizer_path and not epath.Path(data.tokenizer_path).exists():
+    unchecked.append(f"config.data.tokenizer_path: {data.tokenizer_path} does not exist here (vocab size unchecked)")
+    data.tokenizer_path = ""
+  validate_data_config(data)
+  if data.tokenizer_path:
+    tokenizer = load_tokenizer(data.tokenizer_path)
+    _check_vocab(tokenizer.vocab_size, model_cfg, "config.data.tokenizer_path")
+    return tokenizer, True
+  if not config.data.tokenizer_path:  # the demo BPE: its size is configured, the file may not be trained yet
+    _check_vocab(int(data.demo_vocab_size), model_cfg, "config.data.demo_vocab_size")
+    return None, True
+  return None, False
+
+
+def _check_against_hf(model_cfg: ModelConfig, hf_cfg: ModelConfig, hf_dir: str) -> None:
+  """The architecture fields of config.model must be those of the HF checkpoint it starts from."""
+  runtime = ("dtype", "remat", "attention_impl", "scan_layers", "ssa", "init_std")  # not the architecture
+  mismatched = [f.name for f in dataclasses.fields(ModelConfig)
+                if f.name not in runtime and getattr(model_cfg, f.name) != getattr(hf_cfg, f.name)]
+  if mismatched:
+    raise ConfigError(f"config.model: fields {mismatched} differ from {hf_dir}/config.json "
+                      f"(e.g. {mismatched[0]}: config {getattr(model_cfg, mismatched[0])!r} vs checkpoint "
+                      f"{getattr(hf_cfg, mismatched[0])!r})")
+
+
+def _check_init(config: ml_collections.ConfigDict, model_cfg: ModelConfig, dry_run: bool,
+                unchecked: list[str]) -> None:
+  """config.init: a fine-tune config needs a HF checkpoint; one that is named must exist (and match, in a
+  dry run; a real run compares while loading it)."""
+  hf_dir = config.init.hf_dir
+  if hf_dir and not epath.Path(hf_dir).exists():
+    raise ConfigError(f"config.init.hf_dir: {hf_dir} does not exist")
+  if config.get("mode") == "finetune" and not hf_dir:
+    message = ("config.init.hf_dir: required by a fine-tune config (it adds SSA to a pretrained Hugging Face "
+               "checkpoint): pass --config.init.hf_dir=HF_DIR (config.json + safetensors)")
+    if not dry_run:
+      raise ConfigError(message)
+    unchecked.append(message)
+  if dry_run and hf_dir:
+    from ssa_jax.hf import config_from_hf, read_hf_config
+
+    _check_against_hf(model_cfg, config_from_hf(read_hf_config(hf_dir)), hf_dir)
+
+
+def _check_ssa_inputs(model_cfg: ModelConfig, config: ml_collections.ConfigDict) -> None:
+  """The frequency token term reads its fixed feature from a counts file; without one it would be 0 everywhere
+  (HF checkpoints carry no feature, so config.init.hf_dir does not provide it either). 'demo': the demo
+  corpus's counts, made at start (demo runs only)."""
+  path = model_cfg.ssa.feature_path
+  if not uses_token_feature(model_cfg):
+    return
+  if not path:
+    raise ConfigError("config.model.ssa.feature_path: the 'frequency' token term needs a token-count file "
+                      "(python -m ssa_jax.data.token_counts CORPUS --tokenizer=... --output=counts.npy); "
+                      "without one its feature is 0 for every token and the token term is dead")
+  if path == DEMO_FEATURE_PATH:
+    if not config.data.demo:
+      raise ConfigError(f"config.model.ssa.feature_path: {DEMO_FEATURE_PATH!r} means the demo corpus's token "
+                        f"counts, but this run reads config.data.path={config.data.path!r}: pass a counts file "
+                        f"of that corpus (python -m ssa_jax.data.token_counts)")
+    return
+  if not epath.Path(path).exists():
+    raise ConfigError(f"config.model.ssa.feature_path: {path} does not exist")
+
+
+def _resolve_demo_feature(config: ml_collections.ConfigDict, model_cfg: ModelConfig) -> ModelConfig:
+  """feature_path 'demo' -> the demo corpus's token-count file (counted once, cached); the config records it."""
+  from ssa_jax.data.demo_counts import ensure_demo_token_counts
+
+  if not uses_token_feature(model_cfg) or model_cfg.ssa.feature_path != DEMO_FEATURE_PATH:
+    return model_cfg
+  data = config.data
+  config.model.ssa.feature_path = ensure_demo_token_counts(data.cache_dir, data.path, data.tokenizer_path)
+  return model_config_from_dict(config.model)
+
+
+def describe_ssa(ssa) -> str:
+  """One phrase for the log: 'off', or each term's kind and the scaled projections."""
+  if not ssa.enabled:
+    return "off"
+  token = ssa.token_kind if ssa.token else "off"
+  position = ssa.position_kind if ssa.position else "off"
+  return f"token {token}, position {position}, on {'+'.join(ssa.components)}"
+
+
+def check_config(config: ml_collections.ConfigDict, workdir: str | None, dry_run: bool = False) -> Run:
+  """Validates every field that can be checked before reading data or compiling; names the field on failure.
+
+  The returned Run has no tokenizer yet (attach_data reads it). `dry_run`: also checks the data section as
+  far as it can without the corpus; checks needing files that are absent are listed in Run.unchecked."""
   config = ml_collections.ConfigDict(config.to_dict())  # a private copy we may fill in
   t = config.train
   for field in ("steps", "global_batch_size", "seq_len", "log_every", "microbatches"):
     if int(t[field]) <= 0:
       raise ConfigError(f"config.train.{field}: expected a positive int, got {t[field]!r}")
   sharding.maybe_initialize_distributed(config.distributed)
+  warn_if_accelerator_unused()  # after distributed init: it starts jax's backends
   model_cfg = model_config_from_dict(config.model)
-  if model_cfg.ssa.enabled and model_cfg.ssa.variant == "feature" and not model_cfg.ssa.feature_path \
-      and not config.init.hf_dir:
-    raise ConfigError("config.model.ssa.feature_path: the feature variant needs a token-count file "
-                      "(python -m ssa_jax.data.token_counts)")
+  _check_ssa_inputs(model_cfg, config)
   if t.seq_len > model_cfg.max_seq_len:
     raise ConfigError(f"config.train.seq_len: {t.seq_len} exceeds config.model.max_seq_len={model_cfg.max_seq_len}")
   mesh = sharding.make_mesh(config.mesh)
   sharding.check_batch_divisible(t.global_batch_size, mesh, t.microbatches)
   rules = sharding.rules_from_config(config.sharding.rules)
-  if config.init.hf_dir and not epath.Path(config.init.hf_dir).exists():
-    raise ConfigError(f"config.init.hf_dir: {config.init.hf_dir} does not exist")
-  tokenizer = resolve_data(config, model_cfg)
-  workdir = epath.Path(workdir)
-  workdir.mkdir(parents=True, exist_ok=True)
-  return Run(config, workdir, model_cfg, mesh, rules, tokenizer)
+  unchecked: list[str] = []
+  _check_init(config, model_cfg, dry_run, unchecked)
+  tokenizer, tokenizer_checked = None, True
+  if dry_run:
+    tokenizer, tokenizer_checked = _dry_run_data(config, model_cfg, unchecked)
+    if uses_token_feature(model_cfg) and model_cfg.ssa.feature_path == DEMO_FEATURE_PATH:
+      # Counting needs the corpus; a zero feature has the same shape for building the step.
+      unchecked.append("config.model.ssa.feature_path: 'demo' (the demo corpus's token counts, made at start)")
+      model_cfg = dataclasses.replace(model_cfg, ssa=dataclasses.replace(model_cfg.ssa, feature_path=""))
+  return Run(config, None if dry_run else epath.Path(workdir), model_cfg, mesh, rules, tokenizer, unchecked,
+             tokenizer_checked)
 
 
-def _data_iterator(run: Run, split: str, repeat: bool):
+def attach_data(run: Run) -> Run:
+  """The run with its tokenizer (the demo corpus / BPE made if needed, vocab sizes checked), the demo token
+  counts resolved, and its workdir created."""
+  tokenizer = resolve_data(run.config, run.model_cfg)
+  model_cfg = _resolve_demo_feature(run.config, run.model_cfg)
+  run.workdir.mkdir(parents=True, exist_ok=True)
+  return dataclasses.replace(run, tokenizer=tokenizer, model_cfg=model_cfg)
+
+
+def prepare(config: ml_collections.ConfigDict, workdir: str | None, dry_run: bool = False) -> Run:
+  """check_config, then (unless `dry_run`) attach_data: everything a run needs before compiling."""
+  run = check_config(config, workdir, dry_run)
+  return run if dry_run else attach_data(run)
+
+
+def loss_chunk_size(t: ml_collections.ConfigDict) -> int:
+  """config.train.loss_chunk_size (positions per LM-head chunk of the loss; 0 = whole logits)."""
+  return int(t.get("loss_chunk_size", DEFAULT_LOSS_CHUNK_SIZE))
+
+
+def flops_per_token(model_cfg: ModelConfig, seq_len: int) -> float:
+  """Training FLOPs per token, the decoder's and SSA's temperature matmuls together (for MFU)."""
+  return metrics_lib.flops_per_token(model_cfg, seq_len) + metrics_lib.ssa_flops_per_token(model_cfg, seq_len)
+
+
+def data_iterator(run: Run, split: str, repeat: bool, max_batches: int | None = None):
+  """The run's batch iterator over `split` (this process's rows)."""
   from ssa_jax.data.pipeline import make_lm_iterator
 
   t = run.config.train
   return make_lm_iterator(run.config.data, split=split, seq_len=t.seq_len, global_batch_size=t.global_batch_size,
                           process_index=jax.process_index(), process_count=jax.process_count(),
-                          tokenizer=run.tokenizer, repeat=repeat)
+                          tokenizer=run.tokenizer, repeat=repeat, max_batches=max_batches)
 
 
 def _initial_params(run: Run):
@@ -97,30 +243,58 @@ def _initial_params(run: Run):
   from ssa_jax.hf import from_hf
 
   ssa = run.model_cfg.ssa if run.model_cfg.ssa.enabled else None
-  model, params = from_hf(run.config.init.hf_dir, ssa=ssa, rng_seed=run.config.seed)
-  ours = dataclasses.replace(run.model_cfg, ssa=model.config.ssa)
-  mismatched = [f.name for f in dataclasses.fields(ModelConfig) if f.name not in ("dtype", "remat", "attention_impl",
-                "ssa", "init_std") and getattr(ours, f.name) != getattr(model.config, f.name)]
-  if mismatched:
-    raise ConfigError(f"config.model: fields {mismatched} differ from {run.config.init.hf_dir}/config.json "
-                      f"(e.g. {mismatched[0]}: config {getattr(ours, mismatched[0])!r} vs checkpoint "
-                      f"{getattr(model.config, mismatched[0])!r})")
+  model, params = from_hf(run.config.init.hf_dir, ssa=ssa, rng_seed=run.config.seed,
+                          scan_layers=run.model_cfg.scan_layers)  # params in the layout this run trains
+  _check_against_hf(dataclasses.replace(run.model_cfg, ssa=model.config.ssa), model.config, run.config.init.hf_dir)
   return params
 
 
-class _Preemption:
-  """Turns SIGTERM into a flag the loop checks after each step (it then checkpoints and exits)."""
+class _StopSignals:
+  """SIGTERM and a first Ctrl-C (SIGINT) become a request the loop checks after each step: it then saves a
+  checkpoint and exits. A second Ctrl-C exits at once (the default action: work since the last checkpoint
+  is lost). In multi-process runs the processes agree on the request, so that all of them stop at one step."""
 
   def __init__(self):
-    self.requested = False
-    self._previous = signal.signal(signal.SIGTERM, self._handle)
+    self.signal_name: str | None = None
+    self._previous = {s: signal.signal(s, self._handle) for s in (signal.SIGTERM, signal.SIGINT)}
 
   def _handle(self, signum, frame):
-    del signum, frame
-    self.requested = True
+    del frame
+    if self.signal_name is None:
+      self.signal_name = signal.Signals(signum).name
+    if signum == signal.SIGINT:
+      signal.signal(signal.SIGINT, signal.SIG_DFL)  # the next Ctrl-C ends the process wherever it is
+      if jax.process_index() == 0:
+        # os.write, not print: a handler must not re-enter a buffered stream the interrupted code is writing.
+        os.write(2, b"\nCtrl-C: saving a checkpoint after this step, then exiting "
+                    b"(Ctrl-C again exits at once, losing the steps since the last checkpoint)\n")
+
+  def requested(self) -> str | None:
+    """The first stop signal's name ('SIGTERM' / 'SIGINT') once any process got one, else None."""
+    if jax.process_count() == 1:
+      return self.signal_name
+    from jax.experimental import multihost_utils
+
+    codes = {None: 0, "SIGTERM": 1, "SIGINT": 2}
+    seen = int(np.max(multihost_utils.process_allgather(np.int32(codes[self.signal_name]))))
+    return {v: k for k, v in codes.items()}[seen]
 
   def restore(self):
-    signal.signal(signal.SIGTERM, self._previous)
+    for s, previous in self._previous.items():
+      signal.signal(s, previous)
+
+
+def split_loss(run: Run, eval_step, params, split: str, max_batches: int | None = None) -> tuple[float | None, int]:
+  """(mean next-token loss, batches) over `split`: its first `max_batches` batches, or all of it (None).
+  Every batch is full, so the mean over batches is the mean over tokens."""
+  it = data_iterator(run, split, repeat=False, max_batches=max_batches)
+  losses = []
+  try:
+    for batch in it:
+      losses.append(float(eval_step(params, sharding.global_batch(batch, run.mesh))))
+  finally:
+    it.close()
+  return (float(np.mean(losses)) if losses else None), len(losses)
 
 
 def validation_loss(run: Run, eval_step, params) -> float | None:
@@ -128,29 +302,31 @@ def validation_loss(run: Run, eval_step, params) -> float | None:
   t = run.config.train
   if t.eval_batches <= 0:
     return None
-  it = _data_iterator(run, run.config.data.validation_split, repeat=False)
-  losses = []
-  try:
-    for _, batch in zip(range(t.eval_batches), it):
-      losses.append(float(eval_step(params, sharding.global_batch(batch, run.mesh))))
-  finally:
-    it.close()
-  return float(np.mean(losses)) if losses else None
+  return split_loss(run, eval_step, params, run.config.data.validation_split, t.eval_batches)[0]
 
 
 def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-  """Trains (or resumes) per `config` in `workdir`; returns a summary (final step, losses, paths)."""
-  run = prepare(config, workdir)
+  """Trains (or resumes) per `config` in `workdir`; returns a summary (final step, losses, paths).
+
+  One run per workdir: a second one fails at once with WorkdirLockedError, naming the holder."""
+  run = check_config(config, workdir)
+  with workdir_lock(run.workdir):  # before the data (the demo corpus may take a while to build the first time)
+    return _train(attach_data(run))
+
+
+def _train(run: Run) -> dict[str, Any]:
   cfg, t, mesh = run.config, run.config.train, run.mesh
   model = Decoder(run.model_cfg)
-  tx = make_optimizer(t, param_shapes(run.model_cfg))
+  shapes = param_shapes(run.model_cfg)
+  tx = make_optimizer(t, shapes)
   schedule = learning_rate_schedule(t)
-  abstract, shardings = state_shardings(run.model_cfg, tx, mesh, run.rules)
+  abstract, shardings = state_shardings(run.model_cfg, tx, mesh, run.rules, shapes)
   run_config = json.loads(cfg.to_json_best_effort())
-  (run.workdir / "config.json").write_text(json.dumps(run_config, indent=2))
+  if jax.process_index() == 0:
+    (run.workdir / "config.json").write_text(json.dumps(run_config, indent=2))
 
   mngr = checkpoint.train_manager(run.workdir, t.keep_checkpoints, async_save=t.async_checkpoints)
-  train_it = _data_iterator(run, "train", repeat=True)
+  train_it = data_iterator(run, cfg.data.train_split, repeat=True)
   latest = mngr.latest_step()
   if latest is not None:
     params, opt_state, data_states = checkpoint.restore_train_state(mngr, latest, abstract, shardings)
@@ -165,19 +341,20 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   start = int(jax.device_get(state.step))
 
   batch_sharding = sharding.batch_sharding(mesh)
-  step_fn = jit_train_step(model, tx, schedule, t.microbatches, shardings, mesh)
-  eval_step = jax.jit(make_eval_step(model), in_shardings=(shardings.params, {"tokens": batch_sharding}),
+  step_fn = jit_train_step(model, tx, schedule, t.microbatches, shardings, mesh, loss_chunk_size(t))
+  eval_step = jax.jit(make_eval_step(model, loss_chunk_size(t)),
+                      in_shardings=(shardings.params, {"tokens": batch_sharding}),
                       out_shardings=sharding.replicated(mesh))
 
   writer = metrics_lib.MetricsWriter(run.workdir, t.tensorboard, resume_step=start)
   progress = metrics_lib.ConsoleProgress(t.steps, start)
   tokens_per_step = t.global_batch_size * t.seq_len
-  flops_token = metrics_lib.flops_per_token(run.model_cfg, t.seq_len)
+  flops_token = flops_per_token(run.model_cfg, t.seq_len)
   peak = metrics_lib.peak_flops_per_device(jax.devices()[0].device_kind)
-  preemption = _Preemption()
-  log(f"training {run.model_cfg.family} (ssa={run.model_cfg.ssa.variant if run.model_cfg.ssa.enabled else 'off'}) "
+  stop_signals = _StopSignals()
+  log(f"training {run.model_cfg.family} (SSA {describe_ssa(run.model_cfg.ssa)}) "
       f"on mesh {dict(mesh.shape)} ({jax.devices()[0].device_kind}), steps {start}->{t.steps}, "
-      f"{tokens_per_step:,} tokens/step")
+      f"{tokens_per_step:,} tokens/step; Ctrl-C saves a checkpoint and stops")
 
   def save(force: bool) -> None:
     if mngr.latest_step() == int(jax.device_get(state.step)):
@@ -210,7 +387,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         tps = tokens_per_step * steps_since / elapsed
         record = {"step": done, "loss": float(m["loss"]), "lr": float(m["lr"]), "grad_norm": float(m["grad_norm"]),
                   "tokens_per_s": tps, "tokens_per_s_per_device": tps / mesh.size,
-                  "mfu": tps * flops_token / (peak * mesh.size) if peak else None,
+                  "mfu": metrics_lib.mfu(tps, flops_token, peak, mesh.size),
                   "nonfinite_total": nonfinite_total + int(m["nonfinite"]),
                   **{k: v for k, v in m.items() if k.startswith("tau_")},
                   **{f"data/{k}": v for k, v in train_it.stats().items()}}
@@ -222,8 +399,9 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         if val is not None:
           writer.write({"step": done, "val_loss": val, "val_ppl": math.exp(min(val, 50.0))})
           log(f"step {done}: validation loss {val:.4f} ppl {math.exp(min(val, 50.0)):.2f}")
-      if preemption.requested:
-        stopped = "SIGTERM"
+      signal_name = stop_signals.requested()
+      if signal_name:
+        stopped = signal_name
         break
       if t.checkpoint_every and done % t.checkpoint_every == 0:
         save(force=False)
@@ -231,6 +409,9 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
       nonfinite_total += 1
     save(force=True)
     mngr.wait_until_finished()
+    # A stop requested during the last step's save ends the run here too; from now on Ctrl-C interrupts.
+    stopped = stopped or stop_signals.requested()
+    stop_signals.restore()
     final_step = int(jax.device_get(state.step))
     summary = {"step": final_step, "loss": last_loss, "workdir": str(run.workdir), "stopped": stopped,
                "nonfinite_steps": nonfinite_total}
@@ -240,17 +421,19 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         summary.update(val_loss=val, val_ppl=math.exp(min(val, 50.0)))
         writer.write({"step": final_step, "val_loss": val, "val_ppl": summary["val_ppl"]})
   finally:
-    preemption.restore()
+    stop_signals.restore()
     writer.close()
     train_it.close()
   if stopped:
-    log(f"stopped at step {final_step}: {stopped}; checkpoint saved in {run.workdir}/checkpoints/{final_step}")
-    if stopped != "SIGTERM":
-      raise FloatingPointError(f"training stopped: {stopped}; the last good parameters are checkpointed at step "
-                               f"{final_step} in {run.workdir}/checkpoints")
-    return summary
+    how = {"SIGINT": "by Ctrl-C (SIGINT)", "SIGTERM": "by SIGTERM"}.get(stopped, f"after {stopped}")
+    log(f"stopped at step {final_step} {how}; checkpoint saved in {run.workdir}/checkpoints/{final_step}")
+    if stopped in STOP_SIGNALS:
+      log("run the same command again to resume from it")
+      return summary
+    raise FloatingPointError(f"training stopped: {stopped}; the last good parameters are checkpointed at step "
+                             f"{final_step} in {run.workdir}/checkpoints")
   if cfg.eval.at_end:
     from ssa_jax.train.final_eval import evaluate_at_end
 
-    summary["results"] = str(evaluate_at_end(run, model, state.params, summary))
+    summary["results"] = str(evaluate_at_end(run, model, state.params, summary, eval_step))
   return summary

@@ -34,6 +34,7 @@ PEAK_FLOPS_BF16 = {
 
 
 def peak_flops_per_device(device_kind: str) -> float | None:
+  """The chip's dense bf16 peak FLOP/s from PEAK_FLOPS_BF16 (longest matching prefix), None when unlisted."""
   for prefix in sorted(PEAK_FLOPS_BF16, key=len, reverse=True):
     if device_kind.startswith(prefix):
       return PEAK_FLOPS_BF16[prefix]
@@ -41,7 +42,13 @@ def peak_flops_per_device(device_kind: str) -> float | None:
 
 
 def flops_per_token(cfg: ModelConfig, seq_len: int) -> float:
-  """Training FLOPs per token: 6 x (non-embedding matmul params + LM head) + causal attention (PaLM appendix B)."""
+  """Training FLOPs per token of the decoder without SSA: 6 x matmul weights + the causal attention matmuls.
+
+  The weight term is 6 x (non-embedding matmul parameters + LM head): 2 FLOPs a weight forward, 4 backward.
+  The attention term counts QK^T and PV over the causal half of the T x T scores only, as MaxText does
+  (PaLM's appendix B counts the full square, 12 x L x H x D x T, twice this). SSA's temperature matmuls are
+  counted apart, by `ssa_flops_per_token`.
+  """
   d, L, H, K, D = cfg.d_model, cfg.num_layers, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
   attn_proj = d * (H * D) * 2 + d * (K * D) * 2
   mlp = d * cfg.mlp_dim * (3 if cfg.gated_mlp else 2)
@@ -49,6 +56,38 @@ def flops_per_token(cfg: ModelConfig, seq_len: int) -> float:
   # QK^T and PV: 2 matmuls of 2*T*D flops per query token per head; causal masking halves the useful work.
   attention = L * H * D * seq_len * 2 * 2 / 2
   return 6.0 * matmul_params + 3.0 * attention
+
+
+def ssa_flops_per_token(cfg: ModelConfig, seq_len: int) -> float:
+  """Training FLOPs per token of SSA's temperature matmuls (6 a weight: forward 2, backward 4).
+
+  Token kind 'mlp': W1 (d -> hidden) and W2 (hidden -> heads) per scaled component. 'shared' (weight sharing):
+  one vector over the component's whole projection per output head, heads x (heads x D), with scope 'layer';
+  one D-vector per head with scope 'head'. The frequency feature (one multiply per head), the position term
+  and the elementwise work (tanh, GeLU, the scaling of q / v) are not matmuls and count as zero, like norms
+  and softmax in `flops_per_token`. `seq_len` is unused (no temperature depends on T) and kept for symmetry.
+  """
+  del seq_len
+  ssa = cfg.ssa
+  if not ssa.enabled or not ssa.token:
+    return 0.0
+  weights_per_layer = 0
+  for comp in ssa.components:
+    heads = cfg.num_heads if comp == "q" else cfg.num_kv_heads
+    if ssa.token_kind == "mlp":
+      hidden = int(round(cfg.d_model * ssa.hidden_ratio))
+      weights_per_layer += cfg.d_model * hidden + hidden * heads
+    elif ssa.token_kind == "shared":
+      width = heads * cfg.head_dim if ssa.weight_sharing_scope == "layer" else cfg.head_dim
+      weights_per_layer += heads * width
+  return 6.0 * cfg.num_layers * weights_per_layer
+
+
+def mfu(tokens_per_s: float, flops_token: float, peak_per_device: float | None, num_devices: int) -> float | None:
+  """Model FLOPs utilisation: achieved FLOP/s over the devices' peak; None where the peak is unknown."""
+  if not peak_per_device:
+    return None
+  return tokens_per_s * flops_token / (peak_per_device * num_devices)
 
 
 class MetricsWriter:

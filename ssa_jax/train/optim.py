@@ -36,7 +36,9 @@ def param_labels(params, temperatures_only: bool) -> dict:
       return "temp"
     if temperatures_only:
       return "frozen"
-    if path[-1] == "bias" or "norm" in path[-2] or leaf.ndim < 2:
+    # Under scan_layers a layer's leaves carry a leading layer axis: a stacked bias is still a vector.
+    ndim = leaf.ndim - (path[0] == "layers")
+    if path[-1] == "bias" or "norm" in path[-2] or ndim < 2:
       return "no_decay"
     return "decay"
 

@@ -8,22 +8,26 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from ssa_jax.config import ConfigError
 from ssa_jax.model import Decoder
+from ssa_jax.train.loss import DEFAULT_LOSS_CHUNK_SIZE, next_token_cross_entropy
 from ssa_jax.train.state import TrainState
 
 
-def next_token_loss(model: Decoder, params, tokens_BT1: jax.Array):
+def next_token_loss(model: Decoder, params, tokens_BT1: jax.Array,
+                    loss_chunk_size: int = DEFAULT_LOSS_CHUNK_SIZE):
   """(mean cross-entropy in float32, per-layer temperature statistics) for windows of seq_len + 1 tokens."""
-  inputs_BT, targets_BT = tokens_BT1[:, :-1], tokens_BT1[:, 1:]
-  logits_BTV, state = model.apply({"params": params}, inputs_BT, mutable=["intermediates"])
-  logz_BT = jax.nn.logsumexp(logits_BTV, axis=-1)
-  target_logit_BT = jnp.take_along_axis(logits_BTV, targets_BT[..., None], axis=-1)[..., 0]
-  loss = jnp.mean(logz_BT - target_logit_BT)
-  return loss, temperature_stats(state.get("intermediates", {}), model.config.num_layers)
+  loss, intermediates = next_token_cross_entropy(model, params, tokens_BT1, loss_chunk_size)
+  return loss, temperature_stats(intermediates, model.config.num_layers)
 
 
 def temperature_stats(intermediates, num_layers: int) -> dict[str, jax.Array]:
   """Mean and standard deviation of each sown tau_* per layer: {'tau_q_mean': (L,), 'tau_q_std': (L,), ...}."""
+  if "layers" in intermediates:  # layers under nn.scan: each sown tau is stacked, (L, B, T, H)
+    attn = intermediates["layers"].get("attn", {})
+    taus = {comp: attn[comp][0] for comp in attn}
+    return {f"{comp}_{stat}": fn(tau, axis=tuple(range(1, tau.ndim)))
+            for comp, tau in sorted(taus.items()) for stat, fn in (("mean", jnp.mean), ("std", jnp.std))}
   stats = {}
   comps = sorted(intermediates.get("layers_0", {}).get("attn", {}))
   for comp in comps:
@@ -33,11 +37,33 @@ def temperature_stats(intermediates, num_layers: int) -> dict[str, jax.Array]:
   return stats
 
 
-def make_train_step(model: Decoder, tx: optax.GradientTransformation, schedule: Callable, microbatches: int):
-  """train_step(state, batch) -> (state, metrics). A non-finite loss or gradient leaves params untouched."""
+def strided_microbatches(tokens_BX: jax.Array, microbatches: int) -> jax.Array:
+  """(B, ...) -> (M, B/M, ...), microbatch m = rows m, m+M, m+2M, ...
+
+  The batch is sharded over the data axes in contiguous blocks of rows; taking every M-th row keeps each
+  microbatch spread over all of those devices (B/M/devices rows on each), where a plain reshape(M, B/M) would
+  give each microbatch to a fraction of the devices and leave the others idle.
+  """
+  B = tokens_BX.shape[0]
+  if B % microbatches:
+    raise ConfigError(f"config.train.microbatches: {microbatches} does not divide the batch of {B} rows")
+  return jnp.swapaxes(tokens_BX.reshape(B // microbatches, microbatches, *tokens_BX.shape[1:]), 0, 1)
+
+
+def make_train_step(model: Decoder, tx: optax.GradientTransformation, schedule: Callable, microbatches: int,
+                    loss_chunk_size: int = DEFAULT_LOSS_CHUNK_SIZE):
+  """train_step(state, batch) -> (state, metrics). A non-finite loss or gradient leaves params untouched.
+
+  `microbatches` M > 1 accumulates the gradient over M strided microbatches (see `strided_microbatches`) in a
+  scan, one microbatch's activations alive at a time; the update is that of the whole batch.
+  `loss_chunk_size`: positions per LM-head chunk of the loss (config.train.loss_chunk_size; 0 = whole logits).
+  """
+  if microbatches < 1:
+    raise ConfigError(f"config.train.microbatches: expected >= 1, got {microbatches}")
 
   def grads_of(params, tokens_BT1):
-    (loss, stats), grads = jax.value_and_grad(lambda p: next_token_loss(model, p, tokens_BT1), has_aux=True)(params)
+    loss_fn = lambda p: next_token_loss(model, p, tokens_BT1, loss_chunk_size)
+    (loss, stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
     return loss, stats, grads
 
   def train_step(state: TrainState, batch: dict[str, jax.Array]):
@@ -45,7 +71,7 @@ def make_train_step(model: Decoder, tx: optax.GradientTransformation, schedule: 
     if microbatches == 1:
       loss, stats, grads = grads_of(state.params, tokens)
     else:
-      tokens_MBT = tokens.reshape(microbatches, tokens.shape[0] // microbatches, tokens.shape[1])
+      tokens_MBT = strided_microbatches(tokens, microbatches)
 
       def accumulate(carry, mb_tokens):
         loss, stats, grads = grads_of(state.params, mb_tokens)
@@ -54,6 +80,7 @@ def make_train_step(model: Decoder, tx: optax.GradientTransformation, schedule: 
       zero = jax.tree_util.tree_map(
           lambda s: jnp.zeros(s.shape, s.dtype), jax.eval_shape(lambda: grads_of(state.params, tokens_MBT[0])))
       total, _ = jax.lax.scan(accumulate, zero, tokens_MBT)
+      # Equal-sized microbatches: the mean of their mean losses (and gradients) is the whole batch's.
       loss, stats, grads = jax.tree_util.tree_map(lambda x: x / microbatches, total)
 
     grad_norm = optax.global_norm(grads)
@@ -69,20 +96,21 @@ def make_train_step(model: Decoder, tx: optax.GradientTransformation, schedule: 
   return train_step
 
 
-def make_eval_step(model: Decoder):
-  """eval_step(params, batch) -> summed loss over the batch's sequences (mean per token per sequence)."""
+def make_eval_step(model: Decoder, loss_chunk_size: int = DEFAULT_LOSS_CHUNK_SIZE):
+  """eval_step(params, batch) -> the batch's mean next-token cross-entropy (float32)."""
 
   def eval_step(params, batch):
-    loss, _ = next_token_loss(model, params, batch["tokens"])
+    loss, _ = next_token_loss(model, params, batch["tokens"], loss_chunk_size)
     return loss
 
   return eval_step
 
 
-def jit_train_step(model: Decoder, tx, schedule, microbatches: int, shardings: TrainState, mesh):
+def jit_train_step(model: Decoder, tx, schedule, microbatches: int, shardings: TrainState, mesh,
+                   loss_chunk_size: int = DEFAULT_LOSS_CHUNK_SIZE):
   """The train step jitted with the state's NamedShardings in and out (state donated), batches over data x fsdp."""
   from ssa_jax import sharding
 
-  return jax.jit(make_train_step(model, tx, schedule, microbatches),
+  return jax.jit(make_train_step(model, tx, schedule, microbatches, loss_chunk_size),
                  in_shardings=(shardings, {"tokens": sharding.batch_sharding(mesh)}),
                  out_shardings=(shardings, sharding.replicated(mesh)), donate_argnums=(0,))
