@@ -80,9 +80,11 @@ def get_config(model: str = "tiny", ssa: str = "ssa", mode: str = "pretrain") ->
     config.train.temperature_lr_multiplier = 1e4
   if models.MODELS[model]["d_model"] >= 4096:
     # 7B / 8B: fp32 parameters + Adam moments are ~84 GB, so they are sharded over every device (FSDP) rather
-    # than replicated, and each block's activations are recomputed in the backward pass.
+    # than replicated, and each block's activations are recomputed in the backward pass. The 32 layers run under
+    # nn.scan: one block compiles instead of 32 (bench/bench_compile.py: flat in depth).
     config.mesh.update(dict(data=1, fsdp=-1))
     config.model.remat = "full"
+    config.model.scan_layers = True
   # bf16 compute on accelerators (params and optimizer state stay fp32); the CPU demo computes in fp32.
   config.model.dtype = "float32" if mode == "demo" else "bfloat16"
   return config

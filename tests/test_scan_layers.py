@@ -119,3 +119,17 @@ def test_scanned_params_shard_with_the_layer_axis_replicated():
   params = jax.jit(lambda r: init_params(scfg, r), out_shardings=shardings)(jax.random.PRNGKey(0))
   tokens = jnp.zeros((2, 8), jnp.int32)
   assert np.isfinite(np.asarray(Decoder(scfg).apply({"params": params}, tokens))).all()
+
+
+def test_analyses_read_scanned_models_as_unrolled_ones():
+  from ssa_jax.analysis import norms
+  from ssa_jax.analysis.temperatures import token_temperatures
+
+  cfg, params, scfg, sparams = _pair("neox", enabled=True, token_kind="mlp")
+  ids = [3, 1, 4, 1, 5, 9, 2, 6]
+  np.testing.assert_allclose(token_temperatures(Decoder(scfg), sparams, ids),
+                             token_temperatures(Decoder(cfg), params, ids), rtol=1e-5)
+  tokens = np.asarray([ids], np.int32)
+  unrolled, scanned = (norms.analyse_tokens(Decoder(c), p, tokens) for c, p in ((cfg, params), (scfg, sparams)))
+  for key in ("spec_raw", "spec_eff", "tau_q", "spikiness", "opnorm"):
+    np.testing.assert_allclose(scanned[key], unrolled[key], rtol=1e-4, atol=1e-6, err_msg=key)

@@ -22,6 +22,8 @@ import jax.numpy as jnp
 import numpy as np
 from etils import epath
 
+from ssa_jax.model import unstack_layers
+
 MEANING = "tau_q, the inverse query temperature (mean over heads): higher = sharper attention"
 NEWLINE_MARK = "\u21b5"  # the visible end of a line that ended with a newline token
 # DejaVu Sans Mono (matplotlib's bundled monospace font) advances 1233/2048 em per character.
@@ -33,7 +35,7 @@ def token_temperatures(model, params, ids: list[int]) -> np.ndarray:
   if "q" not in model.config.ssa.components:
     raise ValueError("the model has no query temperatures (config.ssa: enabled with query=True is needed)")
   _, state = model.apply({"params": params}, jnp.asarray([ids], jnp.int32), mutable=["intermediates"])
-  inter = state["intermediates"]
+  inter = unstack_layers(state["intermediates"], model.config.num_layers)  # scan_layers sows stacked taus
   rows = [np.asarray(inter[f"layers_{i}"]["attn"]["tau_q"][0])[0].mean(-1) for i in range(model.config.num_layers)]
   return np.stack(rows).astype(np.float32)
 

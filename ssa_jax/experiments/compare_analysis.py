@@ -19,6 +19,8 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from ssa_jax.model import unstack_layers
+
 CACHE = "compare_analysis.json"
 EVAL_RESULTS = "compare_eval.json"
 PERCENTILES = (5, 95)
@@ -55,7 +57,8 @@ def _sown_taus(model):
   @jax.jit
   def taus(params, tokens_BT):
     _, state = model.apply({"params": params}, tokens_BT, mutable=["intermediates"])
-    inter = state.get("intermediates", {})  # vanilla sows nothing
+    # Vanilla sows nothing; scan_layers sows one stacked tau per module.
+    inter = unstack_layers(state.get("intermediates", {}), model.config.num_layers)
     attn = [inter.get(f"layers_{i}", {}).get("attn", {}) for i in range(model.config.num_layers)]
     return {k: jnp.stack([a[k][0] for a in attn], 2) for k in attn[0] if k.startswith("tau_")}
 
