@@ -6,7 +6,9 @@
   python train.py --config=configs/llama2_7b_ssa.py --dry_run   # check the config, compile the step, print sizes
 
 Any config field can be overridden as --config.a.b=value. Re-running with the same workdir resumes exactly
-from the latest checkpoint there; Ctrl-C (or SIGTERM) saves a checkpoint first. One run per workdir.
+from the latest checkpoint there; Ctrl-C (or SIGTERM) saves a checkpoint first, and with several processes a
+signal to any one of them makes every process save the same step and exit (a second signal, or
+config.train.preemption_deadline_s after the first, exits at once). One run per workdir.
 Mistakes in flags or the config print one `error: ...` line and exit 2 (--verbosity=1: the traceback).
 """
 

@@ -58,6 +58,7 @@ def get_config(model: str = "tiny", ssa: str = "ssa", mode: str = "pretrain") ->
       log_every=10, eval_every=1000, eval_batches=16,
       checkpoint_every=1000, keep_checkpoints=3, async_checkpoints=True,
       max_nonfinite_steps=5, tensorboard=True,
+      preemption_deadline_s=300.0,  # from the first stop signal to exit, agreed or not; 0 = none
   ))
   config.train.update({"pretrain": PRETRAIN, "finetune": FINETUNE, "demo": DEMO}[mode])
   if config.train.seq_len > config.model.max_seq_len:

@@ -89,9 +89,13 @@ def train_manager(workdir: epath.Path, keep: int, async_save: bool = True) -> oc
 
 
 def save_train_state(mngr: ocp.CheckpointManager, state, data_states: list[dict], run_config: dict,
-                     force: bool = False) -> bool:
-  """Saves params, optimizer state, every process's data-iterator state and the run config at state.step."""
-  step = int(jax.device_get(state.step))
+                     force: bool = False, step: int | None = None) -> bool:
+  """Saves params, optimizer state, every process's data-iterator state and the run config at `step`.
+
+  `step`: the training loop's own count (= state.step); None reads state.step, which waits for the device
+  to finish the step (the loop passes its count so that only orbax's copy to the host waits)."""
+  if step is None:
+    step = int(jax.device_get(state.step))
   return mngr.save(step, force=force, args=ocp.args.Composite(
       params=ocp.args.StandardSave(state.params),
       opt_state=ocp.args.StandardSave(state.opt_state),

@@ -135,21 +135,33 @@ def test_ctrl_c_checkpoints_and_the_rerun_resumes_exactly(corpus, tmp_path):
 
 
 @needs_8
-def test_checkpoint_from_8_devices_restores_on_one(corpus, tmp_path):
+def test_checkpoint_from_8_devices_restores_on_one(corpus, tmp_path, monkeypatch):
   config = _config(corpus, steps=4, checkpoint_every=4)
   config.mesh.update(dict(data=2, fsdp=2, tensor=2))
+  saved = {}  # step -> the 8-device run's parameters as it saved them, gathered to the host
+  save = checkpoint.save_train_state
+
+  def recording_save(mngr, state, *args, **kwargs):
+    saved[kwargs["step"]] = traverse_util.flatten_dict(jax.device_get(state.params))
+    return save(mngr, state, *args, **kwargs)
+
+  monkeypatch.setattr(checkpoint, "save_train_state", recording_save)
   train(config, str(tmp_path / "run"))
-  saved = _final_params(tmp_path / "run")
-  # Evaluation-style restore onto one CPU device.
+  assert list(saved) == [4]
+  # Evaluation-style restore onto one CPU device: the same values.
   _, params, _ = checkpoint.load_model(tmp_path / "run")
   assert all(len(x.sharding.device_set) == 1 for x in jax.tree_util.tree_leaves(params))
+  restored = traverse_util.flatten_dict(jax.device_get(params))
+  assert restored.keys() == saved[4].keys()
+  for k in restored:
+    np.testing.assert_array_equal(restored[k], saved[4][k], err_msg="/".join(k))
   # Training resumes on a single device from the 8-device checkpoint.
   config.mesh.update(dict(data=-1, fsdp=1, tensor=1, num_devices=1))
   config.train.steps = 6
   summary = train(config, str(tmp_path / "run"))
   assert summary["step"] == 6
   assert sorted(_losses(tmp_path / "run")) == list(range(1, 7))
-  assert set(saved) == set(_final_params(tmp_path / "run"))
+  assert set(saved[4]) == set(_final_params(tmp_path / "run"))
 
 
 def test_nonfinite_steps_stop_the_run_with_a_good_checkpoint(corpus, tmp_path):
@@ -272,3 +284,23 @@ def test_finetune_from_hf_starts_near_identity_and_can_train_temperatures_only(c
   for k, v in before.items():
     np.testing.assert_array_equal(tuned[k], np.asarray(v), err_msg="/".join(k))
   assert summary["step"] == 3
+
+
+@pytest.mark.parametrize("missing,field,message", [
+    ({"gcsfs", "google.cloud.storage"}, "workdir", r"--workdir: 'gs://b/run' is a gs:// path, which needs gcsfs"),
+    ({"google.cloud.storage"}, "workdir", r"--workdir \(TensorBoard event files\): .* needs google-cloud-storage"),
+    ({"gcsfs"}, "init.hf_dir", r"config\.init\.hf_dir: 'gs://b/run' is a gs:// path, which needs gcsfs"),
+])
+def test_gs_paths_without_the_gcs_extra_fail_before_anything_runs(corpus, tmp_path, monkeypatch, missing, field,
+                                                                   message):
+  from ssa_jax import gcs
+
+  monkeypatch.setattr(gcs, "_installed", lambda module: module not in missing)
+  config = _config(corpus, tensorboard=True)
+  workdir = str(tmp_path / "run")
+  if field == "workdir":
+    workdir = "gs://b/run"
+  else:
+    config.init.hf_dir = "gs://b/run"
+  with pytest.raises(gcs.GcsSupportMissing, match=message + r".*pip install 'ssa-jax\[gcs\]'"):
+    prepare(config, workdir)

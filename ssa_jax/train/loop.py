@@ -5,8 +5,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
-import signal
 import time
 from typing import Any
 
@@ -19,16 +17,21 @@ from ssa_jax import checkpoint, sharding
 from ssa_jax.accelerator_check import warn_if_accelerator_unused
 from ssa_jax.config import ConfigError, ModelConfig, model_config_from_dict
 from ssa_jax.data.demo_counts import DEMO_FEATURE_PATH
+from ssa_jax.gcs import TENSORBOARD, require_gcs
 from ssa_jax.model import Decoder, param_shapes, uses_token_feature
 from ssa_jax.train import metrics as metrics_lib
 from ssa_jax.train.optim import learning_rate_schedule, make_optimizer
 from ssa_jax.train.state import TrainState, create_state, state_shardings
 from ssa_jax.train.loss import DEFAULT_LOSS_CHUNK_SIZE
-from ssa_jax.train.step import jit_train_step, make_eval_step
+from ssa_jax.train.preemption import StopRequests
+from ssa_jax.train.prefetch import DevicePrefetcher
+from ssa_jax.train.step import jit_loop_step, make_eval_step, nonfinite_counts
 from ssa_jax.train.workdir_lock import workdir_lock
 
 log = metrics_lib.log
 STOP_SIGNALS = ("SIGTERM", "SIGINT")  # the values of summary["stopped"] for a requested stop
+# How long a process may take from its first stop signal to its exit (config.train.preemption_deadline_s).
+DEFAULT_PREEMPTION_DEADLINE_S = 300.0
 
 
 @dataclasses.dataclass
@@ -114,6 +117,7 @@ def _check_init(config: ml_collections.ConfigDict, model_cfg: ModelConfig, dry_r
   """config.init: a fine-tune config needs a HF checkpoint; one that is named must exist (and match, in a
   dry run; a real run compares while loading it)."""
   hf_dir = config.init.hf_dir
+  require_gcs(hf_dir, "config.init.hf_dir")
   if hf_dir and not epath.Path(hf_dir).exists():
     raise ConfigError(f"config.init.hf_dir: {hf_dir} does not exist")
   if config.get("mode") == "finetune" and not hf_dir:
@@ -179,6 +183,13 @@ def check_config(config: ml_collections.ConfigDict, workdir: str | None, dry_run
   for field in ("steps", "global_batch_size", "seq_len", "log_every", "microbatches"):
     if int(t[field]) <= 0:
       raise ConfigError(f"config.train.{field}: expected a positive int, got {t[field]!r}")
+  if not dry_run:
+    require_gcs(str(workdir), "--workdir")
+    if t.tensorboard:
+      require_gcs(str(workdir), "--workdir (TensorBoard event files)", TENSORBOARD)
+  # The loop's own stop agreement (preemption.py) replaces jax's preemption service, whose C++ SIGTERM
+  # handler would swallow a SIGTERM that comes before the loop installs its handlers.
+  jax.config.update("jax_enable_preemption_service", False)
   sharding.maybe_initialize_distributed(config.distributed)
   warn_if_accelerator_unused()  # after distributed init: it starts jax's backends
   model_cfg = model_config_from_dict(config.model)
@@ -249,52 +260,17 @@ def _initial_params(run: Run):
   return params
 
 
-class _StopSignals:
-  """SIGTERM and a first Ctrl-C (SIGINT) become a request the loop checks after each step: it then saves a
-  checkpoint and exits. A second Ctrl-C exits at once (the default action: work since the last checkpoint
-  is lost). In multi-process runs the processes agree on the request, so that all of them stop at one step."""
-
-  def __init__(self):
-    self.signal_name: str | None = None
-    self._previous = {s: signal.signal(s, self._handle) for s in (signal.SIGTERM, signal.SIGINT)}
-
-  def _handle(self, signum, frame):
-    del frame
-    if self.signal_name is None:
-      self.signal_name = signal.Signals(signum).name
-    if signum == signal.SIGINT:
-      signal.signal(signal.SIGINT, signal.SIG_DFL)  # the next Ctrl-C ends the process wherever it is
-      if jax.process_index() == 0:
-        # os.write, not print: a handler must not re-enter a buffered stream the interrupted code is writing.
-        os.write(2, b"\nCtrl-C: saving a checkpoint after this step, then exiting "
-                    b"(Ctrl-C again exits at once, losing the steps since the last checkpoint)\n")
-
-  def requested(self) -> str | None:
-    """The first stop signal's name ('SIGTERM' / 'SIGINT') once any process got one, else None."""
-    if jax.process_count() == 1:
-      return self.signal_name
-    from jax.experimental import multihost_utils
-
-    codes = {None: 0, "SIGTERM": 1, "SIGINT": 2}
-    seen = int(np.max(multihost_utils.process_allgather(np.int32(codes[self.signal_name]))))
-    return {v: k for k, v in codes.items()}[seen]
-
-  def restore(self):
-    for s, previous in self._previous.items():
-      signal.signal(s, previous)
-
-
 def split_loss(run: Run, eval_step, params, split: str, max_batches: int | None = None) -> tuple[float | None, int]:
   """(mean next-token loss, batches) over `split`: its first `max_batches` batches, or all of it (None).
   Every batch is full, so the mean over batches is the mean over tokens."""
   it = data_iterator(run, split, repeat=False, max_batches=max_batches)
   losses = []
   try:
-    for batch in it:
-      losses.append(float(eval_step(params, sharding.global_batch(batch, run.mesh))))
+    for batch in it:  # read back once at the end: no host-device sync per batch
+      losses.append(eval_step(params, sharding.global_batch(batch, run.mesh)))
   finally:
     it.close()
-  return (float(np.mean(losses)) if losses else None), len(losses)
+  return (float(np.mean(jax.device_get(losses))) if losses else None), len(losses)
 
 
 def validation_loss(run: Run, eval_step, params) -> float | None:
@@ -314,7 +290,33 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     return _train(attach_data(run))
 
 
+def _initial_state(run: Run, mngr, tx, abstract, shardings, train_it) -> tuple[TrainState, int]:
+  """(state, step): the latest checkpoint's, the data iterator set to continue after it; else a fresh state."""
+  latest = mngr.latest_step()
+  if latest is None:
+    return create_state(run.model_cfg, tx, shardings, jax.random.PRNGKey(run.config.seed), _initial_params(run)), 0
+  params, opt_state, data_states = checkpoint.restore_train_state(mngr, latest, abstract, shardings)
+  state = TrainState(step=jax.device_put(np.int32(latest), shardings.step), params=params, opt_state=opt_state)
+  # Every process's streams, merged: the data layer restores its own streams from them whatever the new
+  # process count (the global batch layout depends on config.data.num_streams, not on the process count).
+  merged = dict(data_states[0], streams={k: v for st in data_states for k, v in st["streams"].items()})
+  train_it.set_state(merged)
+  log(f"resumed from {run.workdir}/checkpoints/{latest}")
+  return state, latest
+
+
 def _train(run: Run) -> dict[str, Any]:
+  """The loop. Per step the host takes a batch already on the devices (DevicePrefetcher), dispatches the
+  step and checks for an agreed stop request (a field read); it reads the devices only at log steps.
+
+  Non-finite steps: the step skips the update (params and Adam moments kept, the lr schedule on the global
+  step) and counts it on the device; the loop reads the counts at log steps and stops once
+  `config.train.max_nonfinite_steps` came in a row: detected at the next log step at the latest, with the
+  parameters after the last finite update checkpointed (every update that was applied was finite).
+  Stop signals (SIGTERM, Ctrl-C) to any process: every process saves the same step and exits
+  (ssa_jax/train/preemption.py)."""
+  from ssa_jax.data.pipeline import sum_over_processes
+
   cfg, t, mesh = run.config, run.config.train, run.mesh
   model = Decoder(run.model_cfg)
   shapes = param_shapes(run.model_cfg)
@@ -324,114 +326,108 @@ def _train(run: Run) -> dict[str, Any]:
   run_config = json.loads(cfg.to_json_best_effort())
   if jax.process_index() == 0:
     (run.workdir / "config.json").write_text(json.dumps(run_config, indent=2))
-
-  mngr = checkpoint.train_manager(run.workdir, t.keep_checkpoints, async_save=t.async_checkpoints)
-  train_it = data_iterator(run, cfg.data.train_split, repeat=True)
-  latest = mngr.latest_step()
-  if latest is not None:
-    params, opt_state, data_states = checkpoint.restore_train_state(mngr, latest, abstract, shardings)
-    state = TrainState(step=jax.device_put(np.int32(latest), shardings.step), params=params, opt_state=opt_state)
-    # Every process's streams, merged: the data layer restores its own streams from them whatever the new
-    # process count (the global batch layout depends on config.data.num_streams, not on the process count).
-    merged = dict(data_states[0], streams={k: v for st in data_states for k, v in st["streams"].items()})
-    train_it.set_state(merged)
-    log(f"resumed from {run.workdir}/checkpoints/{latest}")
-  else:
-    state = create_state(run.model_cfg, tx, shardings, jax.random.PRNGKey(cfg.seed), _initial_params(run))
-  start = int(jax.device_get(state.step))
-
-  batch_sharding = sharding.batch_sharding(mesh)
-  step_fn = jit_train_step(model, tx, schedule, t.microbatches, shardings, mesh, loss_chunk_size(t))
-  eval_step = jax.jit(make_eval_step(model, loss_chunk_size(t)),
-                      in_shardings=(shardings.params, {"tokens": batch_sharding}),
-                      out_shardings=sharding.replicated(mesh))
-
-  writer = metrics_lib.MetricsWriter(run.workdir, t.tensorboard, resume_step=start)
-  progress = metrics_lib.ConsoleProgress(t.steps, start)
-  tokens_per_step = t.global_batch_size * t.seq_len
-  flops_token = flops_per_token(run.model_cfg, t.seq_len)
-  peak = metrics_lib.peak_flops_per_device(jax.devices()[0].device_kind)
-  stop_signals = _StopSignals()
-  log(f"training {run.model_cfg.family} (SSA {describe_ssa(run.model_cfg.ssa)}) "
-      f"on mesh {dict(mesh.shape)} ({jax.devices()[0].device_kind}), steps {start}->{t.steps}, "
-      f"{tokens_per_step:,} tokens/step; Ctrl-C saves a checkpoint and stops")
-
-  def save(force: bool) -> None:
-    if mngr.latest_step() == int(jax.device_get(state.step)):
-      return  # already saved at this step (e.g. the last step is a multiple of checkpoint_every)
-    checkpoint.save_train_state(mngr, state, checkpoint.gather_json(train_it.get_state()), run_config, force=force)
-
-  bad_in_a_row, nonfinite_total, pending = 0, 0, None
-  last_loss, stopped = None, None
-  t_last, steps_since = time.time(), 0
+  # From here on a stop signal ends the run after its next step, with a checkpoint.
+  stop = StopRequests(float(t.get("preemption_deadline_s", DEFAULT_PREEMPTION_DEADLINE_S)))
+  train_it = batches = writer = None
   try:
+    mngr = checkpoint.train_manager(run.workdir, t.keep_checkpoints, async_save=t.async_checkpoints)
+    train_it = data_iterator(run, cfg.data.train_split, repeat=True)
+    state, start = _initial_state(run, mngr, tx, abstract, shardings, train_it)
+    data_state = train_it.get_state()  # the iterator's state after the batches trained on so far
+    batches = DevicePrefetcher(train_it, lambda b: sharding.global_batch(b, mesh))
+    replicated = sharding.replicated(mesh)
+    counts = jax.jit(nonfinite_counts, out_shardings=replicated)()
+    step_fn = jit_loop_step(model, tx, schedule, t.microbatches, shardings, mesh, loss_chunk_size(t))
+    eval_step = jax.jit(make_eval_step(model, loss_chunk_size(t)),
+                        in_shardings=(shardings.params, {"tokens": sharding.batch_sharding(mesh)}),
+                        out_shardings=replicated)
+
+    writer = metrics_lib.MetricsWriter(run.workdir, t.tensorboard, resume_step=start)
+    progress = metrics_lib.ConsoleProgress(t.steps, start)
+    tokens_per_step = t.global_batch_size * t.seq_len
+    flops_token = flops_per_token(run.model_cfg, t.seq_len)
+    peak = metrics_lib.peak_flops_per_device(jax.devices()[0].device_kind)
+    log(f"training {run.model_cfg.family} (SSA {describe_ssa(run.model_cfg.ssa)}) "
+        f"on mesh {dict(mesh.shape)} ({jax.devices()[0].device_kind}), steps {start}->{t.steps}, "
+        f"{tokens_per_step:,} tokens/step; Ctrl-C saves a checkpoint and stops")
+
+    host_step = start  # the step count on the host: reading state.step would wait for the device
+
+    def save(force: bool) -> None:
+      if mngr.latest_step() == host_step:
+        return  # already saved at this step (e.g. the last step is a multiple of checkpoint_every)
+      checkpoint.save_train_state(mngr, state, checkpoint.gather_json(data_state), run_config, force=force,
+                                  step=host_step)
+
+    last_loss, stopped, nonfinite_logged = None, None, 0
+    t_last, steps_since, logged_at = time.time(), 0, start
     for step in range(start, t.steps):
-      batch = sharding.global_batch(next(train_it), mesh)
-      state, m = step_fn(state, batch)
-      steps_since += 1
-      # Read the previous step's flag: one step of lag keeps the host ahead of the device.
-      if pending is not None:
-        if bool(pending):
-          bad_in_a_row, nonfinite_total = bad_in_a_row + 1, nonfinite_total + 1
-          log(f"step {step}: non-finite loss or gradient; update skipped ({bad_in_a_row} in a row)")
-        else:
-          bad_in_a_row = 0
-        if bad_in_a_row >= t.max_nonfinite_steps:
-          stopped = f"{bad_in_a_row} non-finite steps in a row"
-          break
-      pending = m["nonfinite"]
-      done = step + 1
+      item = next(batches)
+      state, counts, m = step_fn(state, counts, item.batch)
+      host_step, data_state, steps_since = step + 1, item.data_state, steps_since + 1
+      done = host_step
       if done % t.log_every == 0 or done == t.steps:
-        m = jax.device_get(m)
+        m, c = jax.device_get((m, counts))  # the loop's only device read
         elapsed = time.time() - t_last
         tps = tokens_per_step * steps_since / elapsed
+        data_stats = sum_over_processes(item.data_stats)  # a collective, at the same steps on every process
         record = {"step": done, "loss": float(m["loss"]), "lr": float(m["lr"]), "grad_norm": float(m["grad_norm"]),
                   "tokens_per_s": tps, "tokens_per_s_per_device": tps / mesh.size,
                   "mfu": metrics_lib.mfu(tps, flops_token, peak, mesh.size),
-                  "nonfinite_total": nonfinite_total + int(m["nonfinite"]),
+                  "nonfinite_total": int(c["total"]),
                   **{k: v for k, v in m.items() if k.startswith("tau_")},
-                  **{f"data/{k}": v for k, v in train_it.stats().items()}}
+                  **{f"data/{k}": v for k, v in data_stats.items()}}
         writer.write(record)
         progress.line(done, record)
-        last_loss, t_last, steps_since = record["loss"], time.time(), 0
+        if int(c["total"]) > nonfinite_logged:
+          log(f"steps {logged_at + 1}-{done}: {int(c['total']) - nonfinite_logged} non-finite loss or gradient, "
+              f"update skipped ({int(c['in_a_row'])} in a row at step {done}, at most {int(c['longest'])})")
+          nonfinite_logged = int(c["total"])
+        last_loss, t_last, steps_since, logged_at = record["loss"], time.time(), 0, done
+        if int(c["longest"]) >= t.max_nonfinite_steps:
+          stopped = f"{int(c['longest'])} non-finite steps in a row"
+          break
       if t.eval_every and done % t.eval_every == 0 and done != t.steps:
         val = validation_loss(run, eval_step, state.params)
         if val is not None:
           writer.write({"step": done, "val_loss": val, "val_ppl": math.exp(min(val, 50.0))})
           log(f"step {done}: validation loss {val:.4f} ppl {math.exp(min(val, 50.0)):.2f}")
-      signal_name = stop_signals.requested()
+      signal_name = stop.check(done)
       if signal_name:
         stopped = signal_name
         break
       if t.checkpoint_every and done % t.checkpoint_every == 0:
         save(force=False)
-    if pending is not None and bool(pending) and stopped is None:
-      nonfinite_total += 1
     save(force=True)
     mngr.wait_until_finished()
-    # A stop requested during the last step's save ends the run here too; from now on Ctrl-C interrupts.
-    stopped = stopped or stop_signals.requested()
-    stop_signals.restore()
-    final_step = int(jax.device_get(state.step))
+    # Every process, the same answer: a stop requested during the last steps or the save ends the run here
+    # too. The handlers are restored: from now on Ctrl-C interrupts.
+    agreed = stop.finish()
+    stopped = stopped or agreed
+    final_step = host_step
     summary = {"step": final_step, "loss": last_loss, "workdir": str(run.workdir), "stopped": stopped,
-               "nonfinite_steps": nonfinite_total}
+               "nonfinite_steps": int(jax.device_get(counts["total"]))}
     if not stopped:
       val = validation_loss(run, eval_step, state.params)
       if val is not None:
         summary.update(val_loss=val, val_ppl=math.exp(min(val, 50.0)))
         writer.write({"step": final_step, "val_loss": val, "val_ppl": summary["val_ppl"]})
   finally:
-    stop_signals.restore()
-    writer.close()
-    train_it.close()
+    if batches is not None:
+      batches.close()
+    stop.close()
+    if writer is not None:
+      writer.close()
+    if train_it is not None:
+      train_it.close()
   if stopped:
     how = {"SIGINT": "by Ctrl-C (SIGINT)", "SIGTERM": "by SIGTERM"}.get(stopped, f"after {stopped}")
     log(f"stopped at step {final_step} {how}; checkpoint saved in {run.workdir}/checkpoints/{final_step}")
     if stopped in STOP_SIGNALS:
       log("run the same command again to resume from it")
       return summary
-    raise FloatingPointError(f"training stopped: {stopped}; the last good parameters are checkpointed at step "
-                             f"{final_step} in {run.workdir}/checkpoints")
+    raise FloatingPointError(f"training stopped: {stopped}; the parameters after the last finite update are "
+                             f"checkpointed at step {final_step} in {run.workdir}/checkpoints")
   if cfg.eval.at_end:
     from ssa_jax.train.final_eval import evaluate_at_end
 

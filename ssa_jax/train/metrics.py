@@ -104,6 +104,9 @@ class MetricsWriter:
       kept = [l for l in self.path.read_text().splitlines() if l.strip() and json.loads(l)["step"] <= resume_step]
       self.path.write_text("".join(l + "\n" for l in kept))
     if tensorboard:
+      from ssa_jax.gcs import TENSORBOARD, require_gcs
+
+      require_gcs(str(workdir), "--workdir (TensorBoard event files)", TENSORBOARD)
       from tensorboardX import SummaryWriter
 
       self.tb = SummaryWriter(str(workdir / "tensorboard"), purge_step=resume_step + 1)

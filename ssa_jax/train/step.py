@@ -52,7 +52,8 @@ def strided_microbatches(tokens_BX: jax.Array, microbatches: int) -> jax.Array:
 
 def make_train_step(model: Decoder, tx: optax.GradientTransformation, schedule: Callable, microbatches: int,
                     loss_chunk_size: int = DEFAULT_LOSS_CHUNK_SIZE):
-  """train_step(state, batch) -> (state, metrics). A non-finite loss or gradient leaves params untouched.
+  """train_step(state, batch) -> (state, metrics). A non-finite loss or gradient leaves params and optimizer
+  moments untouched (`skip_update`); the step count and the learning-rate schedule still advance.
 
   `microbatches` M > 1 accumulates the gradient over M strided microbatches (see `strided_microbatches`) in a
   scan, one microbatch's activations alive at a time; the update is that of the whole batch.
@@ -89,11 +90,40 @@ def make_train_step(model: Decoder, tx: optax.GradientTransformation, schedule: 
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
     keep = lambda new, old: jax.tree_util.tree_map(lambda n, o: jnp.where(finite, n, o), new, old)
     new_state = TrainState(step=state.step + 1, params=keep(params, state.params),
-                           opt_state=keep(opt_state, state.opt_state))
+                           opt_state=skip_update(finite, opt_state, state.opt_state))
     metrics = {"loss": loss, "grad_norm": grad_norm, "lr": schedule(state.step), "nonfinite": ~finite, **stats}
     return new_state, metrics
 
   return train_step
+
+
+def skip_update(finite: jax.Array, new_opt_state, old_opt_state):
+  """The optimizer state after a step: the new one when `finite`, else the old one but for the schedules'
+  step counts, which advance anyway, so that the learning rate stays schedule(global step) after a skip.
+
+  Adam's own count stays with its moments (its bias correction counts the updates the moments hold).
+  """
+  is_schedule = lambda x: isinstance(x, optax.ScaleByScheduleState)
+
+  def pick(new, old):
+    if is_schedule(new):
+      return new
+    return jax.tree_util.tree_map(lambda n, o: jnp.where(finite, n, o), new, old)
+
+  return jax.tree_util.tree_map(pick, new_opt_state, old_opt_state, is_leaf=is_schedule)
+
+
+def nonfinite_counts() -> dict[str, jax.Array]:
+  """The loop's non-finite step counters (int32 scalars), carried on the device from step to step:
+  `total` skipped steps, `in_a_row` ending at the latest step, `longest` run so far."""
+  return {k: jnp.zeros((), jnp.int32) for k in ("total", "in_a_row", "longest")}
+
+
+def count_nonfinite(counts: dict[str, jax.Array], nonfinite: jax.Array) -> dict[str, jax.Array]:
+  """The counters after a step whose update was skipped (`nonfinite`) or applied."""
+  bad = nonfinite.astype(jnp.int32)
+  in_a_row = (counts["in_a_row"] + 1) * bad
+  return {"total": counts["total"] + bad, "in_a_row": in_a_row, "longest": jnp.maximum(counts["longest"], in_a_row)}
 
 
 def make_eval_step(model: Decoder, loss_chunk_size: int = DEFAULT_LOSS_CHUNK_SIZE):
@@ -114,3 +144,20 @@ def jit_train_step(model: Decoder, tx, schedule, microbatches: int, shardings: T
   return jax.jit(make_train_step(model, tx, schedule, microbatches, loss_chunk_size),
                  in_shardings=(shardings, {"tokens": sharding.batch_sharding(mesh)}),
                  out_shardings=(shardings, sharding.replicated(mesh)), donate_argnums=(0,))
+
+
+def jit_loop_step(model: Decoder, tx, schedule, microbatches: int, shardings: TrainState, mesh,
+                  loss_chunk_size: int = DEFAULT_LOSS_CHUNK_SIZE):
+  """The training loop's step: loop_step(state, counts, batch) -> (state, counts, metrics), the train step
+  plus the non-finite counters (`nonfinite_counts`), so that the loop reads the device only at log steps."""
+  from ssa_jax import sharding
+
+  train_step = make_train_step(model, tx, schedule, microbatches, loss_chunk_size)
+
+  def loop_step(state, counts, batch):
+    state, metrics = train_step(state, batch)
+    return state, count_nonfinite(counts, metrics["nonfinite"]), metrics
+
+  replicated = sharding.replicated(mesh)
+  return jax.jit(loop_step, in_shardings=(shardings, replicated, {"tokens": sharding.batch_sharding(mesh)}),
+                 out_shardings=(shardings, replicated, replicated), donate_argnums=(0, 1))
