@@ -61,6 +61,17 @@ def resolve_num_streams(requested: int, global_batch_size: int, process_count: i
   return requested
 
 
+
+def put_until_stopped(q: queue.Queue, item, stop: threading.Event) -> bool:
+  """Puts `item` on the bounded queue `q`, waiting for room; False (not put) once `stop` is set."""
+  while not stop.is_set():
+    try:
+      q.put(item, timeout=0.1)
+      return True
+    except queue.Full:
+      continue
+  return False
+
 class LMIterator:
   """`next(it)` -> {"tokens": int32 [B / P, seq_len + 1]}; `get_state`/`set_state` resume exactly.
 
@@ -180,13 +191,7 @@ class LMIterator:
     return total
 
   def _put(self, item) -> bool:
-    while not self._stop_event.is_set():
-      try:
-        self._queue.put(item, timeout=0.1)
-        return True
-      except queue.Full:
-        continue
-    return False
+    return put_until_stopped(self._queue, item, self._stop_event)
 
   def _produce(self, step: int) -> None:
     try:

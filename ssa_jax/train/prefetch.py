@@ -13,6 +13,8 @@ import queue
 import threading
 from typing import Any, Callable
 
+from ssa_jax.data.pipeline import put_until_stopped
+
 _END = object()
 
 
@@ -39,13 +41,7 @@ class DevicePrefetcher:
     self._thread.start()
 
   def _put(self, item) -> bool:
-    while not self._stop.is_set():
-      try:
-        self._queue.put(item, timeout=0.1)
-        return True
-      except queue.Full:
-        continue
-    return False
+    return put_until_stopped(self._queue, item, self._stop)
 
   def _produce(self) -> None:
     try:
