@@ -24,7 +24,7 @@ import ml_collections
 from ssa_jax import sharding
 from ssa_jax.model import Decoder, count_params, is_temperature_param, param_shapes
 from ssa_jax.train import metrics as metrics_lib
-from ssa_jax.train.loop import describe_ssa, flops_per_token, loss_chunk_size, prepare
+from ssa_jax.train.loop import describe_ssa, flops_per_token, prepare
 from ssa_jax.train.optim import learning_rate_schedule, make_optimizer
 from ssa_jax.train.state import state_shardings
 from ssa_jax.train.step import jit_train_step
@@ -65,7 +65,7 @@ def dry_run(config: ml_collections.ConfigDict, stage: str = "compile") -> dict[s
   abstract, shardings = state_shardings(cfg, tx, mesh, run.rules, shapes)
   state_in, batch_in = abstract_inputs(abstract, shardings, (t.global_batch_size, t.seq_len + 1), mesh)
   step_fn = jit_train_step(Decoder(cfg), tx, learning_rate_schedule(t), t.microbatches, shardings, mesh,
-                           loss_chunk_size(t))
+                           int(t.loss_chunk_size))
 
   t0 = time.time()
   lowered = step_fn.lower(state_in, batch_in)

@@ -52,7 +52,7 @@ def heldout_perplexity(run, eval_step, params) -> dict[str, Any] | None:
   none (config.eval.heldout_split '' or a corpus without a separate split: the console says which)."""
   from ssa_jax.train.loop import log, split_loss
 
-  split = run.config.eval.get("heldout_split", "test")
+  split = run.config.eval.heldout_split
   if not split:
     return None
   why_not = _heldout_split_is_separate(run, split)

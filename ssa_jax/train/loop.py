@@ -22,7 +22,6 @@ from ssa_jax.model import Decoder, param_shapes, uses_token_feature
 from ssa_jax.train import metrics as metrics_lib
 from ssa_jax.train.optim import learning_rate_schedule, make_optimizer
 from ssa_jax.train.state import TrainState, create_state, state_shardings
-from ssa_jax.train.loss import DEFAULT_LOSS_CHUNK_SIZE
 from ssa_jax.train.preemption import StopRequests
 from ssa_jax.train.prefetch import DevicePrefetcher
 from ssa_jax.train.step import jit_loop_step, make_eval_step, nonfinite_counts
@@ -30,8 +29,6 @@ from ssa_jax.train.workdir_lock import workdir_lock
 
 log = metrics_lib.log
 STOP_SIGNALS = ("SIGTERM", "SIGINT")  # the values of summary["stopped"] for a requested stop
-# How long a process may take from its first stop signal to its exit (config.train.preemption_deadline_s).
-DEFAULT_PREEMPTION_DEADLINE_S = 300.0
 
 
 @dataclasses.dataclass
@@ -227,11 +224,6 @@ def prepare(config: ml_collections.ConfigDict, workdir: str | None, dry_run: boo
   return run if dry_run else attach_data(run)
 
 
-def loss_chunk_size(t: ml_collections.ConfigDict) -> int:
-  """config.train.loss_chunk_size (positions per LM-head chunk of the loss; 0 = whole logits)."""
-  return int(t.get("loss_chunk_size", DEFAULT_LOSS_CHUNK_SIZE))
-
-
 def flops_per_token(model_cfg: ModelConfig, seq_len: int) -> float:
   """Training FLOPs per token, the decoder's and SSA's temperature matmuls together (for MFU)."""
   return metrics_lib.flops_per_token(model_cfg, seq_len) + metrics_lib.ssa_flops_per_token(model_cfg, seq_len)
@@ -327,7 +319,7 @@ def _train(run: Run) -> dict[str, Any]:
   if jax.process_index() == 0:
     (run.workdir / "config.json").write_text(json.dumps(run_config, indent=2))
   # From here on a stop signal ends the run after its next step, with a checkpoint.
-  stop = StopRequests(float(t.get("preemption_deadline_s", DEFAULT_PREEMPTION_DEADLINE_S)))
+  stop = StopRequests(float(t.preemption_deadline_s))
   train_it = batches = writer = None
   try:
     mngr = checkpoint.train_manager(run.workdir, t.keep_checkpoints, async_save=t.async_checkpoints)
@@ -337,8 +329,8 @@ def _train(run: Run) -> dict[str, Any]:
     batches = DevicePrefetcher(train_it, lambda b: sharding.global_batch(b, mesh))
     replicated = sharding.replicated(mesh)
     counts = jax.jit(nonfinite_counts, out_shardings=replicated)()
-    step_fn = jit_loop_step(model, tx, schedule, t.microbatches, shardings, mesh, loss_chunk_size(t))
-    eval_step = jax.jit(make_eval_step(model, loss_chunk_size(t)),
+    step_fn = jit_loop_step(model, tx, schedule, t.microbatches, shardings, mesh, int(t.loss_chunk_size))
+    eval_step = jax.jit(make_eval_step(model, int(t.loss_chunk_size)),
                         in_shardings=(shardings.params, {"tokens": sharding.batch_sharding(mesh)}),
                         out_shardings=replicated)
 
