@@ -43,7 +43,8 @@ SSA_DEFAULTS = dict(enabled=False, query=True, key=False, value=True, token=True
 MODEL_DEFAULTS = dict(num_kv_heads=0, head_dim=0, norm_eps=1e-5, activation="gelu_tanh", rope_theta=10000.0,
                       rotary_pct=1.0, rope_scaling=None, parallel_residual=False, tie_embeddings=False,
                       qkv_bias=False, out_bias=False, mlp_bias=False, init_std=0.02, dtype="float32",
-                      attention_impl="auto", remat="none", scan_layers=False)
+                      attention_impl="auto", splash_block_q=512, splash_block_kv=512, remat="none",
+                      scan_layers=False)
 
 
 def model_config(name: str, ssa: str = "vanilla") -> ml_collections.ConfigDict:

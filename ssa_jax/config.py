@@ -13,7 +13,7 @@ POSITION_KINDS = ("log", "yarn", "constant", "ssmax")
 QUERY_ONLY_POSITION_KINDS = ("yarn", "constant", "ssmax")  # logit temperatures in their sources
 WEIGHT_SHARING_SCOPES = ("layer", "head")
 ACTIVATIONS = ("gelu_tanh", "gelu", "silu")
-ATTENTION_IMPLS = ("auto", "xla", "cudnn")
+ATTENTION_IMPLS = ("auto", "xla", "cudnn", "splash")
 REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
 DTYPES = ("float32", "bfloat16", "float16")
 
@@ -170,7 +170,11 @@ class ModelConfig:
   mlp_bias: bool = False
   init_std: float = 0.02
   dtype: str = "float32"  # compute dtype; params are always float32
-  attention_impl: str = "auto"  # 'auto': cuDNN for bf16 / fp16 on GPU, XLA otherwise
+  attention_impl: str = "auto"  # 'auto': splash on TPU, cuDNN for bf16 / fp16 on GPU, XLA otherwise
+  # 'splash' (the Pallas TPU kernel): query / key-value block sizes of its forward and backward passes
+  # (multiples of 128; a block larger than the sequence is clipped to it).
+  splash_block_q: int = 512
+  splash_block_kv: int = 512
   remat: str = "none"
   # Layers under nn.scan: one compiled block whatever the depth; parameters stacked as params["layers"] with a
   # leading layer axis (checkpoints record it through this field; ssa_jax.model.{stack,unstack}_layers convert).
@@ -231,6 +235,9 @@ class ModelConfig:
       bad("dtype", f"unknown {self.dtype!r}; expected one of {DTYPES}")
     if self.attention_impl not in ATTENTION_IMPLS:
       bad("attention_impl", f"unknown {self.attention_impl!r}; expected one of {ATTENTION_IMPLS}")
+    for name in ("splash_block_q", "splash_block_kv"):
+      if not isinstance(getattr(self, name), int) or getattr(self, name) <= 0 or getattr(self, name) % 128:
+        bad(name, f"expected a positive multiple of 128, got {getattr(self, name)!r}")
     if self.remat not in REMAT_POLICIES:
       bad("remat", f"unknown {self.remat!r}; expected one of {REMAT_POLICIES}")
     self.ssa.validate(self.max_seq_len, self.d_model, where=f"{where}.ssa")
