@@ -9,8 +9,9 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 
-from ssa_jax.config import ModelConfig
+from ssa_jax.config import ConfigError, ModelConfig
 from ssa_jax.layers import apply_rope, compute_dtype, dense
+from ssa_jax.splash_attention import splash_attention
 from ssa_jax.temperature import Temperature
 
 Array = jax.Array
@@ -25,15 +26,38 @@ class LayerCache:
 
 
 def kernel_implementation(cfg: ModelConfig, backend: str | None = None) -> str:
-  """The `jax.nn.dot_product_attention` implementation for the causal full forward.
+  """The attention kernel of the causal full forward: 'splash', 'cudnn' or 'xla'.
 
-  'auto': cuDNN (flash) on GPU when the compute dtype is bfloat16 / float16 (cuDNN takes nothing else), XLA
-  otherwise (CPU, TPU, float32 on GPU). `backend` defaults to jax's default backend.
+  'auto': splash (Pallas) on TPU, cuDNN (flash) on GPU when the compute dtype is bfloat16 / float16 (cuDNN
+  takes nothing else), XLA otherwise (CPU, float32 on GPU). `backend` defaults to the platform of the mesh
+  the computation is traced under (`jax.set_mesh`; so a TPU program compiled ahead of time on a CPU host
+  gets TPU's kernel), else jax's default backend.
   """
+  backend = backend or traced_platform()
+  if cfg.attention_impl == "splash" and backend in ("gpu", "cuda", "rocm"):
+    raise ConfigError(f"model.attention_impl: 'splash' is a TPU kernel; on {backend} use 'cudnn', 'xla' or 'auto'")
   if cfg.attention_impl != "auto":
     return cfg.attention_impl
-  backend = backend or jax.default_backend()
+  if backend == "tpu":
+    return "splash"
   return "cudnn" if backend in ("gpu", "cuda") and cfg.dtype in ("bfloat16", "float16") else "xla"
+
+
+def traced_platform() -> str:
+  """The platform being compiled for: that of the mesh in context (`jax.set_mesh`), else jax's default."""
+  mesh = jax.sharding.get_abstract_mesh()
+  return jax.default_backend() if mesh.empty else mesh.abstract_device.platform
+
+
+def causal_attention(q_BTHD: Array, k_BTKD: Array, v_BTKD: Array, cfg: ModelConfig) -> Array:
+  """softmax(q k^T / sqrt(D)) v under the causal mask, with the kernel `kernel_implementation` picks."""
+  impl = kernel_implementation(cfg)
+  if impl == "splash":
+    # Off TPU (an explicit 'splash' on CPU) the Pallas kernel runs in interpret mode: for tests, slow.
+    return splash_attention(q_BTHD, k_BTKD, v_BTKD, block_q=cfg.splash_block_q, block_kv=cfg.splash_block_kv,
+                            interpret=traced_platform() != "tpu")
+  return jax.nn.dot_product_attention(
+      q_BTHD, k_BTKD, v_BTKD, scale=1.0 / math.sqrt(q_BTHD.shape[-1]), is_causal=True, implementation=impl)
 
 
 class SelectiveSelfAttention(nn.Module):
@@ -84,10 +108,9 @@ class SelectiveSelfAttention(nn.Module):
 
     scale = 1.0 / math.sqrt(D)
     if cache is None and mask_BTT is None:
-      out_BTHD = jax.nn.dot_product_attention(
-          q_BTHD, k_BTKD, v_BTKD, scale=scale, is_causal=True, implementation=kernel_implementation(cfg)
-      )
+      out_BTHD = causal_attention(q_BTHD, k_BTKD, v_BTKD, cfg)
     elif cache is None:
+      # Packed or tree-shaped rows (the eval scorer's trees are no segment mask): XLA with the explicit mask.
       out_BTHD = jax.nn.dot_product_attention(
           q_BTHD, k_BTKD, v_BTKD, scale=scale, mask=mask_BTT[:, None], implementation="xla"
       )
