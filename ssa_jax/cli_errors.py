@@ -4,10 +4,16 @@ What counts as a user mistake: a flag that does not parse, a config file that do
 load, a misspelled `--config.a.b` field (ml_collections' "Did you mean" suggestion is kept), and the error
 types the entry point names (ConfigError and the like) raised by main. `--verbosity=1` shows the full
 traceback instead. Ctrl-C outside a training loop's own handling prints `interrupted` and exits 130.
+
+Two kinds of entry point: absl ones (train.py, eval.py, `python -m ssa_jax.data.inspect`, ...) go through
+`run`; argparse ones (`python -m ssa_jax.analysis.*`, `ssa_jax.hf`, `ssa_jax.experiments.*`) build their
+parser with `ArgumentParser` (an argparse mistake is one line too, and it accepts --verbosity) and go
+through `run_argv`.
 """
 
 from __future__ import annotations
 
+import argparse
 import difflib
 import os
 import sys
@@ -19,13 +25,42 @@ from ml_collections import config_flags
 from ssa_jax.config import ConfigError
 
 USAGE_EXIT_CODE = 2
+INTERRUPTED_EXIT_CODE = 130
+# What a missing or wrong path, a bad value or a missing tensor raise in the argparse entry points (ConfigError
+# and checkpoint.NotACheckpointError are among them); anything else is a bug and keeps its traceback.
+PATH_AND_VALUE_ERRORS = (ValueError, KeyError, OSError)
 
 
 class _UserError(Exception):
   """A mistake already described in one line."""
 
 
-def _verbose_in_argv(argv: Sequence[str]) -> bool:
+class UsageError(Exception):
+  """A command-line mistake (a missing argument, two that exclude each other), described in one line."""
+
+
+def _module_prog() -> str | None:
+  """`python -m ssa_jax.x.y` for a module run with -m (argparse would say `y.py`); None otherwise."""
+  parts = os.path.normpath(os.path.abspath(sys.argv[0])).split(os.sep)
+  if "ssa_jax" not in parts or not parts[-1].endswith(".py"):
+    return None
+  dotted = parts[len(parts) - 1 - parts[::-1].index("ssa_jax"):]
+  return "python -m " + ".".join(dotted)[:-3]
+
+
+class ArgumentParser(argparse.ArgumentParser):
+  """argparse whose mistakes raise UsageError (one line via `run_argv`, not usage + error), with --verbosity."""
+
+  def __init__(self, *args, **kwargs):
+    kwargs.setdefault("prog", _module_prog())
+    super().__init__(*args, **kwargs)
+    self.add_argument("--verbosity", type=int, default=0, help="1: show the traceback of an error")
+
+  def error(self, message):
+    raise UsageError(f"{self.prog}: {message} (see --help)")
+
+
+def verbose_in_argv(argv: Sequence[str]) -> bool:
   """--verbosity=N / -v N and friends with N >= 1, read from the raw arguments (when parsing itself failed)."""
   names = ("--verbosity", "-verbosity", "--v", "-v")
   for i, arg in enumerate(argv):
@@ -45,7 +80,7 @@ def _verbose(argv: Sequence[str]) -> bool:
   try:
     return flags.FLAGS.is_parsed() and flags.FLAGS.verbosity >= 1
   except Exception:  # pylint: disable=broad-except
-    return _verbose_in_argv(argv)
+    return verbose_in_argv(argv)
 
 
 def _chain(e: BaseException):
@@ -115,6 +150,31 @@ def fail(message: str) -> NoReturn:
   sys.exit(USAGE_EXIT_CODE)
 
 
+def message_of(e: BaseException) -> str:
+  """The one-line message of a user error (a KeyError's without its repr quotes)."""
+  return _one_line(e.args[0] if isinstance(e, KeyError) and e.args else e)
+
+
+def run_argv(main: Callable[[list[str]], object], argv: Sequence[str] | None = None,
+             user_errors: tuple[type[BaseException], ...] = PATH_AND_VALUE_ERRORS) -> NoReturn:
+  """Exits with main(argv) (argv: sys.argv[1:]) of an argparse entry point; UsageError and `user_errors` as one
+  `error:` line and exit 2 (a traceback with --verbosity=1), Ctrl-C as `interrupted` and 130. An int that main
+  returns is the exit code, anything else exits 0."""
+  argv = list(sys.argv[1:] if argv is None else argv)
+  try:
+    result = main(argv)
+  except (UsageError, *user_errors) as e:
+    if verbose_in_argv(argv):
+      raise
+    fail(message_of(e))
+  except KeyboardInterrupt:
+    if verbose_in_argv(argv):
+      raise
+    print("interrupted", file=sys.stderr, flush=True)
+    sys.exit(INTERRUPTED_EXIT_CODE)
+  sys.exit(result if isinstance(result, int) and not isinstance(result, bool) else 0)
+
+
 def run(main: Callable[[list[str]], object], user_errors: tuple[type[BaseException], ...] = (ConfigError,),
         config_flag_names: Sequence[str] = ("config",)) -> None:
   """app.run(main), with flag / config-file mistakes and `user_errors` raised by main as one line, exit 2."""
@@ -123,6 +183,8 @@ def run(main: Callable[[list[str]], object], user_errors: tuple[type[BaseExcepti
     try:
       rest = flags.FLAGS(argv)
       for name in config_flag_names:
+        if flags.FLAGS[name].default is None and not flags.FLAGS[name].present:
+          continue  # an optional --config that was not given
         try:
           # Config files load lazily (a failed load raises at first use): surface a missing or broken one now.
           getattr(getattr(flags.FLAGS, name), "keys")
@@ -134,7 +196,7 @@ def run(main: Callable[[list[str]], object], user_errors: tuple[type[BaseExcepti
     except _UserError as e:
       fail(str(e))
     except Exception as e:  # pylint: disable=broad-except
-      if _verbose_in_argv(argv):
+      if verbose_in_argv(argv):
         raise
       fail(_describe_parse_error(e, argv, config_flag_names))
     raise AssertionError("unreachable")
@@ -142,14 +204,14 @@ def run(main: Callable[[list[str]], object], user_errors: tuple[type[BaseExcepti
   def guarded_main(argv: list[str]):
     try:
       return main(argv)
-    except user_errors as e:
+    except (UsageError, *user_errors) as e:
       if _verbose(argv):
         raise
-      fail(_one_line(e))
+      fail(message_of(e))
     except KeyboardInterrupt:
       if _verbose(argv):
         raise
       print("interrupted", file=sys.stderr, flush=True)
-      sys.exit(130)
+      sys.exit(INTERRUPTED_EXIT_CODE)
 
   app.run(guarded_main, flags_parser=parse)

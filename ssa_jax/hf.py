@@ -1,7 +1,10 @@
 """Hugging Face checkpoints <-> (Decoder, params) for GPT-2, GPT-NeoX (Pythia) and Llama, both directions.
 
-An SSA model exports its temperature tensors as `ssa.<param path>` beside the standard tensors and an `ssa`
-block in config.json; `from_hf` restores them exactly. `transformers` ignores both (it loads the vanilla model).
+An export is a Hugging Face directory: config.json + model.safetensors (the standard tensors, all that
+`transformers` reads) + the tokenizer. An SSA model adds its temperature tensors as `ssa.<param path>` in a
+second file, ssa.safetensors, and an `ssa` block in config.json; `from_hf` reads both and restores the model
+exactly, while transformers looks at neither (it loads the vanilla model, quietly). Exports from before
+ssa.safetensors, with the `ssa.*` tensors inside model.safetensors, are read too.
 
 CLI:  python -m ssa_jax.hf import HF_DIR OUT_DIR     (HF checkpoint -> our model directory)
       python -m ssa_jax.hf export CKPT_DIR HF_DIR    (our model directory or training checkpoint -> HF)
@@ -33,6 +36,7 @@ _HF_ACTIVATIONS = {"gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "g
 # Non-parameter buffers some checkpoints carry.
 _BUFFERS = re.compile(r"(\.attn\.(masked_)?bias|\.attention\.(masked_)?bias|rotary_emb\.inv_freq)$")
 SSA_PREFIX = "ssa."
+SSA_FILE = "ssa.safetensors"  # beside model.safetensors; transformers reads only model.safetensors / its index
 
 
 # ---------------------------------------------------------------------------------------------- config.json
@@ -247,7 +251,31 @@ def tensor_maps(cfg: ModelConfig) -> list[TensorMap]:
 
 
 # -------------------------------------------------------------------------------------------------- loading
+def is_training_workdir(path: epath.PathLike) -> bool:
+  """True for an ssa-jax training workdir (checkpoints/, or a config.json holding a run config), not an HF dir."""
+  path = epath.Path(path)
+  if (path / "checkpoints").is_dir():
+    return True
+  config = path / "config.json"
+  if not config.is_file():
+    return False
+  try:
+    obj = json.loads(config.read_text())
+  except ValueError:
+    return False
+  # A run config has model / train / data sections; a transformers config names its model_type.
+  return isinstance(obj, dict) and isinstance(obj.get("model"), dict) and "model_type" not in obj
+
+
 def read_hf_config(hf_dir: epath.PathLike) -> dict:
+  """config.json of a Hugging Face directory; a training workdir or a directory without one fails, named."""
+  if is_training_workdir(hf_dir):
+    raise ValueError(f"{hf_dir}: an ssa-jax training workdir (its config.json is a run config, its checkpoints "
+                     "are in checkpoints/), not a Hugging Face directory; export it with "
+                     f"`python -m ssa_jax.hf export {hf_dir} HF_DIR`")
+  if not epath.Path(hf_dir).is_dir():
+    raise FileNotFoundError(f"{hf_dir}: no such directory; expected a Hugging Face checkpoint directory "
+                            "(config.json + model.safetensors)")
   path = epath.Path(hf_dir) / "config.json"
   if not path.exists():
     raise FileNotFoundError(f"{hf_dir}: no config.json; expected a Hugging Face checkpoint directory")
@@ -255,17 +283,19 @@ def read_hf_config(hf_dir: epath.PathLike) -> dict:
 
 
 def read_hf_tensors(hf_dir: epath.PathLike) -> dict[str, np.ndarray]:
-  """All tensors of model.safetensors, or of the shards that model.safetensors.index.json names."""
+  """All tensors of model.safetensors (or of the shards its index names), and of ssa.safetensors if present."""
   hf_dir = epath.Path(hf_dir)
   index = hf_dir / "model.safetensors.index.json"
-  if index.exists():
-    files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-  elif (hf_dir / "model.safetensors").exists():
+  if (hf_dir / "model.safetensors").exists():  # transformers' own order: the single file before an index
     files = ["model.safetensors"]
+  elif index.exists():
+    files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
   else:
     raise FileNotFoundError(
         f"{hf_dir}: no model.safetensors or model.safetensors.index.json (PyTorch .bin files are not read; "
         "convert them with transformers' save_pretrained(safe_serialization=True))")
+  if (hf_dir / SSA_FILE).exists():
+    files.append(SSA_FILE)
   tensors = {}
   for name in files:
     tensors.update(read_safetensors(hf_dir / name))
@@ -347,9 +377,8 @@ def _init_ssa(cfg: ModelConfig, seed: int) -> dict:
 
 # -------------------------------------------------------------------------------------------------- export
 def to_hf(model: Decoder | ModelConfig, params: dict, out_dir: epath.PathLike) -> epath.Path:
-  """Writes config.json + model.safetensors that `transformers.AutoModelForCausalLM.from_pretrained` loads."""
-  from safetensors.numpy import save_file
-
+  """Writes config.json + model.safetensors that `transformers.AutoModelForCausalLM.from_pretrained` loads (and
+  ssa.safetensors for an SSA model, which from_hf reads and transformers does not)."""
   cfg = model.config if isinstance(model, Decoder) else model
   params = unstack_layers(params, cfg.num_layers)  # transformers' layout is one module per layer
   flat = {p: np.asarray(jax.device_get(v), np.float32) for p, v in traverse_util.flatten_dict(params).items()}
@@ -361,34 +390,42 @@ def to_hf(model: Decoder | ModelConfig, params: dict, out_dir: epath.PathLike) -
                        "the model config does not match what transformers' architecture expects")
     tensors[m.hf_key] = np.ascontiguousarray(m.to_hf([flat[p] for p in m.paths]))
   ssa = {SSA_PREFIX + ".".join(p): v for p, v in flat.items() if is_temperature_param("/".join(p))}
-  tensors.update(ssa)
   out_dir = epath.Path(out_dir)
   out_dir.mkdir(parents=True, exist_ok=True)
   (out_dir / "config.json").write_text(json.dumps(config_to_hf(cfg), indent=2))
-  if "://" in str(out_dir):  # safetensors writes local files only
-    with tempfile.TemporaryDirectory() as tmp:
-      save_file(tensors, f"{tmp}/model.safetensors", metadata={"format": "pt"})
-      epath.Path(f"{tmp}/model.safetensors").copy(out_dir / "model.safetensors", overwrite=True)
-  else:
-    save_file(tensors, str(out_dir / "model.safetensors"), metadata={"format": "pt"})
+  _save(tensors, out_dir / "model.safetensors")
   if ssa:
+    _save(ssa, out_dir / SSA_FILE)
     print(
         f"[ssa_jax.hf] WARNING: {out_dir} holds an SSA model. transformers will load it as the VANILLA "
-        f"{cfg.family} model and ignore the {len(ssa)} `ssa.*` temperature tensors, so its outputs differ from "
-        "this model's. Load it with ssa_jax.hf.from_hf to keep SSA.", file=sys.stderr)
+        f"{cfg.family} model (it reads model.safetensors only, not the {len(ssa)} temperature tensors in "
+        f"{SSA_FILE}), so its outputs differ from this model's. Load it with ssa_jax.hf.from_hf to keep SSA.",
+        file=sys.stderr)
+  elif (out_dir / SSA_FILE).exists():
+    (out_dir / SSA_FILE).unlink()  # a vanilla export over an SSA one: from_hf must not find stale temperatures
   return out_dir
+
+
+def _save(tensors: dict[str, np.ndarray], path: epath.Path) -> None:
+  """One .safetensors file, local or gs:// (safetensors writes local files only)."""
+  from safetensors.numpy import save_file
+
+  if "://" in str(path):
+    with tempfile.TemporaryDirectory() as tmp:
+      save_file(tensors, f"{tmp}/{path.name}", metadata={"format": "pt"})
+      epath.Path(f"{tmp}/{path.name}").copy(path, overwrite=True)
+  else:
+    save_file(tensors, str(path), metadata={"format": "pt"})
 
 
 # ------------------------------------------------------------------------------------------------------- CLI
 def _export_tokenizer(run_config: dict, ckpt_dir: str, hf_dir: epath.PathLike, model_vocab: int,
                       override: str = "") -> str:
   """Copies the checkpoint's tokenizer (or `override`) into the export; returns what it did, for the console."""
-  from ssa_jax.evaluate.loading import run_config_tokenizer
-  from ssa_jax.hf_tokenizer import copy_tokenizer
+  from ssa_jax.tokenizer_files import check_vocab, copy_tokenizer, run_config_tokenizer
 
   if override:  # a tokenizer that does not fit the model fails here, not at evaluation
     from ssa_jax.data.tokenizer import load_tokenizer
-    from ssa_jax.evaluate.loading import check_vocab
 
     check_vocab(load_tokenizer(override), model_vocab)
   source = override or run_config_tokenizer(run_config)
@@ -403,19 +440,11 @@ def _export_tokenizer(run_config: dict, ckpt_dir: str, hf_dir: epath.PathLike, m
   return f"tokenizer {', '.join(copy_tokenizer(source, hf_dir))} from {source}"
 
 
-class _UsageError(Exception):
-  """A command-line mistake, printed as one `error: ...` line."""
-
-
 def _parser():
-  import argparse
+  from ssa_jax.cli_errors import ArgumentParser  # pylint: disable=import-outside-toplevel
 
-  class Parser(argparse.ArgumentParser):
-    def error(self, message):  # argparse prints the usage text too; one line says it
-      raise _UsageError(f"{self.prog}: {message} (see --help)")
-
-  parser = Parser(prog="python -m ssa_jax.hf", description=__doc__.split("\n\n")[0])
-  sub = parser.add_subparsers(dest="command", required=True)
+  parser = ArgumentParser(prog="python -m ssa_jax.hf", description=__doc__.split("\n\n")[0])
+  sub = parser.add_subparsers(dest="command", required=True, parser_class=ArgumentParser)
   imp = sub.add_parser("import", help="HF checkpoint directory -> ssa-jax checkpoint directory")
   imp.add_argument("hf_dir")
   imp.add_argument("out_dir")
@@ -427,8 +456,9 @@ def _parser():
 
 
 def main(argv: list[str]) -> int:
-  from ssa_jax import checkpoint
-  from ssa_jax.evaluate.loading import tokenizer_in
+  """The command line; a user's mistake is one `error:` line and returns 2 (--verbosity=1: the traceback)."""
+  from ssa_jax import checkpoint, cli_errors
+  from ssa_jax.data.tokenizer import tokenizer_in
 
   try:
     args = _parser().parse_args(argv)
@@ -445,11 +475,15 @@ def main(argv: list[str]) -> int:
       what = _export_tokenizer(run_config, args.ckpt_dir, args.hf_dir, model.config.vocab_size, args.tokenizer)
       to_hf(model, params, args.hf_dir)
       print(f"exported {args.ckpt_dir} ({model.config.family}, {what}) -> {args.hf_dir}")
-  except (_UsageError, ValueError, KeyError, OSError) as e:  # a user's mistake: one line, no traceback
-    print(f"error: {e.args[0] if isinstance(e, KeyError) and e.args else e}", file=sys.stderr)
-    return 2
+  except (cli_errors.UsageError, *cli_errors.PATH_AND_VALUE_ERRORS) as e:  # a user's mistake: one line
+    if cli_errors.verbose_in_argv(argv):
+      raise
+    print(f"error: {cli_errors.message_of(e)}", file=sys.stderr)
+    return cli_errors.USAGE_EXIT_CODE
   return 0
 
 
 if __name__ == "__main__":
-  sys.exit(main(sys.argv[1:]))
+  from ssa_jax import cli_errors
+
+  cli_errors.run_argv(main)

@@ -106,7 +106,8 @@ def test_report_numbers_are_the_runs_own(compared):
 def test_rerun_skips_complete_runs_resumes_incomplete_ones_and_adds_zero_shot(compared, cache, tmp_path):
   workdir, report = compared
   runs = workdir / "runs"
-  before = {d.name: (d / "metrics.jsonl").stat().st_mtime_ns for d in runs.iterdir()}
+  # Which runs the re-run touches: their compare state is rewritten only when they are trained (or resumed).
+  before = {d.name: (d / compare_lib.RUN_STATE).stat().st_mtime_ns for d in runs.iterdir()}
   # One run marked as interrupted: the re-run resumes it from its final checkpoint (no step is trained again).
   state = json.loads((runs / "ssa_seed1" / compare_lib.RUN_STATE).read_text())
   state["complete"] = False
@@ -114,7 +115,7 @@ def test_rerun_skips_complete_runs_resumes_incomplete_ones_and_adds_zero_shot(co
   (tmp_path / "piqa_validation.jsonl").write_text("".join(json.dumps(r) + "\n" for r in PIQA))
   again = compare_lib.compare(_base(cache), ["vanilla", "ssa"], [0, 1], str(workdir), analysis_tokens=64,
                               eval_tasks="piqa", eval_data_dir=str(tmp_path), limit=2)
-  after = {d.name: (d / "metrics.jsonl").stat().st_mtime_ns for d in runs.iterdir()}
+  after = {d.name: (d / compare_lib.RUN_STATE).stat().st_mtime_ns for d in runs.iterdir()}
   assert {n for n in before if before[n] != after[n]} == {"ssa_seed1"}
   resumed = json.loads((runs / "ssa_seed1" / compare_lib.RUN_STATE).read_text())
   assert resumed["complete"] and len(resumed["sessions"]) == 2 and resumed["sessions"][-1]["end_step"] == 6

@@ -95,14 +95,17 @@ def test_token_counts_and_standardized_log_frequency(tmp_path, cache):
 
 
 def test_inspect_cli_reports_documents_tokens_and_sets(cache):
+  """With --config and no PATH / --tokenizer: the corpus and the tokenizer that config's run would read."""
   root = demo.ensure_demo_corpus(str(cache))
   tok_path = demo.ensure_demo_tokenizer(str(cache), 512)
-  out = subprocess.run([sys.executable, "-m", "ssa_jax.data.inspect", root, f"--tokenizer={tok_path}",
-                        "--split=test"], check=True, capture_output=True, text=True).stdout
+  out = subprocess.run([sys.executable, "-m", "ssa_jax.data.inspect", "--config=configs/tiny.py",
+                        f"--config.data.cache_dir={cache}", "--config.data.demo_vocab_size=512", "--split=test"],
+                       check=True, capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1]).stdout
   tok = load_tokenizer(tok_path)
   n_tokens = sum(len(tok.encode(t)) + 1 for i, t in enumerate(demo.kjv_chapters()) if i % 50 == 32)
+  assert f"path: {root} " in out and f"tokenizer: {tok_path} (the demo BPE of the config)" in out
   assert "documents: 24" in out and f"tokens: {n_tokens} " in out and "RedPajamaBooks" in out
-  assert "bad records: 0" in out
+  assert "bad records: 0" in out and "files without a usable document (training skips them, one warning each): 0" in out
 
 
 def test_config_errors_name_the_field(tmp_path):

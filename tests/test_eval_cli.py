@@ -123,6 +123,23 @@ def test_plan_rejects_each_bad_request(world, tmp_path, overrides, message):
   assert message in str(e.value)
 
 
+def test_a_directory_of_the_other_kind_is_named_with_the_flag_that_reads_it(world, tmp_path):
+  """--hf_dir=<a training workdir> (before: 'architecture None is not supported') and the reverse."""
+  from ssa_jax.evaluate.cli import plan_eval
+
+  only_config = tmp_path / "run"  # a workdir of a run stopped before its first checkpoint
+  only_config.mkdir()
+  (only_config / "config.json").write_text(json.dumps({"model": dataclasses.asdict(world.cfg), "train": {},
+                                                       "data": {}}))
+  for workdir in (world.workdir, only_config):
+    with pytest.raises(ValueError) as e:
+      plan_eval(hf_dir=str(workdir), tasks="passkey")
+    assert str(e.value).startswith(f"--hf_dir: {workdir} is an ssa-jax training workdir")
+    assert str(e.value).endswith(f"pass --checkpoint={workdir}")
+  with pytest.raises(ValueError, match=f"--checkpoint: .* Hugging Face directory .* pass --hf_dir={world.weightless}"):
+    plan_eval(checkpoint=str(world.weightless), tasks="passkey")
+
+
 def test_plan_keeps_going_with_some_task_files_missing(world):
   from ssa_jax.evaluate.cli import plan_eval
 

@@ -10,6 +10,7 @@ from flax import traverse_util
 from hf_models import hf_logits, make_hf_model
 from ssa_jax.config import SSAConfig
 from ssa_jax.hf import from_hf, to_hf
+from ssa_jax.model import Decoder
 
 LLAMA3_ROPE = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
                "original_max_position_embeddings": 16}
@@ -80,6 +81,53 @@ def test_ssa_model_round_trips_exactly(tmp_path, token_kind, position_kind, caps
     np.testing.assert_array_equal(np.asarray(flat1[p]), np.asarray(flat2[p]), err_msg="/".join(p))
   tokens = _tokens(model.config.vocab_size)
   np.testing.assert_array_equal(model.apply({"params": params}, tokens), model2.apply({"params": params2}, tokens))
+
+
+def test_ssa_export_puts_the_temperatures_where_transformers_does_not_look(tmp_path, capsys):
+  """ssa.* tensors go to ssa.safetensors: a vanilla transformers load reports no unexpected (or missing) key and
+  gives the vanilla logits; from_hf still restores them, and reads the older layout (ssa.* in model.safetensors)."""
+  import shutil
+
+  import transformers
+  from safetensors.numpy import load_file, save_file
+
+  hf_model = make_hf_model("llama", tmp_path / "hf")
+  model, params = from_hf(tmp_path / "hf", ssa=SSAConfig(enabled=True), rng_seed=1)
+  flat = traverse_util.flatten_dict(params)
+  params = traverse_util.unflatten_dict(  # non-zero temperature weights, so that losing them would show
+      {p: np.full(v.shape, 0.3, np.float32) if "/ssa_" in "/".join(p) else v for p, v in flat.items()})
+  out = to_hf(model, params, tmp_path / "export")
+  capsys.readouterr()
+  standard, ssa = load_file(out / "model.safetensors"), load_file(out / "ssa.safetensors")
+  assert ssa and all(k.startswith("ssa.") for k in ssa) and not any(k.startswith("ssa.") for k in standard)
+  vanilla, info = transformers.AutoModelForCausalLM.from_pretrained(out, output_loading_info=True)
+  assert list(info["unexpected_keys"]) == [] and list(info["missing_keys"]) == []
+  tokens = _tokens(hf_model.config.vocab_size)
+  np.testing.assert_allclose(hf_logits(vanilla.eval(), tokens), hf_logits(hf_model, tokens), atol=1e-4, rtol=0)
+
+  def same_model(directory):
+    model2, params2 = from_hf(directory)
+    assert model2.config == model.config
+    flat1, flat2 = traverse_util.flatten_dict(params), traverse_util.flatten_dict(params2)
+    assert flat1.keys() == flat2.keys()
+    for p in flat1:
+      np.testing.assert_array_equal(np.asarray(flat1[p]), np.asarray(flat2[p]), err_msg="/".join(p))
+
+  same_model(out)
+  old = tmp_path / "old_layout"  # an export from before ssa.safetensors: one file holds everything
+  shutil.copytree(out, old)
+  save_file({**standard, **ssa}, old / "model.safetensors", metadata={"format": "pt"})
+  (old / "ssa.safetensors").unlink()
+  same_model(old)
+  _, old_info = transformers.AutoModelForCausalLM.from_pretrained(old, output_loading_info=True)
+  assert sorted(old_info["unexpected_keys"]) == sorted(ssa)  # what the old layout showed transformers
+  to_hf(Decoder(dataclasses.replace(model.config, ssa=SSAConfig())), _without_ssa(params), out)  # vanilla over it
+  assert not (out / "ssa.safetensors").exists()
+
+
+def _without_ssa(params):
+  flat = traverse_util.flatten_dict(params)
+  return traverse_util.unflatten_dict({p: v for p, v in flat.items() if "/ssa_" not in "/".join(p)})
 
 
 def test_sharded_checkpoint_index_is_read(tmp_path):

@@ -8,6 +8,7 @@ import jax
 import numpy as np
 import pytest
 
+from ssa_jax import cli_errors
 from ssa_jax.analysis import temperatures
 from ssa_jax.model import Decoder, init_params
 from tiny_models import tiny_config
@@ -163,5 +164,5 @@ def test_demo_sample_is_a_held_out_chapter_and_sources_are_exclusive(tmp_path):
   assert text.startswith("Genesis 8\n")  # chapter 7 of the Bible (0-based), the first validation chapter
   with pytest.raises(ValueError, match="--demo_sample"):
     temperatures.demo_sample(10_000)
-  with pytest.raises(SystemExit):
+  with pytest.raises(cli_errors.UsageError, match="give exactly one of --text, --text_file, --demo_sample"):
     temperatures.main(["--hf_dir=x", "--text=a", "--demo_sample"])

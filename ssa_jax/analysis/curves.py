@@ -11,10 +11,11 @@ SMOOTHED value: a raw final training loss is one noisy batch, which a lucky earl
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 from pathlib import Path
+
+from ssa_jax import cli_errors
 
 LOWER_IS_BETTER = ("loss", "val_loss", "val_ppl")
 DEFAULT_SMOOTHING = {"loss": 0.9, "val_loss": 0.0, "val_ppl": 0.0}
@@ -22,6 +23,9 @@ DEFAULT_SMOOTHING = {"loss": 0.9, "val_loss": 0.0, "val_ppl": 0.0}
 
 def read_metric(workdir: str, metric: str) -> tuple[list[int], list[float], dict[str, int]]:
   """(steps, values) of `metric` from WORKDIR/metrics.jsonl, sorted by step; bad lines are counted and skipped."""
+  if not Path(workdir).is_dir():
+    raise FileNotFoundError(f"workdir {workdir}: does not exist (expected a training run's directory holding "
+                            "metrics.jsonl)")
   path = Path(workdir) / "metrics.jsonl"
   if not path.is_file():
     raise FileNotFoundError(f"{path}: expected a metrics.jsonl written by training")
@@ -153,7 +157,7 @@ def plot(path: Path, result: dict) -> None:
 
 
 def main(argv: list[str] | None = None) -> dict:
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser = cli_errors.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("workdirs", nargs="+", help="run directories holding metrics.jsonl; the first is the reference")
   parser.add_argument("--metric", default="loss", choices=LOWER_IS_BETTER)
   parser.add_argument("--target_loss", type=float, default=None,
@@ -179,4 +183,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-  main()
+  cli_errors.run_argv(main)

@@ -28,7 +28,6 @@ side per checkpoint) and a table on the console; the first checkpoint is the ref
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import math
@@ -39,6 +38,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ssa_jax import cli_errors
 from ssa_jax.config import ModelConfig
 from ssa_jax.layers import apply_rope
 from ssa_jax.model import unrolled
@@ -227,21 +227,14 @@ def load_text_tokens(tokenizer, num_tokens: int, text_file: str = "", cache_dir:
 
 
 def checkpoint_tokenizer(run_config: dict, override: str = ""):
-  """The tokenizer given by --tokenizer, else the one the run trained with (its config's data section)."""
+  """The tokenizer given by --tokenizer, else the one the run trained with (tokenizer_files.run_config_tokenizer)."""
   from ssa_jax.data.tokenizer import load_tokenizer
+  from ssa_jax.tokenizer_files import run_config_tokenizer
 
-  if override:
-    return load_tokenizer(override)
-  data = run_config.get("data") or {}
-  if data.get("tokenizer_path"):
-    return load_tokenizer(data["tokenizer_path"])
-  if data.get("demo"):
-    from ssa_jax.data import demo
-    from etils import epath
-
-    cache = str(epath.Path(data.get("cache_dir", "~/.cache/ssa_jax")).expanduser())
-    return load_tokenizer(demo.ensure_demo_tokenizer(cache, int(data.get("demo_vocab_size", 2048))))
-  raise ValueError("--tokenizer: required, the checkpoint's config names no tokenizer (config.data.tokenizer_path)")
+  path = override or run_config_tokenizer(run_config)
+  if not path:
+    raise ValueError("--tokenizer: required, the checkpoint's config names no tokenizer (config.data.tokenizer_path)")
+  return load_tokenizer(path)
 
 
 # ------------------------------------------------------------------------------------------ summaries
@@ -303,6 +296,10 @@ def run(checkpoints: list[str], labels: list[str], num_tokens: int = 1000, text_
     raise ValueError(f"--labels: expected {len(checkpoints)} labels, got {len(labels)}")
   if num_tokens <= 0:
     raise ValueError(f"--tokens: expected a positive int, got {num_tokens}")
+  for path in checkpoints:  # every path checked before the first (slow) analysis
+    if not Path(path).exists():
+      raise FileNotFoundError(f"checkpoint {path}: does not exist (expected a training workdir, a checkpoint "
+                              "root or a step directory)")
   results = []
   for path, label in zip(checkpoints, labels):
     model, params, run_config = load_model(path)
@@ -337,7 +334,7 @@ def print_table(results: list[dict]) -> None:
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser = cli_errors.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("checkpoints", nargs="+", help="training workdirs, checkpoint roots or step dirs")
   parser.add_argument("--labels", default="", help="comma-separated, one per checkpoint (default: dir names)")
   parser.add_argument("--text_file", default="", help="plain text (default: the demo corpus' validation split)")
@@ -360,4 +357,4 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
 
 if __name__ == "__main__":
-  main()
+  cli_errors.run_argv(main)

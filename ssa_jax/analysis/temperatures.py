@@ -13,7 +13,6 @@ over several byte tokens is shown whole. Writes OUT/temperatures.html, OUT/tempe
 
 from __future__ import annotations
 
-import argparse
 import html
 import json
 from typing import NamedTuple, Sequence
@@ -22,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 from etils import epath
 
+from ssa_jax import cli_errors
 from ssa_jax.model import unstack_layers
 
 MEANING = "tau_q, the inverse query temperature (mean over heads): higher = sharper attention"
@@ -238,7 +238,7 @@ def demo_sample(index: int) -> str:
 
 def main(argv: list[str] | None = None) -> dict:
   """The command line: renders the text and returns what it wrote into temperatures.json."""
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser = cli_errors.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--hf_dir", default="", help="Hugging Face directory of an SSA model (exported by ssa_jax.hf)")
   parser.add_argument("--checkpoint", default="", help="ssa-jax checkpoint (workdir, root or step dir)")
   parser.add_argument("--tokenizer", default="", help="tokenizer path when the source names none")
@@ -254,7 +254,8 @@ def main(argv: list[str] | None = None) -> dict:
   args = parser.parse_args(argv)
 
   from ssa_jax.data.tokenizer import load_tokenizer
-  from ssa_jax.evaluate import ModelSource, check_vocab, load_model
+  from ssa_jax.evaluate import ModelSource, load_model
+  from ssa_jax.tokenizer_files import check_vocab
 
   given = [name for name in ("text", "text_file") if getattr(args, name)] + (
       ["demo_sample"] if args.demo_sample is not None else [])
@@ -289,4 +290,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-  main()
+  cli_errors.run_argv(main)

@@ -19,6 +19,8 @@ class ScanResult:
   tokens_per_set: collections.Counter = dataclasses.field(default_factory=collections.Counter)
   docs_per_set: collections.Counter = dataclasses.field(default_factory=collections.Counter)
   sample: str | None = None
+  # Files read whole without one usable record: what the training pipeline skips with a warning.
+  files_without_documents: list[str] = dataclasses.field(default_factory=list)
 
 
 def scan(path: str, split: str, tokenizer, *, fmt: str = "auto", max_docs: int = 0, chunk: int = 256,
@@ -43,15 +45,19 @@ def scan(path: str, split: str, tokenizer, *, fmt: str = "auto", max_docs: int =
     pending.clear()
 
   for file in files:
+    usable = False
     for rec in read_records(file, fmt):
-      if rec.bad is not None:
+      if rec.bad is not None:  # the pipeline's rule too (packing.Stream): a record is usable when not bad
         result.bad[rec.bad] += 1
         continue
+      usable = True
       pending.append((rec.text, rec.set_name))
       if len(pending) >= chunk:
         flush()
       if max_docs and result.documents + len(pending) >= max_docs:
         flush()
         return result
+    if not usable:
+      result.files_without_documents.append(file)
   flush()
   return result

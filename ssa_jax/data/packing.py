@@ -12,6 +12,12 @@ Which files a stream reads (`stream_files`): each epoch the sorted global file l
 when F < S, the k streams sharing file s % F each read one part of it (readers.read_records
 `part=(rank, k)`: byte ranges for .jsonl / text, row ranges for parquet, every k-th line for .jsonl.zst),
 so no stream decodes the records of another.
+Files without a usable document: a file read whole that holds no usable record (empty, or every record bad)
+is skipped with one warning naming it and counted (`empty_files`). A stream whose share of an epoch yields
+no document at all (its files are such files, or its part of a shared file has no usable record) then reads
+that epoch's other files whole instead, so a few bad files never stop a run (documents repeat across streams
+then; `_reads`). Only when no file of the split yields a document does the stream fail, with a ConfigError
+naming the files. A non-repeating (validation) stream just ends.
 Mixture: a record of set `name` is emitted floor(w) or ceil(w) times (w = mixture weight, 0 for an
 excluded set), the fractional part decided by a hash of (seed, epoch, file, record), so no rng state.
 """
@@ -23,13 +29,19 @@ import concurrent.futures
 import dataclasses
 import hashlib
 import logging
+import threading
 from typing import Iterator, Sequence
 
 import numpy as np
 
+from ssa_jax.config import ConfigError
 from ssa_jax.data.readers import BAD_KINDS, read_records
 
 _log = logging.getLogger(__name__)
+# Files already reported as holding no usable document: one warning per file and process, not one per stream,
+# epoch or rebuilt (validation) iterator.
+_EMPTY_FILES_WARNED: set[str] = set()
+_EMPTY_FILES_LOCK = threading.Lock()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,11 +55,47 @@ class StreamPlan:
 
 def stream_files(num_files: int, num_streams: int, seed: int, epoch: int) -> list[StreamPlan]:
   """Which files every stream reads in `epoch`; depends on (files, streams, seed, epoch) only."""
-  order = np.random.default_rng([seed, epoch]).permutation(num_files).tolist()
+  order = epoch_order(num_files, seed, epoch)
   if num_files >= num_streams:
     return [StreamPlan(tuple(order[s::num_streams]), 1, 0) for s in range(num_streams)]
   return [StreamPlan((order[s % num_files],), len(range(s % num_files, num_streams, num_files)),
                      s // num_files) for s in range(num_streams)]
+
+
+def epoch_order(num_files: int, seed: int, epoch: int) -> list[int]:
+  """The permutation of the sorted global file list that epoch `epoch` reads in."""
+  return np.random.default_rng([seed, epoch]).permutation(num_files).tolist()
+
+
+def _names(files: Sequence[str], at_most: int = 5) -> str:
+  shown = ", ".join(files[:at_most])
+  return shown + (f" and {len(files) - at_most} more" if len(files) > at_most else "")
+
+
+def _no_document_error(files: Sequence[str], usable_seen: bool) -> ConfigError:
+  """The one-line error of a split whose files, all read whole, gave the stream no document."""
+  if usable_seen:
+    return ConfigError(f"config.data.exclude / config.data.mixture: they drop every usable document of the "
+                       f"{len(files)} file(s) of this split ({_names(files)})")
+  return ConfigError(f"config.data.path: none of the {len(files)} file(s) of this split holds a usable document "
+                     f"({_names(files)}): every record is bad (invalid JSON, no `text` string, empty or not UTF-8; "
+                     "`python -m ssa_jax.data.inspect PATH` counts them by kind)")
+
+
+def check_documents(files: Sequence[str], fmt: str, mixture: dict, exclude: Sequence[str]) -> None:
+  """Raises the one-line ConfigError of a split none of whose files holds a document that training keeps.
+
+  Reads the files in order only until the first usable record of a set the mixture keeps (weight > 0): one
+  record of the first file for any real corpus, so a run can check its data before it writes anything.
+  """
+  usable_seen = False
+  for path in files:
+    for rec in read_records(path, fmt):
+      if rec.bad is None:
+        usable_seen = True
+        if rec.set_name not in exclude and float(mixture.get(rec.set_name, 1.0)) > 0:
+          return
+  raise _no_document_error(files, usable_seen)
 
 
 def _uniform(seed: int, epoch: int, file_index: int, record: int) -> float:
@@ -64,6 +112,16 @@ class Doc:
   next_pos: tuple[int, int, int, int]
   set_name: str
   skipped: collections.Counter
+
+
+def _warn_empty_file(path: str, bad_records: int) -> None:
+  with _EMPTY_FILES_LOCK:
+    if path in _EMPTY_FILES_WARNED:
+      return
+    _EMPTY_FILES_WARNED.add(path)
+  what = f"all {bad_records} of its records are bad" if bad_records else "it holds no record"
+  _log.warning("data: skipping %s: no usable document in it (%s); its later reads are only counted "
+               "(data stats: empty_files)", path, what)
 
 
 class Stream:
@@ -86,21 +144,47 @@ class Stream:
     self._doc: Doc | None = None
 
   # -- reading ------------------------------------------------------------------------------------
+  def _reads(self, plan: StreamPlan, epoch: int) -> list[tuple[int, tuple[int, int]]]:
+    """(file index, part) of every file position of an epoch: the stream's share, then its fallback.
+
+    The fallback, read only when the share yields no document in that epoch (an empty or all-bad file, or a
+    part of a shared file without a usable record): every other file of the epoch, whole, in the epoch's order
+    rotated by the stream id (so that streams falling back do not read in step).
+    """
+    share = [(f, (plan.rank, plan.stride)) for f in plan.files]
+    order = epoch_order(len(self._files), self._seed, epoch)
+    rotated = order[self.stream_id % len(order):] + order[:self.stream_id % len(order)]
+    read_whole = set(plan.files) if plan.stride == 1 else set()
+    return share + [(f, (0, 1)) for f in rotated if f not in read_whole]
+
   def _records(self) -> Iterator[tuple[tuple[int, int, int, int], tuple, str | None, str, object]]:
-    """(pos, next_pos, text or None, set_name, bad kind / 'filtered' / None) from the saved position."""
+    """(pos, next_pos, text or None, set_name, bad kind / 'filtered' / 'empty_file' / None) from the saved position."""
     epoch, file_pos, record, repeat = self._pos
     while True:
       plan = stream_files(len(self._files), self._num_streams, self._seed, epoch)[self.stream_id]
-      emitted = False
-      for fp in range(file_pos, len(plan.files)):
-        file_index = plan.files[fp]
+      reads = self._reads(plan, epoch)
+      # A saved position inside an epoch lies at or after a document emitted in it (positions are taken
+      # from emitted documents), so only an epoch read from its start can find its share empty.
+      emitted = (file_pos, record, repeat) != (0, 0, 0)
+      usable_anywhere = kept_anywhere = emitted  # kept: of a set the mixture keeps (weight > 0)
+      for fp in range(file_pos, len(reads)):
+        if fp == len(plan.files):
+          if emitted or not self._repeat:
+            break
+          self._note_fallback(plan, epoch)
+        file_index, part = reads[fp]
+        path = self._files[file_index]
         start = record if fp == file_pos else 0
-        for rec in read_records(self._files[file_index], self._fmt, start, part=(plan.rank, plan.stride)):
-          where = (self._files[file_index], rec.index)
+        usable, bad = False, 0
+        for rec in read_records(path, self._fmt, start, part=part):
+          where = (path, rec.index)
           if rec.bad is not None:
+            bad += 1
             yield (epoch, fp, rec.index, 0), None, None, rec.set_name, (rec.bad, where)
             continue
+          usable = True
           weight = 0.0 if rec.set_name in self._exclude else float(self._mixture.get(rec.set_name, 1.0))
+          kept_anywhere |= weight > 0
           copies = int(weight) + (_uniform(self._seed, epoch, file_index, rec.index) < weight - int(weight))
           if copies == 0:
             yield (epoch, fp, rec.index, 0), None, None, rec.set_name, ("filtered", where)
@@ -109,13 +193,24 @@ class Stream:
             nxt = (epoch, fp, rec.index, c + 1) if c + 1 < copies else (epoch, fp, rec.index + 1, 0)
             emitted = True
             yield (epoch, fp, rec.index, c), nxt, rec.text, rec.set_name, None
+        usable_anywhere |= usable
+        if not usable and start == 0 and part == (0, 1):  # the whole file read: it holds no usable document
+          yield (epoch, fp, 0, 0), None, None, "", ("empty_file", (path, bad))
       if not self._repeat:
         return
-      if not emitted and file_pos == 0 and record == 0:
-        raise ValueError(f"data stream {self.stream_id}: a whole epoch of its files yielded no usable "
-                         f"document (files {[self._files[i] for i in plan.files]}); check the data "
-                         "path, config.data.exclude and config.data.mixture")
+      if not emitted and not kept_anywhere:  # (kept but not drawn: fractional weights draw anew each epoch)
+        raise _no_document_error(self._files, usable_anywhere)
       epoch, file_pos, record, repeat = epoch + 1, 0, 0, 0
+
+  def _note_fallback(self, plan: StreamPlan, epoch: int) -> None:
+    if "fallback" in self._logged:
+      return
+    self._logged.add("fallback")
+    part = f"part {plan.rank + 1} of {plan.stride} of " if plan.stride > 1 else ""
+    _log.warning("data: stream %d's share of epoch %d (%s%s) holds no usable document; such a stream reads the "
+                 "epoch's other files whole instead, so documents repeat across streams (too little usable data "
+                 "for %d streams? a lower config.data.num_streams avoids it)", self.stream_id, epoch, part,
+                 _names([self._files[f] for f in plan.files]), self._num_streams)
 
   def _tokenize(self, items: list) -> list[Doc]:
     texts = [it[2] for it in items if it[2] is not None]
@@ -125,7 +220,9 @@ class Stream:
       if text is None:
         kind, where = bad
         skipped[kind] += 1
-        if kind != "filtered" and kind not in self._logged:
+        if kind == "empty_file":
+          _warn_empty_file(*where)
+        elif kind != "filtered" and kind not in self._logged:
           self._logged.add(kind)
           _log.warning("data: skipping bad record (%s) at %s record %d; further ones of this kind are "
                        "only counted (see stats)", kind, *where)
@@ -216,9 +313,13 @@ class Stream:
             "stats": dict(self._stats)}
 
   def stats(self) -> dict[str, int]:
-    """Counters of this stream: documents, tokens, filtered, and one per bad-record kind."""
-    out = {"documents": 0, "tokens": 0, "filtered": 0, **{f"bad_{k}": 0 for k in BAD_KINDS}}
+    """Counters of this stream: documents, tokens, filtered, empty_files (whole-file reads without a usable
+    document), and one per bad-record kind with their sum bad_records."""
+    out = {"documents": 0, "tokens": 0, "filtered": 0, "empty_files": 0, **{f"bad_{k}": 0 for k in BAD_KINDS}}
     for key, value in self._stats.items():
-      out[key if key in ("documents", "tokens", "filtered") else f"bad_{key}"] = value
+      if key == "empty_file":
+        out["empty_files"] = value
+      else:
+        out[key if key in ("documents", "tokens", "filtered") else f"bad_{key}"] = value
     out["bad_records"] = sum(v for k, v in out.items() if k.startswith("bad_") and k != "bad_records")
     return out

@@ -35,7 +35,7 @@ import numpy as np
 from ssa_jax.config import ConfigError
 from ssa_jax.data import demo
 from ssa_jax.data.config import resolve_paths, validate_data_config
-from ssa_jax.data.packing import Stream
+from ssa_jax.data.packing import Stream, check_documents
 from ssa_jax.data.readers import format_of
 from ssa_jax.data.sources import list_files
 from ssa_jax.data.tokenizer import Tokenizer, load_tokenizer
@@ -165,7 +165,7 @@ class LMIterator:
     self._start(state)
 
   def stats(self) -> dict[str, int]:
-    """Counters after the last batch returned: documents, tokens, filtered, bad_<kind>, bad_records."""
+    """Counters after the last batch returned: documents, tokens, filtered, empty_files, bad_<kind>, bad_records."""
     return dict(self._stats)
 
   # -- producer -----------------------------------------------------------------------------------
@@ -270,6 +270,8 @@ def make_lm_iterator(data_cfg: ml_collections.ConfigDict, *, split: str, seq_len
   if tokenizer is None:
     tokenizer = load_tokenizer(resolve_paths(data_cfg)[1])
   files = list_files(path, split, data_cfg.format)
+  if repeat:  # a training stream must find a document somewhere; fail now, not at the first step
+    check_documents(files, data_cfg.format, dict(data_cfg.mixture), list(data_cfg.exclude))
   return LMIterator(data_cfg, files=files, split=split, seq_len=seq_len, global_batch_size=global_batch_size,
                     process_index=process_index, process_count=process_count, tokenizer=tokenizer,
                     repeat=repeat, max_batches=max_batches)

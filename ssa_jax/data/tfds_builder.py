@@ -92,9 +92,16 @@ class SlimPajamaTokenized(tfds.core.GeneratorBasedBuilder):
 
 def build_tokenized(source_dir: str, tokenizer_path: str, seq_len: int, data_dir: str,
                     splits: tuple[str, ...] = ("train", "validation")) -> SlimPajamaTokenized:
-  """Prepare (once) the ArrayRecord dataset under `data_dir`; returns the builder."""
+  """Prepare (once) the ArrayRecord dataset under `data_dir`; returns the builder.
+
+  The tokenizer, the sequence length and every split's files are checked before anything is written."""
   require_gcs(source_dir, "source_dir")
   require_gcs(data_dir, "data_dir")
+  if seq_len < 1:
+    raise ValueError(f"--seq_len: expected >= 1, got {seq_len}")
+  load_tokenizer(tokenizer_path)
+  for split in splits:
+    list_files(source_dir, split)
   builder = SlimPajamaTokenized(source_dir=source_dir, tokenizer_path=tokenizer_path, seq_len=seq_len,
                                 splits=splits, data_dir=data_dir, file_format="array_record")
   builder.download_and_prepare()
@@ -104,9 +111,11 @@ def build_tokenized(source_dir: str, tokenizer_path: str, seq_len: int, data_dir
 def _main(argv) -> None:
   from absl import flags  # pylint: disable=import-outside-toplevel
 
+  from ssa_jax import cli_errors  # pylint: disable=import-outside-toplevel
+
   if len(argv) != 2:
-    raise SystemExit("usage: python -m ssa_jax.data.tfds_builder SOURCE_DIR --tokenizer=PATH --seq_len=N "
-                     "--data_dir=DIR [--splits=train,validation]")
+    raise cli_errors.UsageError("usage: python -m ssa_jax.data.tfds_builder SOURCE_DIR --tokenizer=PATH "
+                                "--seq_len=N --data_dir=DIR [--splits=train,validation]")
   f = flags.FLAGS
   builder = build_tokenized(argv[1], f.tokenizer, f.seq_len, f.data_dir, tuple(f.splits.split(",")))
   for split, info in builder.info.splits.items():
@@ -125,10 +134,12 @@ def grain_dataset(builder: SlimPajamaTokenized, split: str):
 
 
 if __name__ == "__main__":
-  from absl import app, flags
+  from absl import flags
+
+  from ssa_jax import cli_errors
 
   flags.DEFINE_string("tokenizer", None, "tokenizer.json / SentencePiece .model / dir holding one.", required=True)
   flags.DEFINE_integer("seq_len", None, "Training sequence length (windows of seq_len + 1 tokens).", required=True)
   flags.DEFINE_string("data_dir", None, "Where the dataset is written (local or gs://).", required=True)
   flags.DEFINE_string("splits", "train,validation", "Comma-separated splits to prepare.")
-  app.run(_main)
+  cli_errors.run(_main, user_errors=(ValueError, OSError), config_flag_names=())

@@ -1,6 +1,6 @@
 """Token frequencies for SSA's feature-based temperature: counts file writer and the standardized feature.
 
-`python -m ssa_jax.data.token_counts PATH --tokenizer=... --output=FILE.npy` writes a NumPy .npy of
+`python -m ssa_jax.data.token_counts PATH --output=FILE.npy [--tokenizer=...]` writes a NumPy .npy of
 int64 counts, shape [tokenizer.vocab_size], over the split's documents tokenized as the pipeline does
 (BOS per tokenizer, one EOS per document). `load_token_feature` turns it into phi(token).
 """
@@ -8,7 +8,7 @@ int64 counts, shape [tokenizer.vocab_size], over the split's documents tokenized
 from __future__ import annotations
 
 import numpy as np
-from absl import app, flags
+from absl import flags
 from etils import epath
 
 from ssa_jax.data.corpus_scan import scan
@@ -45,24 +45,38 @@ def load_token_feature(counts_path: str, vocab_size: int) -> np.ndarray:
   return ((feature - feature.mean()) / std).astype(np.float32)
 
 
-_TOKENIZER = flags.DEFINE_string("tokenizer", None, "tokenizer.json / SentencePiece .model / dir holding one.")
-_OUTPUT = flags.DEFINE_string("output", None, "Where to write the .npy of int64 counts [vocab_size].")
-_SPLIT = flags.DEFINE_string("split", "train", "Split to count (ignored when PATH is a file).")
-_FORMAT = flags.DEFINE_string("format", "auto", "Reader format (auto picks by extension).")
-_MAX_DOCS = flags.DEFINE_integer("max_docs", 0, "Stop after this many documents (0 = all).")
+def define_flags() -> None:
+  """The command's flags (absl), defined only when it runs: the model imports this module, and eval.py and
+  data.inspect define --tokenizer too."""
+  flags.DEFINE_string("tokenizer", None, "tokenizer.json / SentencePiece .model / dir holding one (default: the "
+                      "one in PATH).")
+  flags.DEFINE_string("output", None, "Where to write the .npy of int64 counts [vocab_size].")
+  flags.DEFINE_string("split", "train", "Split to count (ignored when PATH is a file).")
+  flags.DEFINE_string("format", "auto", "Reader format (auto picks by extension).")
+  flags.DEFINE_integer("max_docs", 0, "Stop after this many documents (0 = all).")
 
 
 def main(argv):
-  if len(argv) != 2 or not _TOKENIZER.value or not _OUTPUT.value:
-    raise app.UsageError("usage: python -m ssa_jax.data.token_counts PATH --tokenizer=PATH --output=FILE.npy")
-  tok = load_tokenizer(_TOKENIZER.value)
-  counts = count_tokens(argv[1], _SPLIT.value, tok, fmt=_FORMAT.value, max_docs=_MAX_DOCS.value)
-  out = epath.Path(_OUTPUT.value)
+  from ssa_jax import cli_errors  # pylint: disable=import-outside-toplevel
+  from ssa_jax.data.inspect import resolve_tokenizer  # pylint: disable=import-outside-toplevel
+
+  f = flags.FLAGS
+  if len(argv) != 2 or not f.output:
+    raise cli_errors.UsageError("usage: python -m ssa_jax.data.token_counts PATH --output=FILE.npy "
+                                "[--tokenizer=PATH]")
+  if not epath.Path(argv[1]).exists():
+    raise FileNotFoundError(f"{argv[1]}: does not exist (expected a corpus directory or file)")
+  tok = load_tokenizer(resolve_tokenizer(argv[1], f.tokenizer)[0])
+  counts = count_tokens(argv[1], f.split, tok, fmt=f.format, max_docs=f.max_docs)
+  out = epath.Path(f.output)
   out.parent.mkdir(parents=True, exist_ok=True)
-  with out.open("wb") as f:
-    np.save(f, counts)
+  with out.open("wb") as fh:
+    np.save(fh, counts)
   print(f"wrote {out}: {counts.sum()} tokens, {(counts > 0).sum()} of {counts.shape[0]} ids seen")
 
 
 if __name__ == "__main__":
-  app.run(main)
+  from ssa_jax import cli_errors
+
+  define_flags()
+  cli_errors.run(main, user_errors=(ValueError, OSError), config_flag_names=())

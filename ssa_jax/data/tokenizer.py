@@ -146,6 +146,18 @@ class SentencePieceTokenizer:
     return self._sp.decode([int(i) for i in ids])
 
 
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model")  # what a directory holding a tokenizer holds
+
+
+def tokenizer_in(directory: epath.PathLike) -> str | None:
+  """The tokenizer.json / tokenizer.model file in `directory` (tokenizer.json first), or None."""
+  directory = epath.Path(directory)
+  for name in TOKENIZER_FILES:
+    if (directory / name).exists():
+      return str(directory / name)
+  return None
+
+
 def load_tokenizer(path: str) -> Tokenizer:
   """A tokenizer from a tokenizer.json, a SentencePiece .model, or a directory holding one of them."""
   require_gcs(str(path), "tokenizer path")
@@ -153,10 +165,10 @@ def load_tokenizer(path: str) -> Tokenizer:
   if not p.exists():
     raise FileNotFoundError(f"tokenizer path {path!r} does not exist")
   if p.is_dir():
-    for name, cls in (("tokenizer.json", HFTokenizer), ("tokenizer.model", SentencePieceTokenizer)):
-      if (p / name).exists():
-        return cls(str(p / name))
-    raise FileNotFoundError(f"tokenizer dir {path!r} holds neither tokenizer.json nor tokenizer.model")
+    found = tokenizer_in(p)
+    if found is None:
+      raise FileNotFoundError(f"tokenizer dir {path!r} holds neither {' nor '.join(TOKENIZER_FILES)}")
+    p = epath.Path(found)
   if p.name.endswith(".model"):
     return SentencePieceTokenizer(str(p))
   if p.name.endswith(".json"):

@@ -13,6 +13,7 @@ from typing import Any
 import ml_collections
 from etils import epath
 
+from ssa_jax.data.tokenizer import TOKENIZER_FILES
 from ssa_jax.evaluate import loading, preflight
 from ssa_jax.evaluate.config import eval_config
 from ssa_jax.evaluate.tasks import PASSKEY, TASKS, parse_task_names
@@ -107,7 +108,7 @@ def plan_eval(*, hf_dir: str = "", checkpoint: str = "", tokenizer: str = "", ta
       raise ValueError(f"--dtype: {e}") from e
   tokenizer_path = tokenizer or loading.source_tokenizer(source)
   if not tokenizer_path:
-    what = (f"{hf_dir} holds no {' or '.join(loading.TOKENIZER_FILES)}" if hf_dir else
+    what = (f"{hf_dir} holds no {' or '.join(TOKENIZER_FILES)}" if hf_dir else
             f"{checkpoint}: its run config names no tokenizer (config.data.tokenizer_path)")
     raise ValueError(f"{what}: pass --tokenizer=PATH")
   if not tokenizer and not epath.Path(tokenizer_path).exists():

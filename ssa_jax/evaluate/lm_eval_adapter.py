@@ -18,10 +18,11 @@ from lm_eval.api.registry import register_model
 from tqdm import tqdm
 
 from ssa_jax.evaluate.generate import greedy_generate
-from ssa_jax.evaluate.loading import ModelSource, check_vocab, load_model
+from ssa_jax.evaluate.loading import ModelSource, load_model
 from ssa_jax.evaluate.requests import TokenRequest, prefix_token, rolling_windows
 from ssa_jax.evaluate.runner import parse_add_bos
 from ssa_jax.evaluate.scoring import Scorer
+from ssa_jax.tokenizer_files import check_vocab
 
 
 @register_model("ssa_jax")

@@ -11,8 +11,8 @@ from typing import Any
 
 from etils import epath
 
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model")
-
+from ssa_jax.data.tokenizer import tokenizer_in
+from ssa_jax.tokenizer_files import run_config_tokenizer
 
 @dataclasses.dataclass(frozen=True)
 class ModelSource:
@@ -22,35 +22,33 @@ class ModelSource:
   checkpoint: str = ""
 
   def validate(self) -> "ModelSource":
+    """Self, or ValueError: not exactly one source, or a directory passed as the other kind (named, with the fix)."""
     if bool(self.hf_dir) == bool(self.checkpoint):
       raise ValueError("give exactly one model source: --hf_dir=DIR or --checkpoint=WORKDIR_OR_STEP_DIR")
+    from ssa_jax.hf import is_training_workdir
+
+    if self.hf_dir and is_training_workdir(self.hf_dir):
+      raise ValueError(f"--hf_dir: {self.hf_dir} is an ssa-jax training workdir (its config.json is a run config, "
+                       f"its checkpoints are in checkpoints/), not a Hugging Face directory: pass "
+                       f"--checkpoint={self.hf_dir}")
+    if self.checkpoint and _is_hf_dir(self.checkpoint):
+      raise ValueError(f"--checkpoint: {self.checkpoint} is a Hugging Face directory (its config.json is a "
+                       f"transformers config), not an ssa-jax checkpoint: pass --hf_dir={self.checkpoint}")
     return self
 
 
-def tokenizer_in(directory: epath.PathLike) -> str | None:
-  """The tokenizer.json / tokenizer.model file in `directory`, or None."""
-  directory = epath.Path(directory)
-  for name in TOKENIZER_FILES:
-    if (directory / name).exists():
-      return str(directory / name)
-  return None
+def _is_hf_dir(path: str) -> bool:
+  """A directory whose config.json is a transformers config (it names its model_type or architectures)."""
+  import json  # pylint: disable=import-outside-toplevel
 
-
-def run_config_tokenizer(run_config: dict[str, Any]) -> str | None:
-  """The tokenizer a run config names: config.data.tokenizer_path, else the demo BPE of a demo run, else the
-  tokenizer in config.init.hf_dir (a fine-tune or an imported model); None when it names none."""
-  data = run_config.get("data") or {}
-  if data.get("tokenizer_path"):
-    return str(data["tokenizer_path"])
-  if data.get("demo"):
-    from ssa_jax.data import demo
-
-    cache = str(epath.Path(data.get("cache_dir") or "~/.cache/ssa_jax").expanduser())
-    return demo.ensure_demo_tokenizer(cache, int(data.get("demo_vocab_size", 2048)))
-  hf_dir = (run_config.get("init") or {}).get("hf_dir")
-  if hf_dir and epath.Path(hf_dir).exists():
-    return tokenizer_in(hf_dir)
-  return None
+  config = epath.Path(path) / "config.json"
+  if (epath.Path(path) / "checkpoints").exists() or not config.is_file():
+    return False
+  try:
+    obj = json.loads(config.read_text())
+  except ValueError:
+    return False
+  return isinstance(obj, dict) and ("model_type" in obj or "architectures" in obj)
 
 
 def source_tokenizer(source: ModelSource) -> str | None:
@@ -115,14 +113,3 @@ def source_info(source: ModelSource) -> dict[str, Any]:
 
   root, step = checkpoint.resolve_step_dir(source.checkpoint)
   return {"hf_dir": None, "checkpoint": str(root), "step": step}
-
-
-def check_vocab(tokenizer, model_vocab: int, slack: int = 1024) -> None:
-  """Fails unless the model's vocabulary covers the tokenizer's (padded by at most `slack` rows)."""
-  if tokenizer.vocab_size > model_vocab:
-    raise ValueError(f"tokenizer {tokenizer.path} has {tokenizer.vocab_size} tokens but the model's vocabulary "
-                     f"has only {model_vocab}: they do not belong together (pass the model's own --tokenizer)")
-  if model_vocab - tokenizer.vocab_size > slack:
-    raise ValueError(f"tokenizer {tokenizer.path} has {tokenizer.vocab_size} tokens, the model's vocabulary "
-                     f"{model_vocab}: more than {slack} rows apart, so this is not the model's tokenizer "
-                     "(pass the right --tokenizer)")

@@ -11,7 +11,7 @@ from typing import Any
 import ml_collections
 from etils import epath
 
-from ssa_jax.evaluate.loading import check_vocab
+from ssa_jax.tokenizer_files import check_vocab
 from ssa_jax.evaluate.tasks import PASSKEY, TASKS
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import time
@@ -15,11 +14,13 @@ import ml_collections
 import numpy as np
 import optax
 
+from ssa_jax import cli_errors
+
 
 def parse_config(default: ml_collections.ConfigDict, description: str,
                  argv: list[str] | None = None) -> ml_collections.ConfigDict:
   """Exposes every top-level scalar/tuple field of `default` as a `--field` flag and returns the merged config."""
-  parser = argparse.ArgumentParser(description=description)
+  parser = cli_errors.ArgumentParser(description=description)
   for name, value in default.items():
     if isinstance(value, bool):
       parser.add_argument(f"--{name}", type=lambda s: s.lower() in ("1", "true", "yes"), default=value)

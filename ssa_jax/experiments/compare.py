@@ -125,6 +125,17 @@ def ensure_trained(run_dir: Path, config: ml_collections.ConfigDict, variant: st
   return state
 
 
+def write_report(root: Path, report: dict[str, Any], runs: list[dict]) -> None:
+  """report.json, report.md and the PNGs into `root`."""
+  from ssa_jax.experiments import compare_figures
+  from ssa_jax.experiments.compare_markdown import markdown
+
+  root.mkdir(parents=True, exist_ok=True)
+  (root / "report.json").write_text(json.dumps(report, indent=1) + "\n")
+  figures = compare_figures.write_all(root, report, runs)
+  (root / "report.md").write_text(markdown(report, figures))
+
+
 def compare(base: ml_collections.ConfigDict, variants: list[str], seeds: list[int], workdir: str,
             eval_tasks: str = "", eval_data_dir: str = "", limit: int = 0, eval_batch_size: int = 16,
             analysis_tokens: int = 2048, config_name: str = "") -> dict | None:
@@ -151,7 +162,7 @@ def compare(base: ml_collections.ConfigDict, variants: list[str], seeds: list[in
     run["analysis"] = compare_analysis.analyse_run(
         Path(run["dir"]), analysis_tokens, eval_tasks, eval_data_dir, limit, eval_batch_size)
   report = compare_report.build(runs, variants, seeds, config_name)
-  compare_report.write(root, report, runs)
+  write_report(root, report, runs)
   print(compare_report.console_summary(report), flush=True)
   print(f"[compare] wrote {root / 'report.md'}, {root / 'report.json'} and the figures beside them", flush=True)
   return report

@@ -1,5 +1,5 @@
-"""The comparison's report: every number read back from the runs' own metrics.jsonl and analyses, then written
-as WORKDIR/report.json, report.md and PNGs (validation perplexity, training loss, Figure 2, temperatures).
+"""The comparison's report: every number read back from the runs' own metrics.jsonl and analyses (compare.py then
+writes it as WORKDIR/report.json, with report.md from compare_markdown and the PNGs from compare_figures).
 
 Spread over seeds is the sample standard deviation (n - 1); with one seed there is none and no verdict.
 The verdict compares the final validation perplexity of each variant with the reference's: a difference
@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import statistics
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -192,15 +191,3 @@ def console_summary(report: dict[str, Any]) -> str:
     lines.append(f"  {v:12s} {fmt(report['final'][v]['val_ppl'])}")
   lines += [v["line"] for v in report["verdicts"]]
   return "\n".join(lines)
-
-
-def write(root: Path, report: dict[str, Any], runs: list[dict]) -> None:
-  """report.json, report.md and the PNGs into `root`."""
-  from ssa_jax.experiments import compare_figures
-
-  root.mkdir(parents=True, exist_ok=True)
-  (root / "report.json").write_text(json.dumps(report, indent=1) + "\n")
-  figures = compare_figures.write_all(root, report, runs)
-  from ssa_jax.experiments.compare_markdown import markdown
-
-  (root / "report.md").write_text(markdown(report, figures))
