@@ -1,8 +1,10 @@
 """The training system end to end: resume after SIGKILL (twice), SIGTERM, restore across device counts,
-non-finite steps, the demo command, and config errors before any compile."""
+non-finite steps, the demo command, config errors before any compile, a workdir of another config refused,
+a complete run left alone, an empty validation split, and a stop after the step under way."""
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -16,7 +18,9 @@ from flax import traverse_util
 
 from ssa_jax import checkpoint
 from ssa_jax.config import ConfigError
-from ssa_jax.train.loop import prepare, train
+from ssa_jax.train import preflight
+from ssa_jax.train.loop import train
+from ssa_jax.train.preflight import prepare
 from train_configs import tiny_run_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -258,7 +262,8 @@ def test_finetune_from_hf_starts_near_identity_and_can_train_temperatures_only(c
   from ssa_jax.train.step import next_token_loss
 
   make_hf_model("neox", tmp_path / "hf", vocab_size=512, max_position_embeddings=64)
-  config = _config(corpus, steps=3, checkpoint_every=0, temperatures_only=True, temperature_lr_multiplier=50.0)
+  config = _config(corpus, steps=3, checkpoint_every=0, temperatures_only=True, temperature_scalar_lr_multiplier=50.0,
+                   temperature_matrix_lr_multiplier=50.0)
   config.init.hf_dir = str(tmp_path / "hf")
   vanilla_model, vanilla_params = from_hf(tmp_path / "hf")
   for field in ("d_model", "num_layers", "num_heads", "mlp_dim", "max_seq_len", "vocab_size", "rotary_pct",
@@ -304,3 +309,116 @@ def test_gs_paths_without_the_gcs_extra_fail_before_anything_runs(corpus, tmp_pa
     config.init.hf_dir = "gs://b/run"
   with pytest.raises(gcs.GcsSupportMissing, match=message + r".*pip install 'ssa-jax\[gcs\]'"):
     prepare(config, workdir)
+
+
+def _snapshot(workdir: Path) -> dict[str, tuple[int, int]]:
+  """Every file under `workdir`: (size, mtime in ns)."""
+  return {str(p.relative_to(workdir)): (p.stat().st_size, p.stat().st_mtime_ns) for p in workdir.rglob("*")
+          if p.is_file()}
+
+
+def _one_error_line(proc) -> str:
+  lines = [l for l in proc.stderr.splitlines() if l.strip()]
+  assert proc.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: "), proc.stderr[-3000:]
+  return lines[0]
+
+
+@pytest.fixture(scope="module")
+def finished(corpus, tmp_path_factory):
+  """A run the command trained to its end (3 steps): (command-line arguments, workdir, the process)."""
+  config = _config(corpus, steps=3, checkpoint_every=3, eval_batches=1)
+  workdir = tmp_path_factory.mktemp("finished") / "run"
+  args = [str(REPO / "train.py"), *_cli_args(config, workdir)]
+  return args, workdir, _run(args)
+
+
+def test_the_end_of_a_run_says_its_wall_time_and_checkpoint(finished):
+  _, workdir, proc = finished
+  done = [l for l in proc.stderr.splitlines() if l.startswith("done: ")]
+  assert len(done) == 1 and re.fullmatch(rf"done: step 3, [0-9.]+s from start to end; checkpoint "
+                                         rf"{re.escape(str(workdir))}/checkpoints/3", done[0]), proc.stderr[-2000:]
+  summary = json.loads(proc.stdout[proc.stdout.index("{"):])
+  assert summary["wall_s"] > 0 and summary["loss"] is not None
+  assert json.loads((workdir / preflight.SUMMARY_NAME).read_text()) == summary
+
+
+def test_rerunning_a_complete_run_says_so_and_writes_nothing(finished):
+  args, workdir, first = finished
+  before = _snapshot(workdir)
+  proc = _run(args)
+  assert f"{workdir}: complete at step 3 (config.train.steps): checkpoint {workdir}/checkpoints/3" in proc.stderr
+  assert "training neox" not in proc.stderr and "Traceback" not in proc.stderr  # neither trained nor validated
+  summary = json.loads(proc.stdout[proc.stdout.index("{"):])
+  assert summary == dict(json.loads(first.stdout[first.stdout.index("{"):]), already_complete=True)
+  assert summary["loss"] is not None and summary["val_loss"] is not None
+  assert _snapshot(workdir) == before
+
+
+def test_a_workdir_of_another_config_is_refused_in_one_line_before_anything_is_written(finished):
+  args, workdir, _ = finished
+  before = _snapshot(workdir)
+  # steps may change on resume (it is not named); the position kind and the learning rate may not.
+  proc = _run([*args, "--config.model.ssa.position_kind=yarn", "--config.train.lr=1e-3", "--config.train.steps=6"],
+              check=False)
+  line = _one_error_line(proc)
+  assert f"--workdir {workdir}: its checkpoint 3 was made by another config (2 fields differ:" in line, line
+  assert "config.model.ssa.position_kind: 'log' there, 'yarn' here" in line and "config.train.lr:" in line, line
+  assert "train.steps" not in line
+  assert _snapshot(workdir) == before
+
+
+def _jsonl_corpus(root: Path, validation_docs: list[str] | None) -> Path:
+  """A custom corpus: train.jsonl (40 chapters of the demo text) and, unless None, validation.jsonl."""
+  from ssa_jax.data.demo import kjv_chapters
+
+  root.mkdir()
+  (root / "train.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in kjv_chapters()[:40]))
+  if validation_docs is not None:
+    (root / "validation.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in validation_docs))
+  return root
+
+
+def test_an_empty_validation_split_is_refused_when_training_asks_for_validation(corpus, tmp_path):
+  config = _config(corpus, eval_every=2, eval_batches=2)
+  config.data.path = str(_jsonl_corpus(tmp_path / "corpus", ["In the beginning."]))  # less than one batch
+  workdir = tmp_path / "run"
+  proc = _run([str(REPO / "train.py"), *_cli_args(config, workdir), "--config.data.demo=False"], check=False)
+  line = _one_error_line(proc)
+  assert "config.data.validation_split: the 'validation' split" in line and "holds less than one batch" in line
+  assert "config.train.eval_every=2 asks for validation" in line and "--config.train.eval_batches=0" in line
+  assert not workdir.exists()  # nothing written, not even an empty workdir
+
+
+def test_an_empty_validation_split_with_validation_at_the_end_only_is_said_at_start(corpus, tmp_path, capsys):
+  config = _config(corpus, eval_every=0, eval_batches=2)
+  config.data.demo = False
+  config.data.path = str(_jsonl_corpus(tmp_path / "corpus", None))  # no validation file at all
+  preflight.check_validation(prepare(config, str(tmp_path / "run")))
+  err = capsys.readouterr().err
+  assert "validation: off, config.data.validation_split: the 'validation' split" in err and "has no files" in err
+  config.train.eval_every = 5
+  with pytest.raises(ConfigError, match=r"config\.data\.validation_split: .* has no files"):
+    preflight.check_validation(prepare(config, str(tmp_path / "run")))
+
+
+def test_the_host_stays_at_most_one_step_ahead_of_the_devices(corpus, tmp_path, monkeypatch):
+  """What makes Ctrl-C stop after the step under way: before each dispatch, at most the previous step is
+  still running (without the loop's wait the host ran ahead to the next log step's read)."""
+  from ssa_jax.train import loop
+
+  make_step, running = loop.jit_loop_step, []
+
+  def recording(*args, **kwargs):
+    step_fn, losses = make_step(*args, **kwargs), []
+
+    def step(state, counts, batch):
+      running.append(sum(not loss.is_ready() for loss in losses))
+      out = step_fn(state, counts, batch)
+      losses.append(out[2]["loss"])
+      return out
+
+    return step
+
+  monkeypatch.setattr(loop, "jit_loop_step", recording)
+  train(_config(corpus, steps=24, log_every=24, checkpoint_every=0), str(tmp_path / "run"))
+  assert len(running) == 24 and max(running) <= 1, running

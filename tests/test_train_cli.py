@@ -44,6 +44,25 @@ def test_user_mistakes_are_one_line_and_exit_2(args, expected):
     assert text in proc.stderr, proc.stderr
 
 
+@pytest.mark.parametrize("args,expected", [
+    ([], ["--config is required", "--config=configs/tiny_ssa.py (the offline demo)"]),
+    # A named corpus without its tokenizer: the demo's BPE is never used for it, in a run or a dry run.
+    (["--config=configs/pythia160m_ssa.py", "--config.data.path=configs"],
+     ["config.data.tokenizer_path: required outside demo mode"]),
+    (["--config=configs/pythia160m_ssa.py", "--config.data.path=configs", "--dry_run"],
+     ["config.data.tokenizer_path: required outside demo mode"]),
+    (["--config=configs/tiny_ssa.py", "--target=v5p-8"], ["--target=v5p-8: needs --dry_run"]),
+])
+def test_start_up_mistakes_are_exactly_one_line(tmp_path, args, expected):
+  workdir = tmp_path / "run"
+  proc = _train(*args, *([f"--workdir={workdir}"] if args else []))
+  lines = _error_lines(proc)
+  assert proc.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: "), proc.stderr[-2000:]
+  for text in expected:
+    assert text in lines[0], lines[0]
+  assert not workdir.exists()
+
+
 def test_verbosity_1_shows_the_traceback():
   proc = _train("--config=configs/tiny_ssa.py", "--config.train.lrr=1e-3", "--verbosity=1")
   assert proc.returncode != 0 and "Traceback (most recent call last)" in proc.stderr

@@ -24,8 +24,9 @@ import ml_collections
 from ssa_jax import sharding
 from ssa_jax.model import Decoder, count_params, is_temperature_param, param_shapes
 from ssa_jax.train import metrics as metrics_lib
-from ssa_jax.train.loop import describe_ssa, flops_per_token, prepare
+from ssa_jax.train.loop import flops_per_token
 from ssa_jax.train.optim import learning_rate_schedule, make_optimizer
+from ssa_jax.train.preflight import describe_ssa, prepare
 from ssa_jax.train.state import state_shardings
 from ssa_jax.train.step import jit_train_step
 

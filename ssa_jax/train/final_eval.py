@@ -14,6 +14,9 @@ import jax
 import ml_collections
 from etils import epath
 
+from ssa_jax.train.evaluation import split_loss
+from ssa_jax.train.metrics import log
+
 HELDOUT = "heldout"  # the results entry of the held-out perplexity
 
 
@@ -50,8 +53,6 @@ def _heldout_split_is_separate(run, split: str) -> str | None:
 def heldout_perplexity(run, eval_step, params) -> dict[str, Any] | None:
   """{"split", "loss", "perplexity", "tokens", "windows"} over the whole held-out split; None when there is
   none (config.eval.heldout_split '' or a corpus without a separate split: the console says which)."""
-  from ssa_jax.train.loop import log, split_loss
-
   split = run.config.eval.heldout_split
   if not split:
     return None
@@ -129,7 +130,6 @@ def evaluate_at_end(run, model, params, summary: dict[str, Any], eval_step) -> e
   from ssa_jax.evaluate import results as results_lib
   from ssa_jax.evaluate import run_eval
   from ssa_jax.evaluate.config import eval_config
-  from ssa_jax.train.loop import log
 
   ev = run.config.eval
   tasks = [t for t in str(ev.tasks).split(",") if t]

@@ -97,12 +97,14 @@ class MetricsWriter:
     self.primary = jax.process_index() == 0
     self.path = workdir / "metrics.jsonl"
     self.tb = None
+    self._kept: list[dict[str, Any]] = []  # the records up to resume_step (primary host)
     if not self.primary:
       return
     if self.path.exists():
       # After a resume, drop lines from steps past the restored checkpoint: they will be recomputed identically.
       kept = [l for l in self.path.read_text().splitlines() if l.strip() and json.loads(l)["step"] <= resume_step]
       self.path.write_text("".join(l + "\n" for l in kept))
+      self._kept = [json.loads(l) for l in kept]
     if tensorboard:
       from ssa_jax.gcs import TENSORBOARD, require_gcs
 
@@ -110,6 +112,10 @@ class MetricsWriter:
       from tensorboardX import SummaryWriter
 
       self.tb = SummaryWriter(str(workdir / "tensorboard"), purge_step=resume_step + 1)
+
+  def logged(self, step: int, key: str) -> Any:
+    """`key`'s value at `step` in the records kept from before the resume (None: not logged, not primary)."""
+    return next((r[key] for r in reversed(self._kept) if r["step"] == step and key in r), None)
 
   def write(self, record: dict[str, Any]) -> None:
     if not self.primary:
@@ -157,6 +163,17 @@ class ConsoleProgress:
           f"gnorm {m['grad_norm']:.3f} {m['tokens_per_s']:,.0f} tok/s{mfu} eta {eta / 60:.1f}m", flush=True)
 
 
+def format_duration(seconds: float) -> str:
+  """'42.0s', '5m47s', '2h05m'."""
+  if seconds < 60:
+    return f"{seconds:.1f}s"
+  minutes, secs = divmod(int(round(seconds)), 60)
+  if minutes < 60:
+    return f"{minutes}m{secs:02d}s"
+  return f"{minutes // 60}h{minutes % 60:02d}m"
+
+
 def log(msg: str) -> None:
+  """One line on stderr, from the primary host only."""
   if jax.process_index() == 0:
     print(msg, file=sys.stderr, flush=True)

@@ -15,7 +15,10 @@ handler swallows every later SIGTERM, so `timeout` or a second signal could neve
      before the stop step when it learns it.
   3. Each loop stops after that step, saves it, and exits.
 
-Per step the loop only reads a lock-protected field: no collective, no host-device sync, no remote call.
+Per step the loop only reads a lock-protected field: no collective, no remote call. The step it passes is the
+host's; the loop keeps its host at most one step ahead of its devices (loop.py waits for the step before the
+one it has just dispatched), so a stop comes after the step the devices are running, or the one queued behind
+it, not after every step a free-running host would have dispatched ahead (tens, up to the next log step).
 A second signal ends the process at once (the default action: the steps since the last checkpoint are
 lost), and so does the deadline (`config.train.preemption_deadline_s` after the first signal, 0 = none),
 so that a process whose peers are gone does not wait forever for an agreement or a collective.
@@ -157,7 +160,7 @@ class StopSignals:
     self.signum: int | None = None
     self._on_first, self._deadline_s = on_first, float(deadline_s)
     self._who = f"process {process_index}: " if process_count > 1 else ""
-    self._when = "at a step all processes agree on" if process_count > 1 else "after this step"
+    self._when = "at a step all processes agree on" if process_count > 1 else "after the step under way"
     self._timer: threading.Timer | None = None
     self._previous: dict[int, Any] = {}
     if threading.current_thread() is threading.main_thread():  # signal handlers live in the main thread only

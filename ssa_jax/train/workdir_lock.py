@@ -75,6 +75,7 @@ class WorkdirLock:
   def __init__(self, workdir: epath.PathLike):
     self.path = epath.Path(workdir) / LOCK_NAME
     self.held = False
+    self._made_workdir = False  # acquire created the workdir: release removes it again if it is still empty
     pid = os.getpid()
     self.record = {"host": socket.gethostname(), "pid": pid, "pid_start": _process_start_ticks(pid),
                    "started": datetime.datetime.now().isoformat(timespec="seconds"),
@@ -120,6 +121,7 @@ class WorkdirLock:
       os.rename(aside, self.path)  # a fresh lock appeared in between: put it back
 
   def acquire(self) -> None:
+    self._made_workdir = _is_local(self.path) and not self.path.parent.exists()
     self.path.parent.mkdir(parents=True, exist_ok=True)
     for _ in range(3):
       if self._create():
@@ -150,6 +152,8 @@ class WorkdirLock:
       return
     if holder.get("pid") == self.record["pid"] and holder.get("host") == self.record["host"]:
       self.path.unlink(missing_ok=True)
+      if self._made_workdir and not any(self.path.parent.iterdir()):
+        self.path.parent.rmdir()  # a run refused at start leaves no empty workdir behind
 
 
 @contextlib.contextmanager

@@ -1,0 +1,383 @@
+"""A training run's start-up checks: everything that can be refused before the first compile, in one line
+naming the field (`ConfigError`), and nothing written to the workdir before a refusal.
+
+  check_config    the config's own fields, the mesh, the data fields (a run outside demo mode names its
+                  corpus and its tokenizer), the HF checkpoint of a fine-tune, the SSA feature file
+  attach_data     the tokenizer loaded (the demo corpus / BPE made when the demo asks for them)
+  check_workdir   a workdir with a checkpoint: made by the same config (up to RESUMABLE_FIELDS), not past
+                  config.train.steps, or already complete (WORKDIR/summary.json at config.train.steps)
+  check_validation  the validation split yields a batch when the config asks for validation
+
+A dry run (`train.py --dry_run`) runs check_config without the files it does not need, listing what it
+could not check in Run.unchecked.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any
+
+import jax
+import ml_collections
+from etils import epath
+
+from ssa_jax import checkpoint, sharding
+from ssa_jax.accelerator_check import warn_if_accelerator_unused
+from ssa_jax.config import ConfigError, ModelConfig, model_config_from_dict
+from ssa_jax.data.demo_counts import DEMO_FEATURE_PATH
+from ssa_jax.gcs import TENSORBOARD, require_gcs
+from ssa_jax.model import uses_token_feature
+from ssa_jax.train.evaluation import has_a_batch
+from ssa_jax.train.metrics import log
+
+SUMMARY_NAME = "summary.json"  # WORKDIR/summary.json: the summary of the run's last session (train.py prints it)
+
+# Fields a run may change when it resumes from a workdir's checkpoint (a dotted name, or a section: every
+# field under it). They change how the run proceeds, is logged, evaluated or placed on devices, not what it
+# trains: the cadences and the length (steps: extend a finished run), the evaluation, the corpus's location
+# (data.path: the same corpus moved, or a new epoch of files in the same layout; the data iterator refuses a
+# layout that does not fit its state), reader threads and prefetch, the hosts and the mesh (a checkpoint
+# restores onto any device count), memory and speed knobs whose step computes the same update (microbatches,
+# loss_chunk_size, remat, attention kernel and its blocks, compute dtype), and init (read at step 0 only).
+# Every other field (the architecture, SSA, optimizer, schedule shape, batch, data layout, tokenizer, seeds)
+# must be the checkpoint's: a run with another value is another run (another --workdir).
+RESUMABLE_FIELDS = (
+    "train.steps", "train.log_every", "train.eval_every", "train.eval_batches", "train.checkpoint_every",
+    "train.keep_checkpoints", "train.async_checkpoints", "train.tensorboard", "train.preemption_deadline_s",
+    "train.max_nonfinite_steps", "train.microbatches", "train.loss_chunk_size",
+    "model.dtype", "model.remat", "model.attention_impl", "model.splash_block_q", "model.splash_block_kv",
+    "data.path", "data.cache_dir", "data.num_threads", "data.prefetch", "data.validation_split",
+    "eval", "distributed", "mesh", "sharding", "init",
+)
+
+_DATA_PATH_REQUIRED = ("config.data.path: required (a SlimPajama / parquet / jsonl / txt directory or file, "
+                       "local or gs://); set config.data.demo=True for the offline demo corpus")
+
+
+def _tokenizer_required(config: ml_collections.ConfigDict) -> str:
+  hf_dir = config.init.get("hf_dir") or ""
+  example = f"--config.data.tokenizer_path={hf_dir} (the checkpoint's own)" if hf_dir else \
+      "--config.data.tokenizer_path=DIR_OR_tokenizer.json"
+  return ("config.data.tokenizer_path: required outside demo mode (config.data.demo=False): the tokenizer of "
+          f"config.data.path's text, a tokenizer.json, a SentencePiece .model or a directory holding one, e.g. "
+          f"{example}; the demo's {config.data.demo_vocab_size}-token BPE fits the demo corpus only")
+
+
+@dataclasses.dataclass
+class Run:
+  """Everything a run builds from its config before the first compile."""
+
+  config: ml_collections.ConfigDict
+  workdir: epath.Path | None  # None for a dry run (nothing is written)
+  model_cfg: ModelConfig
+  mesh: Any
+  rules: Any
+  tokenizer: Any  # None for a dry run that could not load it
+  # Dry run: checks that need files a dry run does not require (the corpus, the HF checkpoint), one line each.
+  unchecked: list[str] = dataclasses.field(default_factory=list)
+  tokenizer_checked: bool = True  # dry run: False when the tokenizer's vocab size could not be compared
+
+
+# -- data: the corpus and its tokenizer -------------------------------------------------------------------
+def _check_data_named(config: ml_collections.ConfigDict, dry_run: bool, unchecked: list[str]) -> None:
+  """Outside demo mode a run names its corpus and its tokenizer (the demo BPE would tokenize any corpus,
+  silently). A dry run without a corpus checks shapes only: both are listed as unchecked; once it names a
+  corpus, it must name the tokenizer too."""
+  data = config.data
+  if data.demo:
+    return
+  if not data.path:
+    if not dry_run:
+      raise ConfigError(_DATA_PATH_REQUIRED)
+    unchecked.append(_DATA_PATH_REQUIRED)
+    if not data.tokenizer_path:
+      unchecked.append(_tokenizer_required(config))
+    return
+  if not data.tokenizer_path:
+    raise ConfigError(_tokenizer_required(config))
+
+
+def check_vocab(tokenizer_vocab: int, model_cfg: ModelConfig, field: str) -> None:
+  """The tokenizer's ids must fit the model's embedding."""
+  if tokenizer_vocab > model_cfg.vocab_size:
+    raise ConfigError(f"{field}: tokenizer has {tokenizer_vocab} tokens, more than "
+                      f"config.model.vocab_size={model_cfg.vocab_size}")
+
+
+def resolve_data(config: ml_collections.ConfigDict, model_cfg: ModelConfig):
+  """Fills in the demo corpus / tokenizer where a demo run gives no path; returns the tokenizer. Checks vocab
+  sizes. (check_config has made sure that a run outside demo mode names both.)"""
+  from ssa_jax.data.config import resolve_paths, validate_data_config
+  from ssa_jax.data.tokenizer import load_tokenizer
+
+  data = config.data
+  validate_data_config(data)
+  data.path, data.tokenizer_path = resolve_paths(data)
+  tokenizer = load_tokenizer(data.tokenizer_path)
+  check_vocab(tokenizer.vocab_size, model_cfg, "config.data.tokenizer_path")
+  return tokenizer
+
+
+def _dry_run_data(config: ml_collections.ConfigDict, model_cfg: ModelConfig, unchecked: list[str]):
+  """The data checks that need no corpus: every field's value; the tokenizer only when its file exists
+  (the demo BPE, not yet trained, is checked by its configured size). Returns (tokenizer or None, whether
+  the tokenizer's vocab size was compared with the model's)."""
+  from ssa_jax.data.config import validate_data_config
+  from ssa_jax.data.tokenizer import load_tokenizer
+
+  data = ml_collections.ConfigDict(config.data.to_dict())
+  if data.path and not epath.Path(data.path).exists():
+    unchecked.append(f"config.data.path: {data.path} does not exist here (a real run reads it)")
+    data.path = ""
+  if data.tokenizer_path and not epath.Path(data.tokenizer_path).exists():
+    unchecked.append(f"config.data.tokenizer_path: {data.tokenizer_path} does not exist here (vocab size unchecked)")
+    data.tokenizer_path = ""
+  validate_data_config(data)
+  if data.tokenizer_path:
+    tokenizer = load_tokenizer(data.tokenizer_path)
+    check_vocab(tokenizer.vocab_size, model_cfg, "config.data.tokenizer_path")
+    return tokenizer, True
+  if not config.data.tokenizer_path and config.data.demo:  # the demo BPE: its size is configured
+    check_vocab(int(data.demo_vocab_size), model_cfg, "config.data.demo_vocab_size")
+    return None, True
+  return None, False
+
+
+# -- the model's start: a HF checkpoint, the SSA feature file ---------------------------------------------
+def check_against_hf(model_cfg: ModelConfig, hf_cfg: ModelConfig, hf_dir: str) -> None:
+  """The architecture fields of config.model must be those of the HF checkpoint it starts from."""
+  runtime = ("dtype", "remat", "attention_impl", "splash_block_q", "splash_block_kv", "scan_layers", "ssa",
+             "init_std")  # not the architecture
+  mismatched = [f.name for f in dataclasses.fields(ModelConfig)
+                if f.name not in runtime and getattr(model_cfg, f.name) != getattr(hf_cfg, f.name)]
+  if mismatched:
+    raise ConfigError(f"config.model: fields {mismatched} differ from {hf_dir}/config.json "
+                      f"(e.g. {mismatched[0]}: config {getattr(model_cfg, mismatched[0])!r} vs checkpoint "
+                      f"{getattr(hf_cfg, mismatched[0])!r})")
+
+
+def _check_init(config: ml_collections.ConfigDict, model_cfg: ModelConfig, dry_run: bool,
+                unchecked: list[str]) -> None:
+  """config.init: a fine-tune config needs a HF checkpoint; one that is named must exist (and match, in a
+  dry run; a real run compares while loading it)."""
+  hf_dir = config.init.hf_dir
+  require_gcs(hf_dir, "config.init.hf_dir")
+  if hf_dir and not epath.Path(hf_dir).exists():
+    raise ConfigError(f"config.init.hf_dir: {hf_dir} does not exist")
+  if config.get("mode") == "finetune" and not hf_dir:
+    message = ("config.init.hf_dir: required by a fine-tune config (it adds SSA to a pretrained Hugging Face "
+               "checkpoint): pass --config.init.hf_dir=HF_DIR (config.json + safetensors)")
+    if not dry_run:
+      raise ConfigError(message)
+    unchecked.append(message)
+  if dry_run and hf_dir:
+    from ssa_jax.hf import config_from_hf, read_hf_config
+
+    check_against_hf(model_cfg, config_from_hf(read_hf_config(hf_dir)), hf_dir)
+
+
+def _check_ssa_inputs(model_cfg: ModelConfig, config: ml_collections.ConfigDict) -> None:
+  """The frequency token term reads its fixed feature from a counts file; without one it would be 0 everywhere
+  (HF checkpoints carry no feature, so config.init.hf_dir does not provide it either). 'demo': the demo
+  corpus's counts, made at start (demo runs only)."""
+  path = model_cfg.ssa.feature_path
+  if not uses_token_feature(model_cfg):
+    return
+  if not path:
+    raise ConfigError("config.model.ssa.feature_path: the 'frequency' token term needs a token-count file "
+                      "(python -m ssa_jax.data.token_counts CORPUS --tokenizer=... --output=counts.npy); "
+                      "without one its feature is 0 for every token and the token term is dead")
+  if path == DEMO_FEATURE_PATH:
+    if not config.data.demo:
+      raise ConfigError(f"config.model.ssa.feature_path: {DEMO_FEATURE_PATH!r} means the demo corpus's token "
+                        f"counts, but this run reads config.data.path={config.data.path!r}: pass a counts file "
+                        f"of that corpus (python -m ssa_jax.data.token_counts)")
+    return
+  if not epath.Path(path).exists():
+    raise ConfigError(f"config.model.ssa.feature_path: {path} does not exist")
+
+
+def _resolve_demo_feature(config: ml_collections.ConfigDict, model_cfg: ModelConfig) -> ModelConfig:
+  """feature_path 'demo' -> the demo corpus's token-count file (counted once, cached); the config records it."""
+  from ssa_jax.data.demo_counts import ensure_demo_token_counts
+
+  if not uses_token_feature(model_cfg) or model_cfg.ssa.feature_path != DEMO_FEATURE_PATH:
+    return model_cfg
+  data = config.data
+  config.model.ssa.feature_path = ensure_demo_token_counts(data.cache_dir, data.path, data.tokenizer_path)
+  return model_config_from_dict(config.model)
+
+
+def describe_ssa(ssa) -> str:
+  """One phrase for the log: 'off', or each term's kind and the scaled projections."""
+  if not ssa.enabled:
+    return "off"
+  token = ssa.token_kind if ssa.token else "off"
+  position = ssa.position_kind if ssa.position else "off"
+  return f"token {token}, position {position}, on {'+'.join(ssa.components)}"
+
+
+# -- the checks in order -----------------------------------------------------------------------------------
+def check_config(config: ml_collections.ConfigDict, workdir: str | None, dry_run: bool = False) -> Run:
+  """Validates every field that can be checked before reading data or compiling; names the field on failure.
+
+  The returned Run has no tokenizer yet (attach_data reads it). `dry_run`: also checks the data section as
+  far as it can without the corpus; checks needing files that are absent are listed in Run.unchecked."""
+  config = ml_collections.ConfigDict(config.to_dict())  # a private copy we may fill in
+  t = config.train
+  for field in ("steps", "global_batch_size", "seq_len", "log_every", "microbatches"):
+    if int(t[field]) <= 0:
+      raise ConfigError(f"config.train.{field}: expected a positive int, got {t[field]!r}")
+  if not dry_run:
+    require_gcs(str(workdir), "--workdir")
+    if t.tensorboard:
+      require_gcs(str(workdir), "--workdir (TensorBoard event files)", TENSORBOARD)
+  # The loop's own stop agreement (preemption.py) replaces jax's preemption service, whose C++ SIGTERM
+  # handler would swallow a SIGTERM that comes before the loop installs its handlers.
+  jax.config.update("jax_enable_preemption_service", False)
+  sharding.maybe_initialize_distributed(config.distributed)
+  warn_if_accelerator_unused()  # after distributed init: it starts jax's backends
+  model_cfg = model_config_from_dict(config.model)
+  _check_ssa_inputs(model_cfg, config)
+  if t.seq_len > model_cfg.max_seq_len:
+    raise ConfigError(f"config.train.seq_len: {t.seq_len} exceeds config.model.max_seq_len={model_cfg.max_seq_len}")
+  mesh = sharding.make_mesh(config.mesh)
+  sharding.check_batch_divisible(t.global_batch_size, mesh, t.microbatches)
+  rules = sharding.rules_from_config(config.sharding.rules)
+  unchecked: list[str] = []
+  _check_init(config, model_cfg, dry_run, unchecked)
+  _check_data_named(config, dry_run, unchecked)
+  tokenizer, tokenizer_checked = None, True
+  if dry_run:
+    tokenizer, tokenizer_checked = _dry_run_data(config, model_cfg, unchecked)
+    if uses_token_feature(model_cfg) and model_cfg.ssa.feature_path == DEMO_FEATURE_PATH:
+      # Counting needs the corpus; a zero feature has the same shape for building the step.
+      unchecked.append("config.model.ssa.feature_path: 'demo' (the demo corpus's token counts, made at start)")
+      model_cfg = dataclasses.replace(model_cfg, ssa=dataclasses.replace(model_cfg.ssa, feature_path=""))
+  return Run(config, None if dry_run else epath.Path(workdir), model_cfg, mesh, rules, tokenizer, unchecked,
+             tokenizer_checked)
+
+
+def attach_data(run: Run) -> Run:
+  """The run with its tokenizer (the demo corpus / BPE made if needed, vocab sizes checked) and the demo
+  token counts resolved. Writes nothing in the workdir."""
+  tokenizer = resolve_data(run.config, run.model_cfg)
+  model_cfg = _resolve_demo_feature(run.config, run.model_cfg)
+  return dataclasses.replace(run, tokenizer=tokenizer, model_cfg=model_cfg)
+
+
+def prepare(config: ml_collections.ConfigDict, workdir: str | None, dry_run: bool = False) -> Run:
+  """check_config, then (unless `dry_run`) attach_data: everything a run needs before compiling."""
+  run = check_config(config, workdir, dry_run)
+  return run if dry_run else attach_data(run)
+
+
+def run_config_json(run: Run) -> dict[str, Any]:
+  """The run's config as stored in WORKDIR/config.json and with every checkpoint (paths resolved)."""
+  return json.loads(run.config.to_json_best_effort())
+
+
+# -- the workdir: resume, refuse, or say it is complete -----------------------------------------------------
+def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
+  if not isinstance(d, dict):
+    return {prefix: d}
+  out = {}
+  for k, v in d.items():
+    out.update(_flatten(v, f"{prefix}.{k}" if prefix else str(k)))
+  return out
+
+
+def _resumable(name: str) -> bool:
+  return any(name == f or name.startswith(f + ".") for f in RESUMABLE_FIELDS)
+
+
+def config_differences(saved: dict[str, Any], wanted: dict[str, Any]) -> list[tuple[str, Any, Any]]:
+  """(field, saved value, wanted value) of every field that differs and may not change on resume
+  (RESUMABLE_FIELDS). A field only one side has (the code gained or lost a config field) is no difference."""
+  a, b = _flatten(saved), _flatten(wanted)
+  return [(k, a[k], b[k]) for k in sorted(set(a) & set(b)) if a[k] != b[k] and not _resumable(k)]
+
+
+def _short(v: Any) -> str:
+  text = repr(v)
+  return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _read_summary(workdir: epath.Path) -> dict[str, Any] | None:
+  path = workdir / SUMMARY_NAME
+  try:
+    return json.loads(path.read_text()) if path.exists() else None
+  except (OSError, json.JSONDecodeError):
+    return None  # unreadable (a crash mid-write): as if absent, the run's end is done again
+
+
+def check_workdir(run: Run) -> dict[str, Any] | None:
+  """A workdir with a checkpoint: refuses (ConfigError, one line naming the fields) one made by another config
+  or past config.train.steps; returns the stored summary, marked `already_complete`, when the run is complete
+  (its checkpoint and WORKDIR/summary.json at config.train.steps, not stopped); else None (start or resume).
+  Reads only."""
+  ckpt = run.workdir / "checkpoints"
+  if not ckpt.exists():
+    return None
+  try:
+    root, latest = checkpoint.resolve_step_dir(ckpt)
+    saved = checkpoint.read_config(root / str(latest))
+  except checkpoint.NotACheckpointError:
+    return None  # no finished checkpoint yet: the run starts from step 0
+  diffs = config_differences(saved, run_config_json(run))
+  if diffs:
+    shown = "; ".join(f"config.{k}: {_short(old)} there, {_short(new)} here" for k, old, new in diffs[:4])
+    more = f"; and {len(diffs) - 4} more" if len(diffs) > 4 else ""
+    raise ConfigError(
+        f"--workdir {run.workdir}: its checkpoint {latest} was made by another config ({len(diffs)} field"
+        f"{'s' if len(diffs) > 1 else ''} differ: {shown}{more}); pass another --workdir, or the same values to "
+        f"resume it (fields that may change on resume: ssa_jax.train.preflight.RESUMABLE_FIELDS)")
+  steps = int(run.config.train.steps)
+  if latest > steps:
+    raise ConfigError(f"config.train.steps: {steps}, but {run.workdir} holds checkpoint {latest}, past it: "
+                      f"pass --config.train.steps={latest} or more to continue that run, or another --workdir")
+  summary = _read_summary(run.workdir)
+  if latest == steps and summary and summary.get("step") == steps and not summary.get("stopped"):
+    return dict(summary, already_complete=True)
+  return None
+
+
+def check_validation(run: Run) -> None:
+  """Validation needs a batch of config.data.validation_split: asked for during training (eval_every > 0,
+  eval_batches > 0) a split without one is refused; asked for at the end only (eval_every 0), it is said in
+  one line. Reads at most one batch."""
+  t, data = run.config.train, run.config.data
+  if int(t.eval_batches) <= 0:
+    return  # validation off by the config
+  try:
+    why_not = None if has_a_batch(run, data.validation_split) else "holds less than one batch"
+  except FileNotFoundError:
+    why_not = "has no files"
+  if why_not is None:
+    return
+  what = (f"config.data.validation_split: the {data.validation_split!r} split of {data.path} {why_not} "
+          f"({t.global_batch_size} windows of {t.seq_len + 1} tokens)")
+  off = "--config.train.eval_every=0 --config.train.eval_batches=0 turns validation off"
+  if int(t.eval_every) > 0:
+    raise ConfigError(f"{what}, and config.train.eval_every={t.eval_every} asks for validation: name another "
+                      f"split, or {off}")
+  log(f"validation: off, {what}; {off} to silence this")
+
+
+# -- the dry run's report --------------------------------------------------------------------------------
+# An H200's 141 GB, the most memory of the accelerators this project lists (metrics.PEAK_FLOPS_BF16): a step
+# needing more per device fits no single device as configured.
+LARGEST_DEVICE_MEMORY_BYTES = 141e9
+
+
+def dry_run_memory_hint(memory_bytes_per_device: int | None, target: str | None) -> str | None:
+  """A hint for a dry run whose step needs more memory per device than any accelerator has, else None."""
+  if not memory_bytes_per_device or memory_bytes_per_device <= LARGEST_DEVICE_MEMORY_BYTES:
+    return None
+  need = f"{memory_bytes_per_device / 1e9:,.0f} GB per device, more than any accelerator has (an H200: 141 GB)"
+  if target:
+    return (f"{need} on {target}: shard the state over more devices (config.mesh.fsdp), recompute "
+            f"activations (config.model.remat) or split the batch (config.train.microbatches)")
+  return (f"{need} on this host's {jax.device_count()} device(s): compile for the accelerator you will train "
+          f"on with --dry_run --target=NAME (e.g. --target=v5p-8), which reports its memory per device")
