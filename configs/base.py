@@ -18,8 +18,32 @@ PRETRAIN = dict(steps=28_600, global_batch_size=256, seq_len=2048, lr=6e-4, warm
 # (107 steps x 16 x 2048 = 3.5M tokens). A constant rate: the paper names no decay.
 FINETUNE = dict(steps=107, global_batch_size=16, seq_len=2048, lr=1e-6, warmup_steps=0, schedule="constant",
                 min_lr_ratio=1.0, weight_decay=0.0)
+# The temperatures' learning-rate multipliers in a fine-tune, chosen by measurement (python -m
+# ssa_jax.experiments.finetune_drift: SSA added near identity to a 300-step demo model, then these 107 steps at lr
+# 1e-6, batch 8 x 128; tests/test_finetune_lr.py holds the bounds). The temperatures are new parameters: at lr 1e-6
+# alone Adam moves each by at most about 1e-6 a step, 1e-4 over the schedule, i.e. not at all.
+# - Single scalars (alpha, log_tau, SSMax's pre-softplus a, beta): Adam moves them additively by about
+#   lr x multiplier a step under a steady gradient, and sigmoid(alpha) is exp(alpha) in its tail, so x1e4 (up to
+#   107 x 1e-2 = 1.07) lets the coefficient grow or shrink 2.9x; about 6.5e3 is the least that leaves 2x.
+#   Measured: sigmoid(alpha) ended at 0.39x-2.6x its start.
+# - Matrices (the token MLP's w1 / w2 and biases, weight sharing's w): x1e4 re-initialises them (w1, std 0.02 at
+#   init, moved 5.8x its norm; tau_q spanned 0.0-2.0, 54% of entries in tanh's saturation); x1e3: 1.5x, 7%
+#   saturated; x100: 0.40x, tau_q 0.63-1.22; x30: 0.12x (its steady-gradient ceiling 107 x 3e-5 / 0.02 = 0.16),
+#   tau_q 0.96-1.02, nothing saturated; x10: 0.04x, tau_q within 1 +- 0.01. Held-out loss change (from 4.2387):
+#   -0.040 / -0.058 / -0.030 / -0.015 / -0.013 (vanilla fine-tuned alone: -0.012). Of these, x30 is the largest
+#   that keeps w1 well within its norm; the zero-initialised outputs reach about 3e-3 per entry, which on wider
+#   models (w2 sums d/2 hidden units: 384 on Pythia-160M, 64 on the demo) is a tau_tok of order 0.1, a nudge.
+FINETUNE_TEMPERATURE_LR = dict(temperature_scalar_lr_multiplier=1e4, temperature_matrix_lr_multiplier=30.0)
 DEMO = dict(steps=600, global_batch_size=16, seq_len=128, lr=3e-3, warmup_steps=30, min_lr_ratio=0.1,
             weight_decay=0.01, log_every=20, eval_every=200, eval_batches=8, checkpoint_every=200)
+# FINETUNE scaled to the demo (configs/tiny_ft.py): its 107 steps, the demo's windows of 128, 8 sequences a step
+# (half the paper's 16: nine fine-tunes fit a 2-core CPU), and the paper's ratio of fine-tune to pre-training peak
+# rate (1e-6 / 6e-4) applied to the demo's 3e-3: 5e-6. The temperatures are new parameters whose scale does not
+# depend on the model's rate, so they keep the paper fine-tune's absolute rates (1e-6 x FINETUNE_TEMPERATURE_LR).
+_DEMO_FT_LR = DEMO["lr"] * FINETUNE["lr"] / PRETRAIN["lr"]
+DEMO_FINETUNE = dict(FINETUNE, seq_len=128, global_batch_size=8, lr=_DEMO_FT_LR, log_every=10, eval_every=107,
+                     eval_batches=8, checkpoint_every=107,
+                     **{k: round(v * FINETUNE["lr"] / _DEMO_FT_LR, 6) for k, v in FINETUNE_TEMPERATURE_LR.items()})
 
 
 def get_config(model: str = "tiny", ssa: str = "ssa", mode: str = "pretrain") -> ml_collections.ConfigDict:
@@ -53,7 +77,10 @@ def get_config(model: str = "tiny", ssa: str = "ssa", mode: str = "pretrain") ->
       loss_chunk_size=256,  # positions per LM-head chunk of the loss; 0 = the whole (B, T, V) logits at once
       lr=3e-4, warmup_steps=100, schedule="cosine", min_lr_ratio=0.1,
       b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.1, grad_clip=1.0,
-      temperature_lr_multiplier=1.0,  # SSA temperature parameters: lr x this, no weight decay
+      # SSA temperature parameters: lr x these, no weight decay. 'scalar': the single learned scalars (alpha,
+      # the constant's log_tau, SSMax's s, the frequency beta); 'matrix': the token MLP's w1 / w2 and their
+      # biases, weight sharing's w. Pre-training trains them like the rest; fine-tunes set them below.
+      temperature_scalar_lr_multiplier=1.0, temperature_matrix_lr_multiplier=1.0,
       temperatures_only=False,  # train only the SSA temperatures (fine-tuning SSA into a frozen model)
       log_every=10, eval_every=1000, eval_batches=16,
       checkpoint_every=1000, keep_checkpoints=3, async_checkpoints=True,
@@ -66,6 +93,10 @@ def get_config(model: str = "tiny", ssa: str = "ssa", mode: str = "pretrain") ->
     factor = config.train.seq_len // config.model.max_seq_len
     config.train.seq_len = config.model.max_seq_len
     config.train.global_batch_size *= factor
+  # The learned position term starts at position_tau_at_end at the end of the training window (the paper's
+  # context window), not at model.max_seq_len: Llama-2 / 3 / 3.1 train on 2048 of 4096 / 8192 / 131072
+  # positions. A derived reference: it follows --config.train.seq_len unless set itself.
+  config.model.ssa.position_reference_len = config.train.get_ref("seq_len") * 1
 
   # Evaluation of the final checkpoint into WORKDIR/results.json (see eval.py for the tasks).
   config.eval = ml_collections.ConfigDict(dict(
@@ -74,11 +105,7 @@ def get_config(model: str = "tiny", ssa: str = "ssa", mode: str = "pretrain") ->
 
   if mode == "finetune":
     config.model.ssa.position_tau_at_end = 1.001  # near-identity start: the pretrained model's outputs at step 0
-    # The temperatures are new parameters (the token function starts at zero, the position coefficient at
-    # 1.3e-4 for 2048 positions); at the paper's lr of 1e-6 Adam would move them by about 1e-4 in the whole
-    # 107-step schedule, i.e. not at all. At 1e-6 x 1e4 = 1e-2 the position coefficient (softplus, so Adam's
-    # steps are multiplicative near zero) can grow about 3x, and the token function's output weights reach O(1).
-    config.train.temperature_lr_multiplier = 1e4
+    config.train.update(FINETUNE_TEMPERATURE_LR)
   if models.MODELS[model]["d_model"] >= 4096:
     # 7B / 8B: fp32 parameters + Adam moments are ~84 GB, so they are sharded over every device (FSDP) rather
     # than replicated, and each block's activations are recomputed in the backward pass. The 32 layers run under

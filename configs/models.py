@@ -38,7 +38,8 @@ SSA_VARIANTS = {
 
 SSA_DEFAULTS = dict(enabled=False, query=True, key=False, value=True, token=True, position=True, token_kind="mlp",
                     position_kind="log", weight_sharing_scope="layer", hidden_ratio=0.5, position_tau_at_end=1.1,
-                    yarn_scale=0.1, feature_path="")
+                    position_reference_len=0, yarn_scale=0.1, llama4_floor_scale=8192.0, llama4_attn_scale=0.1,
+                    feature_path="")
 
 MODEL_DEFAULTS = dict(num_kv_heads=0, head_dim=0, norm_eps=1e-5, activation="gelu_tanh", rope_theta=10000.0,
                       rotary_pct=1.0, rope_scaling=None, parallel_residual=False, tie_embeddings=False,

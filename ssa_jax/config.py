@@ -9,8 +9,8 @@ from typing import Any, Mapping
 FAMILIES = ("gpt2", "neox", "llama")
 # SSA's two temperature terms, chosen independently (SSA.md; every row of the paper's Table 8 is one pair).
 TOKEN_KINDS = ("mlp", "shared", "frequency")
-POSITION_KINDS = ("log", "yarn", "constant", "ssmax")
-QUERY_ONLY_POSITION_KINDS = ("yarn", "constant", "ssmax")  # logit temperatures in their sources
+POSITION_KINDS = ("log", "yarn", "constant", "ssmax", "llama4")
+QUERY_ONLY_POSITION_KINDS = ("yarn", "constant", "ssmax", "llama4")  # logit temperatures in their sources
 WEIGHT_SHARING_SCOPES = ("layer", "head")
 ACTIVATIONS = ("gelu_tanh", "gelu", "silu")
 ATTENTION_IMPLS = ("auto", "xla", "cudnn", "splash")
@@ -33,10 +33,12 @@ class SSAConfig:
       'frequency' tanh(beta_h phi(token))                   (feature-based: standardized log token frequency)
   - position term (`position` on/off), `position_kind`:
       'log'       1 + sigmoid(alpha_h) log n                (SSA's, on every scaled projection)
-      'yarn'      1 + yarn_scale log n, fixed               (query only)
+      'yarn'      (1 + yarn_scale log n)^2, fixed           (query only; YaRN's logit factor, s read as n)
       'constant'  exp(c_h), learned, starts at 1            (query only)
       'ssmax'     s_h log n, s_h = softplus(a_h) learned     (Scalable-Softmax; query only, no "1 +")
-    With the position term off, or for k / v under a query-only kind, the position term is the constant 1.
+      'llama4'    1 + llama4_attn_scale log(floor(n / llama4_floor_scale) + 1), fixed  (Llama-4; query only)
+    n is the token's 1-based position. With the position term off, or for k / v under a query-only kind, the
+    position term is the constant 1. alpha_h, c_h, a_h are one scalar per head, per scaled projection, per layer.
   """
 
   enabled: bool = False
@@ -51,10 +53,19 @@ class SSAConfig:
   # paper's: "3 vectors per attention head") or as wide as the head's own slice of it ('head').
   weight_sharing_scope: str = "layer"
   hidden_ratio: float = 0.5  # 'mlp' token kind: hidden width = round(d_model * hidden_ratio)
-  # The learned position coefficient starts so that the position term at the last position of the context
-  # (n = max_seq_len) equals this ('log' and 'ssmax'); just above 1 (1.001) is the near-identity fine-tune start.
+  # The learned position coefficient starts so that the position term at n = position_reference_len equals
+  # this ('log' and 'ssmax'); just above 1 (1.001) is the near-identity fine-tune start.
   position_tau_at_end: float = 1.1
-  yarn_scale: float = 0.1  # 'yarn': the fixed coefficient of log n
+  # The position the start above is pinned at: the training window (configs/base.py sets it to train.seq_len,
+  # the paper's context window); 0 = the model's max_seq_len (checkpoints and exports made before this field).
+  # Only the initial value of alpha / a depends on it: a trained or imported coefficient is restored as it is.
+  position_reference_len: int = 0
+  # 'yarn': YaRN scales q and k each by sqrt(1/t) = 0.1 ln s + 1 (so the logits by its square); s is read as
+  # the position n and the square goes on the query alone (a logit temperature of the query's position).
+  yarn_scale: float = 0.1
+  # 'llama4' (Llama-4's attention temperature tuning; transformers' Llama4 attn_scale / floor_scale defaults).
+  llama4_floor_scale: float = 8192.0
+  llama4_attn_scale: float = 0.1
   # 'frequency' token kind: token-count file (python -m ssa_jax.data.token_counts) giving phi(token).
   feature_path: str = ""
 
@@ -69,15 +80,25 @@ class SSAConfig:
     """Whether the position term (when on) varies for `component` ('q', 'k', 'v'); else it is the constant 1."""
     return self.position and (component == "q" or self.position_kind not in QUERY_ONLY_POSITION_KINDS)
 
+  def reference_len(self, max_seq_len: int) -> int:
+    """The position n at which the learned position term starts at position_tau_at_end (at least 2)."""
+    return max(self.position_reference_len or max_seq_len, 2)
+
   def alpha_init(self, max_seq_len: int) -> float:
-    """'log': pre-sigmoid alpha such that 1 + sigmoid(alpha) * log(max_seq_len) == position_tau_at_end."""
-    s = (self.position_tau_at_end - 1.0) / math.log(max(max_seq_len, 2))
+    """'log': pre-sigmoid alpha such that 1 + sigmoid(alpha) * log(reference_len) == position_tau_at_end."""
+    s = (self.position_tau_at_end - 1.0) / math.log(self.reference_len(max_seq_len))
     return math.log(s / (1.0 - s))
 
   def ssmax_init(self, max_seq_len: int) -> float:
-    """'ssmax': pre-softplus a such that softplus(a) * log(max_seq_len) == position_tau_at_end."""
-    s = self.position_tau_at_end / math.log(max(max_seq_len, 2))
+    """'ssmax': pre-softplus a such that softplus(a) * log(reference_len) == position_tau_at_end."""
+    s = self.position_tau_at_end / math.log(self.reference_len(max_seq_len))
     return math.log(math.expm1(s))
+
+  def ssmax_start(self, max_seq_len: int) -> dict[int, float]:
+    """'ssmax': the initial tau_q = s log n at n = 2, 64 and reference_len (it has no near-identity start)."""
+    ref = self.reference_len(max_seq_len)
+    s = self.position_tau_at_end / math.log(ref)
+    return {n: s * math.log(n) for n in (2, 64, ref)}
 
   def validate(self, max_seq_len: int, d_model: int, where: str = "config.model.ssa") -> None:
     """Raises ConfigError naming the first field that is unknown or part of a combination that means nothing."""
@@ -103,14 +124,22 @@ class SSAConfig:
                    f"{self.position_kind!r} acts on the query only")
     if self.position and self.position_kind in QUERY_ONLY_POSITION_KINDS and not self.query:
       bad("position_kind", f"{self.position_kind!r} is a query (logit) temperature but query scaling is off")
+    if not isinstance(self.position_reference_len, int) or self.position_reference_len < 0:
+      bad("position_reference_len", f"expected an int >= 0 (0: model.max_seq_len), got {self.position_reference_len!r}")
     if self.position and self.position_kind == "log":
-      frac = (self.position_tau_at_end - 1.0) / math.log(max(max_seq_len, 2))
+      frac = (self.position_tau_at_end - 1.0) / math.log(self.reference_len(max_seq_len))
       if not 0.0 < frac < 1.0:
-        bad("position_tau_at_end", f"expected 1 < value < 1 + log(max_seq_len), got {self.position_tau_at_end}")
+        bad("position_tau_at_end", f"expected 1 < value < 1 + log(position_reference_len), got "
+                                   f"{self.position_tau_at_end}")
     if self.position and self.position_kind == "ssmax" and not self.position_tau_at_end > 0:
       bad("position_tau_at_end", f"expected > 0 for 'ssmax', got {self.position_tau_at_end}")
     if self.position and self.position_kind == "yarn" and self.yarn_scale < 0:
       bad("yarn_scale", f"expected >= 0, got {self.yarn_scale}")
+    if self.position and self.position_kind == "llama4":
+      if not self.llama4_floor_scale > 0:
+        bad("llama4_floor_scale", f"expected > 0, got {self.llama4_floor_scale}")
+      if self.llama4_attn_scale < 0:
+        bad("llama4_attn_scale", f"expected >= 0, got {self.llama4_attn_scale}")
     if self.token and self.token_kind == "mlp" and int(round(d_model * self.hidden_ratio)) <= 0:
       bad("hidden_ratio", f"expected > 0, got {self.hidden_ratio}")
 

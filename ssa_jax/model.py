@@ -13,6 +13,7 @@ import numpy as np
 from ssa_jax.attention import LayerCache, SelectiveSelfAttention
 from ssa_jax.config import ModelConfig
 from ssa_jax.layers import Mlp, Norm, compute_dtype
+from ssa_jax.temperature import param_group
 
 Array = jax.Array
 
@@ -65,23 +66,6 @@ class Block(nn.Module):
     return x_BTd + Mlp(cfg, name="mlp")(Norm(cfg, name="mlp_norm")(x_BTd)), cache
 
 
-def _load_token_feature(cfg: ModelConfig):
-  """Initializer of the fixed token feature phi ('frequency' token kind): read from the counts file if one is named.
-
-  Without one phi is 0 (the token term is dead): training refuses that at start (config.model.ssa.feature_path);
-  a checkpoint being loaded overwrites these zeros with the phi it stores."""
-
-  def init(key, shape, dtype=jnp.float32):
-    del key
-    if not cfg.ssa.feature_path:
-      return jnp.zeros(shape, dtype)
-    from ssa_jax.data.token_counts import load_token_feature  # the data layer owns the counts format
-
-    return jnp.asarray(load_token_feature(cfg.ssa.feature_path, shape[0]), dtype)
-
-  return init
-
-
 class Decoder(nn.Module):
   """Token ids (B, T) -> float32 logits (B, T, vocab_size); with a KVCache, also the updated cache."""
 
@@ -118,11 +102,11 @@ class Decoder(nn.Module):
 
     feature_BT = None
     if uses_token_feature(cfg):
-      # phi is a fixed corpus statistic, stored with the params so checkpoints carry it; never trained.
-      phi_V = self.param(
-          "token_feature", nn.with_logical_partitioning(_load_token_feature(cfg), ("vocab",)), (cfg.vocab_size,),
-          jnp.float32,
-      )
+      # phi is a fixed corpus statistic (a buffer), stored with the params so checkpoints and exports carry it;
+      # never trained. It starts at 0 here: the training side fills it from config.model.ssa.feature_path
+      # (ssa_jax.train.state.create_state), a checkpoint or an export restores it.
+      phi_V = self.param("token_feature", nn.with_logical_partitioning(nn.initializers.zeros, ("vocab",)),
+                         (cfg.vocab_size,), jnp.float32)
       feature_BT = jax.lax.stop_gradient(phi_V)[tokens_BT]
 
     block_cls = Block
@@ -228,6 +212,36 @@ def count_params(params, where=lambda path: True) -> int:
   return total
 
 
+TOKEN_FEATURE = "token_feature"  # the params key of the frequency token term's fixed phi table
+
+
 def is_temperature_param(path: str) -> bool:
-  """True for SSA parameters (everything under an ssa_{q,k,v} temperature module, and the fixed token feature)."""
-  return re.search(r"(^|/)ssa_[qkv](/|$)", path) is not None or path.endswith("token_feature")
+  """True for everything SSA adds: the parameters under an ssa_{q,k,v} temperature module and the fixed token
+  feature (a buffer; see is_temperature_buffer). Exports and checkpoints carry all of it."""
+  return re.search(r"(^|/)ssa_[qkv](/|$)", path) is not None or path.endswith(TOKEN_FEATURE)
+
+
+def is_temperature_buffer(path: str) -> bool:
+  """True for SSA's fixed, never-trained tensors (the frequency token term's phi table)."""
+  return path.endswith(TOKEN_FEATURE)
+
+
+def is_trainable_temperature(path: str) -> bool:
+  """True for SSA's trained parameters: is_temperature_param without the buffers."""
+  return is_temperature_param(path) and not is_temperature_buffer(path)
+
+
+def temperature_group(path: str) -> str | None:
+  """'scalar' / 'matrix' (the learning-rate groups of ssa_jax.temperature.param_group), 'buffer', or None for
+  a parameter that is not SSA's."""
+  if is_temperature_buffer(path):
+    return "buffer"
+  if not is_temperature_param(path):
+    return None
+  return param_group(path.rsplit("/", 1)[-1])
+
+
+def ssa_param_counts(params) -> dict[str, int]:
+  """{'params': every scalar, 'ssa_params': SSA's trainable ones, 'ssa_buffers': SSA's fixed ones (phi)}."""
+  return {"params": count_params(params), "ssa_params": count_params(params, is_trainable_temperature),
+          "ssa_buffers": count_params(params, is_temperature_buffer)}

@@ -8,7 +8,9 @@ Single learned scalars and Adam: a near-identity start must still be able to mov
 steps, so each positive scalar is a function whose logarithm Adam moves additively: 'log' keeps the paper's
 sigmoid(alpha), which is exp(alpha) in its tail (d log s / d alpha = 1 - s, about 1 at a near-identity start);
 'constant' is exp(c); 'ssmax' is softplus(a) (exp(a) for small s, linear for large). How far they move in a run is
-then set by the learning rate they get: config.train.temperature_lr_multiplier.
+then set by the learning rate they get: config.train.temperature_scalar_lr_multiplier. The matrices (the token
+MLP's w1 / w2 with their biases, weight sharing's w) take config.train.temperature_matrix_lr_multiplier
+(`param_group` tells the two apart): a fine-tune must nudge them, not re-initialise them.
 """
 
 from __future__ import annotations
@@ -20,6 +22,15 @@ import jax.numpy as jnp
 from ssa_jax.config import SSAConfig
 
 Array = jax.Array
+
+# The single learned scalars (one per head each): position 'log' alpha, 'constant' log_tau, 'ssmax' ssmax_s, and
+# the frequency token term's beta. Every other temperature parameter is part of a matrix (w1, w2, w, biases).
+SCALAR_PARAMS = ("alpha", "log_tau", "ssmax_s", "beta")
+
+
+def param_group(leaf_name: str) -> str:
+  """'scalar' or 'matrix': the learning-rate group of the temperature parameter whose last path key is this."""
+  return "scalar" if leaf_name in SCALAR_PARAMS else "matrix"
 
 
 def _partitioned(init, axes):
@@ -52,7 +63,7 @@ class Temperature(nn.Module):
   """The temperature of one scaled projection (`component` 'q', 'k' or 'v') for `num_heads` heads.
 
   Returns tau_BTH in float32. Parameters: 'mlp' `w1`, `w2`; 'shared' `w`; 'frequency' `beta`; position 'log'
-  `alpha`, 'constant' `log_tau`, 'ssmax' `ssmax_s` (one scalar per head each); 'yarn' has none.
+  `alpha`, 'constant' `log_tau`, 'ssmax' `ssmax_s` (one scalar per head each); 'yarn' and 'llama4' have none.
   """
 
   ssa: SSAConfig
@@ -84,14 +95,20 @@ class Temperature(nn.Module):
     if not ssa.position_acts_on(self.component):
       return jnp.ones(shape, jnp.float32)
     # n is the 1-based absolute position of the token (with a KV cache: in the whole sequence).
-    log_n_BT1 = jnp.log(positions_BT.astype(jnp.float32) + 1.0)[..., None]
+    n_BT1 = positions_BT.astype(jnp.float32)[..., None] + 1.0
+    log_n_BT1 = jnp.log(n_BT1)
     per_head = lambda name, init: self.param(name, _partitioned(nn.initializers.constant(init), (self.head_axis,)),
                                              (H,), jnp.float32)
     kind = ssa.position_kind
     if kind == "log":
       return 1.0 + jax.nn.sigmoid(per_head("alpha", ssa.alpha_init(self.max_seq_len))) * log_n_BT1
     if kind == "yarn":
-      return jnp.broadcast_to(1.0 + ssa.yarn_scale * log_n_BT1, shape)
+      # YaRN's q and k factors sqrt(1/t) = 0.1 ln s + 1 together, as one logit factor on the query's row.
+      return jnp.broadcast_to(jnp.square(1.0 + ssa.yarn_scale * log_n_BT1), shape)
+    if kind == "llama4":
+      # transformers' Llama4: log(floor((cache_position + 1) / floor_scale) + 1) * attn_scale + 1.
+      steps_BT1 = jnp.floor(n_BT1 / ssa.llama4_floor_scale)
+      return jnp.broadcast_to(1.0 + ssa.llama4_attn_scale * jnp.log(steps_BT1 + 1.0), shape)
     if kind == "constant":
       return jnp.broadcast_to(jnp.exp(per_head("log_tau", 0.0)), shape)
     if kind == "ssmax":

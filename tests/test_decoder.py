@@ -9,7 +9,8 @@ import pytest
 from flax import traverse_util
 
 from ssa_jax.config import ConfigError, ModelConfig, SSAConfig, model_config_from_dict
-from ssa_jax.model import Decoder, count_params, init_cache, init_params, is_temperature_param, param_shapes
+from ssa_jax.model import (Decoder, count_params, init_cache, init_params, is_temperature_param, param_shapes,
+                           ssa_param_counts)
 from tiny_models import tiny_config, with_random_temperatures
 
 
@@ -39,9 +40,11 @@ GPT2_SMALL = dict(family="gpt2", vocab_size=50257, d_model=768, num_layers=12, n
 def _overhead(**ssa):
   shapes = param_shapes(ModelConfig(**GPT2_SMALL, ssa=SSAConfig(**ssa)).validate())
   vanilla = count_params(shapes, lambda p: not is_temperature_param(p))
-  # The feature variant's phi table is a fixed corpus statistic (never trained), so it is not counted.
-  added = count_params(shapes, lambda p: is_temperature_param(p) and not p.endswith("token_feature"))
-  return vanilla, added
+  counts = ssa_param_counts(shapes)
+  # The feature variant's phi table is a fixed corpus statistic (never trained): a buffer, counted apart.
+  assert counts["ssa_buffers"] == (GPT2_SMALL["vocab_size"] if ssa.get("token_kind") == "frequency" else 0)
+  assert counts["params"] == vanilla + counts["ssa_params"] + counts["ssa_buffers"]
+  return vanilla, counts["ssa_params"]
 
 
 def test_parameter_overhead_gpt2_small_query_value():
@@ -59,6 +62,16 @@ def test_parameter_overhead_gpt2_small_query_value():
   assert per_head == layers * 2 * (heads * (d // heads) + heads)
   _, feature = _overhead(enabled=True, token_kind="frequency")
   assert feature == layers * 2 * (2 * heads)  # beta and alpha per head, for q and v, per layer
+
+
+def test_frequency_variant_reports_phi_as_a_buffer_not_a_parameter():
+  # Pythia-160M: 576 trainable temperature scalars (< 0.01%, as the paper says); phi's 50,304 apart.
+  cfg = ModelConfig(family="neox", vocab_size=50304, d_model=768, num_layers=12, num_heads=12, mlp_dim=3072,
+                    max_seq_len=2048, rotary_pct=0.25, parallel_residual=True, qkv_bias=True, out_bias=True,
+                    mlp_bias=True, activation="gelu", ssa=SSAConfig(enabled=True, token_kind="frequency")).validate()
+  counts = ssa_param_counts(param_shapes(cfg))
+  assert (counts["ssa_params"], counts["ssa_buffers"]) == (576, 50304)
+  assert counts["ssa_params"] / (counts["params"] - counts["ssa_buffers"] - counts["ssa_params"]) < 1e-4
 
 
 @pytest.mark.parametrize("token_kind,position_kind", [("mlp", "log"), ("shared", "log"), ("frequency", "log"),

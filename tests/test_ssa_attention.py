@@ -62,8 +62,21 @@ def _rope_ref(x_THD, theta):
   return np.concatenate([z.real, z.imag], axis=-1)
 
 
-def _tau_ref(p, x_Td, proj_THD, ssa, T_, max_len):
-  """tanh(f(x)) + 1 + sigmoid(alpha) log(n) written out."""
+def _position_ref(p, ssa, component, n_T1):
+  """The position term written out per kind (SSA.md): 1 for k / v under a query-only kind."""
+  if ssa.position_kind == "log":
+    return 1.0 + np.log(n_T1) / (1.0 + np.exp(-p["alpha"][None]))
+  if component != "q":
+    return 1.0
+  if ssa.position_kind == "yarn":  # YaRN's q and k factors 0.1 ln s + 1 together, on the logits; s read as n
+    return (0.1 * np.log(n_T1) + 1.0) ** 2
+  if ssa.position_kind == "llama4":  # transformers' Llama4 attention temperature tuning
+    return np.log(np.floor(n_T1 / ssa.llama4_floor_scale) + 1.0) * 0.1 + 1.0
+  raise ValueError(ssa.position_kind)
+
+
+def _tau_ref(p, x_Td, proj_THD, ssa, T_, component="q"):
+  """tanh(f(x)) + the position term, written out."""
   if ssa.token_kind == "mlp":
     f = _gelu(x_Td @ p["w1"]["kernel"] + p["w1"]["bias"]) @ p["w2"]["kernel"] + p["w2"]["bias"]
   elif ssa.weight_sharing_scope == "head":  # f_h = w_h . gelu(proj_h)
@@ -72,7 +85,7 @@ def _tau_ref(p, x_Td, proj_THD, ssa, T_, max_len):
     gp = _gelu(proj_THD)
     f = np.stack([(gp * p["w"][g][None]).sum((-2, -1)) for g in range(p["w"].shape[0])], axis=-1)
   n = np.arange(1, T_ + 1, dtype=np.float64)[:, None]
-  return np.tanh(f) + 1.0 + np.log(n) / (1.0 + np.exp(-p["alpha"][None]))
+  return np.tanh(f) + _position_ref(p, ssa, component, n)
 
 
 def _attention_ref(params, x_Td, cfg):
@@ -84,9 +97,9 @@ def _attention_ref(params, x_Td, cfg):
   k = np.einsum("td,dhk->thk", x_Td, p["k"]["kernel"])
   v = np.einsum("td,dhk->thk", x_Td, p["v"]["kernel"])
   ones = lambda n: np.ones((T_, n))
-  tau_q = _tau_ref(p["ssa_q"], x_Td, q, cfg.ssa, T_, cfg.max_seq_len) if cfg.ssa.query else ones(H)
-  tau_k = _tau_ref(p["ssa_k"], x_Td, k, cfg.ssa, T_, cfg.max_seq_len) if cfg.ssa.key else ones(K)
-  tau_v = _tau_ref(p["ssa_v"], x_Td, v, cfg.ssa, T_, cfg.max_seq_len) if cfg.ssa.value else ones(K)
+  tau_q = _tau_ref(p["ssa_q"], x_Td, q, cfg.ssa, T_, "q") if cfg.ssa.query else ones(H)
+  tau_k = _tau_ref(p["ssa_k"], x_Td, k, cfg.ssa, T_, "k") if cfg.ssa.key else ones(K)
+  tau_v = _tau_ref(p["ssa_v"], x_Td, v, cfg.ssa, T_, "v") if cfg.ssa.value else ones(K)
   q, k = _rope_ref(q, cfg.rope_theta), _rope_ref(k, cfg.rope_theta)
   out = np.zeros((T_, H, D))
   group = H // K
@@ -101,10 +114,15 @@ def _attention_ref(params, x_Td, cfg):
   return np.einsum("thk,hkd->td", out, p["o"]["kernel"])
 
 
-@pytest.mark.parametrize("token_kind,scope,key", [("mlp", "layer", False), ("shared", "layer", False),
-                                                 ("shared", "head", False), ("mlp", "layer", True)])
-def test_random_temperatures_equal_logit_and_value_scaling(token_kind, scope, key):
-  cfg = _cfg(enabled=True, token_kind=token_kind, weight_sharing_scope=scope, key=key)
+@pytest.mark.parametrize("token_kind,scope,key,position_kind", [
+    ("mlp", "layer", False, "log"), ("shared", "layer", False, "log"), ("shared", "head", False, "log"),
+    ("mlp", "layer", True, "log"),
+    ("mlp", "layer", False, "yarn"),  # logits x (0.1 ln n + 1)^2 on top of the token term; v its token term only
+    ("mlp", "layer", False, "llama4"),  # floor_scale 4: steps at n = 4, 8, 12 within the 12 positions
+])
+def test_random_temperatures_equal_logit_and_value_scaling(token_kind, scope, key, position_kind):
+  cfg = _cfg(enabled=True, token_kind=token_kind, weight_sharing_scope=scope, key=key, position_kind=position_kind,
+             llama4_floor_scale=4.0)
   attn = SelectiveSelfAttention(cfg)
   x = np.random.default_rng(0).normal(size=(B, T, cfg.d_model)).astype(np.float32)
   pos = np.broadcast_to(np.arange(T), (B, T))

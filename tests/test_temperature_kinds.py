@@ -21,7 +21,7 @@ from tiny_models import tiny_config, with_random_temperatures
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 TOKEN_KINDS = ("mlp", "shared", "frequency")
-POSITION_KINDS = ("log", "yarn", "constant", "ssmax")
+POSITION_KINDS = ("log", "yarn", "constant", "ssmax", "llama4")
 
 
 def load_config(name: str):
@@ -31,29 +31,44 @@ def load_config(name: str):
   return module.get_config()
 
 
-def _temperature(ssa: SSAConfig, component="q", heads=4, max_seq_len=2048, d=16):
+def _temperature(ssa: SSAConfig, component="q", heads=4, max_seq_len=2048, d=16, positions=None):
   module = Temperature(ssa, num_heads=heads, d_model=d, max_seq_len=max_seq_len, component=component)
-  x = np.random.default_rng(0).normal(size=(1, 3, d)).astype(np.float32)
-  positions = np.array([[0, 99, max_seq_len - 1]])
-  proj = np.random.default_rng(1).normal(size=(1, 3, heads, 4)).astype(np.float32)  # the layer's projection
+  positions = np.array([[0, 99, max_seq_len - 1]]) if positions is None else np.asarray(positions)[None]
+  T = positions.shape[1]
+  x = np.random.default_rng(0).normal(size=(1, T, d)).astype(np.float32)
+  proj = np.random.default_rng(1).normal(size=(1, T, heads, 4)).astype(np.float32)  # the layer's projection
   params = module.init(jax.random.PRNGKey(0), x, positions, proj).get("params", {})
   params = jax.tree_util.tree_map(lambda a: getattr(a, "value", a), params, is_leaf=lambda a: hasattr(a, "value"))
   return module, params, x, positions
 
 
 # ------------------------------------------------------------------------------------------- starting values
-@pytest.mark.parametrize("config_name,at_end", [("pythia160m_ssa", 1.1), ("pythia160m_ssa_ft", 1.001),
-                                                ("pythia160m_ssa_ws_ft", 1.001), ("tiny_ssa", 1.1)])
-def test_initial_tau_is_pinned_per_mode(config_name, at_end):
+@pytest.mark.parametrize("config_name,at_end,window", [
+    ("pythia160m_ssa", 1.1, 2048), ("pythia160m_ssa_ft", 1.001, 2048), ("pythia160m_ssa_ws_ft", 1.001, 2048),
+    ("tiny_ssa", 1.1, 128),  # the demo trains on 128 of its 256 positions
+    ("llama2_7b_ssa_ft", 1.001, 2048), ("llama31_8b_ssa_ft", 1.001, 2048)])  # 2048 of 4096 / 131072
+def test_initial_tau_is_pinned_at_the_end_of_the_training_window(config_name, at_end, window):
   config = load_config(config_name)
+  assert config.train.seq_len == window
   model_cfg = model_config_from_dict(config.model)
-  module, params, x, positions = _temperature(model_cfg.ssa, max_seq_len=model_cfg.max_seq_len)
-  proj = np.random.default_rng(1).normal(size=(1, 3, 4, 4)).astype(np.float32)
-  tau = np.asarray(module.apply({"params": params}, x, positions, proj))
-  # The token term starts at tanh(0) = 0, so tau is the position term: 1 at n = 1, `at_end` at n = max_seq_len.
+  assert model_cfg.ssa.position_reference_len == window
+  module, params, x, positions = _temperature(model_cfg.ssa, max_seq_len=model_cfg.max_seq_len,
+                                              positions=[0, 99, window - 1, model_cfg.max_seq_len - 1])
+  tau = np.asarray(module.apply({"params": params}, x, positions, np.ones((1, 4, 4, 4), np.float32)))
+  # The token term starts at tanh(0) = 0, so tau is the position term: 1 at n = 1, `at_end` at n = the window.
   np.testing.assert_allclose(tau[0, 0], 1.0, rtol=1e-6)
-  np.testing.assert_allclose(tau[0, -1], at_end, rtol=1e-6)
+  np.testing.assert_allclose(tau[0, 2], at_end, rtol=1e-6)
   assert np.all(tau[0, 1] > 1.0) and np.all(tau[0, 1] < at_end)
+  n_max = model_cfg.max_seq_len
+  np.testing.assert_allclose(tau[0, 3], 1.0 + (at_end - 1.0) * math.log(n_max) / math.log(window), rtol=1e-6)
+
+
+def test_position_reference_len_follows_the_training_window_unless_set():
+  config = load_config("tiny_ssa")
+  config.train.seq_len = 64  # as --config.train.seq_len=64 would
+  assert config.model.ssa.position_reference_len == 64
+  config.model.ssa.position_reference_len = 200  # set itself: the training window stays
+  assert (config.train.seq_len, config.model.ssa.position_reference_len) == (64, 200)
 
 
 def test_ssmax_starts_at_the_configured_end_value():
@@ -63,6 +78,17 @@ def test_ssmax_starts_at_the_configured_end_value():
   np.testing.assert_allclose(tau[0, :, 0], np.log([1, 100, 2048]) * 1.1 / math.log(2048), rtol=1e-5)
 
 
+def test_ssmax_has_no_near_identity_start_and_says_so():
+  # SSMax's tau_q = s log n has no "1 +": pinned at 1.001 at n = 2048 it is 0.09 at n = 2 and 0.55 at n = 64.
+  ssa = model_config_from_dict(load_config("pythia160m_ssa_ft").model).ssa
+  ssa = SSAConfig(**{**ssa.__dict__, "position_kind": "ssmax"})
+  start = ssa.ssmax_start(2048)
+  assert start == pytest.approx({2: 0.0908, 64: 0.5458, 2048: 1.001}, abs=5e-4)
+  module, params, x, positions = _temperature(ssa, positions=[1, 63, 2047])
+  tau = np.asarray(module.apply({"params": params}, x, positions, np.ones((1, 3, 4, 4), np.float32)))
+  np.testing.assert_allclose(tau[0, :, 0], [start[2], start[64], start[2048]], rtol=1e-5)
+
+
 # ------------------------------------------------------------------------------- kinds against the formulas
 def _softplus(a):
   return np.log1p(np.exp(a))
@@ -70,7 +96,8 @@ def _softplus(a):
 
 @pytest.mark.parametrize("position_kind", POSITION_KINDS)
 def test_position_kinds_equal_their_formulas(position_kind):
-  ssa = SSAConfig(enabled=True, token=False, position_kind=position_kind, value=False, yarn_scale=0.25)
+  ssa = SSAConfig(enabled=True, token=False, position_kind=position_kind, value=False, yarn_scale=0.25,
+                  llama4_floor_scale=50.0, llama4_attn_scale=0.3)
   module, params, x, positions = _temperature(ssa)
   rng = np.random.default_rng(3)
   params = {k: jnp.asarray(rng.normal(size=v.shape), jnp.float32) for k, v in params.items()}
@@ -79,14 +106,45 @@ def test_position_kinds_equal_their_formulas(position_kind):
   p = {k: np.asarray(v, np.float64)[None] for k, v in params.items()}
   expected = {
       "log": lambda: 1.0 + np.log(n_T1) / (1.0 + np.exp(-p["alpha"])),
-      "yarn": lambda: np.broadcast_to(1.0 + 0.25 * np.log(n_T1), (3, 4)),
+      "yarn": lambda: np.broadcast_to((1.0 + 0.25 * np.log(n_T1)) ** 2, (3, 4)),
       "constant": lambda: np.broadcast_to(np.exp(p["log_tau"]), (3, 4)),
       "ssmax": lambda: _softplus(p["ssmax_s"]) * np.log(n_T1),  # Scalable-Softmax: no "1 +"
+      "llama4": lambda: np.broadcast_to(np.log(np.floor(n_T1 / 50.0) + 1.0) * 0.3 + 1.0, (3, 4)),
   }[position_kind]()
   np.testing.assert_allclose(tau_TH, expected, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("position_kind", ["yarn", "constant", "ssmax"])
+@pytest.mark.parametrize("n", [1, 2, 64, 2048, 32768])
+def test_yarn_gives_the_logits_yarns_factor(n):
+  # YaRN: q and k each times sqrt(1/t) = 0.1 ln s + 1, so the logits times (0.1 ln s + 1)^2; s read as n.
+  # At n = 2048 that is 3.11 (the query-only 1 + 0.1 ln n of before gave 1.76).
+  ssa = SSAConfig(enabled=True, token=False, position_kind="yarn", value=False)
+  module, params, x, positions = _temperature(ssa, max_seq_len=32768, positions=[n - 1])
+  tau = float(np.asarray(module.apply({"params": params}, x, positions))[0, 0, 0])
+  assert tau == pytest.approx((0.1 * math.log(n) + 1.0) ** 2, rel=1e-6)
+  if n == 2048:
+    assert tau == pytest.approx(3.11, abs=0.005)
+
+
+@pytest.mark.parametrize("floor_scale,n", [(4.0, 1), (4.0, 3), (4.0, 4), (4.0, 7), (4.0, 8), (4.0, 12), (4.0, 100),
+                                           (8192.0, 2048), (8192.0, 8191), (8192.0, 8192), (8192.0, 20000)])
+def test_llama4_temperature_tuning_equals_its_formula(floor_scale, n):
+  # transformers' Llama4: log(floor((cache_position + 1) / floor_scale) + 1) * attn_scale + 1, query only;
+  # constant 1 until n reaches floor_scale, then a step at every multiple of it.
+  ssa = SSAConfig(enabled=True, token=False, position_kind="llama4", value=False, llama4_floor_scale=floor_scale)
+  module, params, x, positions = _temperature(ssa, max_seq_len=32768, positions=[n - 1])
+  assert params == {}  # nothing learned
+  tau = float(np.asarray(module.apply({"params": params}, x, positions))[0, 0, 0])
+  assert tau == pytest.approx(math.log(math.floor(n / floor_scale) + 1.0) * 0.1 + 1.0, rel=1e-6)
+  assert (tau == 1.0) == (n < floor_scale)
+
+
+def test_llama4_defaults_are_transformers_published_ones():
+  ssa = SSAConfig()
+  assert (ssa.llama4_floor_scale, ssa.llama4_attn_scale) == (8192.0, 0.1)
+
+
+@pytest.mark.parametrize("position_kind", ["yarn", "constant", "ssmax", "llama4"])
 def test_query_only_position_kinds_leave_the_value_its_token_term(position_kind):
   # tau_v = 1 + tanh(f_v(x)): the position term is the constant 1 for v, whatever the query gets.
   ssa = SSAConfig(enabled=True, token_kind="mlp", position_kind=position_kind)
@@ -158,7 +216,7 @@ def _moved_under_finetune_optimizer(name: str, ssa_fields: dict, sign: float, mu
   config = load_config("pythia160m_ssa_ft")
   train = config.train
   if multiplier is not None:
-    train.temperature_lr_multiplier = multiplier
+    train.temperature_scalar_lr_multiplier = multiplier
   fields = {**config.model.ssa.to_dict(), **ssa_fields}
   cfg = tiny_config("neox", max_seq_len=config.model.max_seq_len, **fields)
   params = init_params(cfg, jax.random.PRNGKey(0))
@@ -195,10 +253,19 @@ def test_finetune_schedule_moves_the_frequency_beta_to_order_one():
   assert after >= 0.5  # tanh(0.5 phi): a token one std more frequent moves tau by about 0.46
 
 
-def test_without_the_temperature_multiplier_the_paper_lr_cannot_move_alpha():
-  # Why the fine-tune configs carry temperature_lr_multiplier: at lr 1e-6 alone the coefficient stays put.
+def test_without_the_scalar_multiplier_the_paper_lr_cannot_move_alpha():
+  # Why the fine-tune configs carry temperature_scalar_lr_multiplier: at lr 1e-6 alone the coefficient stays put.
   before, after = _moved_under_finetune_optimizer("alpha", {}, sign=-1.0, multiplier=1.0)
   assert after / before < 1.001
+
+
+def test_the_replaced_single_multiplier_fails_naming_its_successors():
+  train = load_config("pythia160m_ssa_ft").train
+  train.temperature_lr_multiplier = 1e4  # an old config's field
+  params = init_params(tiny_config("neox", enabled=True), jax.random.PRNGKey(0))
+  with pytest.raises(ConfigError, match=r"config\.train\.temperature_lr_multiplier: replaced by "
+                                        r"temperature_scalar_lr_multiplier .* and temperature_matrix_lr_multiplier"):
+    make_optimizer(train, params)
 
 
 def test_finetune_configs_use_the_papers_optimizer_settings():
@@ -228,7 +295,7 @@ def test_meaningless_combinations_are_rejected_naming_the_field(fields, message)
 
 @pytest.mark.parametrize("dtype,backend,expected", [
     ("float32", "gpu", "xla"), ("bfloat16", "gpu", "cudnn"), ("float16", "gpu", "cudnn"),
-    ("bfloat16", "cpu", "xla"), ("bfloat16", "tpu", "xla"), ("float32", "cpu", "xla"),
+    ("bfloat16", "cpu", "xla"), ("bfloat16", "tpu", "splash"), ("float32", "cpu", "xla"),
 ])
 def test_auto_attention_kernel_is_chosen_by_backend_and_dtype(dtype, backend, expected):
   cfg = tiny_config("neox")

@@ -1,4 +1,4 @@
-"""AdamW with warmup + cosine/constant schedules, decay masks, a temperature LR multiplier, freezing."""
+"""AdamW with warmup + cosine/constant schedules, decay masks, temperature LR multipliers, freezing."""
 
 from __future__ import annotations
 
@@ -7,9 +7,11 @@ import optax
 from flax import traverse_util
 
 from ssa_jax.config import ConfigError
-from ssa_jax.model import is_temperature_param
+from ssa_jax.model import temperature_group
 
 SCHEDULES = ("cosine", "constant")
+# The one temperature multiplier of earlier releases and the two that replaced it.
+_REPLACED = {"temperature_lr_multiplier": ("temperature_scalar_lr_multiplier", "temperature_matrix_lr_multiplier")}
 
 
 def learning_rate_schedule(train_cfg) -> optax.Schedule:
@@ -26,14 +28,16 @@ def learning_rate_schedule(train_cfg) -> optax.Schedule:
 
 
 def param_labels(params, temperatures_only: bool) -> dict:
-  """'temp' (SSA temperatures), 'decay' (matrices, embeddings), 'no_decay' (norms, biases), 'frozen'."""
+  """'temp_scalar' / 'temp_matrix' (SSA temperatures: single learned scalars / matrices and their biases),
+  'decay' (matrices, embeddings), 'no_decay' (norms, biases), 'frozen' (SSA's fixed buffers; with
+  temperatures_only everything that is not a temperature)."""
 
   def label(path: tuple[str, ...], leaf) -> str:
-    name = "/".join(path)
-    if name.endswith("token_feature"):
+    group = temperature_group("/".join(path))
+    if group == "buffer":
       return "frozen"  # the feature variant's fixed corpus statistic
-    if is_temperature_param(name):
-      return "temp"
+    if group is not None:
+      return f"temp_{group}"
     if temperatures_only:
       return "frozen"
     # Under scan_layers a layer's leaves carry a leading layer axis: a stacked bias is still a vector.
@@ -46,10 +50,28 @@ def param_labels(params, temperatures_only: bool) -> dict:
   return traverse_util.unflatten_dict({p: label(p, v) for p, v in flat.items()})
 
 
+def temperature_multipliers(train_cfg) -> tuple[float, float]:
+  """(scalar, matrix) learning-rate multipliers of the SSA temperatures; the replaced single field is refused."""
+  for old, new in _REPLACED.items():
+    if old in train_cfg:
+      raise ConfigError(f"config.train.{old}: replaced by {new[0]} (the single learned scalars: alpha, the "
+                        f"constant's log_tau, SSMax's s, the frequency beta) and {new[1]} (the token MLP's w1 / w2 "
+                        "and biases, weight sharing's w); see configs/base.py")
+  out = []
+  for field in _REPLACED["temperature_lr_multiplier"]:
+    if field not in train_cfg:
+      raise ConfigError(f"config.train.{field}: required (configs/base.py sets it)")
+    value = train_cfg[field]
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+      raise ConfigError(f"config.train.{field}: expected a number >= 0, got {value!r}")
+    out.append(float(value))
+  return out[0], out[1]
+
+
 def make_optimizer(train_cfg, params) -> optax.GradientTransformation:
   """The full gradient transformation; frozen parameters get no update and hold no optimizer state."""
   schedule = learning_rate_schedule(train_cfg)
-  temp_mult = float(train_cfg.temperature_lr_multiplier)
+  scalar_mult, matrix_mult = temperature_multipliers(train_cfg)
 
   def adamw(lr, weight_decay):
     return optax.adamw(lr, b1=train_cfg.b1, b2=train_cfg.b2, eps=train_cfg.eps, weight_decay=weight_decay)
@@ -66,7 +88,8 @@ def make_optimizer(train_cfg, params) -> optax.GradientTransformation:
           {
               "decay": adamw(schedule, float(train_cfg.weight_decay)),
               "no_decay": adamw(schedule, 0.0),
-              "temp": adamw(lambda step: schedule(step) * temp_mult, 0.0),
+              "temp_scalar": adamw(lambda step: schedule(step) * scalar_mult, 0.0),
+              "temp_matrix": adamw(lambda step: schedule(step) * matrix_mult, 0.0),
               "frozen": optax.set_to_zero(),
           },
           labels,
