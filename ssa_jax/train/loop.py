@@ -26,7 +26,7 @@ from ssa_jax.train.preflight import (SUMMARY_NAME, Run, attach_data, check_again
                                      check_validation, check_workdir, describe_ssa, run_config_json)
 from ssa_jax.train.prefetch import DevicePrefetcher
 from ssa_jax.train.state import TrainState, create_state, state_shardings
-from ssa_jax.train.step import jit_loop_step, make_eval_step, nonfinite_counts
+from ssa_jax.train.step import jit_loop_step, make_eval_step, nonfinite_counts, under_mesh
 from ssa_jax.train.workdir_lock import workdir_lock
 
 STOP_SIGNALS = ("SIGTERM", "SIGINT")  # the values of summary["stopped"] for a requested stop
@@ -131,10 +131,11 @@ def _train(run: Run, started: float) -> dict[str, Any]:
     batches = DevicePrefetcher(train_it, lambda b: sharding.global_batch(b, mesh))
     replicated = sharding.replicated(mesh)
     counts = jax.jit(nonfinite_counts, out_shardings=replicated)()
-    step_fn = jit_loop_step(model, tx, schedule, t.microbatches, shardings, mesh, int(t.loss_chunk_size))
-    eval_step = jax.jit(make_eval_step(model, int(t.loss_chunk_size)),
-                        in_shardings=(shardings.params, {"tokens": sharding.batch_sharding(mesh)}),
-                        out_shardings=replicated)
+    step_fn = under_mesh(jit_loop_step(model, tx, schedule, t.microbatches, shardings, mesh,
+                                       int(t.loss_chunk_size)), mesh)
+    eval_step = under_mesh(jax.jit(make_eval_step(model, int(t.loss_chunk_size)),
+                                   in_shardings=(shardings.params, {"tokens": sharding.batch_sharding(mesh)}),
+                                   out_shardings=replicated), mesh)
 
     writer = metrics_lib.MetricsWriter(run.workdir, t.tensorboard, resume_step=start)
     progress = metrics_lib.ConsoleProgress(t.steps, start)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Callable
 
 import jax
@@ -161,3 +162,15 @@ def jit_loop_step(model: Decoder, tx, schedule, microbatches: int, shardings: Tr
   replicated = sharding.replicated(mesh)
   return jax.jit(loop_step, in_shardings=(shardings, replicated, {"tokens": sharding.batch_sharding(mesh)}),
                  out_shardings=(shardings, replicated, replicated), donate_argnums=(0, 1))
+
+
+def under_mesh(fn: Callable, mesh) -> Callable:
+  """`fn` called (and so traced) under `jax.set_mesh(mesh)`: the attention kernel follows the mesh's platform
+  ('auto' is splash on TPU) and the splash kernel's shard_map finds the mesh it splits rows and heads over."""
+
+  @functools.wraps(fn)
+  def call(*args):
+    with jax.set_mesh(mesh):
+      return fn(*args)
+
+  return call
