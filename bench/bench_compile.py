@@ -38,7 +38,8 @@ def compile_seconds(layers: int, scan: bool, args) -> float:
   model_cfg = model_config_from_dict(mcfg)
   train_cfg = ml_collections.ConfigDict(dict(
       lr=1e-4, warmup_steps=10, steps=100, schedule="cosine", min_lr_ratio=0.1, b1=0.9, b2=0.95, eps=1e-8,
-      weight_decay=0.1, grad_clip=1.0, temperature_lr_multiplier=1.0, temperatures_only=False))
+      weight_decay=0.1, grad_clip=1.0, temperature_scalar_lr_multiplier=1.0,
+      temperature_matrix_lr_multiplier=1.0, temperatures_only=False))
   mesh = sharding.make_mesh(dict(data=-1, fsdp=1, tensor=1, num_devices=-1))
   rules = sharding.rules_from_config([["vocab", "tensor"], ["embed", "fsdp"], ["mlp", "tensor"],
                                       ["heads", "tensor"], ["kv_heads", "tensor"], ["layers", None]])

@@ -58,7 +58,8 @@ def build_variant(model_name, ssa, args):
   model_cfg = variant_config(model_name, ssa, args)
   train_cfg = ml_collections.ConfigDict(dict(lr=1e-4, warmup_steps=10, steps=1000, schedule="cosine", min_lr_ratio=0.1,
                                              b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.1, grad_clip=1.0,
-                                             temperature_lr_multiplier=1.0, temperatures_only=False))
+                                             temperature_scalar_lr_multiplier=1.0,
+      temperature_matrix_lr_multiplier=1.0, temperatures_only=False))
   mesh = sharding.make_mesh(ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1, num_devices=-1)))
   sharding.check_batch_divisible(args.batch, mesh, args.microbatches, where="--batch")
   rules = sharding.rules_from_config(base.get_config(model_name, ssa).sharding.rules)

@@ -16,7 +16,8 @@ from tiny_models import tiny_config
 
 def _train_cfg(**over):
   cfg = dict(lr=1e-2, warmup_steps=4, steps=100, schedule="cosine", min_lr_ratio=0.1, b1=0.9, b2=0.95, eps=1e-8,
-             weight_decay=0.0, grad_clip=0.0, temperature_lr_multiplier=1.0, temperatures_only=False)
+             weight_decay=0.0, grad_clip=0.0, temperature_scalar_lr_multiplier=1.0,
+      temperature_matrix_lr_multiplier=1.0, temperatures_only=False)
   cfg.update(over)
   return ml_collections.ConfigDict(cfg)
 
