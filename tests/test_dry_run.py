@@ -27,7 +27,7 @@ from ssa_jax.train.loop import check_config
 
 REPO = Path(__file__).resolve().parents[1]
 needs_8 = pytest.mark.skipif(jax.device_count() < 8, reason="needs XLA_FLAGS=--xla_force_host_platform_device_count=8")
-REPORT_KEYS = {"params", "ssa_params", "flops_per_step", "compile_s", "memory_bytes_per_device"}
+REPORT_KEYS = {"params", "ssa_params", "flops_per_step", "compile_s", "memory_bytes_per_device", "attention_kernel"}
 SMALL_D_MODEL = 256  # demo-sized models: compiled in CI
 LARGE_D_MODEL = 4096  # the 7B / 8B presets: lowered in a test of their own
 
@@ -64,8 +64,10 @@ def _check_report(name, report, stage):
   assert report["flops_per_step"] > 6 * report["params"] * report["tokens_per_step"] * 0.5, (name, report)
   if stage == "compile":
     assert report["compile_s"] > 0 and report["memory_bytes_per_device"] > 0, (name, report)
+    assert report["attention_kernel"] == "xla", (name, report)  # on this CPU (TPU / GPU: test_dry_run_target.py)
   else:
     assert report["compile_s"] is None and report["memory_bytes_per_device"] is None
+    assert report["attention_kernel"] is None
 
 
 def step_programs() -> dict[str, list[str]]:
