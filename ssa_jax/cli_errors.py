@@ -155,23 +155,30 @@ def message_of(e: BaseException) -> str:
   return _one_line(e.args[0] if isinstance(e, KeyError) and e.args else e)
 
 
+def _call_main(main: Callable[[list[str]], object], argv: list[str],
+               user_errors: tuple[type[BaseException], ...], verbose: Callable[[Sequence[str]], bool]) -> object:
+  """main(argv), with UsageError and `user_errors` as one `error:` line and exit 2, Ctrl-C as `interrupted` and
+  130; `verbose(argv)` true re-raises instead (the traceback)."""
+  try:
+    return main(argv)
+  except (UsageError, *user_errors) as e:
+    if verbose(argv):
+      raise
+    fail(message_of(e))
+  except KeyboardInterrupt:
+    if verbose(argv):
+      raise
+    print("interrupted", file=sys.stderr, flush=True)
+    sys.exit(INTERRUPTED_EXIT_CODE)
+
+
 def run_argv(main: Callable[[list[str]], object], argv: Sequence[str] | None = None,
              user_errors: tuple[type[BaseException], ...] = PATH_AND_VALUE_ERRORS) -> NoReturn:
   """Exits with main(argv) (argv: sys.argv[1:]) of an argparse entry point; UsageError and `user_errors` as one
   `error:` line and exit 2 (a traceback with --verbosity=1), Ctrl-C as `interrupted` and 130. An int that main
   returns is the exit code, anything else exits 0."""
   argv = list(sys.argv[1:] if argv is None else argv)
-  try:
-    result = main(argv)
-  except (UsageError, *user_errors) as e:
-    if verbose_in_argv(argv):
-      raise
-    fail(message_of(e))
-  except KeyboardInterrupt:
-    if verbose_in_argv(argv):
-      raise
-    print("interrupted", file=sys.stderr, flush=True)
-    sys.exit(INTERRUPTED_EXIT_CODE)
+  result = _call_main(main, argv, user_errors, verbose_in_argv)
   sys.exit(result if isinstance(result, int) and not isinstance(result, bool) else 0)
 
 
@@ -201,17 +208,4 @@ def run(main: Callable[[list[str]], object], user_errors: tuple[type[BaseExcepti
       fail(_describe_parse_error(e, argv, config_flag_names))
     raise AssertionError("unreachable")
 
-  def guarded_main(argv: list[str]):
-    try:
-      return main(argv)
-    except (UsageError, *user_errors) as e:
-      if _verbose(argv):
-        raise
-      fail(message_of(e))
-    except KeyboardInterrupt:
-      if _verbose(argv):
-        raise
-      print("interrupted", file=sys.stderr, flush=True)
-      sys.exit(INTERRUPTED_EXIT_CODE)
-
-  app.run(guarded_main, flags_parser=parse)
+  app.run(lambda argv: _call_main(main, argv, user_errors, _verbose), flags_parser=parse)

@@ -11,7 +11,7 @@ from typing import Any
 
 from etils import epath
 
-from ssa_jax.data.tokenizer import TOKENIZER_FILES, tokenizer_in
+from ssa_jax.data.tokenizer import TOKENIZER_FILES, tokenizer_file, tokenizer_in
 
 # Read beside tokenizer.json for the EOS / BOS names (ssa_jax.data.tokenizer, transformers).
 SIDE_FILES = ("tokenizer_config.json", "special_tokens_map.json", "added_tokens.json")
@@ -50,18 +50,9 @@ def tokenizer_files(path: epath.PathLike) -> dict[str, epath.Path]:
 
   A file named otherwise (e.g. `gpt2.json`, `llama.model`) is exported under the standard name.
   """
-  path = epath.Path(path)
-  if not path.exists():
-    raise FileNotFoundError(f"tokenizer {path}: does not exist")
-  if path.is_dir():
-    found = tokenizer_in(path)
-    if found is None:
-      raise FileNotFoundError(f"tokenizer dir {path}: holds neither {' nor '.join(TOKENIZER_FILES)}")
-    main = epath.Path(found)
-  elif path.name.endswith(".json") or path.name.endswith(".model"):
-    main = path
-  else:
-    raise ValueError(f"tokenizer {path}: expected a tokenizer.json, a SentencePiece .model, or a directory")
+  main = tokenizer_file(path)
+  if not (main.name.endswith(".json") or main.name.endswith(".model")):
+    raise ValueError(f"tokenizer {main}: expected a tokenizer.json, a SentencePiece .model, or a directory")
   files = {TOKENIZER_FILES[0] if main.name.endswith(".json") else TOKENIZER_FILES[1]: main}
   for name in SIDE_FILES:
     if (main.parent / name).exists():

@@ -158,17 +158,23 @@ def tokenizer_in(directory: epath.PathLike) -> str | None:
   return None
 
 
-def load_tokenizer(path: str) -> Tokenizer:
-  """A tokenizer from a tokenizer.json, a SentencePiece .model, or a directory holding one of them."""
-  require_gcs(str(path), "tokenizer path")
+def tokenizer_file(path: epath.PathLike) -> epath.Path:
+  """The tokenizer file `path` names: itself, or the tokenizer.json / tokenizer.model of a directory."""
   p = epath.Path(path)
   if not p.exists():
-    raise FileNotFoundError(f"tokenizer path {path!r} does not exist")
+    raise FileNotFoundError(f"tokenizer path {str(path)!r} does not exist")
   if p.is_dir():
     found = tokenizer_in(p)
     if found is None:
-      raise FileNotFoundError(f"tokenizer dir {path!r} holds neither {' nor '.join(TOKENIZER_FILES)}")
+      raise FileNotFoundError(f"tokenizer dir {str(path)!r} holds neither {' nor '.join(TOKENIZER_FILES)}")
     p = epath.Path(found)
+  return p
+
+
+def load_tokenizer(path: str) -> Tokenizer:
+  """A tokenizer from a tokenizer.json, a SentencePiece .model, or a directory holding one of them."""
+  require_gcs(str(path), "tokenizer path")
+  p = tokenizer_file(path)
   if p.name.endswith(".model"):
     return SentencePieceTokenizer(str(p))
   if p.name.endswith(".json"):
