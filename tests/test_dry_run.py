@@ -23,11 +23,11 @@ import pytest
 
 from ssa_jax.config import model_config_from_dict
 from ssa_jax.train.dry_run import dry_run
-from ssa_jax.train.loop import check_config
+from ssa_jax.train.preflight import check_config
 
 REPO = Path(__file__).resolve().parents[1]
 needs_8 = pytest.mark.skipif(jax.device_count() < 8, reason="needs XLA_FLAGS=--xla_force_host_platform_device_count=8")
-REPORT_KEYS = {"params", "ssa_params", "flops_per_step", "compile_s", "memory_bytes_per_device", "attention_kernel"}
+REPORT_KEYS = {"params", "ssa_params", "ssa_buffers", "flops_per_step", "compile_s", "memory_bytes_per_device", "attention_kernel"}
 SMALL_D_MODEL = 256  # demo-sized models: compiled in CI
 LARGE_D_MODEL = 4096  # the 7B / 8B presets: lowered in a test of their own
 
@@ -61,6 +61,10 @@ def program_key(config) -> tuple:
 def _check_report(name, report, stage):
   assert REPORT_KEYS <= set(report), (name, report)
   assert report["params"] > 0 and 0 <= report["ssa_params"] < report["params"], (name, report)
+  # The frequency token term's phi is a fixed table (one number per vocabulary entry), reported apart.
+  model = shipped_configs()[name].model
+  is_frequency = model.ssa.enabled and model.ssa.token and model.ssa.token_kind == "frequency"
+  assert report["ssa_buffers"] == (model.vocab_size if is_frequency else 0), (name, report)
   assert report["flops_per_step"] > 6 * report["params"] * report["tokens_per_step"] * 0.5, (name, report)
   if stage == "compile":
     assert report["compile_s"] > 0 and report["memory_bytes_per_device"] > 0, (name, report)

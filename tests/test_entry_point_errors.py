@@ -66,3 +66,19 @@ def test_main_blocks_print_one_line_and_exit_2(tmp_path, args, message):
   r = _module(*[a.format(**fill) for a in args])
   assert r.returncode == 2 and r.stderr.count("\n") == 1 and r.stderr.startswith(message.format(**fill)), r.stderr
   assert list(tmp_path.iterdir()) == []  # nothing written before the refusal
+
+
+def test_every_entry_point_exits_through_cli_errors():
+  """Every `python -m ssa_jax...` module and top-level script ends in cli_errors' guarded call, so a mistake is
+  one `error:` line and exit 2 there too (the subprocess tests above run three of them)."""
+  scripts = sorted(REPO.glob("*.py")) + sorted((REPO / "ssa_jax").rglob("*.py"))
+  unguarded = []
+  for path in scripts:
+    text = path.read_text()
+    marker = 'if __name__ == "__main__":'
+    if marker not in text:
+      continue
+    block = text.split(marker, 1)[1]
+    if "cli_errors.run(" not in block and "cli_errors.run_argv(" not in block:
+      unguarded.append(str(path.relative_to(REPO)))
+  assert unguarded == [], f"entry points without cli_errors.run / run_argv: {unguarded}"

@@ -17,7 +17,7 @@ from ssa_jax.evaluate.readers import TaskFileMissing, read_task
 from ssa_jax.evaluate.requests import TokenRequest, encode_pairs, rolling_requests
 from ssa_jax.evaluate.scoring import Scorer
 from ssa_jax.evaluate.tasks import MULTIPLE_CHOICE, PASSKEY, ROLLING, TASKS, parse_task_names
-from ssa_jax.model import count_params, is_temperature_param
+from ssa_jax.model import ssa_param_counts
 
 
 def parse_add_bos(value: Any) -> bool | None:
@@ -160,7 +160,7 @@ def run_eval(model, params, tokenizer, tasks, data_dir: str | None = None, limit
   own = {
       "checkpoint": None, "step": None,
       "ssa": dataclasses.asdict(cfg.ssa), "family": cfg.family,
-      "params": count_params(params), "ssa_params": count_params(params, is_temperature_param), "wall_time_s": wall,
+      **ssa_param_counts(params), "wall_time_s": wall,
       "scoring_seconds": stats.seconds if stats else 0.0,
       "requests": stats.requests if stats else 0,
       "requests_per_s": stats.requests / stats.seconds if stats and stats.seconds else None,

@@ -113,7 +113,7 @@ def analyse_run(run_dir: Path, num_tokens: int, eval_tasks: str = "", eval_data_
   from ssa_jax import checkpoint
   from ssa_jax.data.tokenizer import load_tokenizer
   from ssa_jax.evaluate import ModelSource, load_model
-  from ssa_jax.model import count_params, is_temperature_param
+  from ssa_jax.model import ssa_param_counts
 
   if num_tokens <= 0:
     raise ValueError(f"--analysis_tokens: expected a positive int, got {num_tokens}")
@@ -135,7 +135,7 @@ def analyse_run(run_dir: Path, num_tokens: int, eval_tasks: str = "", eval_data_
   windows_NT = validation_windows(run_config, tokenizer, num_tokens)
   out: dict[str, Any] = {
       "key": key, "step": step, "tokens_analysed": int(windows_NT.size), "window": int(windows_NT.shape[1]),
-      "params": count_params(params), "ssa_params": count_params(params, is_temperature_param),
+      **ssa_param_counts(params),
       "temperatures": temperature_stats(model, params, windows_NT),
       "figure2": figure2(model, params, windows_NT),
       "zero_shot": None,

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import sys
 import time
 from typing import Any, Iterable
 
@@ -184,4 +183,6 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-  main(sys.argv[1:])
+  from ssa_jax import cli_errors
+
+  cli_errors.run_argv(main)

@@ -31,7 +31,7 @@ import ml_collections
 
 from ssa_jax import sharding
 from ssa_jax.config import ConfigError, ModelConfig
-from ssa_jax.model import Decoder, count_params, is_temperature_param, param_shapes
+from ssa_jax.model import Decoder, param_shapes, ssa_param_counts
 from ssa_jax.splash_attention import LANES, fit_block
 from ssa_jax.train import compiled as compiled_lib, metrics as metrics_lib, targets as targets_lib
 from ssa_jax.train.loop import flops_per_token
@@ -200,8 +200,7 @@ def dry_run(config: ml_collections.ConfigDict, stage: str = "compile", target: s
       "mode": run.config.get("mode"),
       "family": cfg.family,
       "ssa": describe_ssa(cfg.ssa),
-      "params": count_params(shapes),
-      "ssa_params": count_params(shapes, is_temperature_param),
+      **ssa_param_counts(shapes),  # params, ssa_params (trainable temperatures), ssa_buffers (fixed phi)
       "mesh": dict(mesh.shape),
       "devices": f"{mesh.size} x {devices[0].device_kind}",
       "global_batch_size": t.global_batch_size,
