@@ -39,6 +39,9 @@ flags.DEFINE_enum("dry_run_stage", "compile", ["lower", "compile"],
 flags.DEFINE_string("target", None, "An accelerator to compile for on this host, e.g. v5p-8, v5e-16, h100-8; "
                     "needs --dry_run.")
 flags.DEFINE_integer("target_slices", 1, "--target: the number of slices (multi-slice TPU pods).")
+flags.DEFINE_bool("target_estimate", True, "--target on a TPU: also the compiler's roofline step estimate (three "
+                  "more, smaller compiles, about 3x the main compile's time); --notarget_estimate: memory and "
+                  "kernel only.")
 
 
 def _dry_run() -> None:
@@ -47,7 +50,8 @@ def _dry_run() -> None:
   from ssa_jax.train.preflight import dry_run_memory_hint
 
   target = flags.FLAGS.target
-  kwargs = {"target": target, "target_slices": flags.FLAGS.target_slices} if target else {}
+  kwargs = {"target": target, "target_slices": flags.FLAGS.target_slices,
+            "target_estimate": flags.FLAGS.target_estimate} if target else {}
   report = dry_run(flags.FLAGS.config, stage=flags.FLAGS.dry_run_stage, **kwargs)
   hint = dry_run_memory_hint(report.get("memory_bytes_per_device"), target)
   if hint:

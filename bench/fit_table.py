@@ -4,6 +4,7 @@
       --set=model.scan_layers=True --gpu_python=/tmp/venv_cuda/bin/python --out=bench/fit_table.jsonl
   python bench/fit_table.py --configs=pythia160m_ssa --targets=h100-1 --sweep=train.global_batch_size=8,16,32
   python bench/fit_table.py --configs=pythia160m_ssa --targets=v5e-16 --fit_microbatches
+  python bench/fit_table.py --markdown --out=bench/fit_table.jsonl     # the table of docs/accelerators.md
 
 Each compile runs `train.py` in a fresh process (a target's compiler state and memory go with it) and
 appends a line to --out: the dry run's report plus the job (config, target, slices, overrides), the command,
@@ -12,7 +13,8 @@ wall seconds and this host's load. A job already in --out is skipped, so an inte
 plugin, `pip install -e '.[cuda]'`; 5.5 GB, so often a separate virtual environment). `--fit_microbatches`
 doubles config.train.microbatches from the config's value until the step fits (or a microbatch would be
 smaller than one row a device), recording each attempt. `--set` overrides apply to every job; `--sweep` gives
-one job per value.
+one job per value. `--markdown` prints the table of what --out holds: per config and target the first attempt that
+fits (fewest microbatches), or the last that did not.
 """
 
 from __future__ import annotations
@@ -30,7 +32,8 @@ GPU_PREFIXES = ("h100", "h200", "a100")
 
 
 def job_key(job: dict) -> str:
-  return json.dumps({k: job[k] for k in ("config", "target", "slices", "overrides")}, sort_keys=True)
+  return json.dumps({**{k: job[k] for k in ("config", "target", "slices", "overrides")},
+                     "estimate": job.get("estimate", True)}, sort_keys=True)
 
 
 def done_jobs(out: Path) -> dict[str, dict]:
@@ -44,7 +47,8 @@ def done_jobs(out: Path) -> dict[str, dict]:
 def run_job(job: dict, python: str, timeout_s: int) -> dict:
   """One dry run in a fresh process; its report (or the error line) with the job, the command and timings."""
   cmd = [python, "train.py", f"--config=configs/{job['config']}.py", "--dry_run", f"--target={job['target']}",
-         f"--target_slices={job['slices']}"] + [f"--config.{o}" for o in job["overrides"]]
+         f"--target_slices={job['slices']}"] + ([] if job.get("estimate", True) else ["--notarget_estimate"]) + [
+             f"--config.{o}" for o in job["overrides"]]
   env = {**os.environ, "JAX_PLATFORMS": "cpu", "ALLOW_MULTIPLE_LIBTPU_LOAD": "1"}
   load = os.getloadavg()[0]
   t0 = time.time()
@@ -63,6 +67,48 @@ def run_job(job: dict, python: str, timeout_s: int) -> dict:
   return record
 
 
+def vanilla_of(config: str) -> str:
+  """The vanilla config an SSA config is compared with: 'pythia160m_ssa_ws_ft' -> 'pythia160m_ft'."""
+  return config.replace("_ssa_ws", "").replace("_ssa", "")
+
+
+def markdown(records: list[dict]) -> str:
+  """One row per (config, target, slices, overrides other than microbatches): the fitting attempt with the
+  fewest microbatches, else the last attempt; SSA's estimated step over its vanilla config's on the same target."""
+  groups: dict[tuple, list[dict]] = {}
+  for r in records:
+    job = r["job"]
+    base = [o for o in job["overrides"] if not o.startswith("train.microbatches=")]
+    groups.setdefault((job["config"], job["target"], job["slices"], tuple(base)), []).append(r)
+
+  def rank(r: dict) -> tuple:
+    # Fitting first, then fewest microbatches, then one with the estimate; among misfits the most microbatches.
+    mb = int(r.get("microbatches") or 1)
+    return (0, mb, r.get("estimated_step_s") is None) if r.get("fits") else (1, -mb, 0)
+
+  chosen = {key: min(rs, key=rank) for key, rs in groups.items()}
+  gib = lambda b: f"{b / 2**30:.1f}" if b else "-"
+  rows = ["| config | target | batch x seq | microbatches | GiB / device (HBM) | fits | kernel | est. step s "
+          "| est. MFU | SSA / vanilla est. | compile s |", "|" + "---|" * 11]
+  for (config, target, slices, base), r in sorted(chosen.items()):
+    if "error" in r and "fits" not in r:
+      rows.append(f"| `{config}` | {target}{f' x{slices}' if slices > 1 else ''} | error: {r['error'][:120]} |"
+                  + " |" * 8)
+      continue
+    vanilla = chosen.get((vanilla_of(config), target, slices, base))
+    step, vstep = r.get("estimated_step_s"), (vanilla or {}).get("estimated_step_s")
+    ratio = f"{step / vstep:.3f}" if step and vstep and vanilla_of(config) != config else ""
+    mfu = r.get("estimated_mfu")
+    rows.append(
+        f"| `{config}`{' ' + ' '.join(base) if base else ''} | {target}{f' x{slices}' if slices > 1 else ''} "
+        f"| {r['global_batch_size']} x {r['seq_len']} | {r.get('microbatches', 1)} "
+        f"| {gib(r.get('memory_bytes_per_device'))} ({gib(r.get('hbm_bytes_per_device'))}) "
+        f"| {'yes' if r.get('fits') else 'no'} | {r.get('attention_kernel') or '-'} "
+        f"| {f'{step:.3f}' if step else '-'} | {f'{mfu:.2f}' if mfu else '-'} | {ratio} "
+        f"| {r.get('compile_s') if r.get('compile_s') is not None else '-'} |")
+  return "\n".join(rows)
+
+
 def parse_target(entry: str) -> tuple[str, int]:
   """'v5p-8x2' -> ('v5p-8', 2); 'h100-8' -> ('h100-8', 1)."""
   name, sep, slices = entry.rpartition("x")
@@ -71,8 +117,9 @@ def parse_target(entry: str) -> tuple[str, int]:
 
 def main() -> None:
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  p.add_argument("--configs", required=True, help="comma-separated names in configs/ (without .py)")
-  p.add_argument("--targets", required=True, help="comma-separated NAME or NAMExK (K TPU slices)")
+  p.add_argument("--markdown", action="store_true", help="print the table of what --out holds, and exit")
+  p.add_argument("--configs", default="", help="comma-separated names in configs/ (without .py)")
+  p.add_argument("--targets", default="", help="comma-separated NAME or NAMExK (K TPU slices)")
   p.add_argument("--set", action="append", default=[], help="a config override for every job, e.g. "
                  "model.scan_layers=True (repeatable)")
   p.add_argument("--sweep", default="", help="FIELD=V1,V2,...: one job per value")
@@ -80,9 +127,16 @@ def main() -> None:
   p.add_argument("--gpu_python", default=sys.executable, help="the Python with jax's CUDA plugin, for GPU targets")
   p.add_argument("--out", default="bench/fit_table.jsonl")
   p.add_argument("--timeout_s", type=int, default=3600)
+  p.add_argument("--no_estimate", action="store_true", help="TPU: skip the roofline step estimate (its three "
+                 "probe compiles); a job's key includes this, so the same job with the estimate is another line")
   args = p.parse_args()
 
   out = REPO / args.out if not Path(args.out).is_absolute() else Path(args.out)
+  if args.markdown:
+    print(markdown(list(done_jobs(out).values())))
+    return
+  if not args.configs or not args.targets:
+    p.error("--configs and --targets are required (or --markdown)")
   out.parent.mkdir(parents=True, exist_ok=True)
   sweep = [[]]
   if args.sweep:
@@ -96,7 +150,7 @@ def main() -> None:
         overrides = list(args.set) + extra
         microbatches = None
         while True:
-          job = dict(config=config, target=target, slices=slices,
+          job = dict(config=config, target=target, slices=slices, estimate=not args.no_estimate,
                      overrides=overrides + ([f"train.microbatches={microbatches}"] if microbatches else []))
           record = done_jobs(out).get(job_key(job))
           if record is None:

@@ -30,6 +30,7 @@ needs_8 = pytest.mark.skipif(jax.device_count() < 8, reason="needs XLA_FLAGS=--x
 REPORT_KEYS = {"params", "ssa_params", "ssa_buffers", "flops_per_step", "compile_s", "memory_bytes_per_device", "attention_kernel"}
 SMALL_D_MODEL = 256  # demo-sized models: compiled in CI
 LARGE_D_MODEL = 4096  # the 7B / 8B presets: lowered in a test of their own
+FAST_PROGRAMS = ["tiny_ssa", "tiny_table8_position_frequency", "tiny_table8_token_yarn", "gpt2_ssa_ws"]
 
 
 @functools.cache
@@ -111,8 +112,18 @@ def test_every_config_starts():
   groups = step_programs()
   assert sum(len(g) for g in groups.values()) == len(configs)
   assert groups["gpt2_ssa"] == ["gpt2_ssa", "gpt2_ssa_ft"]  # twins: the same step program
-  how = _start([n for n in groups if configs[n].model.d_model < LARGE_D_MODEL])
+  # One program of each kind here (the demo's, the frequency term's, a fixed query-only kind's, a weight-sharing
+  # preset's lowering); every other program of up to 410M: test_every_step_program_starts (slow).
+  how = _start(FAST_PROGRAMS)
   assert {h.split()[0] for h in how.values()} == {"compile", "lower"}
+
+
+@pytest.mark.slow
+@needs_8
+def test_every_step_program_starts():
+  """Each distinct step program up to 410M compiled (demo-sized) or lowered (about 4 minutes on a 2-core CPU)."""
+  configs = shipped_configs()
+  _start([n for n in step_programs() if configs[n].model.d_model < LARGE_D_MODEL and n not in FAST_PROGRAMS])
 
 
 @needs_8

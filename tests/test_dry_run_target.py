@@ -163,6 +163,15 @@ def test_two_slice_tpu_compile():
 
 
 @needs_libtpu
+def test_no_estimate_skips_the_probe_compiles():
+  """--notarget_estimate: the memory and kernel of the one compile, no roofline probes."""
+  report = dry_run(tiny(num_layers=1), target="v5e-4", target_estimate=False)
+  assert report["fits"] is True and report["attention_kernel"] == "splash" and report["memory_bytes_per_device"] > 0
+  assert report["estimated_step_s"] is None and report["estimate"] == "none: --notarget_estimate"
+  assert "estimate_probes_compile_s" not in report and "roofline_flops_per_device" not in report
+
+
+@needs_libtpu
 def test_an_out_of_memory_compile_is_a_finding():
   """A step too large for a v5e-1 (16 GiB) is reported as not fitting, with the compiler's figures: here a
   4.3B-parameter model (its fp32 state alone is 52 GB), which the compiler rejects in seconds."""

@@ -155,10 +155,12 @@ def _target_fields(target: targets_lib.Target, devices: list, memory_bytes: int 
 
 
 def dry_run(config: ml_collections.ConfigDict, stage: str = "compile", target: str | None = None,
-            target_slices: int = 1) -> dict[str, Any]:
+            target_slices: int = 1, target_estimate: bool = True) -> dict[str, Any]:
   """Runs the checks and the `stage` ('lower' or 'compile'); returns the report printed as JSON.
 
   `target` (and `target_slices`): compile for that accelerator instead of this host's devices (targets.py).
+  `target_estimate`: on a TPU target, also the roofline step estimate (three more, smaller compiles; see
+  `estimate`); off, the report says so and only the memory and kernel are read.
   """
   if stage not in STAGES:
     raise ValueError(f"stage: expected one of {STAGES}, got {stage!r}")
@@ -222,7 +224,12 @@ def dry_run(config: ml_collections.ConfigDict, stage: str = "compile", target: s
   }
   if spec:
     report.update(_target_fields(spec, devices, memory["memory_bytes_per_device"], oom))
-    if compiled is not None and spec.chip.platform == "tpu":
+    if compiled is not None and spec.chip.platform == "tpu" and not target_estimate:
+      report.update(estimated_step_s=None, estimate="none: --notarget_estimate")
+    elif compiled is not None and spec.chip.platform == "tpu" and not report["fits"]:
+      # The probes cost about 3x the compile: not spent on a step that has to change first.
+      report.update(estimated_step_s=None, estimate="none: the step does not fit")
+    elif compiled is not None and spec.chip.platform == "tpu":
       peak = metrics_lib.peak_flops_per_device(devices[0].device_kind)
       one_slice = dataclasses.replace(spec, slices=1)
       slice_mesh = mesh if spec.slices == 1 else targets_lib.target_mesh(
