@@ -224,22 +224,23 @@ def dry_run(config: ml_collections.ConfigDict, stage: str = "compile", target: s
   }
   if spec:
     report.update(_target_fields(spec, devices, memory["memory_bytes_per_device"], oom))
-    if compiled is not None and spec.chip.platform == "tpu" and not target_estimate:
-      report.update(estimated_step_s=None, estimate="none: --notarget_estimate")
-    elif compiled is not None and spec.chip.platform == "tpu" and not report["fits"]:
-      # The probes cost about 3x the compile: not spent on a step that has to change first.
-      report.update(estimated_step_s=None, estimate="none: the step does not fit")
-    elif compiled is not None and spec.chip.platform == "tpu":
-      peak = metrics_lib.peak_flops_per_device(devices[0].device_kind)
-      one_slice = dataclasses.replace(spec, slices=1)
-      slice_mesh = mesh if spec.slices == 1 else targets_lib.target_mesh(
-          config.mesh, one_slice, targets_lib.target_devices(one_slice))
-      est = estimate(cfg, t, slice_mesh, run.rules, peak, spec.slices)
-      step_s = est.get("estimated_step_s")
-      est["estimated_tokens_per_s"] = tokens_per_step / step_s if step_s else None
-      est["estimated_mfu"] = metrics_lib.mfu(est["estimated_tokens_per_s"], flops_per_step / tokens_per_step,
-                                             peak, mesh.size) if step_s else None
-      report.update(est)
+    if compiled is not None and spec.chip.platform == "tpu":
+      if not target_estimate:
+        report.update(estimated_step_s=None, estimate="none: --notarget_estimate")
+      elif not report["fits"]:
+        # The probes cost about 3x the compile: not spent on a step that has to change first.
+        report.update(estimated_step_s=None, estimate="none: the step does not fit")
+      else:
+        peak = metrics_lib.peak_flops_per_device(devices[0].device_kind)
+        one_slice = dataclasses.replace(spec, slices=1)
+        slice_mesh = mesh if spec.slices == 1 else targets_lib.target_mesh(
+            config.mesh, one_slice, targets_lib.target_devices(one_slice))
+        est = estimate(cfg, t, slice_mesh, run.rules, peak, spec.slices)
+        step_s = est.get("estimated_step_s")
+        est["estimated_tokens_per_s"] = tokens_per_step / step_s if step_s else None
+        est["estimated_mfu"] = metrics_lib.mfu(est["estimated_tokens_per_s"], flops_per_step / tokens_per_step,
+                                               peak, mesh.size) if step_s else None
+        report.update(est)
     elif compiled is not None:
       report.update(estimated_step_s=None, estimate="none: the GPU compiler gives no cost analysis")
   return report
