@@ -47,7 +47,7 @@ flags.DEFINE_string("dtype", "", "Compute dtype override (float32 / bfloat16); d
 def main(argv) -> int:
   if not FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)  # orbax logs every file operation at INFO
-  from ssa_jax.accelerator_check import warn_if_accelerator_unused
+  from ssa_jax.runtime.accelerator_check import warn_if_accelerator_unused
   from ssa_jax.evaluate.cli import NOTHING_RAN_EXIT, USAGE_EXIT, USER_ERRORS, error_line, plan_eval, write_results
 
   verbose = FLAGS.verbosity >= 1  # with --verbosity=1 a user error keeps its traceback
@@ -88,7 +88,7 @@ def main(argv) -> int:
 
 
 if __name__ == "__main__":
-  from ssa_jax import cli_errors
+  from ssa_jax.runtime import cli_errors
 
   # Flag mistakes as one line, Ctrl-C as `interrupted`; main reports the request's own mistakes itself, so
   # that an error inside the evaluation proper keeps its traceback.

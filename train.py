@@ -22,7 +22,7 @@ from pathlib import Path
 from absl import flags, logging
 from ml_collections import config_flags
 
-from ssa_jax import cli_errors
+from ssa_jax.runtime import cli_errors
 
 config_flags.DEFINE_config_file("config", None, "Run config (a file in configs/), e.g. configs/tiny_ssa.py (the "
                                 "offline demo). Required.", lock_config=True)
@@ -62,7 +62,7 @@ def _dry_run() -> None:
 
 def main(argv):
   del argv
-  from ssa_jax.config import ConfigError
+  from ssa_jax.errors import ConfigError
 
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)  # orbax logs every file operation at INFO
@@ -83,7 +83,7 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  from ssa_jax.config import ConfigError
+  from ssa_jax.errors import ConfigError
   from ssa_jax.train.workdir_lock import WorkdirLockedError
 
   cli_errors.run(main, user_errors=(ConfigError, WorkdirLockedError))

@@ -21,9 +21,10 @@ import jax.numpy as jnp  # noqa: E402
 import ml_collections  # noqa: E402
 
 from configs import models  # noqa: E402
-from ssa_jax import sharding  # noqa: E402
-from ssa_jax.config import model_config_from_dict  # noqa: E402
-from ssa_jax.model import Decoder, param_shapes  # noqa: E402
+from ssa_jax.model.config import model_config_from_dict  # noqa: E402
+from ssa_jax.model.decoder import Decoder
+from ssa_jax.model.params import param_shapes  # noqa: E402
+from ssa_jax.runtime import sharding  # noqa: E402
 from ssa_jax.train.optim import learning_rate_schedule, make_optimizer  # noqa: E402
 from ssa_jax.train.state import state_shardings  # noqa: E402
 from ssa_jax.train.step import jit_train_step  # noqa: E402

@@ -42,7 +42,7 @@ def main() -> None:
   from ssa_jax.evaluate.requests import pair_requests
   from ssa_jax.evaluate.scoring import Scorer
   from ssa_jax.evaluate.tasks import TASKS
-  from ssa_jax.hf import from_hf
+  from ssa_jax.formats.hf import from_hf
 
   data = Path(args.data)
   pairs = []

@@ -29,7 +29,7 @@ import numpy as np  # noqa: E402
 from jax.experimental import topologies  # noqa: E402
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P  # noqa: E402
 
-from ssa_jax.splash_attention import splash_attention  # noqa: E402
+from ssa_jax.model.splash import splash_attention  # noqa: E402
 
 
 def measure(mesh, shape, kernel: str, block: int | None, tokens_per_chip: int) -> dict:

@@ -33,10 +33,11 @@ import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402
 
 from configs import base, models  # noqa: E402
-from ssa_jax import sharding  # noqa: E402
-from ssa_jax.config import model_config_from_dict  # noqa: E402
-from ssa_jax.hf import config_to_hf  # noqa: E402
-from ssa_jax.model import Decoder, count_params, init_params, is_temperature_param, param_shapes  # noqa: E402
+from ssa_jax.formats.hf import config_to_hf  # noqa: E402
+from ssa_jax.model.config import model_config_from_dict  # noqa: E402
+from ssa_jax.model.decoder import Decoder
+from ssa_jax.model.params import count_params, init_params, is_temperature_param, param_shapes  # noqa: E402
+from ssa_jax.runtime import sharding  # noqa: E402
 from ssa_jax.train import metrics  # noqa: E402
 from ssa_jax.train.loss import DEFAULT_LOSS_CHUNK_SIZE  # noqa: E402
 from ssa_jax.train.optim import learning_rate_schedule, make_optimizer  # noqa: E402

@@ -3,7 +3,7 @@
   python bench/peer_torch.py --hf_config=CONFIG_JSON --batch=8 --seq_len=2048 --dtype=bfloat16
 
 bench_step.py --peer=torch runs this in a subprocess before JAX touches the accelerator (JAX preallocates most
-of the GPU's memory), with the config.json that `ssa_jax.hf.config_to_hf` writes for the vanilla model. The step
+of the GPU's memory), with the config.json that `ssa_jax.formats.hf.config_to_hf` writes for the vanilla model. The step
 matches ours: float32 parameters and AdamW state, the forward under bf16 autocast, SDPA attention, next-token
 cross-entropy over seq_len positions, gradient clipping at 1.0, AdamW (fused on CUDA). On CUDA the model and
 loss run under torch.compile; on a CPU-only machine the step runs eagerly (for tiny shapes: the code path is

@@ -9,7 +9,7 @@ import ml_collections
 
 from configs import models
 from ssa_jax.data.config import data_config
-from ssa_jax.distributed import distributed_config
+from ssa_jax.runtime.distributed import distributed_config
 
 # The paper's optimizer (AdamW, beta1 0.9, beta2 0.95) with Pythia's pre-training settings where it gives none.
 PRETRAIN = dict(steps=28_600, global_batch_size=256, seq_len=2048, lr=6e-4, warmup_steps=286, min_lr_ratio=0.1,
@@ -53,7 +53,7 @@ def get_config(model: str = "tiny", ssa: str = "ssa", mode: str = "pretrain") ->
   config = ml_collections.ConfigDict()
   config.mode = mode  # the run checks mode-specific requirements (finetune needs config.init.hf_dir)
   config.seed = 0
-  # mode 'auto' | 'on' | 'off', coordinator_address, num_processes, process_id (ssa_jax/distributed.py)
+  # mode 'auto' | 'on' | 'off', coordinator_address, num_processes, process_id (ssa_jax/runtime/distributed.py)
   config.distributed = distributed_config()
   config.model = models.model_config(model, ssa)
 

@@ -2,7 +2,7 @@
 
 import ml_collections
 
-# Field names are those of ssa_jax.config.ModelConfig.
+# Field names are those of ssa_jax.model.config.ModelConfig.
 MODELS = {
     # The embedded demo: a Pythia-shaped (GPT-NeoX) model small enough to train on a laptop CPU in minutes.
     "tiny": dict(family="neox", vocab_size=2048, d_model=128, num_layers=4, num_heads=4, mlp_dim=512,
@@ -29,7 +29,7 @@ MODELS = {
                                          original_max_position_embeddings=8192)),
 }
 
-# SSA.md defaults: query and value scaled, token and position terms on. Field names: ssa_jax.config.SSAConfig.
+# SSA.md defaults: query and value scaled, token and position terms on. Field names: ssa_jax.model.config.SSAConfig.
 SSA_VARIANTS = {
     "vanilla": dict(enabled=False),
     "ssa": dict(enabled=True, token_kind="mlp", position_kind="log"),  # the paper's SSA "base"

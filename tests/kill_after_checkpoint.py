@@ -12,7 +12,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ssa_jax import checkpoint  # noqa: E402
+from ssa_jax.formats import checkpoint  # noqa: E402
 
 kill_at = int(os.environ["KILL_AT_STEP"])
 kill_signal = signal.Signals[os.environ.get("KILL_SIGNAL", "SIGKILL")]

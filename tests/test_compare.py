@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 
 from configs import models
-from ssa_jax.config import ConfigError
-from ssa_jax.experiments import compare as compare_lib
-from ssa_jax.experiments import compare_report
+from ssa_jax.errors import ConfigError
+from ssa_jax.experiments.compare import cli as compare_lib
+from ssa_jax.experiments.compare import report as compare_report
 
 REPO = Path(__file__).resolve().parents[1]
 PIQA = [  # three PIQA-format records (the task file format of ssa_jax.evaluate)

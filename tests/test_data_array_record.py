@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 import zstandard
 
-from ssa_jax.config import ConfigError
 from ssa_jax.data.config import data_config
 from ssa_jax.data.demo import train_bpe
 from ssa_jax.data.pipeline import make_lm_iterator
 from ssa_jax.data.tfds_builder import build_tokenized
 from ssa_jax.data.tokenizer import load_tokenizer
+from ssa_jax.errors import ConfigError
 
 SEQ_LEN = 15
 

@@ -10,11 +10,11 @@ import logging
 import numpy as np
 import pytest
 
-from ssa_jax.config import ConfigError
 from ssa_jax.data import packing
 from ssa_jax.data.config import data_config
 from ssa_jax.data.corpus_scan import scan
 from ssa_jax.data.pipeline import make_lm_iterator
+from ssa_jax.errors import ConfigError
 from tests_shared import ByteTokenizer
 
 

@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 import zstandard
 
-from ssa_jax.config import ConfigError
 from ssa_jax.data import demo
 from ssa_jax.data.config import data_config, validate_data_config
 from ssa_jax.data.pipeline import make_lm_iterator
 from ssa_jax.data.token_counts import count_tokens, load_token_feature
 from ssa_jax.data.tokenizer import load_tokenizer
+from ssa_jax.errors import ConfigError
 
 
 @pytest.fixture(scope="module")

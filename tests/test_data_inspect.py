@@ -4,10 +4,10 @@ import json
 
 import pytest
 
-from ssa_jax import cli_errors
 from ssa_jax.data.config import data_config
 from ssa_jax.data.corpus_scan import scan
 from ssa_jax.data.inspect import report, resolve_tokenizer
+from ssa_jax.runtime import cli_errors
 from tests_shared import ByteTokenizer
 
 

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import zstandard
 
-from ssa_jax.config import ConfigError
 from ssa_jax.data.config import data_config
 from ssa_jax.data.packing import stream_files
 from ssa_jax.data.pipeline import make_lm_iterator
+from ssa_jax.errors import ConfigError
 
 
 class ByteTokenizer:

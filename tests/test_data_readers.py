@@ -110,10 +110,10 @@ def test_missing_split_names_the_path(tmp_path):
 def test_gs_paths_without_the_gcs_extra_name_the_pip_command(monkeypatch):
   import importlib.util
 
-  from ssa_jax.config import ConfigError
+  from ssa_jax.errors import ConfigError
   from ssa_jax.data.config import validate_data_config
   from ssa_jax.data.tokenizer import load_tokenizer
-  from ssa_jax.gcs import TENSORBOARD, require_gcs
+  from ssa_jax.runtime.gcs import TENSORBOARD, require_gcs
 
   real = importlib.util.find_spec
   monkeypatch.setattr(importlib.util, "find_spec",

@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 from flax import traverse_util
 
-from ssa_jax.config import ConfigError, ModelConfig, SSAConfig, model_config_from_dict
-from ssa_jax.model import (Decoder, count_params, init_cache, init_params, is_temperature_param, param_shapes,
-                           ssa_param_counts)
+from ssa_jax.errors import ConfigError
+from ssa_jax.model.config import ModelConfig, SSAConfig, model_config_from_dict
+from ssa_jax.model.decoder import Decoder, init_cache
+from ssa_jax.model.params import count_params, init_params, is_temperature_param, param_shapes, ssa_param_counts
 from tiny_models import tiny_config, with_random_temperatures
 
 

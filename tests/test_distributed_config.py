@@ -5,8 +5,8 @@ import ml_collections
 import pytest
 from jax._src import clusters
 
-from ssa_jax import distributed, sharding
-from ssa_jax.config import ConfigError
+from ssa_jax.errors import ConfigError
+from ssa_jax.runtime import distributed, sharding
 
 _CLUSTER_VARS = ("SLURM_JOB_ID", "SLURM_STEP_NODELIST", "SLURM_NTASKS", "SLURM_PROCID", "SLURM_LOCALID",
                  "OMPI_MCA_orte_hnp_uri", "OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_RANK",

@@ -282,7 +282,7 @@ def test_checker_rejects_unknown_names():
       "python train.py --config=configs/tiny_sa.py": "configs/tiny_sa.py",
       "python eval.py --hf_dirr=x": "--hf_dirr",
       "python -m ssa_jax.analysis.curves a b --metricz loss": "--metricz",
-      "python -m ssa_jax.hf importt a b": "importt",
+      "python -m ssa_jax.formats.hf importt a b": "importt",
       "python -m ssa_jax.no_such_module --x": "ssa_jax.no_such_module",
       "python -m ssa_jax.experiments.denoise --no_such_field=1": "--no_such_field",
       "python bench/no_such_bench.py": "bench/no_such_bench.py",

@@ -21,7 +21,7 @@ from pathlib import Path
 import jax
 import pytest
 
-from ssa_jax.config import model_config_from_dict
+from ssa_jax.model.config import model_config_from_dict
 from ssa_jax.train.dry_run import dry_run
 from ssa_jax.train.preflight import check_config
 

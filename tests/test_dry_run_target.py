@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ssa_jax.config import ConfigError
+from ssa_jax.errors import ConfigError
 from ssa_jax.train import compiled as compiled_lib
 from ssa_jax.train import targets
 from ssa_jax.train.dry_run import dry_run

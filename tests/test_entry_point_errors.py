@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from ssa_jax import cli_errors
+from ssa_jax.runtime import cli_errors
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -41,7 +41,7 @@ def test_analyses_name_the_missing_workdir_or_checkpoint(tmp_path, capsys):
 
 
 def test_hf_and_experiments_mistakes_are_one_line(tmp_path, capsys):
-  from ssa_jax import hf
+  from ssa_jax.formats import hf
   from ssa_jax.experiments import denoise
 
   err = _one_line_exit_2(capsys, hf.main, ["export", str(tmp_path / "nope"), str(tmp_path / "out")])

@@ -1,4 +1,4 @@
-"""eval.py and `python -m ssa_jax.hf export` as a user meets them: early one-line errors, exit codes, the
+"""eval.py and `python -m ssa_jax.formats.hf export` as a user meets them: early one-line errors, exit codes, the
 default results file, and an export that evaluates without --tokenizer."""
 
 from __future__ import annotations
@@ -35,10 +35,10 @@ def world(tmp_path_factory):
   import jax
 
   from tiny_models import tiny_config
-  from ssa_jax import checkpoint
+  from ssa_jax.formats import checkpoint
   from ssa_jax.data.demo import train_bpe
-  from ssa_jax.hf import config_to_hf
-  from ssa_jax.model import init_params
+  from ssa_jax.formats.hf import config_to_hf
+  from ssa_jax.model.params import init_params
 
   root = tmp_path_factory.mktemp("eval_cli")
   tokenizer = root / "tok" / "tokenizer.json"
@@ -150,7 +150,7 @@ def test_plan_keeps_going_with_some_task_files_missing(world):
 
 
 def test_default_output_lies_beside_the_model(world, tmp_path):
-  from ssa_jax import checkpoint
+  from ssa_jax.formats import checkpoint
   from ssa_jax.evaluate.loading import ModelSource, default_output
 
   ckpt = world.workdir / "checkpoints"
@@ -158,7 +158,7 @@ def test_default_output_lies_beside_the_model(world, tmp_path):
   assert default_output(ModelSource(checkpoint=str(ckpt / "5"))) == str(world.workdir / "eval_results_step5.json")
   import jax
 
-  from ssa_jax.model import init_params
+  from ssa_jax.model.params import init_params
 
   bare = tmp_path / "imported"
   checkpoint.save_model(bare, world.cfg, init_params(world.cfg, jax.random.PRNGKey(1)), step=0)
@@ -172,7 +172,7 @@ def test_default_output_lies_beside_the_model(world, tmp_path):
 def test_export_carries_the_tokenizer_and_evaluates_like_the_checkpoint(world):
   """Checkpoint -> export (tokenizer included) -> eval.py --hf_dir without --tokenizer: the same numbers as
   eval.py --checkpoint, each written to its default results file, which the console names."""
-  from ssa_jax import hf
+  from ssa_jax.formats import hf
 
   export = world.root / "export"
   assert hf.main(["export", str(world.workdir), str(export)]) == 0
@@ -206,7 +206,7 @@ def test_no_task_ran_exits_nonzero_and_says_why(world, tmp_path):
 
 
 def test_hf_cli_mistakes_are_one_line(world, tmp_path, capsys):
-  from ssa_jax import checkpoint, hf
+  from ssa_jax.formats import checkpoint, hf
   from ssa_jax.evaluate.cli import plan_eval
 
   assert hf.main(["export", str(world.workdir)]) == 2

@@ -58,7 +58,7 @@ def both_runs(request, tmp_path_factory):
   reference = run_lm_eval(model_dir, root / "yamls", names, LIMIT, MAX_LENGTH[family])
 
   from ssa_jax.evaluate import run_eval
-  from ssa_jax.hf import from_hf
+  from ssa_jax.formats.hf import from_hf
 
   model, params = from_hf(model_dir)
   ours = run_eval(model, params, str(model_dir), TASKS, data_dir=str(data_dir), limit=LIMIT, batch_size=8,

@@ -9,7 +9,8 @@ import pytest
 
 from ssa_jax.evaluate.requests import TokenRequest
 from ssa_jax.evaluate.scoring import Scorer, make_units, pack_rows
-from ssa_jax.model import Decoder, init_params
+from ssa_jax.model.decoder import Decoder
+from ssa_jax.model.params import init_params
 from tiny_models import tiny_config, with_random_temperatures
 
 MAX_LENGTH = 24

@@ -37,7 +37,7 @@ def test_long_documents_rolling_loglikelihood_equals_lm_eval(tmp_path):
 
   from ssa_jax.data.tokenizer import load_tokenizer
   from ssa_jax.evaluate.scoring import Scorer
-  from ssa_jax.hf import from_hf
+  from ssa_jax.formats.hf import from_hf
 
   make_hf_model("gpt2", tmp_path, vocab_size=50257, n_embd=32, n_head=4, n_layer=2, n_positions=64)
   GPT2TokenizerFast(tokenizer_file=str(shared / "tokenizers" / "gpt2" / "tokenizer.json"),
@@ -120,7 +120,7 @@ def test_malformed_lines_are_reported_with_file_and_line_and_skipped(tmp_path, c
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-  from ssa_jax.hf import from_hf
+  from ssa_jax.formats.hf import from_hf
 
   d = tmp_path_factory.mktemp("tiny")
   make_hf_model("llama", d, vocab_size=300, max_position_embeddings=128)
@@ -188,7 +188,7 @@ def test_tokenizer_that_does_not_match_the_vocabulary_fails_at_once(tiny, tmp_pa
 
 
 def test_directory_that_is_not_a_checkpoint_fails_at_once(tmp_path):
-  from ssa_jax.checkpoint import NotACheckpointError
+  from ssa_jax.formats.checkpoint import NotACheckpointError
   from ssa_jax.evaluate import ModelSource, load_model
 
   (tmp_path / "junk.txt").write_text("x")
@@ -295,7 +295,8 @@ def tiny_gpt2():
   import jax
 
   from tiny_models import tiny_config
-  from ssa_jax.model import Decoder, init_params
+  from ssa_jax.model.decoder import Decoder
+  from ssa_jax.model.params import init_params
 
   cfg = dataclasses.replace(tiny_config("gpt2", max_seq_len=512), vocab_size=300).validate()
   return Decoder(cfg), init_params(cfg, jax.random.PRNGKey(0))

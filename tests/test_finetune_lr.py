@@ -21,9 +21,10 @@ import numpy as np
 import pytest
 
 from configs import base, models
-from ssa_jax.config import SSAConfig
 from ssa_jax.experiments.finetune_drift import drift, finetune, heldout_loss, with_fresh_ssa
-from ssa_jax.model import Decoder, init_params
+from ssa_jax.model.config import SSAConfig
+from ssa_jax.model.decoder import Decoder
+from ssa_jax.model.params import init_params
 from tiny_models import tiny_config
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"

@@ -6,7 +6,7 @@ import jax
 import numpy as np
 import pytest
 
-from ssa_jax.model import is_temperature_param, param_shapes
+from ssa_jax.model.params import is_temperature_param, param_shapes
 from ssa_jax.train.metrics import flops_per_token, mfu, ssa_flops_per_token
 from tiny_models import tiny_config
 

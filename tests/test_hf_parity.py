@@ -8,9 +8,9 @@ import pytest
 from flax import traverse_util
 
 from hf_models import hf_logits, make_hf_model
-from ssa_jax.config import SSAConfig
-from ssa_jax.hf import from_hf, to_hf
-from ssa_jax.model import Decoder
+from ssa_jax.formats.hf import from_hf, to_hf
+from ssa_jax.model.config import SSAConfig
+from ssa_jax.model.decoder import Decoder
 
 LLAMA3_ROPE = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
                "original_max_position_embeddings": 16}
@@ -164,8 +164,8 @@ def test_missing_tensor_is_named(tmp_path):
 
 def test_export_of_a_config_transformers_cannot_hold_is_refused(tmp_path):
   """GPT-NeoX in transformers always has biases: a bias-free NeoX config cannot be exported as one."""
-  from ssa_jax.config import ModelConfig
-  from ssa_jax.model import init_params
+  from ssa_jax.model.config import ModelConfig
+  from ssa_jax.model.params import init_params
 
   cfg = ModelConfig(family="neox", vocab_size=64, d_model=32, num_layers=1, num_heads=4, mlp_dim=64,
                     max_seq_len=16, rotary_pct=0.25).validate()
@@ -177,7 +177,7 @@ def test_export_of_a_config_transformers_cannot_hold_is_refused(tmp_path):
 def test_cli_import_then_export_keeps_logits(tmp_path):
   import transformers
 
-  from ssa_jax.hf import main
+  from ssa_jax.formats.hf import main
 
   hf_model = make_hf_model("neox", tmp_path / "hf")
   assert main(["import", str(tmp_path / "hf"), str(tmp_path / "ckpt")]) == 0

@@ -7,9 +7,10 @@ import optax
 import pytest
 
 from configs import base
-from ssa_jax import sharding
-from ssa_jax.config import ConfigError, model_config_from_dict
-from ssa_jax.model import Decoder
+from ssa_jax.errors import ConfigError
+from ssa_jax.model.config import model_config_from_dict
+from ssa_jax.model.decoder import Decoder
+from ssa_jax.runtime import sharding
 from ssa_jax.train.optim import learning_rate_schedule
 from ssa_jax.train.state import create_state, state_shardings
 from ssa_jax.train.step import jit_train_step, make_train_step, strided_microbatches

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ssa_jax import checkpoint
+from ssa_jax.formats import checkpoint
 from ssa_jax.train.loop import train
 from train_configs import tiny_run_config
 

@@ -7,7 +7,8 @@ import ml_collections
 import numpy as np
 from flax import traverse_util
 
-from ssa_jax.model import Decoder, init_params
+from ssa_jax.model.decoder import Decoder
+from ssa_jax.model.params import init_params
 from ssa_jax.train.optim import learning_rate_schedule, make_optimizer
 from ssa_jax.train.state import TrainState
 from ssa_jax.train.step import count_nonfinite, make_train_step, next_token_loss, nonfinite_counts

@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 
 from ssa_jax.analysis import norms
-from ssa_jax.checkpoint import save_model
-from ssa_jax.config import ModelConfig, SSAConfig
-from ssa_jax.model import Decoder, init_params
+from ssa_jax.formats.checkpoint import save_model
+from ssa_jax.model.config import ModelConfig, SSAConfig
+from ssa_jax.model.decoder import Decoder
+from ssa_jax.model.params import init_params
 
 NEOX = dict(family="neox", vocab_size=64, d_model=32, num_layers=2, num_heads=4, mlp_dim=64, max_seq_len=32,
             rotary_pct=0.5, parallel_residual=True, qkv_bias=True, out_bias=True, mlp_bias=True, activation="gelu")

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from ssa_jax.config import ConfigError, model_config_from_dict
+from ssa_jax.errors import ConfigError
+from ssa_jax.model.config import model_config_from_dict
 from ssa_jax.train import preflight
 
 REPO = Path(__file__).resolve().parents[1]

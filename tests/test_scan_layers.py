@@ -10,9 +10,11 @@ import pytest
 from flax import traverse_util
 from jax.sharding import PartitionSpec as P
 
-from ssa_jax import checkpoint
-from ssa_jax.config import ConfigError, SSAConfig
-from ssa_jax.model import Decoder, init_cache, init_params, stack_layers, unstack_layers
+from ssa_jax.errors import ConfigError
+from ssa_jax.formats import checkpoint
+from ssa_jax.model.config import SSAConfig
+from ssa_jax.model.decoder import Decoder, init_cache
+from ssa_jax.model.params import init_params, param_shardings, stack_layers, unstack_layers
 from ssa_jax.train.optim import param_labels
 from tiny_models import tiny_config, with_random_temperatures
 
@@ -62,7 +64,7 @@ def test_scanned_kv_cache_decoding_matches_the_full_forward():
 
 def test_hf_import_and_export_with_scanned_layers(tmp_path):
   from hf_models import hf_logits, make_hf_model
-  from ssa_jax.hf import from_hf, to_hf
+  from ssa_jax.formats.hf import from_hf, to_hf
 
   hf_model = make_hf_model("neox", tmp_path / "hf")
   tokens = np.random.default_rng(2).integers(0, hf_model.config.vocab_size, (2, 20))
@@ -105,7 +107,7 @@ def test_stacked_vectors_keep_no_weight_decay():
 
 
 def test_scanned_params_shard_with_the_layer_axis_replicated():
-  from ssa_jax import sharding
+  from ssa_jax.runtime import sharding
 
   if jax.device_count() < 8:
     pytest.skip("needs the forced 8-device CPU mesh (XLA_FLAGS=--xla_force_host_platform_device_count=8)")
@@ -113,7 +115,7 @@ def test_scanned_params_shard_with_the_layer_axis_replicated():
   mesh = sharding.make_mesh(dict(data=2, fsdp=2, tensor=2, num_devices=8))
   rules = sharding.rules_from_config([["vocab", "tensor"], ["embed", "fsdp"], ["mlp", "tensor"],
                                       ["heads", "tensor"], ["kv_heads", "tensor"], ["layers", None]])
-  shardings = sharding.param_shardings(scfg, mesh, rules)
+  shardings = param_shardings(scfg, mesh, rules)
   assert shardings["layers"]["attn"]["q"]["kernel"].spec == P(None, "fsdp", "tensor", None)
   assert shardings["layers"]["attn"]["ssa_q"]["alpha"].spec == P(None, "tensor")
   params = jax.jit(lambda r: init_params(scfg, r), out_shardings=shardings)(jax.random.PRNGKey(0))

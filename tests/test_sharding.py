@@ -6,9 +6,11 @@ import pytest
 from jax.sharding import PartitionSpec as P
 
 from configs import base
-from ssa_jax import sharding
-from ssa_jax.config import ConfigError, model_config_from_dict
-from ssa_jax.model import Decoder, param_shapes
+from ssa_jax.errors import ConfigError
+from ssa_jax.model.config import model_config_from_dict
+from ssa_jax.model.decoder import Decoder
+from ssa_jax.model.params import param_shapes
+from ssa_jax.runtime import sharding
 from ssa_jax.train.optim import learning_rate_schedule, make_optimizer
 from ssa_jax.train.state import create_state, state_shardings
 from ssa_jax.train.step import jit_train_step

@@ -9,10 +9,12 @@ import numpy as np
 import pytest
 from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
 
-from ssa_jax.attention import kernel_implementation
-from ssa_jax.config import ConfigError, ModelConfig, SSAConfig
-from ssa_jax.model import Decoder, init_params
-from ssa_jax.splash_attention import fit_block, splash_attention
+from ssa_jax.errors import ConfigError
+from ssa_jax.model.attention import kernel_implementation
+from ssa_jax.model.config import ModelConfig, SSAConfig
+from ssa_jax.model.decoder import Decoder
+from ssa_jax.model.params import init_params
+from ssa_jax.model.splash import fit_block, splash_attention
 from tiny_models import with_random_temperatures
 
 needs_8 = pytest.mark.skipif(jax.device_count() < 8, reason="needs XLA_FLAGS=--xla_force_host_platform_device_count=8")

@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 from flax import traverse_util
 
-from ssa_jax.attention import SelectiveSelfAttention
-from ssa_jax.config import ModelConfig, SSAConfig
-from ssa_jax.model import Decoder, init_params
+from ssa_jax.model.attention import SelectiveSelfAttention
+from ssa_jax.model.config import ModelConfig, SSAConfig
+from ssa_jax.model.decoder import Decoder
+from ssa_jax.model.params import init_params
 
 B, T = 2, 12
 

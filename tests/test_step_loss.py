@@ -8,11 +8,12 @@ import numpy as np
 import optax
 import pytest
 
-from ssa_jax.config import ConfigError
-from ssa_jax.model import Decoder, init_params, lm_head_kernel, stack_layers
+from ssa_jax.errors import ConfigError
+from ssa_jax.model.decoder import Decoder
+from ssa_jax.model.params import init_params, lm_head_kernel, stack_layers
 from ssa_jax.train.loss import chunked_cross_entropy
-from ssa_jax.train.step import make_train_step, next_token_loss
 from ssa_jax.train.state import TrainState
+from ssa_jax.train.step import make_train_step, next_token_loss
 from tiny_models import tiny_config, with_random_temperatures
 
 SEQ = 24

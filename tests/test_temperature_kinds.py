@@ -12,10 +12,12 @@ import numpy as np
 import pytest
 from flax import traverse_util
 
-from ssa_jax.attention import kernel_implementation
-from ssa_jax.config import ConfigError, ModelConfig, SSAConfig, model_config_from_dict
-from ssa_jax.model import Decoder, init_params, is_temperature_param
-from ssa_jax.temperature import Temperature
+from ssa_jax.errors import ConfigError
+from ssa_jax.model.attention import kernel_implementation
+from ssa_jax.model.config import ModelConfig, SSAConfig, model_config_from_dict
+from ssa_jax.model.decoder import Decoder
+from ssa_jax.model.params import init_params, is_temperature_param
+from ssa_jax.model.temperature import Temperature
 from ssa_jax.train.optim import make_optimizer
 from tiny_models import tiny_config, with_random_temperatures
 

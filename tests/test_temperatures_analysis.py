@@ -8,9 +8,10 @@ import jax
 import numpy as np
 import pytest
 
-from ssa_jax import cli_errors
 from ssa_jax.analysis import temperatures
-from ssa_jax.model import Decoder, init_params
+from ssa_jax.model.decoder import Decoder
+from ssa_jax.model.params import init_params
+from ssa_jax.runtime import cli_errors
 from tiny_models import tiny_config
 
 
@@ -71,7 +72,7 @@ def test_cli_writes_html_png_and_json(tmp_path):
 
   from tokenizers import Tokenizer, models, pre_tokenizers
 
-  from ssa_jax.hf import to_hf
+  from ssa_jax.formats.hf import to_hf
 
   model, params = _model(enabled=True)
   hf_dir = tmp_path / "hf"

@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 from flax import traverse_util
 
-from ssa_jax import checkpoint
-from ssa_jax.config import ConfigError
+from ssa_jax.errors import ConfigError
+from ssa_jax.formats import checkpoint
 from ssa_jax.train import preflight
 from ssa_jax.train.loop import train
 from ssa_jax.train.preflight import prepare
@@ -257,8 +257,8 @@ def test_finetune_from_hf_starts_near_identity_and_can_train_temperatures_only(c
   temperatures-only mode nothing but the SSA parameters moves."""
   from hf_models import make_hf_model
 
-  from ssa_jax.hf import from_hf
-  from ssa_jax.model import is_temperature_param
+  from ssa_jax.formats.hf import from_hf
+  from ssa_jax.model.params import is_temperature_param
   from ssa_jax.train.step import next_token_loss
 
   make_hf_model("neox", tmp_path / "hf", vocab_size=512, max_position_embeddings=64)
@@ -298,7 +298,7 @@ def test_finetune_from_hf_starts_near_identity_and_can_train_temperatures_only(c
 ])
 def test_gs_paths_without_the_gcs_extra_fail_before_anything_runs(corpus, tmp_path, monkeypatch, missing, field,
                                                                    message):
-  from ssa_jax import gcs
+  from ssa_jax.runtime import gcs
 
   monkeypatch.setattr(gcs, "_installed", lambda module: module not in missing)
   config = _config(corpus, tensorboard=True)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from ssa_jax.accelerator_check import cpu_jax_on_gpu_machine_warning
+from ssa_jax.runtime.accelerator_check import cpu_jax_on_gpu_machine_warning
 from ssa_jax.train.workdir_lock import LOCK_NAME, WorkdirLock, WorkdirLockedError, workdir_lock
 
 REPO = Path(__file__).resolve().parents[1]

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 from jax.sharding import Mesh
 
-from ssa_jax.config import ConfigError
-from ssa_jax.model import init_params
+from ssa_jax.errors import ConfigError
+from ssa_jax.model.params import init_params
 from ssa_jax.train.state import create_state, state_shardings
 from tiny_models import tiny_config
 
@@ -76,7 +76,7 @@ def test_ssmax_fine_tune_from_a_pretrained_model_warns_in_one_line():
 
 
 def test_the_model_does_not_import_the_data_layer():
-  code = ("import sys, ssa_jax.model, ssa_jax.hf; "
+  code = ("import sys, ssa_jax.model.decoder, ssa_jax.formats.hf; "
           "print(sorted(m for m in sys.modules if m.startswith('ssa_jax.data')))")
   out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True,
                        env={**os.environ, "JAX_PLATFORMS": "cpu"})

@@ -6,8 +6,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-from ssa_jax.config import ModelConfig, SSAConfig
-from ssa_jax.model import is_temperature_param
+from ssa_jax.model.config import ModelConfig, SSAConfig
+from ssa_jax.model.params import is_temperature_param
 
 FAMILY_EXTRAS = {
     "gpt2": dict(qkv_bias=True, out_bias=True, mlp_bias=True, tie_embeddings=True),

@@ -15,7 +15,7 @@ import json
 import math
 from pathlib import Path
 
-from ssa_jax import cli_errors
+from ssa_jax.runtime import cli_errors
 
 LOWER_IS_BETTER = ("loss", "val_loss", "val_ppl")
 DEFAULT_SMOOTHING = {"loss": 0.9, "val_loss": 0.0, "val_ppl": 0.0}

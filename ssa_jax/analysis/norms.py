@@ -38,10 +38,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ssa_jax import cli_errors
-from ssa_jax.config import ModelConfig
-from ssa_jax.layers import apply_rope
-from ssa_jax.model import unrolled
+from ssa_jax.model.config import ModelConfig
+from ssa_jax.model.layers import apply_rope
+from ssa_jax.model.params import unrolled
+from ssa_jax.runtime import cli_errors
 
 Array = jax.Array
 
@@ -229,7 +229,7 @@ def load_text_tokens(tokenizer, num_tokens: int, text_file: str = "", cache_dir:
 def checkpoint_tokenizer(run_config: dict, override: str = ""):
   """The tokenizer given by --tokenizer, else the one the run trained with (tokenizer_files.run_config_tokenizer)."""
   from ssa_jax.data.tokenizer import load_tokenizer
-  from ssa_jax.tokenizer_files import run_config_tokenizer
+  from ssa_jax.formats.tokenizer_files import run_config_tokenizer
 
   path = override or run_config_tokenizer(run_config)
   if not path:
@@ -290,7 +290,7 @@ def run(checkpoints: list[str], labels: list[str], num_tokens: int = 1000, text_
         tokenizer: str = "", window: int = 0, min_keys: int = 1, output_dir: str = "runs/norms",
         cache_dir: str = "~/.cache/ssa_jax") -> list[dict]:
   """Analyses every checkpoint on the same text; writes norms.json and norms.png; returns the results."""
-  from ssa_jax.checkpoint import load_model
+  from ssa_jax.formats.checkpoint import load_model
 
   if len(labels) != len(checkpoints):
     raise ValueError(f"--labels: expected {len(checkpoints)} labels, got {len(labels)}")

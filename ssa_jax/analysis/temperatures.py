@@ -21,8 +21,8 @@ import jax.numpy as jnp
 import numpy as np
 from etils import epath
 
-from ssa_jax import cli_errors
-from ssa_jax.model import unstack_layers
+from ssa_jax.model.params import unstack_layers
+from ssa_jax.runtime import cli_errors
 
 MEANING = "tau_q, the inverse query temperature (mean over heads): higher = sharper attention"
 NEWLINE_MARK = "\u21b5"  # the visible end of a line that ended with a newline token
@@ -239,7 +239,7 @@ def demo_sample(index: int) -> str:
 def main(argv: list[str] | None = None) -> dict:
   """The command line: renders the text and returns what it wrote into temperatures.json."""
   parser = cli_errors.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--hf_dir", default="", help="Hugging Face directory of an SSA model (exported by ssa_jax.hf)")
+  parser.add_argument("--hf_dir", default="", help="Hugging Face directory of an SSA model (exported by ssa_jax.formats.hf)")
   parser.add_argument("--checkpoint", default="", help="ssa-jax checkpoint (workdir, root or step dir)")
   parser.add_argument("--tokenizer", default="", help="tokenizer path when the source names none")
   parser.add_argument("--text", default="", help="text to render")
@@ -255,7 +255,7 @@ def main(argv: list[str] | None = None) -> dict:
 
   from ssa_jax.data.tokenizer import load_tokenizer
   from ssa_jax.evaluate import ModelSource, load_model
-  from ssa_jax.tokenizer_files import check_vocab
+  from ssa_jax.formats.tokenizer_files import check_vocab
 
   given = [name for name in ("text", "text_file") if getattr(args, name)] + (
       ["demo_sample"] if args.demo_sample is not None else [])

@@ -23,8 +23,8 @@ import ml_collections
 import numpy as np
 from etils import epath
 
-from ssa_jax.config import ConfigError
-from ssa_jax.gcs import require_gcs
+from ssa_jax.errors import ConfigError
+from ssa_jax.runtime.gcs import require_gcs
 
 _STATE_VERSION = 1
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import ml_collections
 from etils import epath
 
-from ssa_jax.config import ConfigError
-from ssa_jax.gcs import require_gcs
+from ssa_jax.errors import ConfigError
+from ssa_jax.runtime.gcs import require_gcs
 
 FORMATS = ("auto", "jsonl_zst", "jsonl", "parquet", "text", "array_record")
 

@@ -13,10 +13,10 @@ from __future__ import annotations
 
 from absl import flags
 
-from ssa_jax import cli_errors
 from ssa_jax.data.corpus_scan import ScanResult, scan
 from ssa_jax.data.readers import BAD_KINDS
 from ssa_jax.data.tokenizer import TOKENIZER_FILES, tokenizer_in
+from ssa_jax.runtime import cli_errors
 
 FLAGS = flags.FLAGS
 

@@ -34,8 +34,8 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from ssa_jax.config import ConfigError
 from ssa_jax.data.readers import BAD_KINDS, read_records
+from ssa_jax.errors import ConfigError
 
 _log = logging.getLogger(__name__)
 # Files already reported as holding no usable document: one warning per file and process, not one per stream,

@@ -32,13 +32,13 @@ from typing import Callable
 import ml_collections
 import numpy as np
 
-from ssa_jax.config import ConfigError
 from ssa_jax.data import demo
 from ssa_jax.data.config import resolve_paths, validate_data_config
 from ssa_jax.data.packing import Stream, check_documents
 from ssa_jax.data.readers import format_of
 from ssa_jax.data.sources import list_files
 from ssa_jax.data.tokenizer import Tokenizer, load_tokenizer
+from ssa_jax.errors import ConfigError
 
 _STATE_VERSION = 1
 _END = object()

@@ -7,7 +7,7 @@ from typing import Iterator
 from etils import epath
 
 from ssa_jax.data.readers import format_of
-from ssa_jax.gcs import require_gcs
+from ssa_jax.runtime.gcs import require_gcs
 
 # Words a file name may use for a split when the path has no split directories (wiki.valid.raw).
 _SPLIT_WORDS = {"train": ("train",), "validation": ("validation", "valid", "val", "dev"), "test": ("test",)}

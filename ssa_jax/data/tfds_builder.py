@@ -22,7 +22,7 @@ import tensorflow_datasets as tfds
 from ssa_jax.data.readers import read_records
 from ssa_jax.data.sources import list_files
 from ssa_jax.data.tokenizer import load_tokenizer
-from ssa_jax.gcs import require_gcs
+from ssa_jax.runtime.gcs import require_gcs
 
 _log = logging.getLogger(__name__)
 _DOCS_PER_BATCH = 256
@@ -111,7 +111,7 @@ def build_tokenized(source_dir: str, tokenizer_path: str, seq_len: int, data_dir
 def _main(argv) -> None:
   from absl import flags  # pylint: disable=import-outside-toplevel
 
-  from ssa_jax import cli_errors  # pylint: disable=import-outside-toplevel
+  from ssa_jax.runtime import cli_errors  # pylint: disable=import-outside-toplevel
 
   if len(argv) != 2:
     raise cli_errors.UsageError("usage: python -m ssa_jax.data.tfds_builder SOURCE_DIR --tokenizer=PATH "
@@ -136,7 +136,7 @@ def grain_dataset(builder: SlimPajamaTokenized, split: str):
 if __name__ == "__main__":
   from absl import flags
 
-  from ssa_jax import cli_errors
+  from ssa_jax.runtime import cli_errors
 
   flags.DEFINE_string("tokenizer", None, "tokenizer.json / SentencePiece .model / dir holding one.", required=True)
   flags.DEFINE_integer("seq_len", None, "Training sequence length (windows of seq_len + 1 tokens).", required=True)

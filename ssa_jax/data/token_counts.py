@@ -57,7 +57,7 @@ def define_flags() -> None:
 
 
 def main(argv):
-  from ssa_jax import cli_errors  # pylint: disable=import-outside-toplevel
+  from ssa_jax.runtime import cli_errors  # pylint: disable=import-outside-toplevel
   from ssa_jax.data.inspect import resolve_tokenizer  # pylint: disable=import-outside-toplevel
 
   f = flags.FLAGS
@@ -76,7 +76,7 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  from ssa_jax import cli_errors
+  from ssa_jax.runtime import cli_errors
 
   define_flags()
   cli_errors.run(main, user_errors=(ValueError, OSError), config_flag_names=())

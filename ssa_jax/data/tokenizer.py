@@ -14,7 +14,7 @@ from typing import Protocol, Sequence
 
 from etils import epath
 
-from ssa_jax.gcs import require_gcs
+from ssa_jax.runtime.gcs import require_gcs
 
 # Names tried, in order, when no tokenizer_config.json beside tokenizer.json says which token is EOS / BOS.
 _EOS_NAMES = ("<|endoftext|>", "</s>", "<|end_of_text|>", "<eos>", "<|im_end|>")

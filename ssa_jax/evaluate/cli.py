@@ -100,7 +100,7 @@ def plan_eval(*, hf_dir: str = "", checkpoint: str = "", tokenizer: str = "", ta
 
   model_config = loading.source_model_config(source)
   if dtype:
-    from ssa_jax.config import ConfigError
+    from ssa_jax.errors import ConfigError
 
     try:
       model_config = dataclasses.replace(model_config, dtype=dtype).validate()

@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ssa_jax.model import init_cache
+from ssa_jax.model.decoder import init_cache
 
 
 def _greedy(model, params, prompt_BT, max_new_tokens: int):

@@ -22,7 +22,7 @@ from ssa_jax.evaluate.loading import ModelSource, load_model
 from ssa_jax.evaluate.requests import TokenRequest, prefix_token, rolling_windows
 from ssa_jax.evaluate.runner import parse_add_bos
 from ssa_jax.evaluate.scoring import Scorer
-from ssa_jax.tokenizer_files import check_vocab
+from ssa_jax.formats.tokenizer_files import check_vocab
 
 
 @register_model("ssa_jax")

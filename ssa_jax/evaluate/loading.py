@@ -12,7 +12,7 @@ from typing import Any
 from etils import epath
 
 from ssa_jax.data.tokenizer import tokenizer_in
-from ssa_jax.tokenizer_files import run_config_tokenizer
+from ssa_jax.formats.tokenizer_files import run_config_tokenizer
 
 @dataclasses.dataclass(frozen=True)
 class ModelSource:
@@ -25,7 +25,7 @@ class ModelSource:
     """Self, or ValueError: not exactly one source, or a directory passed as the other kind (named, with the fix)."""
     if bool(self.hf_dir) == bool(self.checkpoint):
       raise ValueError("give exactly one model source: --hf_dir=DIR or --checkpoint=WORKDIR_OR_STEP_DIR")
-    from ssa_jax.hf import is_training_workdir
+    from ssa_jax.formats.hf import is_training_workdir
 
     if self.hf_dir and is_training_workdir(self.hf_dir):
       raise ValueError(f"--hf_dir: {self.hf_dir} is an ssa-jax training workdir (its config.json is a run config, "
@@ -56,7 +56,7 @@ def source_tokenizer(source: ModelSource) -> str | None:
   source.validate()
   if source.hf_dir:
     return tokenizer_in(source.hf_dir)
-  from ssa_jax import checkpoint
+  from ssa_jax.formats import checkpoint
 
   return run_config_tokenizer(checkpoint.read_config(source.checkpoint))
 
@@ -65,11 +65,11 @@ def source_model_config(source: ModelSource):
   """The ModelConfig of `source`, read from its config alone (no parameters are loaded)."""
   source.validate()
   if source.hf_dir:
-    from ssa_jax.hf import config_from_hf, read_hf_config
+    from ssa_jax.formats.hf import config_from_hf, read_hf_config
 
     return config_from_hf(read_hf_config(source.hf_dir), where=f"{source.hf_dir}/config.json")
-  from ssa_jax import checkpoint
-  from ssa_jax.config import model_config_from_dict
+  from ssa_jax.formats import checkpoint
+  from ssa_jax.model.config import model_config_from_dict
 
   root, step = checkpoint.resolve_step_dir(source.checkpoint)
   return model_config_from_dict(checkpoint.read_config(source.checkpoint)["model"], where=f"{root}/{step}/config")
@@ -84,7 +84,7 @@ def default_output(source: ModelSource) -> str:
   source.validate()
   if source.hf_dir:
     return str(epath.Path(source.hf_dir) / "eval_results.json")
-  from ssa_jax import checkpoint
+  from ssa_jax.formats import checkpoint
 
   root, step = checkpoint.resolve_step_dir(source.checkpoint)
   home = root.parent if root.name == "checkpoints" else root
@@ -95,11 +95,11 @@ def load_model(source: ModelSource) -> tuple[Any, Any, str | None]:
   """(model, params, tokenizer path or None) from `source`; a directory that is not one fails at once."""
   source.validate()
   if source.hf_dir:
-    from ssa_jax.hf import from_hf
+    from ssa_jax.formats.hf import from_hf
 
     model, params = from_hf(source.hf_dir)
     return model, params, tokenizer_in(source.hf_dir)
-  from ssa_jax import checkpoint
+  from ssa_jax.formats import checkpoint
 
   model, params, run_config = checkpoint.load_model(source.checkpoint)
   return model, params, run_config_tokenizer(run_config)
@@ -109,7 +109,7 @@ def source_info(source: ModelSource) -> dict[str, Any]:
   """What the results record about the source: path, step (checkpoints), kind."""
   if source.hf_dir:
     return {"hf_dir": str(source.hf_dir), "checkpoint": None, "step": None}
-  from ssa_jax import checkpoint
+  from ssa_jax.formats import checkpoint
 
   root, step = checkpoint.resolve_step_dir(source.checkpoint)
   return {"hf_dir": None, "checkpoint": str(root), "step": step}

@@ -11,8 +11,8 @@ from typing import Any
 import ml_collections
 from etils import epath
 
-from ssa_jax.tokenizer_files import check_vocab
 from ssa_jax.evaluate.tasks import PASSKEY, TASKS
+from ssa_jax.formats.tokenizer_files import check_vocab
 
 
 def check_passkey_config(cfg: ml_collections.ConfigDict) -> None:

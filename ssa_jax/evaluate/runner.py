@@ -17,7 +17,7 @@ from ssa_jax.evaluate.readers import TaskFileMissing, read_task
 from ssa_jax.evaluate.requests import TokenRequest, encode_pairs, rolling_requests
 from ssa_jax.evaluate.scoring import Scorer
 from ssa_jax.evaluate.tasks import MULTIPLE_CHOICE, PASSKEY, ROLLING, TASKS, parse_task_names
-from ssa_jax.model import ssa_param_counts
+from ssa_jax.model.params import ssa_param_counts
 
 
 def parse_add_bos(value: Any) -> bool | None:

@@ -14,7 +14,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from ssa_jax import cli_errors
+from ssa_jax.runtime import cli_errors
 
 
 def parse_config(default: ml_collections.ConfigDict, description: str,

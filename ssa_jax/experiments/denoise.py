@@ -141,6 +141,6 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-  from ssa_jax import cli_errors
+  from ssa_jax.runtime import cli_errors
 
   cli_errors.run_argv(main)

@@ -4,7 +4,7 @@
       [--variants=vanilla,ssa,ssa_ws] [--seeds=0,1,2] [--finetune_batch=8]
 
 1. pretrain: configs/tiny.py (vanilla) for --pretrain_steps on the demo corpus  -> WORKDIR/pretrain
-2. export:   `python -m ssa_jax.hf export WORKDIR/pretrain WORKDIR/hf`           -> WORKDIR/hf
+2. export:   `python -m ssa_jax.formats.hf export WORKDIR/pretrain WORKDIR/hf`           -> WORKDIR/hf
 3. fine-tune: configs/tiny_ft.py (the _ft settings scaled to the demo) from WORKDIR/hf as every variant x seed
    (seed s initialises SSA's new parameters; every run reads the same batches, so the spread over seeds is
    that of SSA's initialisation alone: none for vanilla, none for weight sharing, whose w starts at 0 and alpha
@@ -12,7 +12,7 @@
 4. held-out perplexity on the demo's test split (all of it): the pretrained model, every fine-tune at step 0
    (SSA added near identity) and at its end -> WORKDIR/finetune_demo.json, finetune_demo.md, and the console.
 
-Each training stage is `ssa_jax.train.loop.train` through ssa_jax.experiments.compare.ensure_trained, so an
+Each training stage is `ssa_jax.train.loop.train` through ssa_jax.experiments.compare.cli.ensure_trained, so an
 interrupted command continues where it stopped and a complete stage is not trained again.
 """
 
@@ -27,7 +27,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from ssa_jax.config import ConfigError
+from ssa_jax.errors import ConfigError
 
 
 def _load_config(name: str):
@@ -49,7 +49,7 @@ def pretrain_config(steps: int, cache_dir: str = ""):
 
 def export(pretrain_dir: Path, hf_dir: Path) -> None:
   """The pretrained checkpoint as a Hugging Face directory (once), through the documented CLI's code."""
-  from ssa_jax import hf
+  from ssa_jax.formats import hf
 
   if (hf_dir / "config.json").is_file():
     print(f"[finetune_demo] {hf_dir}: exported already", flush=True)
@@ -96,10 +96,10 @@ def run(workdir: str, pretrain_steps: int, variants: list[str], seeds: list[int]
         cache_dir: str = "") -> dict | None:
   """The four stages above; returns the report (also written to WORKDIR), or None when a stage was stopped.
   `cache_dir`: where the demo corpus and BPE are built ('' = config.data.cache_dir's default)."""
-  from ssa_jax import checkpoint
-  from ssa_jax.experiments.compare import ensure_trained, variant_config
+  from ssa_jax.formats import checkpoint
+  from ssa_jax.experiments.compare.cli import ensure_trained, variant_config
   from ssa_jax.experiments.finetune_drift import heldout_loss, split_batches
-  from ssa_jax.hf import from_hf
+  from ssa_jax.formats.hf import from_hf
 
   root = Path(workdir)
   t0 = time.time()
@@ -157,8 +157,8 @@ def run(workdir: str, pretrain_steps: int, variants: list[str], seeds: list[int]
 
 def main(argv: list[str]) -> int:
   """The command line (see the module docstring); 130 when a stage was stopped (Ctrl-C saves a checkpoint)."""
-  from ssa_jax.cli_errors import INTERRUPTED_EXIT_CODE, ArgumentParser
-  from ssa_jax.experiments.compare import parse_list
+  from ssa_jax.runtime.cli_errors import INTERRUPTED_EXIT_CODE, ArgumentParser
+  from ssa_jax.experiments.compare.cli import parse_list
 
   p = ArgumentParser(prog="python -m ssa_jax.experiments.finetune_demo", description=__doc__.split("\n")[0])
   p.add_argument("--workdir", default="runs/finetune_demo")
@@ -179,7 +179,7 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-  from ssa_jax import cli_errors
+  from ssa_jax.runtime import cli_errors
   from ssa_jax.train.workdir_lock import WorkdirLockedError
 
   cli_errors.run_argv(main, user_errors=(*cli_errors.PATH_AND_VALUE_ERRORS, WorkdirLockedError))

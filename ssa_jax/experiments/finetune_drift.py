@@ -26,8 +26,9 @@ import ml_collections
 import numpy as np
 from flax import traverse_util
 
-from ssa_jax.config import ModelConfig, SSAConfig
-from ssa_jax.model import Decoder, init_params, temperature_group
+from ssa_jax.model.config import ModelConfig, SSAConfig
+from ssa_jax.model.decoder import Decoder
+from ssa_jax.model.params import init_params, temperature_group
 from ssa_jax.train.optim import make_optimizer
 from ssa_jax.train.step import next_token_loss
 
@@ -149,7 +150,7 @@ def split_batches(run_config: dict, split: str, seq_len: int, batch: int, count:
 def main(argv: list[str] | None = None) -> None:
   """The command line (see the module docstring)."""
   from configs import base, models
-  from ssa_jax import checkpoint
+  from ssa_jax.formats import checkpoint
 
   p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   p.add_argument("--checkpoint", required=True, help="pretrained vanilla workdir or checkpoint (configs/tiny.py)")
@@ -183,6 +184,6 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-  from ssa_jax import cli_errors
+  from ssa_jax.runtime import cli_errors
 
   cli_errors.run_argv(main)

@@ -29,10 +29,12 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from ssa_jax import sharding
-from ssa_jax.config import ConfigError, ModelConfig
-from ssa_jax.model import Decoder, param_shapes, ssa_param_counts
-from ssa_jax.splash_attention import LANES, fit_block
+from ssa_jax.errors import ConfigError
+from ssa_jax.model.config import ModelConfig
+from ssa_jax.model.decoder import Decoder
+from ssa_jax.model.params import param_shapes, ssa_param_counts
+from ssa_jax.model.splash import LANES, fit_block
+from ssa_jax.runtime import sharding
 from ssa_jax.train import compiled as compiled_lib, metrics as metrics_lib, targets as targets_lib
 from ssa_jax.train.loop import flops_per_token
 from ssa_jax.train.optim import learning_rate_schedule, make_optimizer

@@ -10,7 +10,7 @@ from __future__ import annotations
 import jax
 import numpy as np
 
-from ssa_jax import sharding
+from ssa_jax.runtime import sharding
 
 
 def data_iterator(run, split: str, repeat: bool, max_batches: int | None = None):

@@ -14,9 +14,12 @@ import jax
 import ml_collections
 import numpy as np
 
-from ssa_jax import checkpoint, sharding
-from ssa_jax.config import ConfigError, ModelConfig
-from ssa_jax.model import Decoder, param_shapes
+from ssa_jax.errors import ConfigError
+from ssa_jax.formats import checkpoint
+from ssa_jax.model.config import ModelConfig
+from ssa_jax.model.decoder import Decoder
+from ssa_jax.model.params import param_shapes
+from ssa_jax.runtime import sharding
 from ssa_jax.train import metrics as metrics_lib
 from ssa_jax.train.evaluation import data_iterator, validation_loss
 from ssa_jax.train.metrics import format_duration, log
@@ -41,7 +44,7 @@ def _initial_params(run: Run):
   """Host params for fine-tuning from a HF checkpoint (SSA freshly initialised), else None (fresh init)."""
   if not run.config.init.hf_dir:
     return None
-  from ssa_jax.hf import from_hf
+  from ssa_jax.formats.hf import from_hf
 
   ssa = run.model_cfg.ssa if run.model_cfg.ssa.enabled else None
   model, params = from_hf(run.config.init.hf_dir, ssa=ssa, rng_seed=run.config.seed,

@@ -12,9 +12,10 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from ssa_jax.config import ConfigError
-from ssa_jax.layers import compute_dtype
-from ssa_jax.model import Decoder, lm_head_kernel
+from ssa_jax.errors import ConfigError
+from ssa_jax.model.decoder import Decoder
+from ssa_jax.model.layers import compute_dtype
+from ssa_jax.model.params import lm_head_kernel
 
 # The default of config.train.loss_chunk_size: positions of each row per LM-head chunk. At Pythia's vocabulary
 # (50304) and 32 rows, one chunk's bf16 logits are 32 x 256 x 50304 x 2 B = 0.8 GB (the whole float32 logits at

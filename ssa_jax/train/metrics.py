@@ -11,7 +11,7 @@ import jax
 import numpy as np
 from etils import epath
 
-from ssa_jax.config import ModelConfig
+from ssa_jax.model.config import ModelConfig
 
 # Dense bf16 peak FLOP/s per chip (vendor datasheets, without sparsity). Matched against device_kind by prefix;
 # a device not listed reports MFU as null rather than a guess.
@@ -106,7 +106,7 @@ class MetricsWriter:
       self.path.write_text("".join(l + "\n" for l in kept))
       self._kept = [json.loads(l) for l in kept]
     if tensorboard:
-      from ssa_jax.gcs import TENSORBOARD, require_gcs
+      from ssa_jax.runtime.gcs import TENSORBOARD, require_gcs
 
       require_gcs(str(workdir), "--workdir (TensorBoard event files)", TENSORBOARD)
       from tensorboardX import SummaryWriter

@@ -6,8 +6,8 @@ import jax
 import optax
 from flax import traverse_util
 
-from ssa_jax.config import ConfigError
-from ssa_jax.model import temperature_group
+from ssa_jax.errors import ConfigError
+from ssa_jax.model.params import temperature_group
 
 SCHEDULES = ("cosine", "constant")
 # The one temperature multiplier of earlier releases and the two that replaced it.

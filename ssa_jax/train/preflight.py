@@ -22,12 +22,14 @@ import jax
 import ml_collections
 from etils import epath
 
-from ssa_jax import checkpoint, sharding
-from ssa_jax.accelerator_check import warn_if_accelerator_unused
-from ssa_jax.config import ConfigError, ModelConfig, model_config_from_dict
 from ssa_jax.data.demo_counts import DEMO_FEATURE_PATH
-from ssa_jax.gcs import TENSORBOARD, require_gcs
-from ssa_jax.model import uses_token_feature
+from ssa_jax.errors import ConfigError
+from ssa_jax.formats import checkpoint
+from ssa_jax.model.config import ModelConfig, model_config_from_dict
+from ssa_jax.model.params import uses_token_feature
+from ssa_jax.runtime import distributed, sharding
+from ssa_jax.runtime.accelerator_check import warn_if_accelerator_unused
+from ssa_jax.runtime.gcs import TENSORBOARD, require_gcs
 from ssa_jax.train.evaluation import has_a_batch
 from ssa_jax.train.metrics import log
 
@@ -172,7 +174,7 @@ def _check_init(config: ml_collections.ConfigDict, model_cfg: ModelConfig, dry_r
       raise ConfigError(message)
     unchecked.append(message)
   if dry_run and hf_dir:
-    from ssa_jax.hf import config_from_hf, read_hf_config
+    from ssa_jax.formats.hf import config_from_hf, read_hf_config
 
     check_against_hf(model_cfg, config_from_hf(read_hf_config(hf_dir)), hf_dir)
 
@@ -236,7 +238,7 @@ def check_config(config: ml_collections.ConfigDict, workdir: str | None, dry_run
   # The loop's own stop agreement (preemption.py) replaces jax's preemption service, whose C++ SIGTERM
   # handler would swallow a SIGTERM that comes before the loop installs its handlers.
   jax.config.update("jax_enable_preemption_service", False)
-  sharding.maybe_initialize_distributed(config.distributed)
+  distributed.maybe_initialize(config.distributed)
   warn_if_accelerator_unused()  # after distributed init: it starts jax's backends
   model_cfg = model_config_from_dict(config.model)
   _check_ssa_inputs(model_cfg, config)

@@ -11,9 +11,10 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from ssa_jax.config import ConfigError, ModelConfig
-from ssa_jax.model import TOKEN_FEATURE, init_params, param_shapes, uses_token_feature
-from ssa_jax.sharding import param_shardings
+from ssa_jax.errors import ConfigError
+from ssa_jax.model.config import ModelConfig
+from ssa_jax.model.params import TOKEN_FEATURE, init_params, param_shapes, uses_token_feature
+from ssa_jax.model.params import param_shardings
 
 
 @flax.struct.dataclass

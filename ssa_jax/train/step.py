@@ -9,8 +9,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from ssa_jax.config import ConfigError
-from ssa_jax.model import Decoder
+from ssa_jax.errors import ConfigError
+from ssa_jax.model.decoder import Decoder
 from ssa_jax.train.loss import DEFAULT_LOSS_CHUNK_SIZE, next_token_cross_entropy
 from ssa_jax.train.state import TrainState
 
@@ -140,7 +140,7 @@ def make_eval_step(model: Decoder, loss_chunk_size: int = DEFAULT_LOSS_CHUNK_SIZ
 def jit_train_step(model: Decoder, tx, schedule, microbatches: int, shardings: TrainState, mesh,
                    loss_chunk_size: int = DEFAULT_LOSS_CHUNK_SIZE):
   """The train step jitted with the state's NamedShardings in and out (state donated), batches over data x fsdp."""
-  from ssa_jax import sharding
+  from ssa_jax.runtime import sharding
 
   return jax.jit(make_train_step(model, tx, schedule, microbatches, loss_chunk_size),
                  in_shardings=(shardings, {"tokens": sharding.batch_sharding(mesh)}),
@@ -151,7 +151,7 @@ def jit_loop_step(model: Decoder, tx, schedule, microbatches: int, shardings: Tr
                   loss_chunk_size: int = DEFAULT_LOSS_CHUNK_SIZE):
   """The training loop's step: loop_step(state, counts, batch) -> (state, counts, metrics), the train step
   plus the non-finite counters (`nonfinite_counts`), so that the loop reads the device only at log steps."""
-  from ssa_jax import sharding
+  from ssa_jax.runtime import sharding
 
   train_step = make_train_step(model, tx, schedule, microbatches, loss_chunk_size)
 

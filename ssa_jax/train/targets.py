@@ -26,8 +26,8 @@ import numpy as np
 from jax.experimental import mesh_utils, topologies
 from jax.sharding import AxisType, Mesh
 
-from ssa_jax import sharding
-from ssa_jax.config import ConfigError
+from ssa_jax.errors import ConfigError
+from ssa_jax.runtime import sharding
 
 GiB = 2**30
 # A step fits when the compiler's bytes per device are at most this fraction of the chip's memory: the rest is

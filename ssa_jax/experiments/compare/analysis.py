@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from ssa_jax.model import unstack_layers
+from ssa_jax.model.params import unstack_layers
 
 CACHE = "compare_analysis.json"
 EVAL_RESULTS = "compare_eval.json"
@@ -110,10 +110,10 @@ def zero_shot(model, params, tokenizer_path: str, run_dir: Path, step: int, seq_
 def analyse_run(run_dir: Path, num_tokens: int, eval_tasks: str = "", eval_data_dir: str = "", limit: int = 0,
                 eval_batch_size: int = 16) -> dict[str, Any]:
   """Everything measured on RUN_DIR's latest checkpoint (cached in RUN_DIR/compare_analysis.json)."""
-  from ssa_jax import checkpoint
+  from ssa_jax.formats import checkpoint
   from ssa_jax.data.tokenizer import load_tokenizer
   from ssa_jax.evaluate import ModelSource, load_model
-  from ssa_jax.model import ssa_param_counts
+  from ssa_jax.model.params import ssa_param_counts
 
   if num_tokens <= 0:
     raise ValueError(f"--analysis_tokens: expected a positive int, got {num_tokens}")

@@ -20,7 +20,7 @@ from typing import Any, Mapping
 
 import ml_collections
 
-from ssa_jax.config import ConfigError
+from ssa_jax.errors import ConfigError
 
 _log = logging.getLogger(__name__)
 

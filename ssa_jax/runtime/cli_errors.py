@@ -6,7 +6,7 @@ types the entry point names (ConfigError and the like) raised by main. `--verbos
 traceback instead. Ctrl-C outside a training loop's own handling prints `interrupted` and exits 130.
 
 Two kinds of entry point: absl ones (train.py, eval.py, `python -m ssa_jax.data.inspect`, ...) go through
-`run`; argparse ones (`python -m ssa_jax.analysis.*`, `ssa_jax.hf`, `ssa_jax.experiments.*`) build their
+`run`; argparse ones (`python -m ssa_jax.analysis.*`, `ssa_jax.formats.hf`, `ssa_jax.experiments.*`) build their
 parser with `ArgumentParser` (an argparse mistake is one line too, and it accepts --verbosity) and go
 through `run_argv`.
 """
@@ -22,7 +22,7 @@ from typing import Callable, NoReturn, Sequence
 from absl import app, flags
 from ml_collections import config_flags
 
-from ssa_jax.config import ConfigError
+from ssa_jax.errors import ConfigError
 
 USAGE_EXIT_CODE = 2
 INTERRUPTED_EXIT_CODE = 130

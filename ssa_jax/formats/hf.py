@@ -6,8 +6,8 @@ second file, ssa.safetensors, and an `ssa` block in config.json; `from_hf` reads
 exactly, while transformers looks at neither (it loads the vanilla model, quietly). Exports from before
 ssa.safetensors, with the `ssa.*` tensors inside model.safetensors, are read too.
 
-CLI:  python -m ssa_jax.hf import HF_DIR OUT_DIR     (HF checkpoint -> our model directory)
-      python -m ssa_jax.hf export CKPT_DIR HF_DIR    (our model directory or training checkpoint -> HF)
+CLI:  python -m ssa_jax.formats.hf import HF_DIR OUT_DIR     (HF checkpoint -> our model directory)
+      python -m ssa_jax.formats.hf export CKPT_DIR HF_DIR    (our model directory or training checkpoint -> HF)
 Export writes the tokenizer the checkpoint's run config names (data.tokenizer_path; --tokenizer=PATH to
 choose another) into HF_DIR, so that `eval.py --hf_dir=HF_DIR` needs no --tokenizer; import records the HF
 directory's tokenizer in the run config.
@@ -27,9 +27,11 @@ import numpy as np
 from etils import epath
 from flax import traverse_util
 
-from ssa_jax.config import ConfigError, ModelConfig, RopeScaling, SSAConfig, ssa_config_from_dict
-from ssa_jax.model import Decoder, is_temperature_param, param_shapes, stack_layers, unstack_layers
-from ssa_jax.safetensors_io import read_safetensors
+from ssa_jax.errors import ConfigError
+from ssa_jax.model.config import ModelConfig, RopeScaling, SSAConfig, ssa_config_from_dict
+from ssa_jax.model.decoder import Decoder
+from ssa_jax.model.params import is_temperature_param, param_shapes, stack_layers, unstack_layers
+from ssa_jax.formats.safetensors_io import read_safetensors
 
 ARCHITECTURES = {"GPT2LMHeadModel": "gpt2", "GPTNeoXForCausalLM": "neox", "LlamaForCausalLM": "llama"}
 _HF_ACTIVATIONS = {"gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu": "gelu", "silu": "silu"}
@@ -272,7 +274,7 @@ def read_hf_config(hf_dir: epath.PathLike) -> dict:
   if is_training_workdir(hf_dir):
     raise ValueError(f"{hf_dir}: an ssa-jax training workdir (its config.json is a run config, its checkpoints "
                      "are in checkpoints/), not a Hugging Face directory; export it with "
-                     f"`python -m ssa_jax.hf export {hf_dir} HF_DIR`")
+                     f"`python -m ssa_jax.formats.hf export {hf_dir} HF_DIR`")
   if not epath.Path(hf_dir).is_dir():
     raise FileNotFoundError(f"{hf_dir}: no such directory; expected a Hugging Face checkpoint directory "
                             "(config.json + model.safetensors)")
@@ -362,7 +364,7 @@ def from_hf(hf_dir: epath.PathLike, ssa: SSAConfig | None = None, rng_seed: int 
 
   leftover = sorted(k for k in tensors if k not in used and not _BUFFERS.search(k))
   if leftover:
-    print(f"[ssa_jax.hf] warning: {len(leftover)} tensor(s) in {hf_dir} not used: {leftover[:8]}", file=sys.stderr)
+    print(f"[ssa_jax.formats.hf] warning: {len(leftover)} tensor(s) in {hf_dir} not used: {leftover[:8]}", file=sys.stderr)
   params = traverse_util.unflatten_dict(flat)
   if scanned:
     params = jax.device_get(stack_layers(params, cfg.num_layers))
@@ -370,7 +372,7 @@ def from_hf(hf_dir: epath.PathLike, ssa: SSAConfig | None = None, rng_seed: int 
 
 
 def _init_ssa(cfg: ModelConfig, seed: int) -> dict:
-  from ssa_jax.model import init_params  # a full init is cheap next to reading the checkpoint
+  from ssa_jax.model.params import init_params  # a full init is cheap next to reading the checkpoint
 
   return jax.device_get(init_params(cfg, jax.random.PRNGKey(seed)))
 
@@ -397,9 +399,9 @@ def to_hf(model: Decoder | ModelConfig, params: dict, out_dir: epath.PathLike) -
   if ssa:
     _save(ssa, out_dir / SSA_FILE)
     print(
-        f"[ssa_jax.hf] WARNING: {out_dir} holds an SSA model. transformers will load it as the VANILLA "
+        f"[ssa_jax.formats.hf] WARNING: {out_dir} holds an SSA model. transformers will load it as the VANILLA "
         f"{cfg.family} model (it reads model.safetensors only, not the {len(ssa)} temperature tensors in "
-        f"{SSA_FILE}), so its outputs differ from this model's. Load it with ssa_jax.hf.from_hf to keep SSA.",
+        f"{SSA_FILE}), so its outputs differ from this model's. Load it with ssa_jax.formats.hf.from_hf to keep SSA.",
         file=sys.stderr)
   elif (out_dir / SSA_FILE).exists():
     (out_dir / SSA_FILE).unlink()  # a vanilla export over an SSA one: from_hf must not find stale temperatures
@@ -422,7 +424,7 @@ def _save(tensors: dict[str, np.ndarray], path: epath.Path) -> None:
 def _export_tokenizer(run_config: dict, ckpt_dir: str, hf_dir: epath.PathLike, model_vocab: int,
                       override: str = "") -> str:
   """Copies the checkpoint's tokenizer (or `override`) into the export; returns what it did, for the console."""
-  from ssa_jax.tokenizer_files import check_vocab, copy_tokenizer, run_config_tokenizer
+  from ssa_jax.formats.tokenizer_files import check_vocab, copy_tokenizer, run_config_tokenizer
 
   if override:  # a tokenizer that does not fit the model fails here, not at evaluation
     from ssa_jax.data.tokenizer import load_tokenizer
@@ -430,20 +432,20 @@ def _export_tokenizer(run_config: dict, ckpt_dir: str, hf_dir: epath.PathLike, m
     check_vocab(load_tokenizer(override), model_vocab)
   source = override or run_config_tokenizer(run_config)
   if not source:
-    print(f"[ssa_jax.hf] warning: {ckpt_dir}'s run config names no tokenizer (config.data.tokenizer_path), so "
+    print(f"[ssa_jax.formats.hf] warning: {ckpt_dir}'s run config names no tokenizer (config.data.tokenizer_path), so "
           f"none was exported: pass --tokenizer=PATH here, or to eval.py", file=sys.stderr)
     return "no tokenizer"
   if not override and not epath.Path(source).exists():
-    print(f"[ssa_jax.hf] warning: the tokenizer {ckpt_dir} was trained with, {source}, does not exist here, so "
+    print(f"[ssa_jax.formats.hf] warning: the tokenizer {ckpt_dir} was trained with, {source}, does not exist here, so "
           f"none was exported: pass --tokenizer=PATH", file=sys.stderr)
     return "no tokenizer"
   return f"tokenizer {', '.join(copy_tokenizer(source, hf_dir))} from {source}"
 
 
 def _parser():
-  from ssa_jax.cli_errors import ArgumentParser  # pylint: disable=import-outside-toplevel
+  from ssa_jax.runtime.cli_errors import ArgumentParser  # pylint: disable=import-outside-toplevel
 
-  parser = ArgumentParser(prog="python -m ssa_jax.hf", description=__doc__.split("\n\n")[0])
+  parser = ArgumentParser(prog="python -m ssa_jax.formats.hf", description=__doc__.split("\n\n")[0])
   sub = parser.add_subparsers(dest="command", required=True, parser_class=ArgumentParser)
   imp = sub.add_parser("import", help="HF checkpoint directory -> ssa-jax checkpoint directory")
   imp.add_argument("hf_dir")
@@ -457,7 +459,8 @@ def _parser():
 
 def main(argv: list[str]) -> int:
   """The command line; a user's mistake is one `error:` line and returns 2 (--verbosity=1: the traceback)."""
-  from ssa_jax import checkpoint, cli_errors
+  from ssa_jax.formats import checkpoint
+  from ssa_jax.runtime import cli_errors
   from ssa_jax.data.tokenizer import tokenizer_in
 
   try:
@@ -484,6 +487,6 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-  from ssa_jax import cli_errors
+  from ssa_jax.runtime import cli_errors
 
   cli_errors.run_argv(main)

@@ -6,6 +6,8 @@ import dataclasses
 import math
 from typing import Any, Mapping
 
+from ssa_jax.errors import ConfigError
+
 FAMILIES = ("gpt2", "neox", "llama")
 # SSA's two temperature terms, chosen independently (SSA.md; every row of the paper's Table 8 is one pair).
 TOKEN_KINDS = ("mlp", "shared", "frequency")
@@ -16,10 +18,6 @@ ACTIVATIONS = ("gelu_tanh", "gelu", "silu")
 ATTENTION_IMPLS = ("auto", "xla", "cudnn", "splash")
 REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
 DTYPES = ("float32", "bfloat16", "float16")
-
-
-class ConfigError(ValueError):
-  """A configuration value is invalid; the message names the field."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -206,7 +204,7 @@ class ModelConfig:
   splash_block_kv: int = 512
   remat: str = "none"
   # Layers under nn.scan: one compiled block whatever the depth; parameters stacked as params["layers"] with a
-  # leading layer axis (checkpoints record it through this field; ssa_jax.model.{stack,unstack}_layers convert).
+  # leading layer axis (checkpoints record it through this field; ssa_jax.model.params.{stack,unstack}_layers convert).
   scan_layers: bool = False
   ssa: SSAConfig = dataclasses.field(default_factory=SSAConfig)
 

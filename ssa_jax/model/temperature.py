@@ -19,7 +19,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from ssa_jax.config import SSAConfig
+from ssa_jax.model.config import SSAConfig
 
 Array = jax.Array
 

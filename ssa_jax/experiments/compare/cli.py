@@ -26,7 +26,7 @@ from typing import Any
 
 import ml_collections
 
-from ssa_jax.config import ConfigError
+from ssa_jax.errors import ConfigError
 
 RUN_STATE = "compare_run.json"  # in each run directory: the config it was started with, its sessions, its summary
 
@@ -127,8 +127,8 @@ def ensure_trained(run_dir: Path, config: ml_collections.ConfigDict, variant: st
 
 def write_report(root: Path, report: dict[str, Any], runs: list[dict]) -> None:
   """report.json, report.md and the PNGs into `root`."""
-  from ssa_jax.experiments import compare_figures
-  from ssa_jax.experiments.compare_markdown import markdown
+  from ssa_jax.experiments.compare.cli import figures as compare_figures
+  from ssa_jax.experiments.compare.markdown import markdown
 
   root.mkdir(parents=True, exist_ok=True)
   (root / "report.json").write_text(json.dumps(report, indent=1) + "\n")
@@ -140,7 +140,7 @@ def compare(base: ml_collections.ConfigDict, variants: list[str], seeds: list[in
             eval_tasks: str = "", eval_data_dir: str = "", limit: int = 0, eval_batch_size: int = 16,
             analysis_tokens: int = 2048, config_name: str = "") -> dict | None:
   """Trains every variant x seed, analyses the final checkpoints, writes the report; returns it (None: stopped)."""
-  from ssa_jax.experiments import compare_analysis, compare_report
+  from ssa_jax.experiments.compare.cli import analysis as compare_analysis, report as compare_report
 
   if len(variants) < 2:
     raise ConfigError(f"--variants: a comparison needs at least two variants, got {variants}")
@@ -207,7 +207,7 @@ def define_flags() -> None:
 
 
 if __name__ == "__main__":
-  from ssa_jax import cli_errors
+  from ssa_jax.runtime import cli_errors
   from ssa_jax.train.workdir_lock import WorkdirLockedError
 
   define_flags()

@@ -23,7 +23,7 @@ from jax.sharding import PartitionSpec as P
 
 Array = jax.Array
 
-# The mesh axes of ssa_jax/sharding.py (MESH_AXES): the batch is split over the data axes, heads over 'tensor'.
+# The mesh axes of ssa_jax/runtime/sharding.py (MESH_AXES): the batch is split over the data axes, heads over 'tensor'.
 # Named here, not imported, because sharding.py imports the model (which imports this file).
 BATCH_AXES = ("data", "fsdp")
 HEAD_AXIS = "tensor"

@@ -14,8 +14,10 @@ import jax
 import orbax.checkpoint as ocp
 from etils import epath
 
-from ssa_jax.config import ConfigError, ModelConfig, model_config_from_dict
-from ssa_jax.model import Decoder, param_shapes
+from ssa_jax.errors import ConfigError
+from ssa_jax.model.config import ModelConfig, model_config_from_dict
+from ssa_jax.model.decoder import Decoder
+from ssa_jax.model.params import param_shapes
 
 
 class NotACheckpointError(FileNotFoundError):

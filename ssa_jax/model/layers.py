@@ -9,7 +9,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from ssa_jax.config import ModelConfig, RopeScaling
+from ssa_jax.model.config import ModelConfig, RopeScaling
 
 Array = jax.Array
 

@@ -9,10 +9,11 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 
-from ssa_jax.config import ConfigError, ModelConfig
-from ssa_jax.layers import apply_rope, compute_dtype, dense
-from ssa_jax.splash_attention import splash_attention
-from ssa_jax.temperature import Temperature
+from ssa_jax.errors import ConfigError
+from ssa_jax.model.config import ModelConfig
+from ssa_jax.model.layers import apply_rope, compute_dtype, dense
+from ssa_jax.model.splash import splash_attention
+from ssa_jax.model.temperature import Temperature
 
 Array = jax.Array
 

@@ -1,6 +1,6 @@
 """The device mesh ('data', 'fsdp', 'tensor'), logical-axis rules, and host batches -> global arrays.
 
-All partitioning decisions live here: parameters carry logical axis names (see ssa_jax/layers.py), and the
+All partitioning decisions live here: parameters carry logical axis names (see ssa_jax/model/layers.py), and the
 rules in `config.sharding.rules` map them to mesh axes. Batches are split over ('data', 'fsdp').
 """
 
@@ -14,20 +14,10 @@ import jax
 import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
-from ssa_jax import distributed
-from ssa_jax.config import ConfigError, ModelConfig
-from ssa_jax.model import Decoder
+from ssa_jax.errors import ConfigError
 
 MESH_AXES = ("data", "fsdp", "tensor")
 BATCH_AXES = ("data", "fsdp")
-
-
-def maybe_initialize_distributed(cfg) -> bool:
-  """jax.distributed.initialize() per `config.distributed` (a section, or the old 'auto'/'on'/'off' string).
-
-  See ssa_jax/distributed.py: 'auto' leaves cluster detection to jax's own cluster environments.
-  """
-  return distributed.maybe_initialize(cfg)
 
 
 def make_mesh(mesh_cfg, where: str = "config.mesh") -> Mesh:
@@ -64,29 +54,6 @@ def rules_from_config(rules: Sequence[Sequence[Any]]) -> tuple[tuple[str, Any], 
       target = tuple(target)
     out.append((str(logical), target))
   return tuple(out)
-
-
-def param_shardings(model_cfg: ModelConfig, mesh: Mesh, rules) -> Any:
-  """NamedSharding for every parameter, from its logical axis names; checks divisibility up front."""
-  boxed = jax.eval_shape(
-      lambda r: Decoder(model_cfg).init(r, np.zeros((1, min(8, model_cfg.max_seq_len)), np.int32))["params"],
-      jax.random.PRNGKey(0))
-  specs = nn.get_partition_spec(boxed)
-  shardings = nn.logical_to_mesh_sharding(specs, mesh, rules)
-  shapes = nn.meta.unbox(boxed)
-
-  def check(path, shape, sharding):
-    for dim, axes in zip(shape.shape, sharding.spec):
-      if axes is None:
-        continue
-      size = math.prod(mesh.shape[a] for a in ((axes,) if isinstance(axes, str) else axes))
-      if dim % size:
-        name = "/".join(str(getattr(p, "key", p)) for p in path)
-        raise ConfigError(f"config.sharding.rules: parameter {name} dim {dim} is split over {axes} "
-                          f"({size} devices), which does not divide it")
-
-  jax.tree_util.tree_map_with_path(check, shapes, shardings)
-  return shardings
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:

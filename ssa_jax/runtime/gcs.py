@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib.util
 from typing import Sequence
 
-from ssa_jax.config import ConfigError
+from ssa_jax.errors import ConfigError
 
 EPATH = ("gcsfs",)  # data, tokenizers, checkpoints, config.json / results.json (etils.epath)
 TENSORBOARD = ("google.cloud.storage",)  # tensorboardX's gs:// event writer

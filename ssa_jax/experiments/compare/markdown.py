@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from ssa_jax.experiments.compare_report import fmt
+from ssa_jax.experiments.compare.report import fmt
 
 
 def _table(header: list[str], rows: list[list[str]]) -> str:

@@ -1,6 +1,6 @@
 """Which tokenizer belongs to a model: the files of a model directory, a run config's tokenizer, the vocab check.
 
-Shared by the Hugging Face conversion (ssa_jax/hf.py: an export carries the tokenizer its checkpoint was
+Shared by the Hugging Face conversion (ssa_jax/formats/hf.py: an export carries the tokenizer its checkpoint was
 trained with, as a Hugging Face directory does, so that `eval.py --hf_dir=EXPORT` and `transformers` find it
 there) and by evaluation and the analyses (ssa_jax/evaluate/loading.py), which both import it, never each other.
 """

@@ -1,0 +1,1 @@
+"""The SSA-vs-vanilla comparison command: train variants over seeds, analyse, report."""

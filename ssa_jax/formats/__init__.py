@@ -1,0 +1,1 @@
+"""Checkpoints and formats: orbax checkpoints, Hugging Face import / export, safetensors, tokenizer files."""
