@@ -8,6 +8,9 @@ passkey. --data_dir holds the task files (piqa_validation.jsonl, arc_easy_test.j
 winogrande_xl_validation.jsonl, lambada_openai_test.jsonl, lambada_standard_test.jsonl,
 hellaswag_validation.jsonl, wikitext-2-raw/wiki.test.raw); a missing file is reported and the rest run.
 
+The window (--max_length) defaults to a checkpoint's training window (its run config's train.seq_len), else the
+model's max_seq_len; the console names it in one line.
+
 Without --output the results go beside the model (WORKDIR/eval_results_stepN.json for a training workdir,
 CHECKPOINT_ROOT/eval_results_stepN.json, HF_DIR/eval_results.json); the console says where. A request that
 cannot run (no model source, unknown task, negative --limit, missing task files, a tokenizer that does not
@@ -21,7 +24,12 @@ import sys
 
 from absl import flags, logging
 
+from ssa_jax.evaluate import load_model, run_eval
+from ssa_jax.evaluate.cli import NOTHING_RAN_EXIT, USAGE_EXIT, USER_ERRORS, error_line, plan_eval, write_results
 from ssa_jax.evaluate.config import eval_config
+from ssa_jax.evaluate.loading import source_info
+from ssa_jax.runtime import cli_errors
+from ssa_jax.runtime.accelerator_check import warn_if_accelerator_unused
 
 _DEFAULTS = eval_config()
 FLAGS = flags.FLAGS
@@ -32,7 +40,8 @@ flags.DEFINE_string("data_dir", "", "Directory holding the task files.")
 flags.DEFINE_string("tasks", _DEFAULTS.tasks, "Comma-separated task names (passkey included).")
 flags.DEFINE_integer("limit", _DEFAULTS.limit, "First N documents of each task (0: all).")
 flags.DEFINE_integer("batch_size", _DEFAULTS.batch_size, "Rows per batch at max_length.")
-flags.DEFINE_integer("max_length", _DEFAULTS.max_length, "Context length (0: the model's).")
+flags.DEFINE_integer("max_length", _DEFAULTS.max_length, "Window in tokens (0: a checkpoint's training window, "
+                     "config.train.seq_len, else the model's max_seq_len).")
 flags.DEFINE_integer("pack_length", _DEFAULTS.pack_length, "Row length that short requests are packed into.")
 flags.DEFINE_string("output", "", "Path of the results JSON (local or gs://); default: beside the model.")
 flags.DEFINE_enum("add_bos", _DEFAULTS.add_bos, ["auto", "true", "false"],
@@ -47,9 +56,6 @@ flags.DEFINE_string("dtype", "", "Compute dtype override (float32 / bfloat16); d
 def main(argv) -> int:
   if not FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)  # orbax logs every file operation at INFO
-  from ssa_jax.runtime.accelerator_check import warn_if_accelerator_unused
-  from ssa_jax.evaluate.cli import NOTHING_RAN_EXIT, USAGE_EXIT, USER_ERRORS, error_line, plan_eval, write_results
-
   verbose = FLAGS.verbosity >= 1  # with --verbosity=1 a user error keeps its traceback
   try:
     if len(argv) > 1:
@@ -59,9 +65,7 @@ def main(argv) -> int:
                      batch_size=FLAGS.batch_size, pack_length=FLAGS.pack_length,
                      passkey_lengths=FLAGS.passkey_lengths, passkey_trials=FLAGS.passkey_trials,
                      passkey_seed=FLAGS.passkey_seed, output=FLAGS.output, dtype=FLAGS.dtype)
-    from ssa_jax.evaluate import load_model, run_eval
-    from ssa_jax.evaluate.loading import source_info
-
+    print(f"[eval] {plan.window_note}", flush=True)
     warn_if_accelerator_unused()
     model, params, _ = load_model(plan.source)
   except USER_ERRORS as e:
@@ -88,8 +92,6 @@ def main(argv) -> int:
 
 
 if __name__ == "__main__":
-  from ssa_jax.runtime import cli_errors
-
   # Flag mistakes as one line, Ctrl-C as `interrupted`; main reports the request's own mistakes itself, so
   # that an error inside the evaluation proper keeps its traceback.
   cli_errors.run(lambda argv: sys.exit(main(argv)), user_errors=(), config_flag_names=())

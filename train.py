@@ -22,7 +22,11 @@ from pathlib import Path
 from absl import flags, logging
 from ml_collections import config_flags
 
+from ssa_jax.errors import ConfigError
 from ssa_jax.runtime import cli_errors
+from ssa_jax.train.dry_run import dry_run, dry_run_memory_hint
+from ssa_jax.train.loop import train
+from ssa_jax.train.workdir_lock import WorkdirLockedError
 
 config_flags.DEFINE_config_file("config", None, "Run config (a file in configs/), e.g. configs/tiny_ssa.py (the "
                                 "offline demo). Required.", lock_config=True)
@@ -46,9 +50,6 @@ flags.DEFINE_bool("target_estimate", True, "--target on a TPU: also the compiler
 
 def _dry_run() -> None:
   """--dry_run: the report as one JSON line (the last stdout line), with a hint when it fits no device."""
-  from ssa_jax.train.dry_run import dry_run
-  from ssa_jax.train.preflight import dry_run_memory_hint
-
   target = flags.FLAGS.target
   kwargs = {"target": target, "target_slices": flags.FLAGS.target_slices,
             "target_estimate": flags.FLAGS.target_estimate} if target else {}
@@ -61,9 +62,8 @@ def _dry_run() -> None:
 
 
 def main(argv):
+  """Trains, or with --dry_run checks and compiles, the run --config describes."""
   del argv
-  from ssa_jax.errors import ConfigError
-
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)  # orbax logs every file operation at INFO
   if flags.FLAGS.target and not flags.FLAGS.dry_run:
@@ -73,8 +73,6 @@ def main(argv):
     _dry_run()
     return
 
-  from ssa_jax.train.loop import train
-
   workdir = flags.FLAGS.workdir or "runs/" + Path(config_flags.get_config_filename(flags.FLAGS["config"])).stem
   summary = train(flags.FLAGS.config, workdir)
   print(json.dumps(summary, indent=2))
@@ -83,7 +81,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  from ssa_jax.errors import ConfigError
-  from ssa_jax.train.workdir_lock import WorkdirLockedError
-
   cli_errors.run(main, user_errors=(ConfigError, WorkdirLockedError))

@@ -22,7 +22,7 @@ import ml_collections  # noqa: E402
 
 from configs import models  # noqa: E402
 from ssa_jax.model.config import model_config_from_dict  # noqa: E402
-from ssa_jax.model.decoder import Decoder
+from ssa_jax.model.decoder import Decoder  # noqa: E402
 from ssa_jax.model.params import param_shapes  # noqa: E402
 from ssa_jax.runtime import sharding  # noqa: E402
 from ssa_jax.train.optim import learning_rate_schedule, make_optimizer  # noqa: E402
@@ -44,7 +44,7 @@ def compile_seconds(layers: int, scan: bool, args) -> float:
   mesh = sharding.make_mesh(dict(data=-1, fsdp=1, tensor=1, num_devices=-1))
   rules = sharding.rules_from_config([["vocab", "tensor"], ["embed", "fsdp"], ["mlp", "tensor"],
                                       ["heads", "tensor"], ["kv_heads", "tensor"], ["layers", None]])
-  tx = make_optimizer(train_cfg, param_shapes(model_cfg))
+  tx = make_optimizer(train_cfg, param_shapes(model_cfg), model_cfg)
   abstract, shardings = state_shardings(model_cfg, tx, mesh, rules)
   state = jax.tree_util.tree_map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
   batch = {"tokens": jax.ShapeDtypeStruct((args.batch, args.seq_len + 1), jnp.int32,

@@ -14,11 +14,33 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import tempfile
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import jax  # noqa: E402
+
+from ssa_jax.data.tokenizer import load_tokenizer  # noqa: E402
+from ssa_jax.evaluate.requests import pair_requests  # noqa: E402
+from ssa_jax.evaluate.scoring import Scorer  # noqa: E402
+from ssa_jax.evaluate.tasks import TASKS  # noqa: E402
+from ssa_jax.formats.hf import from_hf  # noqa: E402
+
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+TASK_NAMES = ("piqa", "arc_easy", "arc_challenge", "winogrande", "lambada_openai")
+
+
+def task_pairs(data: Path, docs: int) -> list[tuple[str, str]]:
+  """The (context, continuation) requests of the first `docs` documents of each task in DATA/benchmarks."""
+  pairs = []
+  for name in TASK_NAMES:
+    spec = TASKS[name]
+    for line in (data / "benchmarks" / spec.filename).read_text().splitlines()[:docs]:
+      pairs.extend(spec.build(json.loads(line)).pairs)
+  return pairs
 
 
 def main() -> None:
@@ -31,26 +53,14 @@ def main() -> None:
   parser.add_argument("--data", default=str(SHARED))
   args = parser.parse_args()
   os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
-  import jax
-  import torch
-  import transformers
-  from lm_eval.api.instance import Instance
-  from lm_eval.models.huggingface import HFLM
-
-  from ssa_jax.data.tokenizer import load_tokenizer
-  from ssa_jax.evaluate.requests import pair_requests
-  from ssa_jax.evaluate.scoring import Scorer
-  from ssa_jax.evaluate.tasks import TASKS
-  from ssa_jax.formats.hf import from_hf
+  # The test extra's torch side (heavy, optional), imported after HF_HUB_OFFLINE is set: huggingface_hub reads it once.
+  import torch  # pylint: disable=import-outside-toplevel
+  import transformers  # pylint: disable=import-outside-toplevel
+  from lm_eval.api.instance import Instance  # pylint: disable=import-outside-toplevel
+  from lm_eval.models.huggingface import HFLM  # pylint: disable=import-outside-toplevel
 
   data = Path(args.data)
-  pairs = []
-  names = ("piqa", "arc_easy", "arc_challenge", "winogrande", "lambada_openai")
-  for name in names:
-    spec = TASKS[name]
-    for line in (data / "benchmarks" / spec.filename).read_text().splitlines()[: args.docs]:
-      pairs.extend(spec.build(json.loads(line)).pairs)
+  pairs = task_pairs(data, args.docs)
 
   with tempfile.TemporaryDirectory() as tmp:
     torch.manual_seed(0)
@@ -82,7 +92,7 @@ def main() -> None:
   print(f"device: {dev.platform} {dev.device_kind} x{jax.local_device_count()}, CPUs: {os.cpu_count()}, "
         f"torch threads: {torch.get_num_threads()}")
   print(f"model: GPT-2 d={args.d_model} layers={args.layers} vocab=50257, max_length={args.max_length}, "
-        f"batch_size={args.batch_size}; {n} requests ({', '.join(names)} x {args.docs} docs)")
+        f"batch_size={args.batch_size}; {n} requests ({', '.join(TASK_NAMES)} x {args.docs} docs)")
   st = scorer.stats
   print(f"tokens per pass: lm-eval rows {st.tokens // 2:,} (before its padding); ours {st.computed_tokens // 2:,} "
         f"after prefix sharing ({st.computed_tokens / st.tokens:.2f}x), {st.padded_tokens // 2:,} with padding; "

@@ -1,6 +1,6 @@
 """Splash attention's block sizes, compared by the TPU compiler ahead of time on a CPU host (no TPU needed).
 
-  pip install 'jax[tpu]'      # the TPU compiler (libtpu); jax itself stays as it is
+  pip install -c constraints.txt 'jax[tpu]'   # the TPU compiler (libtpu); jax itself stays as it is
   JAX_PLATFORMS=cpu ALLOW_MULTIPLE_LIBTPU_LOAD=1 python bench/bench_splash_blocks.py
   ... --topology=v5p:2x2x1 --shapes=2048x12x64,8192x16x128 --blocks=128,256,512,1024 --tokens_per_chip=16384
 

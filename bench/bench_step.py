@@ -35,8 +35,8 @@ import numpy as np  # noqa: E402
 from configs import base, models  # noqa: E402
 from ssa_jax.formats.hf import config_to_hf  # noqa: E402
 from ssa_jax.model.config import model_config_from_dict  # noqa: E402
-from ssa_jax.model.decoder import Decoder
-from ssa_jax.model.params import count_params, init_params, is_temperature_param, param_shapes  # noqa: E402
+from ssa_jax.model.decoder import Decoder  # noqa: E402
+from ssa_jax.model.params import param_counts, param_shapes  # noqa: E402
 from ssa_jax.runtime import sharding  # noqa: E402
 from ssa_jax.train import metrics  # noqa: E402
 from ssa_jax.train.loss import DEFAULT_LOSS_CHUNK_SIZE  # noqa: E402
@@ -64,7 +64,7 @@ def build_variant(model_name, ssa, args):
   mesh = sharding.make_mesh(ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1, num_devices=-1)))
   sharding.check_batch_divisible(args.batch, mesh, args.microbatches, where="--batch")
   rules = sharding.rules_from_config(base.get_config(model_name, ssa).sharding.rules)
-  tx = make_optimizer(train_cfg, param_shapes(model_cfg))
+  tx = make_optimizer(train_cfg, param_shapes(model_cfg), model_cfg)
   _, shardings = state_shardings(model_cfg, tx, mesh, rules)
   state = create_state(model_cfg, tx, shardings, jax.random.PRNGKey(0))
   step = jit_train_step(Decoder(model_cfg), tx, learning_rate_schedule(train_cfg), args.microbatches, shardings, mesh,
@@ -193,8 +193,7 @@ def main():
       vanilla_cfg = variant_config(args.model, "vanilla", args)
       peer["mfu_model"] = metrics.mfu(peer["tokens_per_s"], metrics.flops_per_token(vanilla_cfg, args.seq_len),
                                       metrics.peak_flops_per_device(peer["device"]), 1)
-      ours = count_params(jax.eval_shape(lambda r: init_params(vanilla_cfg, r), jax.random.PRNGKey(0)),
-                          lambda n: not is_temperature_param(n))
+      ours = param_counts(vanilla_cfg)["params"]
       mfu = f"MFU {peer['mfu_model']:.1%}" if peer["mfu_model"] is not None else "MFU n/a"
       vs = (f"; vanilla is {results['vanilla']['tokens_per_s'] / peer['tokens_per_s']:.2f}x the peer"
             if "tokens_per_s" in results.get("vanilla", {}) else "")

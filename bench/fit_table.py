@@ -27,8 +27,10 @@ import sys
 import time
 from pathlib import Path
 
+from ssa_jax.errors import ConfigError
+from ssa_jax.train import targets
+
 REPO = Path(__file__).resolve().parents[1]
-GPU_PREFIXES = ("h100", "h200", "a100")
 
 
 def job_key(job: dict) -> str:
@@ -109,7 +111,7 @@ def markdown(records: list[dict]) -> str:
   return "\n".join(rows)
 
 
-def parse_target(entry: str) -> tuple[str, int]:
+def split_slices(entry: str) -> tuple[str, int]:
   """'v5p-8x2' -> ('v5p-8', 2); 'h100-8' -> ('h100-8', 1)."""
   name, sep, slices = entry.rpartition("x")
   return (name, int(slices)) if sep and slices.isdigit() and "-" in name else (entry, 1)
@@ -137,15 +139,19 @@ def main() -> None:
     return
   if not args.configs or not args.targets:
     p.error("--configs and --targets are required (or --markdown)")
+  try:  # every --targets entry checked before the first compile
+    entries = [(name, slices, targets.parse_target(name, slices))
+               for name, slices in map(split_slices, args.targets.split(","))]
+  except ConfigError as e:
+    p.error(str(e))
   out.parent.mkdir(parents=True, exist_ok=True)
   sweep = [[]]
   if args.sweep:
     field, _, values = args.sweep.partition("=")
     sweep = [[f"{field}={v}"] for v in values.split(",")]
   for config in args.configs.split(","):
-    for entry in args.targets.split(","):
-      target, slices = parse_target(entry)
-      python = args.gpu_python if target.startswith(GPU_PREFIXES) else sys.executable
+    for target, slices, spec in entries:
+      python = args.gpu_python if spec.chip.platform == "gpu" else sys.executable
       for extra in sweep:
         overrides = list(args.set) + extra
         microbatches = None

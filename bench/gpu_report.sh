@@ -34,7 +34,7 @@ JAX_ON_GPU='import jax, sys; sys.exit(jax.default_backend() != "gpu")'
 if [ "${ALLOW_CPU:-0}" != 1 ] && ! "$PY" -c "$JAX_ON_GPU" 2>/dev/null; then
   if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
     fail "this machine has an NVIDIA GPU but jax does not see it (jax.default_backend() is not 'gpu');" \
-         "install jax with CUDA: pip install -e '.[cuda]'"
+         "install jax with CUDA: pip install -c constraints.txt -e '.[cuda]'"
   fi
   fail "no GPU here: jax.default_backend() is not 'gpu' and nvidia-smi finds no NVIDIA GPU." \
        "This report measures a GPU; on a CPU run bench/bench_step.py --model=tiny directly."

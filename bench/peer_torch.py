@@ -43,11 +43,11 @@ def main() -> None:
   p.add_argument("--lr", type=float, default=1e-4)
   args = p.parse_args()
 
-  try:
-    import torch
-    import transformers
+  try:  # optional and heavy: without them this peer prints a skip line instead of a figure
+    import torch  # pylint: disable=import-outside-toplevel
+    import transformers  # pylint: disable=import-outside-toplevel
   except ImportError as e:
-    _skip(f"torch / transformers are not importable ({e}); pip install -e '.[test]'")
+    _skip(f"torch / transformers are not importable ({e}); pip install -c constraints.txt -e '.[test]'")
   cuda = torch.cuda.is_available()
   if not cuda and _nvidia_gpu_present():
     _skip(f"torch {torch.__version__} has no CUDA although this machine has an NVIDIA GPU: install a CUDA build "

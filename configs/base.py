@@ -13,26 +13,16 @@ from ssa_jax.runtime.distributed import distributed_config
 
 # The paper's optimizer (AdamW, beta1 0.9, beta2 0.95) with Pythia's pre-training settings where it gives none.
 PRETRAIN = dict(steps=28_600, global_batch_size=256, seq_len=2048, lr=6e-4, warmup_steps=286, min_lr_ratio=0.1,
-                weight_decay=0.01)  # 28.6k steps x 524k tokens = 15B tokens (SSA.md)
+                weight_decay=0.01)  # 28.6k steps x 524k tokens = 15B tokens, the paper's pre-training budget
 # Appendix A's fine-tune: AdamW 0.9 / 0.95, lr 1e-6, no weight decay, no warmup, 3.5M tokens
 # (107 steps x 16 x 2048 = 3.5M tokens). A constant rate: the paper names no decay.
 FINETUNE = dict(steps=107, global_batch_size=16, seq_len=2048, lr=1e-6, warmup_steps=0, schedule="constant",
                 min_lr_ratio=1.0, weight_decay=0.0)
-# The temperatures' learning-rate multipliers in a fine-tune, chosen by measurement (python -m
-# ssa_jax.experiments.finetune_drift: SSA added near identity to a 300-step demo model, then these 107 steps at lr
-# 1e-6, batch 8 x 128; tests/test_finetune_lr.py holds the bounds). The temperatures are new parameters: at lr 1e-6
-# alone Adam moves each by at most about 1e-6 a step, 1e-4 over the schedule, i.e. not at all.
-# - Single scalars (alpha, log_tau, SSMax's pre-softplus a, beta): Adam moves them additively by about
-#   lr x multiplier a step under a steady gradient, and sigmoid(alpha) is exp(alpha) in its tail, so x1e4 (up to
-#   107 x 1e-2 = 1.07) lets the coefficient grow or shrink 2.9x; about 6.5e3 is the least that leaves 2x.
-#   Measured: sigmoid(alpha) ended at 0.39x-2.6x its start.
-# - Matrices (the token MLP's w1 / w2 and biases, weight sharing's w): x1e4 re-initialises them (w1, std 0.02 at
-#   init, moved 5.8x its norm; tau_q spanned 0.0-2.0, 54% of entries in tanh's saturation); x1e3: 1.5x, 7%
-#   saturated; x100: 0.40x, tau_q 0.63-1.22; x30: 0.12x (its steady-gradient ceiling 107 x 3e-5 / 0.02 = 0.16),
-#   tau_q 0.96-1.02, nothing saturated; x10: 0.04x, tau_q within 1 +- 0.01. Held-out loss change (from 4.2387):
-#   -0.040 / -0.058 / -0.030 / -0.015 / -0.013 (vanilla fine-tuned alone: -0.012). Of these, x30 is the largest
-#   that keeps w1 well within its norm; the zero-initialised outputs reach about 3e-3 per entry, which on wider
-#   models (w2 sums d/2 hidden units: 384 on Pythia-160M, 64 on the demo) is a tau_tok of order 0.1, a nudge.
+# The temperatures' learning-rate multipliers in a fine-tune. The temperatures are new parameters: at lr 1e-6
+# alone Adam moves each by about 1e-4 over the schedule, i.e. not at all. x1e4 on the single scalars (alpha,
+# log_tau, SSMax's s, beta) lets a coefficient grow or shrink 2.9x; x30 on the matrices (the token MLP's w1 / w2,
+# weight sharing's w) is the largest that keeps w1 well within its initial norm. Measured by
+# `python -m ssa_jax.experiments.finetune_drift`; tests/test_finetune_lr.py holds the bounds.
 FINETUNE_TEMPERATURE_LR = dict(temperature_scalar_lr_multiplier=1e4, temperature_matrix_lr_multiplier=30.0)
 DEMO = dict(steps=600, global_batch_size=16, seq_len=128, lr=3e-3, warmup_steps=30, min_lr_ratio=0.1,
             weight_decay=0.01, log_every=20, eval_every=200, eval_batches=8, checkpoint_every=200)
@@ -44,6 +34,33 @@ _DEMO_FT_LR = DEMO["lr"] * FINETUNE["lr"] / PRETRAIN["lr"]
 DEMO_FINETUNE = dict(FINETUNE, seq_len=128, global_batch_size=8, lr=_DEMO_FT_LR, log_every=10, eval_every=107,
                      eval_batches=8, checkpoint_every=107,
                      **{k: round(v * FINETUNE["lr"] / _DEMO_FT_LR, 6) for k, v in FINETUNE_TEMPERATURE_LR.items()})
+
+
+def _train_config(mode: str, max_seq_len: int) -> ml_collections.ConfigDict:
+  """config.train: the defaults, then the mode's settings, in windows the model has (ssa_jax/train/sections.py
+  types and checks each field)."""
+  train = ml_collections.ConfigDict(dict(
+      steps=1000, global_batch_size=32, seq_len=1024, microbatches=1,  # microbatches: gradient accumulation
+      loss_chunk_size=256,  # positions per LM-head chunk of the loss; 0 = the whole (B, T, V) logits at once
+      lr=3e-4, warmup_steps=100, schedule="cosine", min_lr_ratio=0.1,
+      b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.1, grad_clip=1.0,
+      # SSA temperature parameters: lr x these, no weight decay. 'scalar': the single learned scalars (alpha,
+      # the constant's log_tau, SSMax's s, the frequency beta); 'matrix': the token MLP's w1 / w2 and their
+      # biases, weight sharing's w. Pre-training trains them like the rest; fine-tunes set them below.
+      temperature_scalar_lr_multiplier=1.0, temperature_matrix_lr_multiplier=1.0,
+      temperatures_only=False,  # train only the SSA temperatures (fine-tuning SSA into a frozen model)
+      log_every=10, eval_every=1000, eval_batches=16,
+      checkpoint_every=1000, keep_checkpoints=3, async_checkpoints=True,
+      max_nonfinite_steps=5, tensorboard=True,
+      preemption_deadline_s=300.0,  # from the first stop signal to exit, agreed or not; 0 = none
+  ))
+  train.update({"pretrain": PRETRAIN, "finetune": FINETUNE, "demo": DEMO}[mode])
+  if train.seq_len > max_seq_len:
+    # A model with fewer positions (GPT-2: 1024) trains on windows it has, with the same tokens per step.
+    factor = train.seq_len // max_seq_len
+    train.seq_len = max_seq_len
+    train.global_batch_size *= factor
+  return train
 
 
 def get_config(model: str = "tiny", ssa: str = "ssa", mode: str = "pretrain") -> ml_collections.ConfigDict:
@@ -72,27 +89,7 @@ def get_config(model: str = "tiny", ssa: str = "ssa", mode: str = "pretrain") ->
 
   config.init = ml_collections.ConfigDict(dict(hf_dir=""))
 
-  config.train = ml_collections.ConfigDict(dict(
-      steps=1000, global_batch_size=32, seq_len=1024, microbatches=1,  # microbatches: gradient accumulation
-      loss_chunk_size=256,  # positions per LM-head chunk of the loss; 0 = the whole (B, T, V) logits at once
-      lr=3e-4, warmup_steps=100, schedule="cosine", min_lr_ratio=0.1,
-      b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.1, grad_clip=1.0,
-      # SSA temperature parameters: lr x these, no weight decay. 'scalar': the single learned scalars (alpha,
-      # the constant's log_tau, SSMax's s, the frequency beta); 'matrix': the token MLP's w1 / w2 and their
-      # biases, weight sharing's w. Pre-training trains them like the rest; fine-tunes set them below.
-      temperature_scalar_lr_multiplier=1.0, temperature_matrix_lr_multiplier=1.0,
-      temperatures_only=False,  # train only the SSA temperatures (fine-tuning SSA into a frozen model)
-      log_every=10, eval_every=1000, eval_batches=16,
-      checkpoint_every=1000, keep_checkpoints=3, async_checkpoints=True,
-      max_nonfinite_steps=5, tensorboard=True,
-      preemption_deadline_s=300.0,  # from the first stop signal to exit, agreed or not; 0 = none
-  ))
-  config.train.update({"pretrain": PRETRAIN, "finetune": FINETUNE, "demo": DEMO}[mode])
-  if config.train.seq_len > config.model.max_seq_len:
-    # A model with fewer positions (GPT-2: 1024) trains on windows it has, with the same tokens per step.
-    factor = config.train.seq_len // config.model.max_seq_len
-    config.train.seq_len = config.model.max_seq_len
-    config.train.global_batch_size *= factor
+  config.train = _train_config(mode, config.model.max_seq_len)
   # The learned position term starts at position_tau_at_end at the end of the training window (the paper's
   # context window), not at model.max_seq_len: Llama-2 / 3 / 3.1 train on 2048 of 4096 / 8192 / 131072
   # positions. A derived reference: it follows --config.train.seq_len unless set itself.

@@ -1,6 +1,10 @@
 """Model architecture presets (the paper's Table 3 models plus a tiny demo model) and SSA variants."""
 
+import dataclasses
+
 import ml_collections
+
+from ssa_jax.model.config import ModelConfig, SSAConfig
 
 # Field names are those of ssa_jax.model.config.ModelConfig.
 MODELS = {
@@ -29,23 +33,17 @@ MODELS = {
                                          original_max_position_embeddings=8192)),
 }
 
-# SSA.md defaults: query and value scaled, token and position terms on. Field names: ssa_jax.model.config.SSAConfig.
+# SSA presets (docs/ssa.md); fields are SSAConfig's, and a field not named keeps its default below.
 SSA_VARIANTS = {
     "vanilla": dict(enabled=False),
     "ssa": dict(enabled=True, token_kind="mlp", position_kind="log"),  # the paper's SSA "base"
     "ssa_ws": dict(enabled=True, token_kind="shared", position_kind="log"),  # weight sharing
 }
 
-SSA_DEFAULTS = dict(enabled=False, query=True, key=False, value=True, token=True, position=True, token_kind="mlp",
-                    position_kind="log", weight_sharing_scope="layer", hidden_ratio=0.5, position_tau_at_end=1.1,
-                    position_reference_len=0, yarn_scale=0.1, llama4_floor_scale=8192.0, llama4_attn_scale=0.1,
-                    feature_path="")
-
-MODEL_DEFAULTS = dict(num_kv_heads=0, head_dim=0, norm_eps=1e-5, activation="gelu_tanh", rope_theta=10000.0,
-                      rotary_pct=1.0, rope_scaling=None, parallel_residual=False, tie_embeddings=False,
-                      qkv_bias=False, out_bias=False, mlp_bias=False, init_std=0.02, dtype="float32",
-                      attention_impl="auto", splash_block_q=512, splash_block_kv=512, remat="none",
-                      scan_layers=False)
+# Every other field's default, read from the dataclasses (stated once, there).
+SSA_DEFAULTS = dataclasses.asdict(SSAConfig())
+MODEL_DEFAULTS = {f.name: f.default for f in dataclasses.fields(ModelConfig)
+                  if f.default is not dataclasses.MISSING and f.name != "ssa"}
 
 
 def model_config(name: str, ssa: str = "vanilla") -> ml_collections.ConfigDict:

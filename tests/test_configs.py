@@ -7,7 +7,7 @@ import importlib.util
 
 from configs import base
 from ssa_jax.model.config import model_config_from_dict
-from ssa_jax.model.params import count_params, is_temperature_param, param_shapes
+from ssa_jax.model.params import count_params, param_shapes
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 

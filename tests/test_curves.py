@@ -115,3 +115,22 @@ def test_missing_metrics_file_is_a_clear_error(tmp_path):
   _write_run(tmp_path / "a", rate=10.0, with_val=False)
   with pytest.raises(ValueError, match="val_ppl"):
     curves.read_metric(str(tmp_path / "a"), "val_ppl")
+
+
+def test_a_run_that_never_reaches_the_target_says_so_and_its_figure_renders_without_warnings(tmp_path, capsys):
+  """Run b stays above a's final loss: the console says it never reaches the target (not 'at step None'); every
+  character of both figures exists in matplotlib's default font (no missing-glyph warning)."""
+  import warnings
+
+  steps = np.arange(0, 501, 10)
+  _write_losses(tmp_path / "a", steps, 3.0 + 2.0 * np.exp(-steps / 100))
+  _write_losses(tmp_path / "b", steps, 4.0 + 2.0 * np.exp(-steps / 100))
+  with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    result = curves.main([str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(tmp_path / "out")])
+    curves.plot(tmp_path / "val.png", dict(result, metric="val_ppl"))  # the log axis and its tick labels
+  assert result["runs"][1]["step_at_target"] is None
+  lines = capsys.readouterr().out.splitlines()
+  b_line = next(line for line in lines if line.strip().startswith("b "))
+  assert "never reaches target (last step 500)" in b_line and "None" not in b_line, b_line
+  assert [str(w.message) for w in caught] == []

@@ -1,5 +1,6 @@
-"""The LM iterator on shards written here: exact token streams, exact resume, per-process sharding."""
+"""The LM iterator on shards written here: exact token streams, exact resume, per-process sharding, mixtures."""
 
+import collections
 import json
 
 import numpy as np
@@ -142,11 +143,44 @@ def test_resuming_twice_in_a_row_continues_exactly(corpus):
     np.testing.assert_array_equal(a, b, err_msg=f"step {j}")
 
 
-def test_exclude_and_zero_weight_drop_a_set(corpus):
-  it = make_iter(corpus, seq_len=15, batch=1, num_streams=1, exclude=("RedPajamaBooks",), repeat=False)
+@pytest.mark.parametrize("drop", [dict(exclude=("RedPajamaBooks",)), dict(mixture={"RedPajamaBooks": 0.0})])
+def test_exclude_and_zero_weight_drop_a_set(corpus, drop):
+  it = make_iter(corpus, seq_len=15, batch=1, num_streams=1, repeat=False, **drop)
   text = ByteTokenizer().decode(np.concatenate([b["tokens"][0] for b in it]).tolist())
   assert "d0 " not in text and "d3 " not in text and "d1 " in text
   assert it.stats()["filtered"] > 0
+
+
+MIXTURE = {"SetA": 0.7, "SetB": 0.3, "SetC": 0.0, "SetD": 2.5}  # SetE: not named, weight 1
+DOCS_PER_SET = 500
+
+
+@pytest.fixture
+def mixture_corpus(tmp_path):
+  """5 sets x DOCS_PER_SET documents spread over 4 files, each document exactly one 16-token window."""
+  names = sorted(MIXTURE) + ["SetE"]
+  docs = [(f"{name[-1]}{i:05d}".ljust(15, "."), name) for i in range(DOCS_PER_SET) for name in names]
+  for f in range(4):
+    write_zst(tmp_path / "train" / "chunk1" / f"example_train_{f}.jsonl.zst",
+              [doc_line(text, name) for text, name in docs[f::4]])
+  return tmp_path
+
+
+def test_mixture_weights_set_each_sets_share_within_sampling_error(mixture_corpus):
+  # A weight w emits each document floor(w) or ceil(w) times, ceil with probability w - floor(w): one epoch's
+  # count of a set is floor(w) N + Binomial(N, w - floor(w)). Bounds: 4 binomial standard deviations.
+  it = make_iter(mixture_corpus, seq_len=15, batch=1, num_streams=1, repeat=False, mixture=MIXTURE, docs_per_chunk=64)
+  copies = collections.Counter(ByteTokenizer().decode(b["tokens"][0][:15].tolist()).rstrip(".") for b in it)
+  by_set = collections.Counter(doc[0] for doc in copies.elements())
+  for name, w in {**MIXTURE, "SetE": 1.0}.items():
+    whole, frac = int(w), w - int(w)
+    expected, sigma = DOCS_PER_SET * w, np.sqrt(DOCS_PER_SET * frac * (1 - frac))
+    assert abs(by_set[name[-1]] - expected) <= 4 * sigma, (name, by_set[name[-1]], expected, sigma)
+    emitted = [n for doc, n in copies.items() if doc[0] == name[-1]]
+    assert set(emitted) <= {whole, whole + 1} - {0}, (name, collections.Counter(emitted))
+  assert by_set["C"] == 0  # weight 0: never drawn
+  assert by_set["E"] == DOCS_PER_SET and by_set["D"] > 2 * DOCS_PER_SET  # weight 1 keeps all; 2.5 repeats
+  assert it.stats()["filtered"] == DOCS_PER_SET + (DOCS_PER_SET - by_set["A"]) + (DOCS_PER_SET - by_set["B"])
 
 
 @pytest.fixture

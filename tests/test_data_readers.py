@@ -130,3 +130,20 @@ def test_gs_paths_without_the_gcs_extra_name_the_pip_command(monkeypatch):
   with pytest.raises(ImportError, match=r"--workdir.*needs google-cloud-storage"):
     require_gcs("gs://bucket/run", "--workdir (TensorBoard)", TENSORBOARD)
   require_gcs("/local/run", "--workdir", TENSORBOARD)  # local paths need nothing
+
+
+def test_a_path_at_one_split_of_a_corpus_suggests_the_corpus_root(tmp_path):
+  """config.data.path=CORPUS/train finds the train files (their names say train) but no validation split: the
+  error names CORPUS as the path to pass."""
+  for split in ("train", "validation"):
+    (tmp_path / "corpus" / split / "chunk1").mkdir(parents=True)
+    (tmp_path / "corpus" / split / "chunk1" / f"example_{split}_0.jsonl").write_text('{"text": "hi"}\n')
+  assert list_files(str(tmp_path / "corpus" / "train"), "train") == [
+      str(tmp_path / "corpus" / "train" / "chunk1" / "example_train_0.jsonl")]
+  with pytest.raises(FileNotFoundError) as e:
+    list_files(str(tmp_path / "corpus" / "train"), "validation")
+  assert str(e.value).endswith(f"pass the corpus root, --config.data.path={tmp_path / 'corpus'}")
+  (tmp_path / "other").mkdir()
+  with pytest.raises(FileNotFoundError) as e:  # a directory that is no split of a corpus: no such hint
+    list_files(str(tmp_path / "other"), "validation")
+  assert "corpus root" not in str(e.value)

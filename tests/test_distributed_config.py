@@ -6,7 +6,7 @@ import pytest
 from jax._src import clusters
 
 from ssa_jax.errors import ConfigError
-from ssa_jax.runtime import distributed, sharding
+from ssa_jax.runtime import distributed
 
 _CLUSTER_VARS = ("SLURM_JOB_ID", "SLURM_STEP_NODELIST", "SLURM_NTASKS", "SLURM_PROCID", "SLURM_LOCALID",
                  "OMPI_MCA_orte_hnp_uri", "OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_RANK",
@@ -100,15 +100,21 @@ def test_on_always_initializes_with_the_fields_set_and_checks_them(monkeypatch):
     distributed.initialize_kwargs(section(num_processes=2, process_id=2))
 
 
-@pytest.mark.parametrize("legacy, calls", [("auto", 1), ("off", 0), (False, 0), ("on", 1), (True, 1)])
-def test_maybe_initialize_takes_the_old_string_and_the_section(monkeypatch, legacy, calls):
+@pytest.mark.parametrize("mode, calls", [("auto", 1), ("off", 0), ("on", 1)])
+def test_maybe_initialize_calls_jax_once_as_the_section_says(monkeypatch, mode, calls):
   slurm(monkeypatch, 2)
   seen = []
   monkeypatch.setattr(jax.distributed, "is_initialized", lambda: False)
   monkeypatch.setattr(jax.distributed, "initialize", lambda **kw: seen.append(kw))
-  sharding.maybe_initialize_distributed(legacy)
-  sharding.maybe_initialize_distributed(ml_collections.ConfigDict({"mode": "off"}))
-  sharding.maybe_initialize_distributed({"mode": "on", "num_processes": 2, "process_id": 1})
+  assert distributed.maybe_initialize(section(mode=mode)) == bool(calls)
+  distributed.maybe_initialize(ml_collections.ConfigDict({"mode": "off"}))
+  distributed.maybe_initialize({"mode": "on", "num_processes": 2, "process_id": 1})
   assert seen == [{}] * calls + [{"num_processes": 2, "process_id": 1}]
   monkeypatch.setattr(jax.distributed, "is_initialized", lambda: True)
-  assert not sharding.maybe_initialize_distributed("on")  # already initialized: never twice
+  assert not distributed.maybe_initialize(section(mode="on"))  # already initialized: never twice
+
+
+@pytest.mark.parametrize("value", ["auto", "on", True, False, ""])
+def test_a_bare_value_instead_of_the_section_is_refused(value):
+  with pytest.raises(ConfigError, match=r"config.distributed: expected a section \(mode, coordinator_address"):
+    distributed.initialize_kwargs(value)

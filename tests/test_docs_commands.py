@@ -7,7 +7,8 @@ A command is a line of a ``` block (continuation lines joined) that starts with 
 - `python -m ssa_jax.X`, `python bench/X.py`: the module or file exists and each `--flag` is one its argparse /
   absl definitions name (read from its source; the synthetic studies' flags from their `default_config()`);
 - `--config=C` (train.py, the comparison): C exists, and every `--config.a.b=...` names a field of C's get_config();
-- `configs/...`, `bench/...`, `tests/...` paths exist; `pip install -e '.[x]'` names an extra of pyproject.toml.
+- `configs/...`, `bench/...`, `tests/...` paths exist; `pip install -e '.[x]'` names an extra of pyproject.toml, and
+  `pip install -c FILE` a file of the repository.
 Every relative link of README/docs points to a file that exists (and to a heading of it, for `#anchor` links).
 A failure lists each document:line, the command and the unknown name, so either side can be fixed.
 """
@@ -115,8 +116,14 @@ def script_flags(target: str) -> tuple[frozenset[str], frozenset[str], dict[str,
     _, _, config_defaults, _ = _source_definitions(path)
     return frozenset(own | absl_builtin_flags()), frozenset(), config_defaults
   names, subcommands, config_defaults, uses_absl = _source_definitions(path)
+  if path.name == "__main__.py":  # a command package (experiments/compare): its flags are defined beside it
+    for module in sorted(path.parent.glob("*.py")):
+      more = _source_definitions(module)
+      names, subcommands, uses_absl = names | more[0], subcommands | more[1], uses_absl or more[3]
+      config_defaults = {**config_defaults, **more[2]}
   source = path.read_text()
-  if "parse_config(default_config()" in source:  # the synthetic studies: one flag per top-level config field
+  # The synthetic studies (experiments/common.py): one flag per top-level field of their default_config().
+  if re.search(r"(parse_config|run_study)\((argv, )?default_config\(\)", source):
     module = importlib.import_module(target[:-3].replace("/", "."))
     names |= set(module.default_config().keys())
   names |= {"help"} | (absl_builtin_flags() if uses_absl else {"h"})
@@ -156,11 +163,13 @@ def check_segment(tokens: list[str], extras: set[str]) -> list[str]:
     return []
   problems = []
   if tokens[0] in ("pip", "pip3"):
-    for token in tokens:
+    for before, token in zip(["", *tokens], tokens):
       match = re.match(r"^\.\[([\w,-]+)\]$", token)
       for extra in match.group(1).split(",") if match else ():
         if extra not in extras:
           problems.append(f"pyproject.toml has no extra [{extra}] (extras: {', '.join(sorted(extras))})")
+      if before in ("-c", "--constraint", "-r", "--requirement") and not (ROOT / token).is_file():
+        problems.append(f"pip {before} {token}: {token} does not exist")
     return problems
   if tokens[0] == "bash":
     if len(tokens) > 1 and not (ROOT / tokens[1]).is_file():
@@ -269,6 +278,9 @@ def test_docs_exist_and_commands_are_found():
   readme = [c for _, c in extract_commands((ROOT / "README.md").read_text())]
   assert any(c.endswith("python train.py --config=configs/tiny_ssa.py --workdir=runs/tiny_ssa") for c in readme)
   assert any("python -m pytest -q" in c for c in readme)
+  # Both installs at the pinned versions: every pip install of the README's commands takes the constraints file.
+  installs = [part for c in readme for part in c.split("&&") if "pip install" in part]
+  assert len(installs) >= 3 and all("-c constraints.txt" in part for part in installs), installs
   continued = extract_commands("```\npython train.py --config=configs/tiny.py \\\n    --config.train.steps=3  # c\n```")
   assert continued == [(2, "python train.py --config=configs/tiny.py --config.train.steps=3  # c")]
 
@@ -287,6 +299,7 @@ def test_checker_rejects_unknown_names():
       "python -m ssa_jax.experiments.denoise --no_such_field=1": "--no_such_field",
       "python bench/no_such_bench.py": "bench/no_such_bench.py",
       "python3 -m venv .venv && pip install -e '.[cudaa]'": "[cudaa]",
+      "python3 -m venv .venv && pip install -c constraint.txt -e .": "constraint.txt",
   }
   for command, name in bad.items():
     problems = check_command(command, extras)

@@ -22,7 +22,7 @@ import jax
 import pytest
 
 from ssa_jax.model.config import model_config_from_dict
-from ssa_jax.train.dry_run import dry_run
+from ssa_jax.train.dry_run import dry_run, dry_run_memory_hint
 from ssa_jax.train.preflight import check_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -170,3 +170,16 @@ def test_dry_run_names_what_it_could_not_check(tmp_path):
   assert any(u.startswith("config.data.path: required") for u in report["unchecked"])
   assert any("missing_tokenizer.json does not exist" in u for u in report["unchecked"])
   assert report["tokenizer_checked"] is False
+
+
+def test_the_memory_hint_reads_the_chip_table():
+  """A step needing more than the largest listed chip (an H200: 141 GiB = 151,397,597,184 bytes) gets a hint
+  naming the fix; one that fits an H200, even past 141e9 bytes, gets none."""
+  h200 = 141 * 1024**3
+  assert h200 == 151_397_597_184
+  assert dry_run_memory_hint(h200, None) is None
+  assert dry_run_memory_hint(145e9, None) is None  # over 141e9, under 141 GiB: an H200 holds it
+  assert dry_run_memory_hint(None, None) is None and dry_run_memory_hint(40e9, "v5e-4") is None
+  here = dry_run_memory_hint(h200 + 1, None)
+  assert "--dry_run --target=" in here and "h200: 141 GiB" in here
+  assert "config.mesh.fsdp" in dry_run_memory_hint(2.46e12, "v5p-8")

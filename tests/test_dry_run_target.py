@@ -12,6 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import ml_collections
 import numpy as np
 import pytest
 
@@ -111,8 +112,6 @@ def test_tpu_topologies(name, devices, hosts):
 @needs_libtpu
 def test_the_config_mesh_resolves_against_the_target():
   """-1 takes the target's devices (not this host's); K slices put the data axis across them over DCN."""
-  import ml_collections
-
   def mesh(name, slices=1, **sizes):
     target = targets.parse_target(name, slices)
     cfg = ml_collections.ConfigDict(dict(dict(data=-1, fsdp=1, tensor=1, num_devices=-1), **sizes))

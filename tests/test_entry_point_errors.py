@@ -82,3 +82,32 @@ def test_every_entry_point_exits_through_cli_errors():
     if "cli_errors.run(" not in block and "cli_errors.run_argv(" not in block:
       unguarded.append(str(path.relative_to(REPO)))
   assert unguarded == [], f"entry points without cli_errors.run / run_argv: {unguarded}"
+
+
+@pytest.mark.parametrize("order", [0, 1])
+def test_an_override_error_names_the_invalid_flag_not_a_valid_one_with_the_same_field(order):
+  """config.model has num_layers, config.train does not: the error blames --config.train.num_layers whatever the
+  order of the two flags."""
+  flags_given = ["--config.model.num_layers=2", "--config.train.num_layers=2"]
+  if order:
+    flags_given.reverse()
+  r = subprocess.run([sys.executable, "train.py", "--config=configs/tiny.py", *flags_given], cwd=REPO,
+                     env=dict(os.environ, JAX_PLATFORMS="cpu"), capture_output=True, text=True, timeout=120)
+  assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
+  assert r.stderr.startswith("error: --config.train.num_layers: config.train has no field 'num_layers'"), r.stderr
+
+
+def test_project_warnings_print_as_plain_lines_without_absls_prefix(tmp_path):
+  """A data warning logged under absl's app.run (as train.py runs) is `warning: ...`, once, not `W1206 ...] ...`."""
+  script = tmp_path / "entry.py"
+  script.write_text(
+      "import logging\n"
+      "from ssa_jax.runtime import cli_errors\n"
+      "def main(argv):\n"
+      "  logging.getLogger('ssa_jax.data.packing').warning('data: skipping bad record (%s) at %s', 'x', 'f.jsonl')\n"
+      "  logging.getLogger('ssa_jax.data.packing').info('an info line below the warning level')\n"
+      "cli_errors.run(main, config_flag_names=())\n")
+  r = subprocess.run([sys.executable, str(script), "--verbosity=-1"], cwd=REPO, capture_output=True, text=True,
+                     timeout=120, env=dict(os.environ, PYTHONPATH=str(REPO)))
+  assert r.returncode == 0, r.stderr
+  assert r.stderr == "warning: data: skipping bad record (x) at f.jsonl\n", r.stderr

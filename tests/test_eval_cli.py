@@ -149,6 +149,30 @@ def test_plan_keeps_going_with_some_task_files_missing(world):
   assert plan.output == str(world.weightless / "eval_results.json") and plan.output_is_default
 
 
+def test_the_default_window_is_the_checkpoints_training_window_and_is_named(world, tmp_path):
+  """A model of 128 positions trained on windows of 32 (its run config's train.seq_len) is scored on windows of 32
+  by default; --max_length wins; a source that records no training window uses the model's 128."""
+  import jax
+
+  from ssa_jax.evaluate.cli import plan_eval
+  from ssa_jax.formats import checkpoint
+  from ssa_jax.model.params import init_params
+
+  run = tmp_path / "run32"
+  checkpoint.save_model(run / "checkpoints", world.cfg, init_params(world.cfg, jax.random.PRNGKey(0)), step=1,
+                        run_config={"data": {"tokenizer_path": str(world.tokenizer)}, "train": {"seq_len": 32}})
+  request = dict(tasks="lambada_openai", data_dir=str(world.data))
+  plan = plan_eval(checkpoint=str(run), **request)
+  assert plan.max_length == 32
+  assert plan.window_note.startswith("window: 32 tokens, the run's training window (config.train.seq_len; "
+                                     "the model has 128 positions"), plan.window_note
+  plan = plan_eval(checkpoint=str(run), max_length=64, **request)
+  assert (plan.max_length, plan.window_note) == (64, "window: 64 tokens (--max_length)")
+  for source in (dict(checkpoint=str(world.workdir)), dict(hf_dir=str(world.weightless))):  # none recorded
+    plan = plan_eval(**source, **request)
+    assert plan.max_length == 128 and plan.window_note.startswith("window: 128 tokens, the model's max_seq_len")
+
+
 def test_default_output_lies_beside_the_model(world, tmp_path):
   from ssa_jax.formats import checkpoint
   from ssa_jax.evaluate.loading import ModelSource, default_output
@@ -185,6 +209,7 @@ def test_export_carries_the_tokenizer_and_evaluates_like_the_checkpoint(world):
   from_ckpt = _eval(f"--checkpoint={world.workdir}", *common)
   assert from_ckpt.returncode == 0, from_ckpt.stderr
   assert f"results -> {world.workdir / 'eval_results_step5.json'}" in from_ckpt.stdout
+  assert "[eval] window: 128 tokens, the model's max_seq_len" in from_ckpt.stdout  # no training window recorded
 
   a = json.loads((export / "eval_results.json").read_text())
   b = json.loads((world.workdir / "eval_results_step5.json").read_text())

@@ -6,8 +6,8 @@ import jax
 import numpy as np
 import pytest
 
-from ssa_jax.model.params import is_temperature_param, param_shapes
-from ssa_jax.train.metrics import flops_per_token, mfu, ssa_flops_per_token
+from ssa_jax.model.params import param_shapes, ssa_groups
+from ssa_jax.train.metrics import decoder_flops_per_token, mfu, ssa_flops_per_token, training_flops_per_token
 from tiny_models import tiny_config
 
 SEQ = 32
@@ -22,9 +22,9 @@ def _leaves(cfg):
 def _matmul_weights(cfg, ssa: bool) -> int:
   """Weights used once per token in a matmul: every kernel (parameters of 2+ axes that are not biases: not norms
   or per-head scalars), SSA's or the rest; the embeddings are lookups, except as the tied LM head."""
-  total = 0
+  total, groups = 0, ssa_groups(cfg)
   for name, shape in _leaves(cfg):
-    if len(shape) < 2 or name.endswith("/bias") or is_temperature_param(name) != ssa:
+    if len(shape) < 2 or name.endswith("/bias") or (tuple(name.split("/")) in groups) != ssa:
       continue
     if name.startswith(("embed/", "pos_embed/")) and not (name == "embed/embedding" and cfg.tie_embeddings):
       continue
@@ -39,7 +39,7 @@ def test_model_flops_count_every_matmul_weight_and_causal_attention(family):
   # over the causal half of the T x T scores on average, forward and backward (x3).
   attention = 3 * 2 * 2 * cfg.head_dim * (SEQ / 2) * cfg.num_heads * cfg.num_layers
   expected = 6 * _matmul_weights(cfg, ssa=False) + attention
-  assert flops_per_token(cfg, SEQ) == pytest.approx(expected, rel=1e-12)
+  assert decoder_flops_per_token(cfg, SEQ) == pytest.approx(expected, rel=1e-12)
 
 
 @pytest.mark.parametrize("ssa", [
@@ -55,6 +55,16 @@ def test_ssa_flops_count_every_temperature_matmul_weight(ssa):
   assert ssa_flops_per_token(cfg, SEQ) == pytest.approx(6 * _matmul_weights(cfg, ssa=True), rel=1e-12)
   if ssa.get("token_kind") in ("mlp", "shared"):
     assert ssa_flops_per_token(cfg, SEQ) > 0
+
+
+@pytest.mark.parametrize("family", ["neox", "llama"])
+def test_training_flops_count_the_decoders_and_the_temperatures_matmul_weights(family):
+  """The figure MFU and the dry run use: every matmul weight of the model, SSA's included, and the attention."""
+  cfg = tiny_config(family, enabled=True, token_kind="mlp", key=True)
+  attention = 3 * 2 * 2 * cfg.head_dim * (SEQ / 2) * cfg.num_heads * cfg.num_layers
+  weights = _matmul_weights(cfg, ssa=False) + _matmul_weights(cfg, ssa=True)
+  assert _matmul_weights(cfg, ssa=True) > 0
+  assert training_flops_per_token(cfg, SEQ) == pytest.approx(6 * weights + attention, rel=1e-12)
 
 
 def test_vanilla_has_no_ssa_flops_and_mfu_needs_a_peak():

@@ -85,7 +85,7 @@ def test_ssa_model_round_trips_exactly(tmp_path, token_kind, position_kind, caps
 
 def test_ssa_export_puts_the_temperatures_where_transformers_does_not_look(tmp_path, capsys):
   """ssa.* tensors go to ssa.safetensors: a vanilla transformers load reports no unexpected (or missing) key and
-  gives the vanilla logits; from_hf still restores them, and reads the older layout (ssa.* in model.safetensors)."""
+  gives the vanilla logits; from_hf restores them from there, and from nowhere else."""
   import shutil
 
   import transformers
@@ -114,13 +114,12 @@ def test_ssa_export_puts_the_temperatures_where_transformers_does_not_look(tmp_p
       np.testing.assert_array_equal(np.asarray(flat1[p]), np.asarray(flat2[p]), err_msg="/".join(p))
 
   same_model(out)
-  old = tmp_path / "old_layout"  # an export from before ssa.safetensors: one file holds everything
-  shutil.copytree(out, old)
-  save_file({**standard, **ssa}, old / "model.safetensors", metadata={"format": "pt"})
-  (old / "ssa.safetensors").unlink()
-  same_model(old)
-  _, old_info = transformers.AutoModelForCausalLM.from_pretrained(old, output_loading_info=True)
-  assert sorted(old_info["unexpected_keys"]) == sorted(ssa)  # what the old layout showed transformers
+  one_file = tmp_path / "one_file"  # the temperatures inside model.safetensors: not an export of ours
+  shutil.copytree(out, one_file)
+  save_file({**standard, **ssa}, one_file / "model.safetensors", metadata={"format": "pt"})
+  (one_file / "ssa.safetensors").unlink()
+  with pytest.raises(KeyError, match="config.json has an `ssa` block but there is no ssa.safetensors"):
+    from_hf(one_file)
   to_hf(Decoder(dataclasses.replace(model.config, ssa=SSAConfig())), _without_ssa(params), out)  # vanilla over it
   assert not (out / "ssa.safetensors").exists()
 

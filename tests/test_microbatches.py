@@ -12,8 +12,9 @@ from ssa_jax.model.config import model_config_from_dict
 from ssa_jax.model.decoder import Decoder
 from ssa_jax.runtime import sharding
 from ssa_jax.train.optim import learning_rate_schedule
+from ssa_jax.train.sections import train_section
 from ssa_jax.train.state import create_state, state_shardings
-from ssa_jax.train.step import jit_train_step, make_train_step, strided_microbatches
+from ssa_jax.train.step import jit_train_step, strided_microbatches
 
 needs_8 = pytest.mark.skipif(jax.device_count() < 8, reason="needs XLA_FLAGS=--xla_force_host_platform_device_count=8")
 
@@ -48,10 +49,15 @@ def test_strided_microbatches_take_every_mth_row():
   assert mb.shape == (4, 3, 3)
   for m in range(4):
     np.testing.assert_array_equal(mb[m][:, 0], [m, m + 4, m + 8])
-  with pytest.raises(ConfigError, match="config.train.microbatches"):
+  with pytest.raises(ValueError, match="microbatches: 5 does not divide the batch of 12 rows"):
     strided_microbatches(rows, 5)
-  with pytest.raises(ConfigError, match="config.train.microbatches: expected >= 1"):
-    make_train_step(None, optax.sgd(1.0), lambda s: 1.0, 0)
+
+
+def test_zero_microbatches_is_refused_naming_the_field():
+  train = base.get_config("tiny", "ssa", mode="demo").train
+  train.microbatches = 0
+  with pytest.raises(ConfigError, match=r"^config\.train\.microbatches: expected an int >= 1, got 0"):
+    train_section(train)
 
 
 @needs_8

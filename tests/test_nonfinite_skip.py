@@ -28,7 +28,7 @@ def test_after_a_skipped_step_the_update_uses_the_schedule_at_the_global_step():
   model = Decoder(model_cfg)
   params = init_params(model_cfg, jax.random.PRNGKey(0))
   train_cfg = _train_cfg()
-  tx, schedule = make_optimizer(train_cfg, params), learning_rate_schedule(train_cfg)
+  tx, schedule = make_optimizer(train_cfg, params, model_cfg), learning_rate_schedule(train_cfg)
   step = jax.jit(make_train_step(model, tx, schedule, 1))
   tokens = jnp.asarray(np.random.default_rng(0).integers(0, model_cfg.vocab_size, (4, 17)), jnp.int32)
 

@@ -7,8 +7,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from tokenizers import Tokenizer
 
 from ssa_jax.analysis import norms
+from ssa_jax.data.config import data_config
 from ssa_jax.formats.checkpoint import save_model
 from ssa_jax.model.config import ModelConfig, SSAConfig
 from ssa_jax.model.decoder import Decoder
@@ -180,3 +182,26 @@ def test_cli_writes_json_and_png(tmp_path, capsys):
   assert ssa_s["spec_eff"]["mean"] == pytest.approx(3.0 * ssa_s["spec_raw"]["mean"], rel=1e-5)
   assert results[0]["ratios_vs_first"]["spec_raw"] == pytest.approx(1.0)
   assert "vanilla" in capsys.readouterr().out
+
+
+def test_default_text_is_the_runs_own_validation_split_and_is_named(tmp_path, capsys):
+  """Without --text_file the analysis reads the run's validation split (not the demo corpus) and says so."""
+  tok_path, _ = _tiny_tokenizer(tmp_path)
+  corpus = tmp_path / "corpus"
+  valid_text = "the earth and the heaven God created in the beginning the earth"
+  for split, text in (("train", "In the beginning God created the heaven. " * 4), ("validation", valid_text)):
+    (corpus / split).mkdir(parents=True)
+    (corpus / split / "part.txt").write_text(text)
+  data = data_config().to_dict()  # as a training run saves it
+  data.update(path=str(corpus), format="text", tokenizer_path=tok_path, num_streams=1)
+  run_config = {"data": data, "train": {"seq_len": 8, "global_batch_size": 1}}
+  model, params = make(NEOX)
+  save_model(tmp_path / "v", model.config, params, run_config=run_config)
+  expected = Tokenizer.from_file(tok_path).encode(valid_text).ids[:8]  # the tokenizer alone, not the pipeline
+  results = norms.main([str(tmp_path / "v"), "--tokens=8", f"--output_dir={tmp_path / 'out'}"])
+  out = capsys.readouterr().out
+  assert f"v: 8 tokens of the 'validation' split of {corpus} (the run's own)" in out
+  assert results[0]["text"] == f"the 'validation' split of {corpus} (the run's own)"
+  reference = norms.analyse(model, params, expected, window=8)
+  np.testing.assert_allclose(results[0]["summary"]["spec_raw"]["per_token"], reference["spec_raw"].mean(axis=(1, 2)),
+                             rtol=1e-5)

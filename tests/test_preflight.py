@@ -5,13 +5,17 @@ the runtime fields of a fine-tune's HF comparison, and the import graph of ssa_j
 import ast
 import dataclasses
 import importlib
+import json
 from pathlib import Path
 
 import pytest
 
+from configs import base
+from ssa_jax.data import demo
 from ssa_jax.errors import ConfigError
 from ssa_jax.model.config import model_config_from_dict
 from ssa_jax.train import preflight
+from train_configs import tiny_run_config
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -60,19 +64,9 @@ def test_config_differences_ignore_the_fields_that_may_change_on_resume():
 
 
 def test_every_resumable_field_exists_in_the_base_config():
-  from configs import base
-
   flat = preflight._flatten(base.get_config("tiny", "ssa", mode="demo").to_dict())
   for field in preflight.RESUMABLE_FIELDS:
     assert any(k == field or k.startswith(field + ".") for k in flat), field
-
-
-def test_the_dry_run_hints_at_target_when_no_device_could_hold_the_step():
-  assert preflight.dry_run_memory_hint(2.46e12, None) is not None
-  assert "--dry_run --target=" in preflight.dry_run_memory_hint(2.46e12, None)
-  assert "config.mesh.fsdp" in preflight.dry_run_memory_hint(2.46e12, "v5p-8")
-  assert preflight.dry_run_memory_hint(40e9, None) is None
-  assert preflight.dry_run_memory_hint(None, None) is None
 
 
 def test_splash_block_sizes_are_not_architecture():
@@ -106,3 +100,52 @@ def test_the_training_modules_import_no_circle():
   assert [m for m in edges if reaches(m, m, set())] == []
   assert "ssa_jax.train.loop" not in modules["ssa_jax.train.final_eval"]
   assert "ssa_jax.train.loop" not in modules["ssa_jax.train.preflight"]
+
+
+# -- the first corpus: the validation split read by too many streams -------------------------------------
+@pytest.fixture(scope="module")
+def tokenizer_path(tmp_path_factory):
+  """The demo BPE (512 tokens), in a private cache."""
+  return demo.ensure_demo_tokenizer(str(tmp_path_factory.mktemp("cache")), 512)
+
+
+def _six_document_corpus(root: Path) -> Path:
+  """train.jsonl (20 chapters) and validation.jsonl: 6 chapters, each hundreds of tokens (many windows)."""
+  chapters = demo.kjv_chapters()
+  root.mkdir()
+  (root / "train.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in chapters[:20]))
+  (root / "validation.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in chapters[20:26]))
+  return root
+
+
+def _corpus_config(corpus: Path, tokenizer: str, num_streams: int = 0):
+  config = tiny_run_config(str(corpus), tokenizer, eval_every=2, eval_batches=2)  # a batch of 8 windows of 17
+  config.model.vocab_size = 512
+  config.mesh.update(dict(data=1, fsdp=1, tensor=1, num_devices=1))
+  config.data.update(dict(demo=False, num_streams=num_streams))
+  return config
+
+
+def test_a_split_of_fewer_documents_than_streams_names_the_stream_count_that_reads_it(tmp_path, tokenizer_path):
+  """6 validation documents, 8 streams (auto for a batch of 8): streams 6 and 7 get no document and end the
+  split at once. Of the counts that divide the batch (4, 2, 1), 4 is the largest that leaves no stream empty,
+  each of its streams holding at least one long document (2 windows a stream a batch)."""
+  corpus = _six_document_corpus(tmp_path / "corpus")
+  config = _corpus_config(corpus, tokenizer_path)
+  with pytest.raises(ConfigError) as dry:
+    preflight.prepare(config, None, dry_run=True)  # the dry run runs the run's check
+  with pytest.raises(ConfigError) as real:
+    preflight.check_validation(preflight.prepare(config, str(tmp_path / "run")))
+  for error in (dry, real):
+    message = str(error.value)
+    assert message.startswith("config.data.num_streams: "), message
+    assert "with 8 reader streams" in message and "pass --config.data.num_streams=4" in message, message
+    assert "less than one batch" not in message
+  preflight.check_validation(preflight.prepare(_corpus_config(corpus, tokenizer_path, num_streams=4),
+                                               str(tmp_path / "run")))  # the fix it names works
+  assert not (tmp_path / "run").exists()
+
+
+def test_a_checkpoint_of_another_config_counts_its_fields_in_words():
+  assert preflight._fields_differ(1) == "1 field differs"
+  assert preflight._fields_differ(3) == "3 fields differ"

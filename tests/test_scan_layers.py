@@ -12,9 +12,9 @@ from jax.sharding import PartitionSpec as P
 
 from ssa_jax.errors import ConfigError
 from ssa_jax.formats import checkpoint
-from ssa_jax.model.config import SSAConfig
 from ssa_jax.model.decoder import Decoder, init_cache
 from ssa_jax.model.params import init_params, param_shardings, stack_layers, unstack_layers
+from ssa_jax.runtime import sharding
 from ssa_jax.train.optim import param_labels
 from tiny_models import tiny_config, with_random_temperatures
 
@@ -98,17 +98,15 @@ def test_checkpoint_records_the_layout_and_refuses_the_other(tmp_path):
 
 
 def test_stacked_vectors_keep_no_weight_decay():
-  _, params, _, sparams = _pair("llama", enabled=True)
-  labels_u = traverse_util.flatten_dict(param_labels(params, temperatures_only=False))
-  labels_s = traverse_util.flatten_dict(param_labels(sparams, temperatures_only=False))
+  cfg_u, params, cfg_s, sparams = _pair("llama", enabled=True)
+  labels_u = traverse_util.flatten_dict(param_labels(params, cfg_u, temperatures_only=False))
+  labels_s = traverse_util.flatten_dict(param_labels(sparams, cfg_s, temperatures_only=False))
   for path, label in labels_u.items():
     if path[0].startswith("layers_"):
       assert labels_s[("layers",) + path[1:]] == label, path
 
 
 def test_scanned_params_shard_with_the_layer_axis_replicated():
-  from ssa_jax.runtime import sharding
-
   if jax.device_count() < 8:
     pytest.skip("needs the forced 8-device CPU mesh (XLA_FLAGS=--xla_force_host_platform_device_count=8)")
   scfg = dataclasses.replace(tiny_config("llama", enabled=True), scan_layers=True)

@@ -31,7 +31,7 @@ def _losses_on(config, batches):
   model_cfg = model_config_from_dict(config.model)
   mesh = sharding.make_mesh(config.mesh)
   rules = sharding.rules_from_config(config.sharding.rules)
-  tx = make_optimizer(config.train, param_shapes(model_cfg))
+  tx = make_optimizer(config.train, param_shapes(model_cfg), model_cfg)
   _, shardings = state_shardings(model_cfg, tx, mesh, rules)
   state = create_state(model_cfg, tx, shardings, jax.random.PRNGKey(0))
   step = jit_train_step(Decoder(model_cfg), tx, learning_rate_schedule(config.train), 1, shardings, mesh)
@@ -86,3 +86,20 @@ def test_batch_not_divisible_by_data_axes_names_the_field():
   mesh = sharding.make_mesh(_config(data=4, fsdp=2).mesh)
   with pytest.raises(ConfigError, match="config.train.global_batch_size"):
     sharding.check_batch_divisible(12, mesh)
+
+
+@needs_8
+def test_make_mesh_lays_the_config_over_the_devices_it_is_given():
+  """A device list (a target's, evaluation's) in place of jax.devices(): -1 resolves against it, num_devices
+  takes its first devices, and the mesh holds exactly those devices in row-major order."""
+  devices = jax.devices()[2:8]  # six of the eight, not starting at device 0
+  mesh = sharding.make_mesh(dict(data=-1, fsdp=1, tensor=2), devices)
+  assert dict(mesh.shape) == {"data": 3, "fsdp": 1, "tensor": 2}
+  assert sorted(d.id for d in mesh.devices.flat) == [2, 3, 4, 5, 6, 7]
+  trimmed = sharding.make_mesh(dict(data=1, fsdp=-1, tensor=1, num_devices=4), devices)
+  assert dict(trimmed.shape) == {"data": 1, "fsdp": 4, "tensor": 1}
+  assert sorted(d.id for d in trimmed.devices.flat) == [2, 3, 4, 5]
+  with pytest.raises(ConfigError, match=r"config\.mesh\.num_devices: 7 requested, 6 available"):
+    sharding.make_mesh(dict(data=-1, fsdp=1, tensor=1, num_devices=7), devices)
+  with pytest.raises(ConfigError, match="does not divide the 6 devices"):
+    sharding.make_mesh(dict(data=-1, fsdp=4, tensor=1), devices)

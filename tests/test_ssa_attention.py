@@ -1,6 +1,5 @@
 """SSA attention against independent references: identity temperatures, and logit/value scaling written out."""
 
-import dataclasses
 import math
 
 import jax
@@ -9,7 +8,7 @@ import numpy as np
 import pytest
 from flax import traverse_util
 
-from ssa_jax.model.attention import SelectiveSelfAttention
+from ssa_jax.model.attention import SelectiveSelfAttention, attention_weights, weighted_values
 from ssa_jax.model.config import ModelConfig, SSAConfig
 from ssa_jax.model.decoder import Decoder
 from ssa_jax.model.params import init_params
@@ -64,7 +63,7 @@ def _rope_ref(x_THD, theta):
 
 
 def _position_ref(p, ssa, component, n_T1):
-  """The position term written out per kind (SSA.md): 1 for k / v under a query-only kind."""
+  """The position term written out per kind (docs/ssa.md): 1 for k / v under a query-only kind."""
   if ssa.position_kind == "log":
     return 1.0 + np.log(n_T1) / (1.0 + np.exp(-p["alpha"][None]))
   if component != "q":
@@ -133,3 +132,22 @@ def test_random_temperatures_equal_logit_and_value_scaling(token_kind, scope, ke
   for b in range(B):
     np.testing.assert_allclose(np.asarray(out[b]), _attention_ref(params, x[b].astype(np.float64), cfg),
                                atol=2e-5, rtol=1e-4)
+
+
+def test_explicit_mask_attention_equals_a_loop_over_heads_and_rows():
+  """The XLA branch (packed rows, KV cache) and the analyses' rows: GQA head h reads KV head h // (H / K)."""
+  rng = np.random.default_rng(4)
+  T_, S, H, K, D = 5, 7, 4, 2, 8
+  q, k, v = (rng.normal(size=shape) for shape in ((1, T_, H, D), (1, S, K, D), (1, S, K, D)))
+  mask = rng.random((1, T_, S)) < 0.5
+  mask[..., 0] = True  # every query sees a key
+  probs = np.asarray(attention_weights(jnp.asarray(q, jnp.float32), jnp.asarray(k, jnp.float32), jnp.asarray(mask)))
+  out = np.asarray(weighted_values(jnp.asarray(probs), jnp.asarray(v, jnp.float32)))
+  for h in range(H):
+    for t in range(T_):
+      seen = np.flatnonzero(mask[0, t])
+      logits = k[0, seen, h // (H // K)] @ q[0, t, h] / math.sqrt(D)
+      row = np.exp(logits - logits.max()) / np.exp(logits - logits.max()).sum()
+      np.testing.assert_allclose(probs[0, h, t, seen], row, rtol=1e-5, atol=1e-6)
+      np.testing.assert_array_equal(np.delete(probs[0, h, t], seen), 0.0)
+      np.testing.assert_allclose(out[0, t, h], row @ v[0, seen, h // (H // K)], rtol=1e-5, atol=1e-5)

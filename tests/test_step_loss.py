@@ -8,10 +8,12 @@ import numpy as np
 import optax
 import pytest
 
+from configs import base
 from ssa_jax.errors import ConfigError
 from ssa_jax.model.decoder import Decoder
 from ssa_jax.model.params import init_params, lm_head_kernel, stack_layers
 from ssa_jax.train.loss import chunked_cross_entropy
+from ssa_jax.train.sections import train_section
 from ssa_jax.train.state import TrainState
 from ssa_jax.train.step import make_train_step, next_token_loss
 from tiny_models import tiny_config, with_random_temperatures
@@ -75,9 +77,10 @@ def test_bf16_logits_loss_is_within_1e3_of_fp32_logits():
 
 
 def test_negative_chunk_size_names_the_field():
-  cfg = tiny_config("neox")
-  with pytest.raises(ConfigError, match="config.train.loss_chunk_size"):
-    next_token_loss(Decoder(cfg), {}, _tokens(1, 4, cfg.vocab_size), loss_chunk_size=-1)
+  train = base.get_config("tiny", "ssa", mode="demo").train
+  train.loss_chunk_size = -1
+  with pytest.raises(ConfigError, match=r"^config\.train\.loss_chunk_size: expected an int >= 0, got -1"):
+    train_section(train)
 
 
 def test_chunked_cross_entropy_pads_masked_positions():

@@ -174,8 +174,11 @@ def main(argv: list[str] | None = None) -> dict:
   print(f"{args.metric} target {result['target']:.4f} ({how}; EMA smoothing {result['smoothing']:g})")
   for run in result["runs"]:
     ratio = run["steps_ratio_vs_first"]
-    print(f"  {run['label']:20s} final {run['smoothed'][-1]:.4f}  first reaches target at step "
-          f"{run['step_at_target']}  steps(first)/steps = {'n/a' if ratio is None else f'{ratio:.2f}x'}")
+    hit = run["step_at_target"]
+    reached = (f"first reaches target at step {hit}" if hit is not None else
+               f"never reaches target (last step {run['steps'][-1]})")
+    print(f"  {run['label']:20s} final {run['smoothed'][-1]:.4f}  {reached}  "
+          f"steps(first)/steps = {'n/a' if ratio is None else f'{ratio:.2f}x'}")
   (out / "curves.json").write_text(json.dumps(result, indent=2) + "\n")
   plot(out / f"curves_{args.metric}.png", result)
   print(f"wrote {out / 'curves.json'} and {out / f'curves_{args.metric}.png'}")

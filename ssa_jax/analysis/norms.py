@@ -1,7 +1,7 @@
 """Paper Figure 2: query-key weight norms spec_W(x) = ||W^T x|| and attention spikiness, vanilla vs SSA.
 
-For every checkpoint, on the first --tokens tokens of a text (default: the demo corpus' validation split),
-per token, layer and head:
+For every checkpoint, on the first --tokens tokens of a text (default: the run's own validation split, in the
+windows its validation reads; --text_file: a plain text file), per token, layer and head:
 
   spec_raw  = ||W^T x||_2 with W = W_q,h W_k,h^T (d x d, the head's combined query-key matrix, biases and
               the 1/sqrt(head_dim) logit scale left out as in the paper) and x the token's input to the
@@ -19,9 +19,10 @@ per token, layer and head:
               query of a window (L = 1) always scores 1; --min_keys drops the queries with fewer keys.
 
 The attention rows come from the model's own forward (flax capture_intermediates: the q / k projections,
-the sown temperatures), with the same RoPE and GQA head grouping as the kernel. Outputs: norms.json (every
-number), norms.png (distributions over tokens, each token's value averaged over layers and heads, side by
-side per checkpoint) and a table on the console; the first checkpoint is the reference for the ratios.
+the sown temperatures) through the model's own attention functions (ssa_jax.model.attention: temperatures,
+RoPE, GQA grouping, mask). Outputs: norms.json (every number, and the text analysed), norms.png
+(distributions over tokens, each token's value averaged over layers and heads, side by side per checkpoint)
+and a table on the console; the first checkpoint is the reference for the ratios.
 
   python -m ssa_jax.analysis.norms /tmp/study/vanilla /tmp/study/ssa --labels=vanilla,ssa --tokens=1000
 """
@@ -36,10 +37,16 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
+from etils import epath
 
+from ssa_jax.data.pipeline import make_lm_iterator
+from ssa_jax.data.tokenizer import load_tokenizer
+from ssa_jax.formats.checkpoint import load_model
+from ssa_jax.formats.tokenizer_files import run_config_tokenizer
+from ssa_jax.model.attention import attention_weights, temper_and_rotate, weighted_values
 from ssa_jax.model.config import ModelConfig
-from ssa_jax.model.layers import apply_rope
 from ssa_jax.model.params import unrolled
 from ssa_jax.runtime import cli_errors
 
@@ -83,28 +90,24 @@ def capture_layers(model, params, tokens_BT: Array) -> list[dict[str, Array]]:
   return layers
 
 
+def tempered_qkv(cfg: ModelConfig, layer: dict[str, Array], positions_BT: Array) -> tuple[Array, Array, Array]:
+  """The captured projections as the layer's kernel receives them (ssa_jax.model.attention.temper_and_rotate)."""
+  proj = {"q": layer["q_BTHD"], "k": layer["k_BTKD"], "v": layer["v_BTKD"]}
+  return temper_and_rotate(proj, {c: layer[f"tau_{c}_BTH"] for c in proj}, positions_BT, cfg)
+
+
 def attention_rows(cfg: ModelConfig, layer: dict[str, Array], positions_BT: Array) -> Array:
-  """Softmax attention rows (B, H, T, S) as the layer computes them: temperatures, RoPE, GQA, causal mask."""
-  q_BTHD = layer["q_BTHD"] * layer["tau_q_BTH"][..., None]
-  k_BTKD = layer["k_BTKD"] * layer["tau_k_BTH"][..., None]
-  q_BTHD = apply_rope(q_BTHD, positions_BT, cfg)
-  k_BTKD = apply_rope(k_BTKD, positions_BT, cfg)
-  B, T, H, D = q_BTHD.shape
-  K = k_BTKD.shape[2]
-  # GQA: query head h reads kv head h // (H / K), the grouping of jax.nn.dot_product_attention.
-  q_BTKGD = q_BTHD.reshape(B, T, K, H // K, D)
-  logits_BKGTS = jnp.einsum("btkgd,bskd->bkgts", q_BTKGD, k_BTKD) / math.sqrt(D)
-  causal_TS = jnp.tril(jnp.ones((T, T), bool))
-  logits_BKGTS = jnp.where(causal_TS, logits_BKGTS, -jnp.inf)
-  return jax.nn.softmax(logits_BKGTS.astype(jnp.float32), axis=-1).reshape(B, H, T, T)
+  """Softmax attention rows (B, H, T, S) as the layer computes them (the model's own attention_weights)."""
+  q_BTHD, k_BSKD, _ = tempered_qkv(cfg, layer, positions_BT)
+  T = q_BTHD.shape[1]
+  return attention_weights(q_BTHD, k_BSKD, jnp.tril(jnp.ones((1, T, T), bool)))
 
 
 def attention_output(cfg: ModelConfig, attn_params, layer: dict[str, Array], probs_BHTS: Array) -> Array:
   """The layer's output rebuilt from `probs_BHTS` (values with tau_v, then the output projection): a check."""
-  v_BSKD = layer["v_BTKD"] * layer["tau_v_BTH"][..., None]
-  B, H, T, S = probs_BHTS.shape
-  K = v_BSKD.shape[2]
-  ctx_BTHD = jnp.einsum("bkgts,bskd->btkgd", probs_BHTS.reshape(B, K, H // K, T, S), v_BSKD).reshape(B, T, H, -1)
+  B, _, T, _ = probs_BHTS.shape
+  _, _, v_BSKD = tempered_qkv(cfg, layer, jnp.broadcast_to(jnp.arange(T), (B, T)))  # RoPE leaves v alone
+  ctx_BTHD = weighted_values(probs_BHTS, v_BSKD)
   out_BTd = jnp.einsum("bthd,hde->bte", ctx_BTHD, attn_params["o"]["kernel"])
   if "bias" in attn_params["o"]:
     out_BTd = out_BTd + attn_params["o"]["bias"]
@@ -193,44 +196,50 @@ def analyse(model, params, tokens: list[int], window: int, min_keys: int = 1, ba
 
 
 # ------------------------------------------------------------------------------------------ text and tokens
-def load_text_tokens(tokenizer, num_tokens: int, text_file: str = "", cache_dir: str = "~/.cache/ssa_jax"
-                     ) -> list[int]:
-  """The first `num_tokens` tokens of `text_file`, or of the demo validation split (documents joined by EOS)."""
-  from etils import epath
+def validation_windows(run_config: dict, tokenizer, num_tokens: int) -> np.ndarray:
+  """(N, seq_len) int32: the first ceil(num_tokens / seq_len) windows of the run's validation split, as its
+  validation reads them (config.data, config.train.seq_len)."""
+  if not isinstance(run_config.get("data"), dict) or not isinstance(run_config.get("train"), dict):
+    raise ValueError("--text_file: required, the checkpoint's run config has no data / train section to take "
+                     "the validation split from (e.g. an imported Hugging Face model)")
+  data, t = ml_collections.ConfigDict(run_config["data"]), run_config["train"]
+  seq_len = int(t["seq_len"])
+  need = max(1, math.ceil(num_tokens / seq_len))
+  it = make_lm_iterator(data, split=data.validation_split, seq_len=seq_len,
+                        global_batch_size=int(t["global_batch_size"]), process_index=0, process_count=1,
+                        tokenizer=tokenizer, repeat=False)
+  rows: list[np.ndarray] = []
+  try:
+    for batch in it:
+      rows.extend(np.asarray(batch["tokens"])[:, :seq_len])
+      if len(rows) >= need:
+        break
+  finally:
+    it.close()
+  if not rows:
+    raise ValueError(f"config.data.validation_split: {data.validation_split!r} of {data.path or 'the demo corpus'} "
+                     "yields no validation window to analyse")
+  return np.stack(rows[:need]).astype(np.int32)
 
+
+def text_tokens(tokenizer, run_config: dict, num_tokens: int, text_file: str = "") -> tuple[list[int], str]:
+  """(the first `num_tokens` tokens, which text they are): of `text_file`, else of the run's validation split."""
   if text_file:
     path = epath.Path(text_file)
     if not path.is_file():
       raise FileNotFoundError(f"--text_file: {text_file} is not a file")
-    tokens = tokenizer.encode(path.read_text(), add_bos=None)
+    tokens, source = tokenizer.encode(path.read_text(), add_bos=None), text_file
   else:
-    from ssa_jax.data import demo
-    from ssa_jax.data.readers import read_records
-    from ssa_jax.data.sources import list_files
-
-    tokens, bad = [], 0
-    for file in list_files(demo.ensure_demo_corpus(str(epath.Path(cache_dir).expanduser())), "validation"):
-      for record in read_records(file):
-        if record.bad or not record.text:
-          bad += 1
-          continue
-        tokens.extend(tokenizer.encode(record.text, add_bos=None) + [tokenizer.eos_id])
-        if len(tokens) >= num_tokens:
-          break
-      if len(tokens) >= num_tokens:
-        break
-    if bad:
-      print(f"warning: skipped {bad} unreadable record(s) of the demo validation split")
+    tokens = validation_windows(run_config, tokenizer, num_tokens).reshape(-1).tolist()
+    data = run_config["data"]
+    source = f"the {data.get('validation_split')!r} split of {data.get('path') or 'the demo corpus'} (the run's own)"
   if len(tokens) < num_tokens:
-    raise ValueError(f"--tokens: asked for {num_tokens} tokens, the text has only {len(tokens)}")
-  return tokens[:num_tokens]
+    raise ValueError(f"--tokens: asked for {num_tokens} tokens, {source} has only {len(tokens)}")
+  return tokens[:num_tokens], source
 
 
 def checkpoint_tokenizer(run_config: dict, override: str = ""):
   """The tokenizer given by --tokenizer, else the one the run trained with (tokenizer_files.run_config_tokenizer)."""
-  from ssa_jax.data.tokenizer import load_tokenizer
-  from ssa_jax.formats.tokenizer_files import run_config_tokenizer
-
   path = override or run_config_tokenizer(run_config)
   if not path:
     raise ValueError("--tokenizer: required, the checkpoint's config names no tokenizer (config.data.tokenizer_path)")
@@ -265,7 +274,7 @@ def add_ratios(results: list[dict]) -> None:
 
 def plot(path: Path, results: list[dict]) -> None:
   """Violins over tokens (each token: mean over layers and heads) of spec_raw, spec_eff and spikiness."""
-  import matplotlib
+  import matplotlib  # optional heavy dependency, needed only for the figure
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
 
@@ -287,11 +296,9 @@ def plot(path: Path, results: list[dict]) -> None:
 
 
 def run(checkpoints: list[str], labels: list[str], num_tokens: int = 1000, text_file: str = "",
-        tokenizer: str = "", window: int = 0, min_keys: int = 1, output_dir: str = "runs/norms",
-        cache_dir: str = "~/.cache/ssa_jax") -> list[dict]:
-  """Analyses every checkpoint on the same text; writes norms.json and norms.png; returns the results."""
-  from ssa_jax.formats.checkpoint import load_model
-
+        tokenizer: str = "", window: int = 0, min_keys: int = 1, output_dir: str = "runs/norms") -> list[dict]:
+  """Analyses every checkpoint (on `text_file`, else on its own validation split); writes norms.json and
+  norms.png; returns the results, each naming the text it was analysed on."""
   if len(labels) != len(checkpoints):
     raise ValueError(f"--labels: expected {len(checkpoints)} labels, got {len(labels)}")
   if num_tokens <= 0:
@@ -304,14 +311,14 @@ def run(checkpoints: list[str], labels: list[str], num_tokens: int = 1000, text_
   for path, label in zip(checkpoints, labels):
     model, params, run_config = load_model(path)
     model = type(model)(analysis_config(model.config))
-    tok = checkpoint_tokenizer(run_config, tokenizer)
-    tokens = load_text_tokens(tok, num_tokens, text_file, cache_dir)
+    tokens, source = text_tokens(checkpoint_tokenizer(run_config, tokenizer), run_config, num_tokens, text_file)
+    print(f"{label}: {len(tokens)} tokens of {source}")
     win = window or int((run_config.get("train") or {}).get("seq_len") or model.config.max_seq_len)
     win = min(win, model.config.max_seq_len)
     arrays = analyse(model, params, tokens, win, min_keys)
     cfg = model.config
-    results.append({"label": label, "checkpoint": str(path), "num_tokens": len(tokens), "window": win,
-                    "min_keys": min_keys, "ssa": dataclasses.asdict(cfg.ssa),
+    results.append({"label": label, "checkpoint": str(path), "text": source, "num_tokens": len(tokens),
+                    "window": win, "min_keys": min_keys, "ssa": dataclasses.asdict(cfg.ssa),
                     "num_layers": cfg.num_layers, "num_heads": cfg.num_heads, "summary": summarise(arrays)})
   add_ratios(results)
   out = Path(output_dir)
@@ -337,18 +344,18 @@ def main(argv: list[str] | None = None) -> list[dict]:
   parser = cli_errors.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("checkpoints", nargs="+", help="training workdirs, checkpoint roots or step dirs")
   parser.add_argument("--labels", default="", help="comma-separated, one per checkpoint (default: dir names)")
-  parser.add_argument("--text_file", default="", help="plain text (default: the demo corpus' validation split)")
+  parser.add_argument("--text_file", default="",
+                      help="plain text (default: each run's own validation split, config.data.validation_split)")
   parser.add_argument("--tokenizer", default="", help="tokenizer path (default: the one the run trained with)")
   parser.add_argument("--tokens", type=int, default=1000, help="number of tokens (queries) analysed")
   parser.add_argument("--window", type=int, default=0,
                       help="tokens per forward window (default: the run's train.seq_len, capped at max_seq_len)")
   parser.add_argument("--min_keys", type=int, default=1, help="spikiness over queries seeing at least this many keys")
-  parser.add_argument("--cache_dir", default="~/.cache/ssa_jax", help="where the demo corpus lives")
   parser.add_argument("--output_dir", default="runs/norms")
   args = parser.parse_args(argv)
   labels = args.labels.split(",") if args.labels else [Path(c.rstrip("/")).name for c in args.checkpoints]
   results = run(args.checkpoints, labels, args.tokens, args.text_file, args.tokenizer, args.window, args.min_keys,
-                args.output_dir, args.cache_dir)
+                args.output_dir)
   print_table(results)
   print("spec_* = ||W^T x|| per token/layer/head (raw: W = W_q W_k^T; eff: tau_q(x) W); ||W||: operator norm; "
         "ref/x: first run's mean / this run's")

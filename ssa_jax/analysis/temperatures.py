@@ -21,6 +21,10 @@ import jax.numpy as jnp
 import numpy as np
 from etils import epath
 
+from ssa_jax.data import demo
+from ssa_jax.data.tokenizer import load_tokenizer
+from ssa_jax.evaluate import ModelSource, load_model
+from ssa_jax.formats.tokenizer_files import check_vocab
 from ssa_jax.model.params import unstack_layers
 from ssa_jax.runtime import cli_errors
 
@@ -132,7 +136,7 @@ def parse_layers(spec: str, num_layers: int) -> list[int]:
 
 def _scale(tau_LT: np.ndarray, layers: list[int], cmap: str):
   """The colour map and the normalisation shared by all rendered layers."""
-  import matplotlib
+  import matplotlib  # optional heavy dependency, needed only for rendering
   from matplotlib import colors
 
   lo, hi = float(tau_LT[layers].min()), float(tau_LT[layers].max())
@@ -141,7 +145,7 @@ def _scale(tau_LT: np.ndarray, layers: list[int], cmap: str):
 
 def html_legend(cmap: str, lo: float, hi: float) -> str:
   """A colour bar (CSS gradient sampled from `cmap`) labelled with the low and high tau_q and their meaning."""
-  import matplotlib
+  import matplotlib  # optional heavy dependency, needed only for rendering
   from matplotlib import colors
 
   cm = matplotlib.colormaps[cmap]
@@ -156,7 +160,7 @@ def html_legend(cmap: str, lo: float, hi: float) -> str:
 
 def render_html(pieces: list[str], tau_LT: np.ndarray, layers: list[int], cmap: str) -> str:
   """One paragraph of running text per layer, each token's background its tau_q; a colour legend on top."""
-  from matplotlib import colors
+  from matplotlib import colors  # optional heavy dependency, needed only for rendering
 
   cm, norm, lo, hi = _scale(tau_LT, layers, cmap)
   parts = ["<html><head><meta charset='utf-8'><title>tau_q: inverse query temperature per token</title></head>",
@@ -179,7 +183,7 @@ def render_html(pieces: list[str], tau_LT: np.ndarray, layers: list[int], cmap: 
 def figure(pieces: list[str], tau_LT: np.ndarray, layers: list[int], cmap: str, width: int = 90,
            fontsize: float = 9.0):
   """The running text of each layer coloured by tau_q, with a labelled colour bar; returns the figure."""
-  import matplotlib
+  import matplotlib  # optional heavy dependency, needed only for rendering
 
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
@@ -218,7 +222,7 @@ def figure(pieces: list[str], tau_LT: np.ndarray, layers: list[int], cmap: str, 
 def render_png(pieces: list[str], tau_LT: np.ndarray, layers: list[int], cmap: str, path: str,
                width: int = 90) -> None:
   """Writes `figure(...)` as a PNG."""
-  import matplotlib.pyplot as plt
+  import matplotlib.pyplot as plt  # optional heavy dependency, needed only for rendering
 
   fig = figure(pieces, tau_LT, layers, cmap, width)
   fig.savefig(path, dpi=130, bbox_inches="tight", pad_inches=0.1)
@@ -227,8 +231,6 @@ def render_png(pieces: list[str], tau_LT: np.ndarray, layers: list[int], cmap: s
 
 def demo_sample(index: int) -> str:
   """Chapter `index` of the demo corpus's validation split (held out from the demo's training)."""
-  from ssa_jax.data import demo
-
   chapters = [text for i, text in enumerate(demo.kjv_chapters())
               if demo._split_of(i) == "validation"]  # pylint: disable=protected-access
   if not 0 <= index < len(chapters):
@@ -252,11 +254,6 @@ def main(argv: list[str] | None = None) -> dict:
   parser.add_argument("--out", default="temperatures", help="output directory")
   parser.add_argument("--cmap", default="coolwarm", help="matplotlib colour map (coolwarm: red = high tau_q)")
   args = parser.parse_args(argv)
-
-  from ssa_jax.data.tokenizer import load_tokenizer
-  from ssa_jax.evaluate import ModelSource, load_model
-  from ssa_jax.formats.tokenizer_files import check_vocab
-
   given = [name for name in ("text", "text_file") if getattr(args, name)] + (
       ["demo_sample"] if args.demo_sample is not None else [])
   if len(given) != 1:

@@ -31,6 +31,7 @@ _STATE_VERSION = 1
 
 def _load_dataset(path: str):
   """(tfds builder, its features) of the prepared dataset at `path`; errors name config.data.path."""
+  # Only the array_record format needs tensorflow_datasets (seconds to import): not every pipeline import.
   import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
 
   require_gcs(path, "config.data.path")
@@ -47,6 +48,7 @@ class ArrayRecordIterator:
 
   def __init__(self, data_cfg: ml_collections.ConfigDict, *, split: str, seq_len: int, global_batch_size: int,
                process_index: int, process_count: int, repeat: bool, max_batches: int | None = None):
+    # Only the array_record format reads with grain (slow to import with its dependencies).
     import grain  # pylint: disable=import-outside-toplevel
 
     if not 0 <= process_index < process_count:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ml_collections
 from etils import epath
 
+from ssa_jax.data import demo
 from ssa_jax.errors import ConfigError
 from ssa_jax.runtime.gcs import require_gcs
 
@@ -41,8 +42,6 @@ def data_config() -> ml_collections.ConfigDict:
 
 def resolve_paths(cfg: ml_collections.ConfigDict) -> tuple[str, str]:
   """(corpus path, tokenizer path) with the demo corpus / demo BPE filled in where they are ''."""
-  from ssa_jax.data import demo  # pylint: disable=import-outside-toplevel
-
   path = cfg.path or demo.ensure_demo_corpus(cfg.cache_dir)
   tok = cfg.tokenizer_path or demo.ensure_demo_tokenizer(cfg.cache_dir, cfg.demo_vocab_size)
   return path, tok

@@ -28,7 +28,7 @@ EOS_TOKEN = "<|endoftext|>"
 _MARKER = "COMPLETE"
 
 
-def _atomic_write(path: str, data: bytes) -> None:
+def atomic_write(path: str, data: bytes) -> None:
   """Write `data` to `path` through a temporary file in the same directory and a rename."""
   os.makedirs(os.path.dirname(path), exist_ok=True)
   fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp_" + os.path.basename(path))
@@ -78,8 +78,8 @@ def ensure_demo_corpus(cache_dir: str) -> str:
     files.setdefault(name, []).append(line)
   compressor = zstandard.ZstdCompressor(level=10)
   for name, lines in sorted(files.items()):
-    _atomic_write(os.path.join(root, name), compressor.compress(("\n".join(lines) + "\n").encode("utf-8")))
-  _atomic_write(os.path.join(root, _MARKER), b"ok\n")
+    atomic_write(os.path.join(root, name), compressor.compress(("\n".join(lines) + "\n").encode("utf-8")))
+  atomic_write(os.path.join(root, _MARKER), b"ok\n")
   return root
 
 
@@ -105,5 +105,5 @@ def ensure_demo_tokenizer(cache_dir: str, vocab_size: int) -> str:
   if os.path.exists(path):
     return path
   texts = [t for i, t in enumerate(kjv_chapters()) if _split_of(i) == "train"]
-  _atomic_write(path, train_bpe(texts, vocab_size).encode("utf-8"))
+  atomic_write(path, train_bpe(texts, vocab_size).encode("utf-8"))
   return path

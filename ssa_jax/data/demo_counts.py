@@ -13,15 +13,15 @@ import os
 
 import numpy as np
 
+from ssa_jax.data.demo import atomic_write
+from ssa_jax.data.token_counts import count_tokens
+from ssa_jax.data.tokenizer import load_tokenizer
+
 DEMO_FEATURE_PATH = "demo"  # the value of config.model.ssa.feature_path that asks for these counts
 
 
 def ensure_demo_token_counts(cache_dir: str, corpus_path: str, tokenizer_path: str) -> str:
   """Counts (int64 .npy) of every token id over `corpus_path`'s train split; written once, returns the path."""
-  from ssa_jax.data.demo import _atomic_write  # pylint: disable=import-outside-toplevel
-  from ssa_jax.data.token_counts import count_tokens  # pylint: disable=import-outside-toplevel
-  from ssa_jax.data.tokenizer import load_tokenizer  # pylint: disable=import-outside-toplevel
-
   # One counts file per tokenizer: keyed by the tokenizer file's contents (a directory: by its path).
   if os.path.isfile(tokenizer_path):
     with open(tokenizer_path, "rb") as f:
@@ -35,5 +35,5 @@ def ensure_demo_token_counts(cache_dir: str, corpus_path: str, tokenizer_path: s
   counts = count_tokens(corpus_path, "train", load_tokenizer(tokenizer_path))
   buf = io.BytesIO()
   np.save(buf, counts)
-  _atomic_write(path, buf.getvalue())
+  atomic_write(path, buf.getvalue())
   return path

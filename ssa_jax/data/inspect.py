@@ -12,10 +12,13 @@ config.data.mixture / exclude); a file without one is what training skips with a
 from __future__ import annotations
 
 from absl import flags
+from etils import epath
+from ml_collections import config_flags
 
+from ssa_jax.data import demo
 from ssa_jax.data.corpus_scan import ScanResult, scan
 from ssa_jax.data.readers import BAD_KINDS
-from ssa_jax.data.tokenizer import TOKENIZER_FILES, tokenizer_in
+from ssa_jax.data.tokenizer import TOKENIZER_FILES, load_tokenizer, tokenizer_in
 from ssa_jax.runtime import cli_errors
 
 FLAGS = flags.FLAGS
@@ -23,8 +26,6 @@ FLAGS = flags.FLAGS
 
 def define_flags() -> None:
   """The command's flags (absl), defined only when it runs (other entry points define --tokenizer too)."""
-  from ml_collections import config_flags  # pylint: disable=import-outside-toplevel
-
   flags.DEFINE_string("tokenizer", None, "tokenizer.json / SentencePiece .model / dir holding one (default: "
                       "the --config's, else the one in PATH).")
   config_flags.DEFINE_config_file("config", None, help_string="A run config (configs/*.py): its data section is "
@@ -38,16 +39,12 @@ def define_flags() -> None:
 
 def resolve_tokenizer(path: str, given: str | None, data_cfg=None) -> tuple[str, str]:
   """(tokenizer path, where it came from) for inspecting `path`; raises UsageError saying why there is none."""
-  from etils import epath  # pylint: disable=import-outside-toplevel
-
   if given:
     return given, "--tokenizer"
   if data_cfg is not None:
     if data_cfg.tokenizer_path:
       return str(data_cfg.tokenizer_path), "config.data.tokenizer_path"
     if data_cfg.get("demo") or not data_cfg.path:
-      from ssa_jax.data import demo  # pylint: disable=import-outside-toplevel
-
       return demo.ensure_demo_tokenizer(data_cfg.cache_dir, data_cfg.demo_vocab_size), "the demo BPE of the config"
   where = epath.Path(path)
   folder = where if where.is_dir() else where.parent
@@ -79,10 +76,6 @@ def report(path: str, split: str, r: ScanResult, tokenizer_path: str, how: str, 
 
 def main(argv):
   """The command line (absl flags; see the module docstring)."""
-  from etils import epath  # pylint: disable=import-outside-toplevel
-
-  from ssa_jax.data.tokenizer import load_tokenizer  # pylint: disable=import-outside-toplevel
-
   data_cfg = FLAGS.config.data if FLAGS.config is not None else None
   if len(argv) > 2 or (len(argv) == 1 and data_cfg is None):
     raise cli_errors.UsageError("usage: python -m ssa_jax.data.inspect PATH [--tokenizer=PATH] [--config=CONFIG] "
@@ -90,8 +83,6 @@ def main(argv):
   if len(argv) == 2:
     path = argv[1]
   else:
-    from ssa_jax.data import demo  # pylint: disable=import-outside-toplevel
-
     path = data_cfg.path or demo.ensure_demo_corpus(data_cfg.cache_dir)
   if not epath.Path(path).exists():
     raise FileNotFoundError(f"{path}: does not exist (expected a corpus directory or file)")

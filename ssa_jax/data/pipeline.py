@@ -29,10 +29,13 @@ import queue
 import threading
 from typing import Callable
 
+import jax
 import ml_collections
 import numpy as np
+from jax.experimental import multihost_utils
 
 from ssa_jax.data import demo
+from ssa_jax.data.array_record import ArrayRecordIterator
 from ssa_jax.data.config import resolve_paths, validate_data_config
 from ssa_jax.data.packing import Stream, check_documents
 from ssa_jax.data.readers import format_of
@@ -261,8 +264,6 @@ def make_lm_iterator(data_cfg: ml_collections.ConfigDict, *, split: str, seq_len
   """
   validate_data_config(data_cfg)
   if data_cfg.format == "array_record":
-    from ssa_jax.data.array_record import ArrayRecordIterator  # pylint: disable=import-outside-toplevel
-
     return ArrayRecordIterator(data_cfg, split=split, seq_len=seq_len, global_batch_size=global_batch_size,
                                process_index=process_index, process_count=process_count, repeat=repeat,
                                max_batches=max_batches)
@@ -284,12 +285,8 @@ def sum_over_processes(stats: dict[str, int], allgather: Callable | None = None)
   jax.experimental.multihost_utils.process_allgather; with one process the stats are returned as they are).
   """
   if allgather is None:
-    import jax  # pylint: disable=import-outside-toplevel
-
     if jax.process_count() == 1:
       return dict(stats)
-    from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
-
     allgather = multihost_utils.process_allgather
   keys = sorted(stats)
   values = np.asarray([stats[k] for k in keys], np.int64)

@@ -172,6 +172,7 @@ def _read_jsonl_part(f, start: int, rank: int, count: int) -> Iterator[Record]:
 
 
 def _read_parquet(f, start: int, rank: int = 0, count: int = 1) -> Iterator[Record]:
+  # Only .parquet files need pyarrow (slow to import); text and JSON-lines corpora never load it.
   import pyarrow.parquet as pq  # pylint: disable=import-outside-toplevel
 
   pf = pq.ParquetFile(f)

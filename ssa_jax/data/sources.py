@@ -32,6 +32,15 @@ def _names_split(name: str, split: str) -> bool:
   return any(w in words for w in _SPLIT_WORDS.get(split, (split,)))
 
 
+def _corpus_root_hint(root: epath.Path, split: str) -> str:
+  """'; ... pass --config.data.path=CORPUS' when `root` is one split directory of a corpus that holds `split`."""
+  is_split_dir = any(root.name in words or root.name == name for name, words in _SPLIT_WORDS.items())
+  if is_split_dir and (root.parent / split).is_dir():
+    return (f"; {root} is the {root.name!r} split of the corpus {root.parent}: pass the corpus root, "
+            f"--config.data.path={root.parent}")
+  return ""
+
+
 def list_files(path: str, split: str, fmt: str = "auto") -> list[str]:
   """Files of `split` under `path`: PATH/SPLIT/** if that dir exists, else files naming the split, else PATH itself if a file.
 
@@ -50,5 +59,6 @@ def list_files(path: str, split: str, fmt: str = "auto") -> list[str]:
   if not files:
     raise FileNotFoundError(
         f"config.data.path: no {split!r} files under {path!r} (expected {path}/{split}/**/*.jsonl.zst|"
-        f".parquet|.jsonl|.txt, or file names containing {_SPLIT_WORDS.get(split, (split,))})")
+        f".parquet|.jsonl|.txt, or file names containing {_SPLIT_WORDS.get(split, (split,))})"
+        + _corpus_root_hint(root, split))
   return sorted(str(p) for p in files)

@@ -16,12 +16,15 @@ from __future__ import annotations
 import hashlib
 import logging
 
+import grain
 import numpy as np
 import tensorflow_datasets as tfds
+from absl import flags
 
 from ssa_jax.data.readers import read_records
 from ssa_jax.data.sources import list_files
 from ssa_jax.data.tokenizer import load_tokenizer
+from ssa_jax.runtime import cli_errors
 from ssa_jax.runtime.gcs import require_gcs
 
 _log = logging.getLogger(__name__)
@@ -109,10 +112,6 @@ def build_tokenized(source_dir: str, tokenizer_path: str, seq_len: int, data_dir
 
 
 def _main(argv) -> None:
-  from absl import flags  # pylint: disable=import-outside-toplevel
-
-  from ssa_jax.runtime import cli_errors  # pylint: disable=import-outside-toplevel
-
   if len(argv) != 2:
     raise cli_errors.UsageError("usage: python -m ssa_jax.data.tfds_builder SOURCE_DIR --tokenizer=PATH "
                                 "--seq_len=N --data_dir=DIR [--splits=train,validation]")
@@ -125,8 +124,6 @@ def _main(argv) -> None:
 
 def grain_dataset(builder: SlimPajamaTokenized, split: str):
   """A grain.MapDataset of {"tokens": int32[seq_len + 1]} over the builder's ArrayRecord files."""
-  import grain  # pylint: disable=import-outside-toplevel
-
   files = [str(f) for f in builder.info.splits[split].filepaths]
   features = builder.info.features
   return grain.MapDataset.source(grain.sources.ArrayRecordDataSource(files)).map(
@@ -134,10 +131,6 @@ def grain_dataset(builder: SlimPajamaTokenized, split: str):
 
 
 if __name__ == "__main__":
-  from absl import flags
-
-  from ssa_jax.runtime import cli_errors
-
   flags.DEFINE_string("tokenizer", None, "tokenizer.json / SentencePiece .model / dir holding one.", required=True)
   flags.DEFINE_integer("seq_len", None, "Training sequence length (windows of seq_len + 1 tokens).", required=True)
   flags.DEFINE_string("data_dir", None, "Where the dataset is written (local or gs://).", required=True)

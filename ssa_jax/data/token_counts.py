@@ -12,7 +12,9 @@ from absl import flags
 from etils import epath
 
 from ssa_jax.data.corpus_scan import scan
+from ssa_jax.data.inspect import resolve_tokenizer
 from ssa_jax.data.tokenizer import load_tokenizer
+from ssa_jax.runtime import cli_errors
 
 
 def count_tokens(path: str, split: str, tokenizer, *, fmt: str = "auto", max_docs: int = 0) -> np.ndarray:
@@ -57,9 +59,6 @@ def define_flags() -> None:
 
 
 def main(argv):
-  from ssa_jax.runtime import cli_errors  # pylint: disable=import-outside-toplevel
-  from ssa_jax.data.inspect import resolve_tokenizer  # pylint: disable=import-outside-toplevel
-
   f = flags.FLAGS
   if len(argv) != 2 or not f.output:
     raise cli_errors.UsageError("usage: python -m ssa_jax.data.token_counts PATH --output=FILE.npy "
@@ -76,7 +75,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  from ssa_jax.runtime import cli_errors
-
   define_flags()
   cli_errors.run(main, user_errors=(ValueError, OSError), config_flag_names=())

@@ -13,8 +13,10 @@ from typing import Any
 import ml_collections
 from etils import epath
 
-from ssa_jax.data.tokenizer import TOKENIZER_FILES
+from ssa_jax.data.tokenizer import TOKENIZER_FILES, load_tokenizer
+from ssa_jax.errors import ConfigError
 from ssa_jax.evaluate import loading, preflight
+from ssa_jax.evaluate import results as results_lib
 from ssa_jax.evaluate.config import eval_config
 from ssa_jax.evaluate.tasks import PASSKEY, TASKS, parse_task_names
 
@@ -36,6 +38,7 @@ class EvalPlan:
   names: list[str]
   passkey: ml_collections.ConfigDict
   max_length: int
+  window_note: str  # one line: which window max_length is and why
   output: str  # where the results JSON goes
   output_is_default: bool  # chosen by eval.py (no --output): a failed write warns instead of failing
   missing: dict[str, str]  # tasks asked for that cannot run, with why (the others run)
@@ -83,6 +86,33 @@ def _check_data_dir(names: list[str], data_dir: str) -> tuple[list[str], dict[st
   return runnable, missing
 
 
+def _tokenizer_path(source: loading.ModelSource, tokenizer: str) -> str:
+  """--tokenizer, else the source's own tokenizer; ValueError with the fix when there is none."""
+  path = tokenizer or loading.source_tokenizer(source)
+  if not path:
+    what = (f"{source.hf_dir} holds no {' or '.join(TOKENIZER_FILES)}" if source.hf_dir else
+            f"{source.checkpoint}: its run config names no tokenizer (config.data.tokenizer_path)")
+    raise ValueError(f"{what}: pass --tokenizer=PATH")
+  if not tokenizer and not epath.Path(path).exists():
+    raise ValueError(f"{source.checkpoint or source.hf_dir}: its tokenizer {path} does not exist here: "
+                     "pass --tokenizer=PATH")
+  return path
+
+
+def default_window(source: loading.ModelSource, model_config: Any, max_length: int) -> tuple[int, str]:
+  """(window in tokens, one line saying which and why): --max_length, else the checkpoint's training window
+  (its run config's train.seq_len), else the model's max_seq_len. A model trained on 128-token windows is scored
+  on windows of 128, not of the 2048 positions its preset has (15 times the compute, and unlike its training)."""
+  if max_length:
+    return max_length, f"window: {max_length} tokens (--max_length)"
+  trained = loading.source_train_seq_len(source)
+  if trained and trained < model_config.max_seq_len:
+    return trained, (f"window: {trained} tokens, the run's training window (config.train.seq_len; the model has "
+                     f"{model_config.max_seq_len} positions; --max_length=N to choose)")
+  return model_config.max_seq_len, (f"window: {model_config.max_seq_len} tokens, the model's max_seq_len "
+                                    "(--max_length=N to choose)")
+
+
 def plan_eval(*, hf_dir: str = "", checkpoint: str = "", tokenizer: str = "", tasks: str = "",
               data_dir: str = "", limit: int = 0, max_length: int = 0, batch_size: int = 16,
               pack_length: int = 512, passkey_lengths: str = "", passkey_trials: int = 10, passkey_seed: int = 0,
@@ -100,38 +130,26 @@ def plan_eval(*, hf_dir: str = "", checkpoint: str = "", tokenizer: str = "", ta
 
   model_config = loading.source_model_config(source)
   if dtype:
-    from ssa_jax.errors import ConfigError
-
     try:
       model_config = dataclasses.replace(model_config, dtype=dtype).validate()
     except ConfigError as e:
       raise ValueError(f"--dtype: {e}") from e
-  tokenizer_path = tokenizer or loading.source_tokenizer(source)
-  if not tokenizer_path:
-    what = (f"{hf_dir} holds no {' or '.join(TOKENIZER_FILES)}" if hf_dir else
-            f"{checkpoint}: its run config names no tokenizer (config.data.tokenizer_path)")
-    raise ValueError(f"{what}: pass --tokenizer=PATH")
-  if not tokenizer and not epath.Path(tokenizer_path).exists():
-    raise ValueError(f"{checkpoint or hf_dir}: its tokenizer {tokenizer_path} does not exist here: pass --tokenizer=PATH")
-  from ssa_jax.data.tokenizer import load_tokenizer
-
+  tokenizer_path = _tokenizer_path(source, tokenizer)
   tok = load_tokenizer(tokenizer_path)
-  effective_max_length = preflight.check_options(model_config, tok, names, limit, max_length or None, passkey,
-                                                 vocab_slack)
+  window, window_note = default_window(source, model_config, max_length)
+  effective_max_length = preflight.check_options(model_config, tok, names, limit, window, passkey, vocab_slack)
   output_is_default = not output
   if output_is_default:
     output = loading.default_output(source)
   else:
     epath.Path(output).parent.mkdir(parents=True, exist_ok=True)  # an unwritable --output fails now
-  return EvalPlan(source, model_config, tok, str(tokenizer_path), names, passkey, effective_max_length, output,
-                  output_is_default, missing)
+  return EvalPlan(source, model_config, tok, str(tokenizer_path), names, passkey, effective_max_length, window_note,
+                  output, output_is_default, missing)
 
 
 def write_results(results: dict[str, Any], plan: EvalPlan) -> str | None:
   """Writes the results JSON where the plan says; returns the path, or None (with a warning) when a default
   location cannot be written. An explicit --output that cannot be written raises."""
-  from ssa_jax.evaluate import results as results_lib
-
   try:
     results_lib.write(results, plan.output)
   except OSError as e:

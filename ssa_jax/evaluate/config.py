@@ -28,7 +28,7 @@ def eval_config() -> ml_collections.ConfigDict:
   c.tasks = "wikitext,lambada_openai,lambada_standard,piqa,hellaswag,winogrande,arc_easy,arc_challenge"
   c.limit = 0  # first N documents of each task; 0 = all
   c.batch_size = 16  # rows per batch at max_length (shorter buckets hold proportionally more)
-  c.max_length = 0  # 0 = the model's context length (config.max_seq_len)
+  c.max_length = 0  # 0: eval.py takes a checkpoint's training window (train.seq_len), run_eval the model's max_seq_len
   c.pack_length = 512  # short requests are packed into rows of min(max_length, pack_length) tokens
   c.add_bos = "auto"  # 'auto' (the tokenizer's own default, as lm-eval >= 0.4.9.2), 'true', 'false'
   c.bootstrap_iters = 100_000  # LAMBADA perplexity stderr (lm-eval's default)

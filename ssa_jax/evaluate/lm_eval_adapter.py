@@ -13,10 +13,12 @@ from __future__ import annotations
 from typing import Any
 
 import lm_eval.models  # noqa: F401  (fills the registry first: lm-eval only does it when it is empty)
+from lm_eval.__main__ import cli_evaluate
 from lm_eval.api.model import TemplateLM
 from lm_eval.api.registry import register_model
 from tqdm import tqdm
 
+from ssa_jax.data.tokenizer import load_tokenizer
 from ssa_jax.evaluate.generate import greedy_generate
 from ssa_jax.evaluate.loading import ModelSource, load_model
 from ssa_jax.evaluate.requests import TokenRequest, prefix_token, rolling_windows
@@ -33,8 +35,6 @@ class SSAJaxLM(TemplateLM):
                max_length: int | None = None, add_bos_token: Any = None, max_gen_toks: int = 256,
                model=None, params=None, **kwargs):
     super().__init__()
-    from ssa_jax.data.tokenizer import load_tokenizer
-
     if model is None:
       model, params, own = load_model(ModelSource(hf_dir=hf_dir, checkpoint=checkpoint))
       tokenizer = tokenizer or own
@@ -114,6 +114,4 @@ class SSAJaxLM(TemplateLM):
 
 def cli() -> None:
   """lm-eval's command line with the `ssa_jax` model registered."""
-  from lm_eval.__main__ import cli_evaluate
-
   cli_evaluate()

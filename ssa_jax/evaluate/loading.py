@@ -7,12 +7,17 @@ here without loading the parameters, so that a bad request fails before the slow
 from __future__ import annotations
 
 import dataclasses
+import json
 from typing import Any
 
 from etils import epath
 
 from ssa_jax.data.tokenizer import tokenizer_in
+from ssa_jax.formats import checkpoint
+from ssa_jax.formats.hf import config_from_hf, from_hf, is_training_workdir, read_hf_config
 from ssa_jax.formats.tokenizer_files import run_config_tokenizer
+from ssa_jax.model.config import model_config_from_dict
+
 
 @dataclasses.dataclass(frozen=True)
 class ModelSource:
@@ -25,8 +30,6 @@ class ModelSource:
     """Self, or ValueError: not exactly one source, or a directory passed as the other kind (named, with the fix)."""
     if bool(self.hf_dir) == bool(self.checkpoint):
       raise ValueError("give exactly one model source: --hf_dir=DIR or --checkpoint=WORKDIR_OR_STEP_DIR")
-    from ssa_jax.formats.hf import is_training_workdir
-
     if self.hf_dir and is_training_workdir(self.hf_dir):
       raise ValueError(f"--hf_dir: {self.hf_dir} is an ssa-jax training workdir (its config.json is a run config, "
                        f"its checkpoints are in checkpoints/), not a Hugging Face directory: pass "
@@ -39,8 +42,6 @@ class ModelSource:
 
 def _is_hf_dir(path: str) -> bool:
   """A directory whose config.json is a transformers config (it names its model_type or architectures)."""
-  import json  # pylint: disable=import-outside-toplevel
-
   config = epath.Path(path) / "config.json"
   if (epath.Path(path) / "checkpoints").exists() or not config.is_file():
     return False
@@ -56,8 +57,6 @@ def source_tokenizer(source: ModelSource) -> str | None:
   source.validate()
   if source.hf_dir:
     return tokenizer_in(source.hf_dir)
-  from ssa_jax.formats import checkpoint
-
   return run_config_tokenizer(checkpoint.read_config(source.checkpoint))
 
 
@@ -65,14 +64,19 @@ def source_model_config(source: ModelSource):
   """The ModelConfig of `source`, read from its config alone (no parameters are loaded)."""
   source.validate()
   if source.hf_dir:
-    from ssa_jax.formats.hf import config_from_hf, read_hf_config
-
     return config_from_hf(read_hf_config(source.hf_dir), where=f"{source.hf_dir}/config.json")
-  from ssa_jax.formats import checkpoint
-  from ssa_jax.model.config import model_config_from_dict
-
   root, step = checkpoint.resolve_step_dir(source.checkpoint)
   return model_config_from_dict(checkpoint.read_config(source.checkpoint)["model"], where=f"{root}/{step}/config")
+
+
+def source_train_seq_len(source: ModelSource) -> int | None:
+  """The window the checkpoint's run trained on (its run config's train.seq_len); None for a Hugging Face
+  directory or a checkpoint whose run config does not record one."""
+  source.validate()
+  if source.hf_dir:
+    return None
+  seq_len = (checkpoint.read_config(source.checkpoint).get("train") or {}).get("seq_len")
+  return seq_len if isinstance(seq_len, int) and not isinstance(seq_len, bool) and seq_len > 0 else None
 
 
 def default_output(source: ModelSource) -> str:
@@ -84,8 +88,6 @@ def default_output(source: ModelSource) -> str:
   source.validate()
   if source.hf_dir:
     return str(epath.Path(source.hf_dir) / "eval_results.json")
-  from ssa_jax.formats import checkpoint
-
   root, step = checkpoint.resolve_step_dir(source.checkpoint)
   home = root.parent if root.name == "checkpoints" else root
   return str(home / f"eval_results_step{step}.json")
@@ -95,12 +97,8 @@ def load_model(source: ModelSource) -> tuple[Any, Any, str | None]:
   """(model, params, tokenizer path or None) from `source`; a directory that is not one fails at once."""
   source.validate()
   if source.hf_dir:
-    from ssa_jax.formats.hf import from_hf
-
     model, params = from_hf(source.hf_dir)
     return model, params, tokenizer_in(source.hf_dir)
-  from ssa_jax.formats import checkpoint
-
   model, params, run_config = checkpoint.load_model(source.checkpoint)
   return model, params, run_config_tokenizer(run_config)
 
@@ -109,7 +107,5 @@ def source_info(source: ModelSource) -> dict[str, Any]:
   """What the results record about the source: path, step (checkpoints), kind."""
   if source.hf_dir:
     return {"hf_dir": str(source.hf_dir), "checkpoint": None, "step": None}
-  from ssa_jax.formats import checkpoint
-
   root, step = checkpoint.resolve_step_dir(source.checkpoint)
   return {"hf_dir": None, "checkpoint": str(root), "step": step}

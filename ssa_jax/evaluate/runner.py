@@ -9,15 +9,17 @@ from typing import Any
 import jax
 import ml_collections
 
+from ssa_jax.data.tokenizer import load_tokenizer
 from ssa_jax.evaluate import metrics as metrics_lib
 from ssa_jax.evaluate import results as results_lib
 from ssa_jax.evaluate.config import eval_config
+from ssa_jax.evaluate.passkey import evaluate_passkey
 from ssa_jax.evaluate.preflight import check_options
 from ssa_jax.evaluate.readers import TaskFileMissing, read_task
 from ssa_jax.evaluate.requests import TokenRequest, encode_pairs, rolling_requests
 from ssa_jax.evaluate.scoring import Scorer
 from ssa_jax.evaluate.tasks import MULTIPLE_CHOICE, PASSKEY, ROLLING, TASKS, parse_task_names
-from ssa_jax.model.params import ssa_param_counts
+from ssa_jax.model.params import param_counts
 
 
 def parse_add_bos(value: Any) -> bool | None:
@@ -71,6 +73,106 @@ def score_task(scorer: Scorer, tokenizer, spec, docs, max_length: int, add_bos: 
   return [docs[i] for i in keep], per_doc, list(bad.values())
 
 
+@dataclasses.dataclass
+class _Outcome:
+  """What the tasks gave, filled task by task: results JSON pieces keyed by task name."""
+
+  results: dict[str, Any] = dataclasses.field(default_factory=dict)
+  samples: dict[str, dict] = dataclasses.field(default_factory=dict)
+  paths: dict[str, str] = dataclasses.field(default_factory=dict)
+  missing: dict[str, str] = dataclasses.field(default_factory=dict)  # task -> why it did not run
+  skipped: dict[str, dict] = dataclasses.field(default_factory=dict)  # task -> records left out
+  timing: dict[str, dict] = dataclasses.field(default_factory=dict)
+
+  def skip(self, name: str, why: str) -> None:
+    """Records (and prints) that task `name` did not run."""
+    self.missing[name] = why
+    print(f"[eval] SKIPPED {why}", flush=True)
+
+  def note_left_out(self, name: str, left_out: list[str]) -> None:
+    """Adds documents of `name` that could not be scored to its skipped records (the first 20 kept)."""
+    print(f"[eval] {name}: {len(left_out)} document(s) left out, e.g. {left_out[0]}", flush=True)
+    entry = self.skipped.setdefault(name, {"count": 0, "records": []})
+    entry["count"] += len(left_out)
+    entry["records"] = (entry["records"] + left_out)[:20]
+
+
+def _read_task(name: str, data_dir: str | None, limit: int | None, out: _Outcome):
+  """The task's documents, or None (recorded in `out`) when its file is missing or holds none."""
+  spec = TASKS[name]
+  try:
+    if not data_dir:
+      raise TaskFileMissing(f"task {name}: no --data_dir given (expected {spec.filename} under it)")
+    read = read_task(spec, data_dir, limit)
+  except TaskFileMissing as e:
+    out.skip(name, str(e))
+    return None
+  if read.skipped:
+    out.skipped[name] = {"count": len(read.skipped), "records": read.skipped[:20]}
+  if not read.docs:
+    out.skip(name, f"task {name}: {read.path} holds no valid documents")
+    return None
+  return read
+
+
+def _score_file_task(scorer: Scorer, tokenizer, name: str, read, max_length: int, bos: bool | None,
+                     bootstrap_iters: int, out: _Outcome) -> None:
+  """Scores one task read from its file and records its metrics, sample counts and timing in `out`."""
+  spec = TASKS[name]
+  t0, r0, tok0 = time.time(), scorer.stats.requests, scorer.stats.tokens
+  docs, per_doc, left_out = score_task(scorer, tokenizer, spec, read.docs, max_length, bos)
+  if left_out:
+    out.note_left_out(name, left_out)
+  if not docs:
+    out.skip(name, f"task {name}: no document could be scored")
+    return
+  values = metrics_lib.aggregate(spec, docs, per_doc, bootstrap_iters)
+  out.results[name] = results_lib.task_entry(name, len(docs), values)
+  out.samples[name] = {"original": read.original, "effective": len(docs)}
+  out.paths[name] = read.path
+  dt = time.time() - t0
+  out.timing[name] = {"seconds": dt, "requests": scorer.stats.requests - r0,
+                      "requests_per_s": (scorer.stats.requests - r0) / max(dt, 1e-9),
+                      "tokens_per_s": (scorer.stats.tokens - tok0) / max(dt, 1e-9)}
+
+
+def _run_passkey(model, params, tokenizer, pk_cfg: ml_collections.ConfigDict, bos: bool | None, batch_size: int,
+                 out: _Outcome) -> dict:
+  """Passkey retrieval; its result joins `out` unless every length was skipped. Returns its own section."""
+  t0 = time.time()
+  passkey_out = evaluate_passkey(model, params, tokenizer, pk_cfg, add_bos=bos, batch_size=batch_size)
+  for why in passkey_out["skipped_lengths"].values():
+    print(f"[eval] SKIPPED {why}", flush=True)
+  passkey_out["config"] = pk_cfg.to_dict()
+  if passkey_out["n"]:
+    out.results[PASSKEY] = results_lib.task_entry(
+        PASSKEY, passkey_out["n"], {"acc,none": passkey_out["acc"], "acc_stderr,none": passkey_out["acc_stderr"]})
+    out.samples[PASSKEY] = {"original": passkey_out["n"], "effective": passkey_out["n"]}
+    out.timing[PASSKEY] = {"seconds": time.time() - t0}
+  else:
+    out.missing[PASSKEY] = "passkey: every length was skipped (see passkey.skipped_lengths)"
+  return passkey_out
+
+
+def _own_section(cfg, params, tokenizer, stats, wall: float, out: _Outcome) -> dict[str, Any]:
+  """results["ssa_jax"]: the model's SSA settings and counts, throughput, what was skipped, the devices."""
+  return {
+      "checkpoint": None, "step": None,
+      "ssa": dataclasses.asdict(cfg.ssa), "family": cfg.family,
+      **param_counts(cfg), "wall_time_s": wall,
+      "scoring_seconds": stats.seconds if stats else 0.0,
+      "requests": stats.requests if stats else 0,
+      "requests_per_s": stats.requests / stats.seconds if stats and stats.seconds else None,
+      "tokens_per_s": stats.tokens / stats.seconds if stats and stats.seconds else None,
+      # tokens_per_s counts the tokens lm-eval would run; prefix sharing and packing compute fewer:
+      "computed_token_fraction": stats.computed_tokens / stats.tokens if stats and stats.tokens else None,
+      "padding_fraction": 1 - stats.computed_tokens / stats.padded_tokens if stats and stats.padded_tokens else None,
+      "tasks": out.timing, "missing_tasks": out.missing, "skipped_records": out.skipped,
+      "devices": [f"{d.platform}:{d.device_kind}" for d in jax.local_devices()],
+      "tokenizer": tokenizer.path,
+  }
+
+
 def run_eval(model, params, tokenizer, tasks, data_dir: str | None = None, limit: int | None = None,
              batch_size: int = 16, max_length: int | None = None, output: str | None = None,
              extra: dict[str, Any] | None = None, add_bos: Any = None, bootstrap_iters: int = 100_000,
@@ -83,95 +185,27 @@ def run_eval(model, params, tokenizer, tasks, data_dir: str | None = None, limit
   length skipped, is reported (console and results["ssa_jax"]["missing_tasks"]) and the others still run;
   results["results"] holds the tasks that ran (possibly none). `output`: where the JSON goes (None: nowhere).
   """
-  from ssa_jax.data.tokenizer import load_tokenizer
-
   start = time.time()
   if isinstance(tokenizer, str):
     tokenizer = load_tokenizer(tokenizer)
   names = parse_task_names(tasks)
-  cfg = model.config
   pk_cfg = passkey if passkey is not None else eval_config().passkey
-  max_length = check_options(cfg, tokenizer, names, limit, max_length, pk_cfg, vocab_slack)
+  max_length = check_options(model.config, tokenizer, names, limit, max_length, pk_cfg, vocab_slack)
   bos = parse_add_bos(add_bos)
   limit = int(limit) if limit else None
 
-  scorer = None
-  task_results, samples, paths, missing, skipped, timing = {}, {}, {}, {}, {}, {}
+  out, scorer = _Outcome(), None
   for name in names:
-    if name == PASSKEY:
+    read = None if name == PASSKEY else _read_task(name, data_dir, limit, out)
+    if read is None:
       continue
-    spec = TASKS[name]
-    try:
-      if not data_dir:
-        raise TaskFileMissing(f"task {name}: no --data_dir given (expected {spec.filename} under it)")
-      read = read_task(spec, data_dir, limit)
-    except TaskFileMissing as e:
-      print(f"[eval] SKIPPED {e}", flush=True)
-      missing[name] = str(e)
-      continue
-    if read.skipped:
-      skipped[name] = {"count": len(read.skipped), "records": read.skipped[:20]}
-    if not read.docs:
-      missing[name] = f"task {name}: {read.path} holds no valid documents"
-      print(f"[eval] SKIPPED {missing[name]}", flush=True)
-      continue
-    if scorer is None:
+    if scorer is None:  # built on the first task that has documents (compiling is the slow part)
       scorer = Scorer(model, params, max_length, batch_size, matmul_precision=matmul_precision,
                       show_progress=show_progress, pack_length=pack_length)
-    t0, r0, tok0 = time.time(), scorer.stats.requests, scorer.stats.tokens
-    docs, per_doc, left_out = score_task(scorer, tokenizer, spec, read.docs, max_length, bos)
-    if left_out:
-      print(f"[eval] {name}: {len(left_out)} document(s) left out, e.g. {left_out[0]}", flush=True)
-      entry = skipped.setdefault(name, {"count": 0, "records": []})
-      entry["count"] += len(left_out)
-      entry["records"] = (entry["records"] + left_out)[:20]
-    if not docs:
-      missing[name] = f"task {name}: no document could be scored"
-      print(f"[eval] SKIPPED {missing[name]}", flush=True)
-      continue
-    values = metrics_lib.aggregate(spec, docs, per_doc, bootstrap_iters)
-    task_results[name] = results_lib.task_entry(name, len(docs), values)
-    samples[name] = {"original": read.original, "effective": len(docs)}
-    paths[name] = read.path
-    dt = time.time() - t0
-    timing[name] = {"seconds": dt, "requests": scorer.stats.requests - r0,
-                    "requests_per_s": (scorer.stats.requests - r0) / max(dt, 1e-9),
-                    "tokens_per_s": (scorer.stats.tokens - tok0) / max(dt, 1e-9)}
+    _score_file_task(scorer, tokenizer, name, read, max_length, bos, bootstrap_iters, out)
+  passkey_out = _run_passkey(model, params, tokenizer, pk_cfg, bos, batch_size, out) if PASSKEY in names else None
 
-  passkey_out = None
-  if PASSKEY in names:
-    from ssa_jax.evaluate.passkey import evaluate_passkey
-
-    t0 = time.time()
-    passkey_out = evaluate_passkey(model, params, tokenizer, pk_cfg, add_bos=bos, batch_size=batch_size)
-    for why in passkey_out["skipped_lengths"].values():
-      print(f"[eval] SKIPPED {why}", flush=True)
-    passkey_out["config"] = pk_cfg.to_dict()
-    if passkey_out["n"]:
-      task_results[PASSKEY] = results_lib.task_entry(
-          PASSKEY, passkey_out["n"], {"acc,none": passkey_out["acc"], "acc_stderr,none": passkey_out["acc_stderr"]})
-      samples[PASSKEY] = {"original": passkey_out["n"], "effective": passkey_out["n"]}
-      timing[PASSKEY] = {"seconds": time.time() - t0}
-    else:
-      missing[PASSKEY] = "passkey: every length was skipped (see passkey.skipped_lengths)"
-
-  wall = time.time() - start
-  stats = scorer.stats if scorer else None
-  own = {
-      "checkpoint": None, "step": None,
-      "ssa": dataclasses.asdict(cfg.ssa), "family": cfg.family,
-      **ssa_param_counts(params), "wall_time_s": wall,
-      "scoring_seconds": stats.seconds if stats else 0.0,
-      "requests": stats.requests if stats else 0,
-      "requests_per_s": stats.requests / stats.seconds if stats and stats.seconds else None,
-      "tokens_per_s": stats.tokens / stats.seconds if stats and stats.seconds else None,
-      # tokens_per_s counts the tokens lm-eval would run; prefix sharing and packing compute fewer:
-      "computed_token_fraction": stats.computed_tokens / stats.tokens if stats and stats.tokens else None,
-      "padding_fraction": 1 - stats.computed_tokens / stats.padded_tokens if stats and stats.padded_tokens else None,
-      "tasks": timing, "missing_tasks": missing, "skipped_records": skipped,
-      "devices": [f"{d.platform}:{d.device_kind}" for d in jax.local_devices()],
-      "tokenizer": tokenizer.path,
-  }
+  own = _own_section(model.config, params, tokenizer, scorer.stats if scorer else None, time.time() - start, out)
   own.update(extra or {})
   config = {
       "model": "ssa_jax", "model_args": model_args, "batch_size": batch_size, "batch_sizes": [],
@@ -179,12 +213,11 @@ def run_eval(model, params, tokenizer, tasks, data_dir: str | None = None, limit
       "bootstrap_iters": bootstrap_iters, "gen_kwargs": None, "random_seed": 0, "numpy_seed": 1234,
       "torch_seed": 1234, "fewshot_seed": 1234, "add_bos": bos, "max_length": max_length,
   }
-  out = results_lib.assemble(task_results, TASKS, paths, samples, config, tokenizer, max_length, start, own,
-                             passkey_out)
+  results = results_lib.assemble(out.results, TASKS, out.paths, out.samples, config, tokenizer, max_length, start,
+                                 own, passkey_out)
   if output:
-    results_lib.write(out, output)
-  print(results_lib.summary_table(out), flush=True)
+    results_lib.write(results, output)
+  print(results_lib.summary_table(results), flush=True)
   if output:
     print(f"[eval] results -> {output}", flush=True)
-  return out
-
+  return results

@@ -10,7 +10,8 @@ lm-eval runs each request as its own padded row. We score the same numbers with 
 - The LM head runs only where a token is predicted (once for all the branches of a context), never on the
   full (B, T, V) logits: with a 50k vocabulary it costs as much as several layers a token.
 Rows have a few fixed lengths and batches a few row counts (powers of two), so few shapes compile.
-Batches are split over a 1-D mesh of the local devices; only per-request sums come back to the host.
+Batches are split over the mesh axis 'data' of the local devices (ssa_jax.runtime.sharding.make_mesh); only
+per-request sums come back to the host.
 """
 
 from __future__ import annotations
@@ -24,10 +25,12 @@ from typing import Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import NamedSharding, PartitionSpec as P
 from tqdm import tqdm
 
 from ssa_jax.evaluate.requests import TokenRequest
+from ssa_jax.model.params import lm_head
+from ssa_jax.runtime.sharding import make_mesh
 
 
 def bucket_lengths(max_length: int, smallest: int = 32) -> list[int]:
@@ -41,15 +44,6 @@ def bucket_lengths(max_length: int, smallest: int = 32) -> list[int]:
 
 def _pow2(n: int) -> int:
   return 1 << max(int(n) - 1, 0).bit_length()
-
-
-def lm_head(params, h_BKd):
-  """float32 logits from final hidden states: the untied `lm_head` or the tied input embedding."""
-  if "lm_head" in params:
-    kernel_dV = params["lm_head"]["kernel"]
-  else:
-    kernel_dV = params["embed"]["embedding"].T
-  return jnp.dot(h_BKd, kernel_dV.astype(h_BKd.dtype)).astype(jnp.float32)
 
 
 def model_input(req: TokenRequest, max_length: int) -> tuple[list[int], int]:
@@ -115,22 +109,22 @@ def pack_rows(units: Sequence[Unit], row_length: int) -> list[list[Unit]]:
 
 @dataclasses.dataclass
 class RowBatch:
-  """Host arrays of one batch: R packed rows of T tokens, split into D contiguous blocks (one a device).
+  """Host arrays of one batch: R packed rows of T tokens, split into C contiguous blocks (one a device).
 
   Each device's LM-head positions are flattened over its rows (N of them, padding included), so that the
-  head runs on about as many positions as are predicted; E = N + S scored entries (the branches of a unit
-  share the position before them) and S request slots a device.
+  head runs on about as many positions as are predicted; E = N + Q scored entries (the branches of a unit
+  share the position before them) and Q request slots a device. (Shape letters: ssa_jax/model/config.py.)
   """
 
   tokens_RT: np.ndarray
   positions_RT: np.ndarray
   segment_RT: np.ndarray  # unit index in the row + 1; 0 = padding
   branch_RT: np.ndarray  # 0 = the unit's shared context, i + 1 = its branch i
-  head_DN: np.ndarray  # local_row * T + t of each position that goes through the LM head
-  head_of_DE: np.ndarray  # which of the N head positions predicts the entry's target
-  target_DE: np.ndarray
-  slot_DE: np.ndarray  # request slot on the device; S = unused
-  request_DS: np.ndarray  # request index of each slot; -1 = unused
+  head_CN: np.ndarray  # local_row * T + t of each position that goes through the LM head
+  head_of_CE: np.ndarray  # which of the N head positions predicts the entry's target
+  target_CE: np.ndarray
+  slot_CE: np.ndarray  # request slot on the device; Q = unused
+  request_CQ: np.ndarray  # request index of each slot; -1 = unused
 
 
 def head_count(rows: Sequence[Sequence[Unit]], devices: int) -> tuple[int, int]:
@@ -142,16 +136,16 @@ def head_count(rows: Sequence[Sequence[Unit]], devices: int) -> tuple[int, int]:
   return max(heads), max(reqs)
 
 
-def build_batch(rows: Sequence[Sequence[Unit]], requests: Sequence[TokenRequest], n_rows: int, T: int, D: int,
-                N: int, S: int) -> RowBatch:
-  """Lays out `rows` (padded to n_rows, dealt round-robin to D devices); see RowBatch."""
-  E, per_device = N + S, n_rows // D
-  b = RowBatch(*(np.zeros((n_rows, T), np.int32) for _ in range(4)), np.zeros((D, N), np.int32),
-               np.zeros((D, E), np.int32), np.zeros((D, E), np.int32), np.full((D, E), S, np.int32),
-               np.full((D, S), -1, np.int64))
-  cursor = [[0, 0, 0] for _ in range(D)]  # per device: head positions, entries, slots used
+def build_batch(rows: Sequence[Sequence[Unit]], requests: Sequence[TokenRequest], n_rows: int, T: int, C: int,
+                N: int, Q: int) -> RowBatch:
+  """Lays out `rows` (padded to n_rows, dealt round-robin to C devices); see RowBatch."""
+  E, per_device = N + Q, n_rows // C
+  b = RowBatch(*(np.zeros((n_rows, T), np.int32) for _ in range(4)), np.zeros((C, N), np.int32),
+               np.zeros((C, E), np.int32), np.zeros((C, E), np.int32), np.full((C, E), Q, np.int32),
+               np.full((C, Q), -1, np.int64))
+  cursor = [[0, 0, 0] for _ in range(C)]  # per device: head positions, entries, slots used
   for j, row in enumerate(rows):
-    d, local = j % D, j // D
+    d, local = j % C, j // C
     r, base = d * per_device + local, local * T
     u, e, s = cursor[d]
     t = 0
@@ -160,7 +154,7 @@ def build_batch(rows: Sequence[Sequence[Unit]], requests: Sequence[TokenRequest]
       b.tokens_RT[r, t:t + c] = unit.context
       b.positions_RT[r, t:t + c] = np.arange(c)
       b.segment_RT[r, t:t + c] = u_i + 1
-      b.head_DN[d, u] = base + t + c - 1
+      b.head_CN[d, u] = base + t + c - 1
       shared_head = u
       t, u = t + c, u + 1
       for i, (req, branch) in enumerate(zip(unit.requests, unit.branches)):
@@ -169,11 +163,11 @@ def build_batch(rows: Sequence[Sequence[Unit]], requests: Sequence[TokenRequest]
         b.positions_RT[r, t:t + n] = np.arange(c, c + n)
         b.segment_RT[r, t:t + n] = u_i + 1
         b.branch_RT[r, t:t + n] = i + 1
-        b.head_DN[d, u:u + n] = base + np.arange(t, t + n)
-        b.head_of_DE[d, e:e + n + 1] = [shared_head, *range(u, u + n)]
-        b.target_DE[d, e:e + n + 1] = requests[req].continuation[-(n + 1):]
-        b.slot_DE[d, e:e + n + 1] = s
-        b.request_DS[d, s] = req
+        b.head_CN[d, u:u + n] = base + np.arange(t, t + n)
+        b.head_of_CE[d, e:e + n + 1] = [shared_head, *range(u, u + n)]
+        b.target_CE[d, e:e + n + 1] = requests[req].continuation[-(n + 1):]
+        b.slot_CE[d, e:e + n + 1] = s
+        b.request_CQ[d, s] = req
         t, u, e, s = t + n, u + n, e + n + 1, s + 1
     cursor[d] = [u, e, s]
   return b
@@ -220,7 +214,7 @@ class Scorer:
     self.model = model
     self.max_length = int(max_length)
     devices = list(devices or jax.local_devices())
-    self.mesh = Mesh(np.array(devices), ("data",))
+    self.mesh = make_mesh(dict(data=-1, fsdp=1, tensor=1), devices=devices)  # batches split over 'data' only
     self.n_devices = len(devices)
     self.batch_size = max(int(batch_size), 1)
     self.buckets = bucket_lengths(self.max_length, min(smallest_bucket, self.max_length))
@@ -233,7 +227,7 @@ class Scorer:
     self.show_progress = show_progress
     self.stats = ScoreStats()
 
-    def score(params, tokens_BT, positions_BT, segment_BT, branch_BT, head_DN, head_of_DE, target_DE, slot_DE, S,
+    def score(params, tokens_BT, positions_BT, segment_BT, branch_BT, head_CN, head_of_CE, target_CE, slot_CE, Q,
               causal):
       # causal: every row holds one request from position 0, so the plain causal kernel (cuDNN flash attention
       # on GPU, no (B, T, T) mask) gives the same result; long rows (rolling windows) are all like that.
@@ -243,23 +237,23 @@ class Scorer:
       _, state = model.apply({"params": params}, tokens_BT, None if causal else positions_BT, mask_BTT=mask_BTT,
                              mutable=["intermediates"], capture_intermediates=lambda mdl, _: mdl.name == "final_norm")
       h_BTd = state["intermediates"]["final_norm"]["__call__"][0]
-      D = head_DN.shape[0]
-      h_DXd = h_BTd.reshape(D, -1, h_BTd.shape[-1])  # each device's rows, flattened
-      logits_DNV = lm_head(params, jnp.take_along_axis(h_DXd, head_DN[..., None], axis=1))
-      V = logits_DNV.shape[-1]
-      max_DN = jnp.max(logits_DNV, axis=-1)
-      lse_DE = jnp.take_along_axis(jax.nn.logsumexp(logits_DNV, axis=-1), head_of_DE, axis=1)
-      target_logit_DE = jnp.take_along_axis(logits_DNV.reshape(D, -1), head_of_DE * V + target_DE, axis=1)
-      used_DE = slot_DE < S
-      logprob_DE = jnp.where(used_DE, target_logit_DE - lse_DE, 0.0)
+      C = head_CN.shape[0]
+      h_CXd = h_BTd.reshape(C, -1, h_BTd.shape[-1])  # each device's rows, flattened
+      logits_CNV = lm_head(params, model.config, jnp.take_along_axis(h_CXd, head_CN[..., None], axis=1))
+      V = logits_CNV.shape[-1]
+      max_CN = jnp.max(logits_CNV, axis=-1)
+      lse_CE = jnp.take_along_axis(jax.nn.logsumexp(logits_CNV, axis=-1), head_of_CE, axis=1)
+      target_logit_CE = jnp.take_along_axis(logits_CNV.reshape(C, -1), head_of_CE * V + target_CE, axis=1)
+      used_CE = slot_CE < Q
+      logprob_CE = jnp.where(used_CE, target_logit_CE - lse_CE, 0.0)
       # Greedy: the target's logit is the largest (lm-eval: argmax == target; they differ only on exact ties).
-      missed_DE = used_DE & (target_logit_DE < jnp.take_along_axis(max_DN, head_of_DE, axis=1))
-      per_slot = jax.vmap(lambda x, ids: jax.ops.segment_sum(x, ids, num_segments=S))
-      ll_DS = per_slot(logprob_DE, slot_DE)
-      misses_DS = per_slot(missed_DE.astype(jnp.int32), slot_DE)
-      return ll_DS, misses_DS == 0
+      missed_CE = used_CE & (target_logit_CE < jnp.take_along_axis(max_CN, head_of_CE, axis=1))
+      per_slot = jax.vmap(lambda x, ids: jax.ops.segment_sum(x, ids, num_segments=Q))
+      ll_CQ = per_slot(logprob_CE, slot_CE)
+      misses_CQ = per_slot(missed_CE.astype(jnp.int32), slot_CE)
+      return ll_CQ, misses_CQ == 0
 
-    self._score = jax.jit(score, static_argnames=("S", "causal"))
+    self._score = jax.jit(score, static_argnames=("Q", "causal"))
 
   def _row_length(self, unit_length: int) -> int:
     if unit_length <= self.pack_length:
@@ -293,23 +287,23 @@ class Scorer:
       for T in sorted(by_length, reverse=True):  # longest rows first: memory problems show at once
         # Rows with the most head positions first, so that a batch's rows are alike.
         rows = sorted(pack_rows(by_length[T], T), key=lambda row: -sum(u.heads for u in row))
-        D = self.n_devices
+        C = self.n_devices
         i = 0
         while i < len(rows):
           n_rows = self._rows_per_batch(T, len(rows) - i)
           chunk = rows[i:i + n_rows]
           i += len(chunk)
-          most_heads, most_requests = head_count(chunk, D)
-          N, S = _round_up(most_heads), _pow2(most_requests)
-          b = build_batch(chunk, requests, n_rows, T, D, N, S)
+          most_heads, most_requests = head_count(chunk, C)
+          N, Q = _round_up(most_heads), _pow2(most_requests)
+          b = build_batch(chunk, requests, n_rows, T, C, N, Q)
           self.stats.padded_tokens += n_rows * T
-          self.stats.head_positions += D * N
-          arrays = (b.tokens_RT, b.positions_RT, b.segment_RT, b.branch_RT, b.head_DN, b.head_of_DE, b.target_DE,
-                    b.slot_DE)
+          self.stats.head_positions += C * N
+          arrays = (b.tokens_RT, b.positions_RT, b.segment_RT, b.branch_RT, b.head_CN, b.head_of_CE, b.target_CE,
+                    b.slot_CE)
           causal = all(len(row) == 1 and len(row[0].branches) == 1 for row in chunk)
-          out = self._score(self.params, *(jax.device_put(a, self._batch_sharding) for a in arrays), S=S,
+          out = self._score(self.params, *(jax.device_put(a, self._batch_sharding) for a in arrays), Q=Q,
                             causal=causal)
-          pending.append((b.request_DS, out))
+          pending.append((b.request_CQ, out))
           if len(pending) > 2:  # keep the device busy while the host prepares the next batch
             self._collect(pending.pop(0), ll, greedy, bar)
       while pending:
@@ -321,9 +315,9 @@ class Scorer:
 
   @staticmethod
   def _collect(item, ll, greedy, bar):
-    request_DS, (ll_DS, greedy_DS) = item
-    ll_DS, greedy_DS = jax.device_get((ll_DS, greedy_DS))
-    used = request_DS >= 0
-    ll[request_DS[used]] = np.asarray(ll_DS, np.float64)[used]
-    greedy[request_DS[used]] = np.asarray(greedy_DS)[used]
+    request_CQ, (ll_CQ, greedy_CQ) = item
+    ll_CQ, greedy_CQ = jax.device_get((ll_CQ, greedy_CQ))
+    used = request_CQ >= 0
+    ll[request_CQ[used]] = np.asarray(ll_CQ, np.float64)[used]
+    greedy[request_CQ[used]] = np.asarray(greedy_CQ)[used]
     bar.update(int(used.sum()))

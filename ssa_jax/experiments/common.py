@@ -1,4 +1,4 @@
-"""Shared plumbing for the synthetic studies: flags to config, a scanned training loop, JSON output."""
+"""Shared plumbing for the synthetic studies: flags to config, a scanned training loop, JSON and figure output."""
 
 from __future__ import annotations
 
@@ -99,3 +99,31 @@ class Timer:
 
   def seconds(self) -> float:
     return time.perf_counter() - self.start
+
+
+def pyplot():
+  """matplotlib.pyplot on the file-only Agg backend (figures are written, never shown)."""
+  # Here, not at the top: pyplot picks its backend when first imported, so Agg must be chosen before it.
+  import matplotlib  # pylint: disable=import-outside-toplevel
+
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+
+  return plt
+
+
+def run_study(argv: list[str] | None, default: ml_collections.ConfigDict, description: str,
+              run: Callable[[ml_collections.ConfigDict], dict], print_table: Callable[[dict], None], name: str,
+              plot: Callable[[Path, dict], None] | None = None, figure: str = "") -> dict:
+  """A study's command: flags -> config, run, its table, OUT_DIR/<name>.json and (with `plot`) OUT_DIR/<figure>."""
+  config = parse_config(default, description, argv)
+  out = output_dir(config.out_dir)
+  payload = run(config)
+  print_table(payload)
+  written = [out / f"{name}.json"]
+  write_json(written[0], payload)
+  if plot is not None:
+    written.append(out / figure)
+    plot(written[-1], payload)
+  print(f"wrote {' and '.join(map(str, written))} ({payload['seconds']:.1f}s)")
+  return payload

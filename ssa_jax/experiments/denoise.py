@@ -17,6 +17,7 @@ import numpy as np
 import optax
 
 from ssa_jax.experiments import common
+from ssa_jax.runtime import cli_errors
 
 MODELS = ("vanilla", "value_selective", "naive_average", "bayes")
 
@@ -132,15 +133,9 @@ def print_table(payload: dict) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-  config = common.parse_config(default_config(), __doc__.splitlines()[0], argv)
-  out = common.output_dir(config.out_dir)
-  payload = run(config)
-  print_table(payload)
-  common.write_json(out / "denoise.json", payload)
-  print(f"wrote {out / 'denoise.json'} ({payload['seconds']:.1f}s)")
+  """The command line: every field of default_config() is a --flag; writes OUT_DIR/denoise.json."""
+  common.run_study(argv, default_config(), __doc__.splitlines()[0], run, print_table, "denoise")
 
 
 if __name__ == "__main__":
-  from ssa_jax.runtime import cli_errors
-
   cli_errors.run_argv(main)

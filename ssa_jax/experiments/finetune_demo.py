@@ -27,18 +27,18 @@ from typing import Any
 import jax
 import numpy as np
 
+from configs import tiny, tiny_ft
 from ssa_jax.errors import ConfigError
-
-
-def _load_config(name: str):
-  import importlib
-
-  return importlib.import_module(f"configs.{name}").get_config()
+from ssa_jax.experiments.compare.cli import ensure_trained, parse_list, variant_config
+from ssa_jax.experiments.finetune_drift import heldout_loss, split_batches
+from ssa_jax.formats import checkpoint, hf
+from ssa_jax.runtime import cli_errors
+from ssa_jax.train.workdir_lock import WorkdirLockedError
 
 
 def pretrain_config(steps: int, cache_dir: str = ""):
   """configs/tiny.py for `steps` steps, validated at its end, no end-of-run evaluation."""
-  config = _load_config("tiny")
+  config = tiny.get_config()
   if cache_dir:
     config.data.cache_dir = cache_dir
   config.train.update(dict(steps=steps, eval_every=steps, checkpoint_every=steps, warmup_steps=min(30, steps // 10)))
@@ -49,8 +49,6 @@ def pretrain_config(steps: int, cache_dir: str = ""):
 
 def export(pretrain_dir: Path, hf_dir: Path) -> None:
   """The pretrained checkpoint as a Hugging Face directory (once), through the documented CLI's code."""
-  from ssa_jax.formats import hf
-
   if (hf_dir / "config.json").is_file():
     print(f"[finetune_demo] {hf_dir}: exported already", flush=True)
     return
@@ -96,11 +94,6 @@ def run(workdir: str, pretrain_steps: int, variants: list[str], seeds: list[int]
         cache_dir: str = "") -> dict | None:
   """The four stages above; returns the report (also written to WORKDIR), or None when a stage was stopped.
   `cache_dir`: where the demo corpus and BPE are built ('' = config.data.cache_dir's default)."""
-  from ssa_jax.formats import checkpoint
-  from ssa_jax.experiments.compare.cli import ensure_trained, variant_config
-  from ssa_jax.experiments.finetune_drift import heldout_loss, split_batches
-  from ssa_jax.formats.hf import from_hf
-
   root = Path(workdir)
   t0 = time.time()
   state = ensure_trained(root / "pretrain", pretrain_config(pretrain_steps, cache_dir), "vanilla", 0)
@@ -109,14 +102,14 @@ def run(workdir: str, pretrain_steps: int, variants: list[str], seeds: list[int]
   export(root / "pretrain", root / "hf")
   timing = {"pretrain_export_s": round(time.time() - t0, 1)}
 
-  base = _load_config("tiny_ft")
+  base = tiny_ft.get_config()
   base.init.hf_dir = str((root / "hf").absolute())
   if cache_dir:
     base.data.cache_dir = cache_dir
   if finetune_batch:
     base.train.global_batch_size = finetune_batch
   finetune_batch = base.train.global_batch_size
-  vanilla_model, vanilla_params = from_hf(root / "hf")
+  vanilla_model, vanilla_params = hf.from_hf(root / "hf")
   run_config = checkpoint.read_config(root / "pretrain")
   test_NBT1 = split_batches(run_config, base.eval.heldout_split, base.train.seq_len, finetune_batch, None)
   pretrained_ppl = float(np.exp(heldout_loss(vanilla_model, vanilla_params, test_NBT1)))
@@ -135,7 +128,7 @@ def run(workdir: str, pretrain_steps: int, variants: list[str], seeds: list[int]
       model, params, _ = checkpoint.load_model(run_dir)
       start = vanilla_params
       if model.config.ssa.enabled:  # step 0 of the fine-tune: SSA added near identity, as the loop does it
-        start = from_hf(root / "hf", ssa=model.config.ssa, rng_seed=seed)[1]
+        start = hf.from_hf(root / "hf", ssa=model.config.ssa, rng_seed=seed)[1]
       row = {"variant": variant, "seed": seed,
              "before_ppl": float(np.exp(heldout_loss(model, start, test_NBT1))),
              "after_ppl": float(np.exp(heldout_loss(model, jax.device_get(params), test_NBT1))),
@@ -157,10 +150,7 @@ def run(workdir: str, pretrain_steps: int, variants: list[str], seeds: list[int]
 
 def main(argv: list[str]) -> int:
   """The command line (see the module docstring); 130 when a stage was stopped (Ctrl-C saves a checkpoint)."""
-  from ssa_jax.runtime.cli_errors import INTERRUPTED_EXIT_CODE, ArgumentParser
-  from ssa_jax.experiments.compare.cli import parse_list
-
-  p = ArgumentParser(prog="python -m ssa_jax.experiments.finetune_demo", description=__doc__.split("\n")[0])
+  p = cli_errors.ArgumentParser(prog="python -m ssa_jax.experiments.finetune_demo", description=__doc__.split("\n")[0])
   p.add_argument("--workdir", default="runs/finetune_demo")
   p.add_argument("--pretrain_steps", type=int, default=200, help="steps of configs/tiny.py (its full run: 600)")
   p.add_argument("--variants", default="vanilla,ssa,ssa_ws")
@@ -174,12 +164,9 @@ def main(argv: list[str]) -> int:
                parse_list(args.seeds, "seeds", int), args.finetune_batch)
   if report is None:
     print("[finetune_demo] stopped; run the same command again to continue", file=sys.stderr, flush=True)
-    return INTERRUPTED_EXIT_CODE
+    return cli_errors.INTERRUPTED_EXIT_CODE
   return 0
 
 
 if __name__ == "__main__":
-  from ssa_jax.runtime import cli_errors
-  from ssa_jax.train.workdir_lock import WorkdirLockedError
-
   cli_errors.run_argv(main, user_errors=(*cli_errors.PATH_AND_VALUE_ERRORS, WorkdirLockedError))

@@ -26,9 +26,14 @@ import ml_collections
 import numpy as np
 from flax import traverse_util
 
+from configs import base, models
+from ssa_jax.data.pipeline import make_lm_iterator
+from ssa_jax.data.tokenizer import load_tokenizer
+from ssa_jax.formats import checkpoint
 from ssa_jax.model.config import ModelConfig, SSAConfig
 from ssa_jax.model.decoder import Decoder
-from ssa_jax.model.params import init_params, temperature_group
+from ssa_jax.model.params import init_params, ssa_groups
+from ssa_jax.runtime import cli_errors
 from ssa_jax.train.optim import make_optimizer
 from ssa_jax.train.step import next_token_loss
 
@@ -45,7 +50,7 @@ def with_fresh_ssa(vanilla_params: dict, model_cfg: ModelConfig, seed: int) -> d
 
 def finetune(model: Decoder, params: dict, train_cfg, batches_NBT1: Iterable[np.ndarray]) -> dict:
   """`params` after one optimizer step (make_optimizer(train_cfg)) per batch of seq_len + 1 token windows."""
-  tx = make_optimizer(train_cfg, params)
+  tx = make_optimizer(train_cfg, params, model.config)
 
   @jax.jit
   def step(params, opt_state, tokens_BT1):
@@ -65,16 +70,17 @@ def heldout_loss(model: Decoder, params: dict, batches_NBT1: Iterable[np.ndarray
   return float(np.mean([float(loss(params, jnp.asarray(t))) for t in batches_NBT1]))
 
 
-def drift(before: dict, after: dict) -> dict[str, dict[str, float]]:
+def drift(before: dict, after: dict, model_cfg: ModelConfig) -> dict[str, dict[str, float]]:
   """Per SSA parameter ('/'-joined path): 'relative' ||after - before|| / ||before|| where before is non-zero,
   else 'absolute' max |after| (zero-initialised matrices); single scalars under 'scalar': after / before of
   their positive value (sigmoid for alpha, exp for log_tau, softplus for ssmax_s; beta's max |after|)."""
   positive = {"alpha": jax.nn.sigmoid, "log_tau": jnp.exp, "ssmax_s": jax.nn.softplus}
   out: dict[str, dict[str, float]] = {"relative": {}, "absolute": {}, "scalar": {}}
   b_flat, a_flat = traverse_util.flatten_dict(before), traverse_util.flatten_dict(after)
+  groups = ssa_groups(model_cfg)
   for path, b in b_flat.items():
     name = "/".join(path)
-    group = temperature_group(name)
+    group = groups.get(path)
     if group not in ("scalar", "matrix"):
       continue
     b, a = np.asarray(b, np.float64), np.asarray(a_flat[path], np.float64)
@@ -118,7 +124,7 @@ def measure(vanilla_model: Decoder, vanilla_params: dict, ssa: SSAConfig, train_
   start = with_fresh_ssa(vanilla_params, cfg, seed)
   t0 = time.time()
   end = finetune(model, start, train_cfg, train_NBT1)
-  d = drift(start, end)
+  d = drift(start, end, cfg)
   return {
       "w1_relative_max": max((v for k, v in d["relative"].items() if "/w1/kernel" in k), default=None),
       "zero_init_absolute_max": max(d["absolute"].values(), default=None),
@@ -134,9 +140,6 @@ def measure(vanilla_model: Decoder, vanilla_params: dict, ssa: SSAConfig, train_
 def split_batches(run_config: dict, split: str, seq_len: int, batch: int, count: int | None) -> np.ndarray:
   """The first `count` batches (batch, seq_len + 1) of `split` (all of it when None and not 'train') of the
   run config's corpus and tokenizer (data.path / data.tokenizer_path as a run resolved them)."""
-  from ssa_jax.data.pipeline import make_lm_iterator
-  from ssa_jax.data.tokenizer import load_tokenizer
-
   data = ml_collections.ConfigDict(run_config["data"])
   it = make_lm_iterator(data, split=split, seq_len=seq_len, global_batch_size=batch, process_index=0,
                         process_count=1, tokenizer=load_tokenizer(data.tokenizer_path), repeat=split == "train",
@@ -149,9 +152,6 @@ def split_batches(run_config: dict, split: str, seq_len: int, batch: int, count:
 
 def main(argv: list[str] | None = None) -> None:
   """The command line (see the module docstring)."""
-  from configs import base, models
-  from ssa_jax.formats import checkpoint
-
   p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   p.add_argument("--checkpoint", required=True, help="pretrained vanilla workdir or checkpoint (configs/tiny.py)")
   p.add_argument("--variants", default="ssa,ssa_ws")
@@ -184,6 +184,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-  from ssa_jax.runtime import cli_errors
-
   cli_errors.run_argv(main)

@@ -8,12 +8,14 @@ Our choice where the paper is silent or unidentifiable: the prediction is the at
 the context tokens (value = one-hot token, a copy head), so the model's next-token distribution *is* its
 attention row and err_map = ||P_hat - P*||_1 measures a well-defined map. With a free value matrix and
 linear head (paper's g = softmax(C f(X))) the attention map is not identified: any invertible map works,
-and we measured err_map ~ 9-13 (of 16 max) for both models. See README.md, "Reproducing the paper".
+and we measured err_map ~ 9-13 (of 16 max) for both models. See docs/reproducing_the_paper.md.
 
   python -m ssa_jax.experiments.graph [--seeds 0 1 2] [--steps 3000] [--out_dir runs/graph]
 """
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -22,6 +24,7 @@ import numpy as np
 import optax
 
 from ssa_jax.experiments import common
+from ssa_jax.runtime import cli_errors
 
 EDGES = ((0, 1), (0, 2), (0, 3), (1, 4), (2, 5), (3, 6))  # node 7 stands alone
 NUM_TOKENS = 8
@@ -167,12 +170,10 @@ def summarize(runs: list[dict]) -> dict:
   return summary
 
 
-def plot(path, runs: list[dict]) -> None:
+def plot(path: Path, payload: dict) -> None:
   """P*, P_hat(SSA) and P_hat(vanilla) of the first seed side by side."""
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-
+  plt = common.pyplot()
+  runs = payload["runs"]
   first = runs[0]["seed"]
   ssa = next(r for r in runs if r["model"] == "ssa" and r["seed"] == first)
   van = next(r for r in runs if r["model"] == "vanilla" and r["seed"] == first)
@@ -221,16 +222,10 @@ def print_table(payload: dict) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-  config = common.parse_config(default_config(), __doc__.splitlines()[0], argv)
-  out = common.output_dir(config.out_dir)
-  payload = run(config)
-  print_table(payload)
-  common.write_json(out / "graph.json", payload)
-  plot(out / "graph_attention_maps.png", payload["runs"])
-  print(f"wrote {out / 'graph.json'} and {out / 'graph_attention_maps.png'} ({payload['seconds']:.1f}s)")
+  """The command line: every field of default_config() is a --flag; writes OUT_DIR/graph.json and the maps."""
+  common.run_study(argv, default_config(), __doc__.splitlines()[0], run, print_table, "graph", plot,
+                   "graph_attention_maps.png")
 
 
 if __name__ == "__main__":
-  from ssa_jax.runtime import cli_errors
-
   cli_errors.run_argv(main)

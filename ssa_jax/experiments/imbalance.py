@@ -16,6 +16,7 @@ cannot hold together with kappa_{L/2} <= 2 in one sequence, since n_a never decr
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -24,6 +25,7 @@ import numpy as np
 import optax
 
 from ssa_jax.experiments import common
+from ssa_jax.runtime import cli_errors
 
 VARIANTS = ("flat", "log_position", "free_position")
 
@@ -195,12 +197,9 @@ def print_table(payload: dict) -> None:
           f"{r['free_tau_eff_max_abs_err']:10.3f}")
 
 
-def plot(path, payload: dict) -> None:
+def plot(path: Path, payload: dict) -> None:
   """Learned effective tau_n against log(kappa_n) + log(alpha/(1-alpha)), one panel per setting."""
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-
+  plt = common.pyplot()
   rows = payload["settings"]
   fig, axes = plt.subplots(1, len(rows), figsize=(3.6 * len(rows), 3.4), squeeze=False)
   for ax, r in zip(axes[0], rows):
@@ -217,16 +216,10 @@ def plot(path, payload: dict) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-  config = common.parse_config(default_config(), __doc__.splitlines()[0], argv)
-  out = common.output_dir(config.out_dir)
-  payload = run(config)
-  print_table(payload)
-  common.write_json(out / "imbalance.json", payload)
-  plot(out / "imbalance_tau.png", payload)
-  print(f"wrote {out / 'imbalance.json'} and {out / 'imbalance_tau.png'} ({payload['seconds']:.1f}s)")
+  """The command line: every field of default_config() is a --flag; writes OUT_DIR/imbalance.json and the figure."""
+  common.run_study(argv, default_config(), __doc__.splitlines()[0], run, print_table, "imbalance", plot,
+                   "imbalance_tau.png")
 
 
 if __name__ == "__main__":
-  from ssa_jax.runtime import cli_errors
-
   cli_errors.run_argv(main)

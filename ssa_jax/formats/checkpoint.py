@@ -8,11 +8,15 @@ shardings, so a checkpoint written on N devices restores onto M devices, or onto
 
 from __future__ import annotations
 
+import dataclasses
+import json
 from typing import Any
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
+from jax.experimental import multihost_utils
 
 from ssa_jax.errors import ConfigError
 from ssa_jax.model.config import ModelConfig, model_config_from_dict
@@ -54,8 +58,6 @@ def read_config(path: epath.PathLike) -> dict[str, Any]:
 def save_model(directory: epath.PathLike, model_cfg: ModelConfig, params, step: int = 0,
                run_config: dict | None = None) -> epath.Path:
   """Writes params + config as checkpoint `step` of `directory` (synchronously)."""
-  import dataclasses
-
   run_config = dict(run_config or {})
   run_config["model"] = dataclasses.asdict(model_cfg)
   with ocp.CheckpointManager(epath.Path(directory).absolute()) as mngr:
@@ -135,11 +137,6 @@ def gather_json(obj: Any) -> list[Any]:
   """Every process's JSON-serialisable `obj`, in process order, on every process."""
   if jax.process_count() == 1:
     return [obj]
-  import json
-
-  import numpy as np
-  from jax.experimental import multihost_utils
-
   data = np.frombuffer(json.dumps(obj).encode(), np.uint8)
   lengths = multihost_utils.process_allgather(np.array([data.size], np.int32)).reshape(-1)
   padded = np.zeros(int(lengths.max()), np.uint8)

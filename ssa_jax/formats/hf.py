@@ -3,8 +3,7 @@
 An export is a Hugging Face directory: config.json + model.safetensors (the standard tensors, all that
 `transformers` reads) + the tokenizer. An SSA model adds its temperature tensors as `ssa.<param path>` in a
 second file, ssa.safetensors, and an `ssa` block in config.json; `from_hf` reads both and restores the model
-exactly, while transformers looks at neither (it loads the vanilla model, quietly). Exports from before
-ssa.safetensors, with the `ssa.*` tensors inside model.safetensors, are read too.
+exactly, while transformers looks at neither (it loads the vanilla model, quietly).
 
 CLI:  python -m ssa_jax.formats.hf import HF_DIR OUT_DIR     (HF checkpoint -> our model directory)
       python -m ssa_jax.formats.hf export CKPT_DIR HF_DIR    (our model directory or training checkpoint -> HF)
@@ -26,12 +25,17 @@ import jax
 import numpy as np
 from etils import epath
 from flax import traverse_util
+from safetensors.numpy import save_file
 
+from ssa_jax.data.tokenizer import load_tokenizer, tokenizer_in
 from ssa_jax.errors import ConfigError
+from ssa_jax.formats import checkpoint
+from ssa_jax.formats.safetensors_io import read_safetensors
+from ssa_jax.formats.tokenizer_files import check_vocab, copy_tokenizer, run_config_tokenizer
 from ssa_jax.model.config import ModelConfig, RopeScaling, SSAConfig, ssa_config_from_dict
 from ssa_jax.model.decoder import Decoder
-from ssa_jax.model.params import is_temperature_param, param_shapes, stack_layers, unstack_layers
-from ssa_jax.formats.safetensors_io import read_safetensors
+from ssa_jax.model.params import init_params, param_shapes, ssa_groups, stack_layers, unstack_layers
+from ssa_jax.runtime import cli_errors
 
 ARCHITECTURES = {"GPT2LMHeadModel": "gpt2", "GPTNeoXForCausalLM": "neox", "LlamaForCausalLM": "llama"}
 _HF_ACTIVATIONS = {"gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu": "gelu", "silu": "silu"}
@@ -285,7 +289,7 @@ def read_hf_config(hf_dir: epath.PathLike) -> dict:
 
 
 def read_hf_tensors(hf_dir: epath.PathLike) -> dict[str, np.ndarray]:
-  """All tensors of model.safetensors (or of the shards its index names), and of ssa.safetensors if present."""
+  """The standard tensors: all of model.safetensors, or of the shards its index names."""
   hf_dir = epath.Path(hf_dir)
   index = hf_dir / "model.safetensors.index.json"
   if (hf_dir / "model.safetensors").exists():  # transformers' own order: the single file before an index
@@ -296,17 +300,21 @@ def read_hf_tensors(hf_dir: epath.PathLike) -> dict[str, np.ndarray]:
     raise FileNotFoundError(
         f"{hf_dir}: no model.safetensors or model.safetensors.index.json (PyTorch .bin files are not read; "
         "convert them with transformers' save_pretrained(safe_serialization=True))")
-  if (hf_dir / SSA_FILE).exists():
-    files.append(SSA_FILE)
   tensors = {}
   for name in files:
     tensors.update(read_safetensors(hf_dir / name))
   return tensors
 
 
+def read_ssa_tensors(hf_dir: epath.PathLike) -> dict[str, np.ndarray]:
+  """The `ssa.*` tensors of ssa.safetensors; none when the directory has no such file."""
+  path = epath.Path(hf_dir) / SSA_FILE
+  return dict(read_safetensors(path)) if path.exists() else {}
+
+
 def _normalise_key(key: str, family: str) -> str:
   # The original OpenAI GPT-2 checkpoints store GPT2Model keys without the `transformer.` prefix.
-  if family == "gpt2" and not key.startswith(("transformer.", "lm_head.", SSA_PREFIX)):
+  if family == "gpt2" and not key.startswith(("transformer.", "lm_head.")):
     return "transformer." + key
   return key
 
@@ -345,21 +353,23 @@ def from_hf(hf_dir: epath.PathLike, ssa: SSAConfig | None = None, rng_seed: int 
       flat[path] = arr
     used.add(m.hf_key)
 
-  ssa_paths = [p for p in expected if is_temperature_param("/".join(p))]
-  ssa_keys = {SSA_PREFIX + ".".join(p): p for p in ssa_paths}
-  stored_ssa = [k for k in tensors if k.startswith(SSA_PREFIX)]
+  ssa_paths = list(ssa_groups(cfg))
+  stored_ssa = read_ssa_tensors(hf_dir)
   if stored_ssa:
     if not cfg.ssa.enabled:
-      raise ValueError(f"{hf_dir}: SSA tensors present but config.json has no `ssa` block")
-    for key, path in ssa_keys.items():
-      if key not in tensors:
-        raise KeyError(f"{hf_dir}: missing SSA tensor {key!r}")
-      flat[path] = np.asarray(tensors[key], np.float32).reshape(expected[path].shape)
+      raise ValueError(f"{hf_dir}: {SSA_FILE} present but config.json has no `ssa` block")
+    for path in ssa_paths:
+      key = SSA_PREFIX + ".".join(path)
+      if key not in stored_ssa:
+        raise KeyError(f"{hf_dir}: missing SSA tensor {key!r} in {SSA_FILE}")
+      flat[path] = np.asarray(stored_ssa[key], np.float32).reshape(expected[path].shape)
       used.add(key)
+    tensors.update(stored_ssa)  # those left unused are named below
   elif ssa_paths:
     if ssa is None:
-      raise KeyError(f"{hf_dir}: config.json has an `ssa` block but the checkpoint holds no SSA tensors")
-    fresh = traverse_util.flatten_dict(_init_ssa(cfg, rng_seed))
+      raise KeyError(f"{hf_dir}: config.json has an `ssa` block but there is no {SSA_FILE} with its tensors")
+    # A full init is cheap next to reading the checkpoint.
+    fresh = traverse_util.flatten_dict(jax.device_get(init_params(cfg, jax.random.PRNGKey(rng_seed))))
     flat.update({p: np.asarray(fresh[p]) for p in ssa_paths})
 
   leftover = sorted(k for k in tensors if k not in used and not _BUFFERS.search(k))
@@ -371,18 +381,13 @@ def from_hf(hf_dir: epath.PathLike, ssa: SSAConfig | None = None, rng_seed: int 
   return Decoder(dataclasses.replace(cfg, scan_layers=scanned)), params
 
 
-def _init_ssa(cfg: ModelConfig, seed: int) -> dict:
-  from ssa_jax.model.params import init_params  # a full init is cheap next to reading the checkpoint
-
-  return jax.device_get(init_params(cfg, jax.random.PRNGKey(seed)))
-
-
 # -------------------------------------------------------------------------------------------------- export
 def to_hf(model: Decoder | ModelConfig, params: dict, out_dir: epath.PathLike) -> epath.Path:
   """Writes config.json + model.safetensors that `transformers.AutoModelForCausalLM.from_pretrained` loads (and
   ssa.safetensors for an SSA model, which from_hf reads and transformers does not)."""
   cfg = model.config if isinstance(model, Decoder) else model
   params = unstack_layers(params, cfg.num_layers)  # transformers' layout is one module per layer
+  ssa_paths = ssa_groups(dataclasses.replace(cfg, scan_layers=False))
   flat = {p: np.asarray(jax.device_get(v), np.float32) for p, v in traverse_util.flatten_dict(params).items()}
   tensors = {}
   for m in tensor_maps(cfg):
@@ -391,7 +396,7 @@ def to_hf(model: Decoder | ModelConfig, params: dict, out_dir: epath.PathLike) -
       raise ValueError(f"to_hf: {cfg.family} checkpoint needs {m.hf_key}, but the params have no {absent[0]}; "
                        "the model config does not match what transformers' architecture expects")
     tensors[m.hf_key] = np.ascontiguousarray(m.to_hf([flat[p] for p in m.paths]))
-  ssa = {SSA_PREFIX + ".".join(p): v for p, v in flat.items() if is_temperature_param("/".join(p))}
+  ssa = {SSA_PREFIX + ".".join(p): v for p, v in flat.items() if p in ssa_paths}
   out_dir = epath.Path(out_dir)
   out_dir.mkdir(parents=True, exist_ok=True)
   (out_dir / "config.json").write_text(json.dumps(config_to_hf(cfg), indent=2))
@@ -410,8 +415,6 @@ def to_hf(model: Decoder | ModelConfig, params: dict, out_dir: epath.PathLike) -
 
 def _save(tensors: dict[str, np.ndarray], path: epath.Path) -> None:
   """One .safetensors file, local or gs:// (safetensors writes local files only)."""
-  from safetensors.numpy import save_file
-
   if "://" in str(path):
     with tempfile.TemporaryDirectory() as tmp:
       save_file(tensors, f"{tmp}/{path.name}", metadata={"format": "pt"})
@@ -424,11 +427,7 @@ def _save(tensors: dict[str, np.ndarray], path: epath.Path) -> None:
 def _export_tokenizer(run_config: dict, ckpt_dir: str, hf_dir: epath.PathLike, model_vocab: int,
                       override: str = "") -> str:
   """Copies the checkpoint's tokenizer (or `override`) into the export; returns what it did, for the console."""
-  from ssa_jax.formats.tokenizer_files import check_vocab, copy_tokenizer, run_config_tokenizer
-
   if override:  # a tokenizer that does not fit the model fails here, not at evaluation
-    from ssa_jax.data.tokenizer import load_tokenizer
-
     check_vocab(load_tokenizer(override), model_vocab)
   source = override or run_config_tokenizer(run_config)
   if not source:
@@ -443,10 +442,8 @@ def _export_tokenizer(run_config: dict, ckpt_dir: str, hf_dir: epath.PathLike, m
 
 
 def _parser():
-  from ssa_jax.runtime.cli_errors import ArgumentParser  # pylint: disable=import-outside-toplevel
-
-  parser = ArgumentParser(prog="python -m ssa_jax.formats.hf", description=__doc__.split("\n\n")[0])
-  sub = parser.add_subparsers(dest="command", required=True, parser_class=ArgumentParser)
+  parser = cli_errors.ArgumentParser(prog="python -m ssa_jax.formats.hf", description=__doc__.split("\n\n")[0])
+  sub = parser.add_subparsers(dest="command", required=True, parser_class=cli_errors.ArgumentParser)
   imp = sub.add_parser("import", help="HF checkpoint directory -> ssa-jax checkpoint directory")
   imp.add_argument("hf_dir")
   imp.add_argument("out_dir")
@@ -459,10 +456,6 @@ def _parser():
 
 def main(argv: list[str]) -> int:
   """The command line; a user's mistake is one `error:` line and returns 2 (--verbosity=1: the traceback)."""
-  from ssa_jax.formats import checkpoint
-  from ssa_jax.runtime import cli_errors
-  from ssa_jax.data.tokenizer import tokenizer_in
-
   try:
     args = _parser().parse_args(argv)
     if args.command == "import":
@@ -487,6 +480,4 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-  from ssa_jax.runtime import cli_errors
-
   cli_errors.run_argv(main)

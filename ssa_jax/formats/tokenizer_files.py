@@ -11,6 +11,7 @@ from typing import Any
 
 from etils import epath
 
+from ssa_jax.data import demo
 from ssa_jax.data.tokenizer import TOKENIZER_FILES, tokenizer_file, tokenizer_in
 
 # Read beside tokenizer.json for the EOS / BOS names (ssa_jax.data.tokenizer, transformers).
@@ -24,8 +25,6 @@ def run_config_tokenizer(run_config: dict[str, Any]) -> str | None:
   if data.get("tokenizer_path"):
     return str(data["tokenizer_path"])
   if data.get("demo"):
-    from ssa_jax.data import demo  # pylint: disable=import-outside-toplevel
-
     cache = str(epath.Path(data.get("cache_dir") or "~/.cache/ssa_jax").expanduser())
     return demo.ensure_demo_tokenizer(cache, int(data.get("demo_vocab_size", 2048)))
   hf_dir = (run_config.get("init") or {}).get("hf_dir")

@@ -61,11 +61,44 @@ def causal_attention(q_BTHD: Array, k_BTKD: Array, v_BTKD: Array, cfg: ModelConf
       q_BTHD, k_BTKD, v_BTKD, scale=1.0 / math.sqrt(q_BTHD.shape[-1]), is_causal=True, implementation=impl)
 
 
+def temper_and_rotate(proj: dict[str, Array], tau: dict[str, Array], positions_BT: Array, cfg: ModelConfig
+                      ) -> tuple[Array, Array, Array]:
+  """(q, k, v) as the kernel receives them: each projection ('q' / 'k' / 'v') times its temperature tau_BTH
+  (those in `tau`; the others are unscaled), then RoPE on q and k. tau is a scalar per token and head, so this
+  equals scaling the logits row-wise (tau_q) / column-wise (tau_k) and the values (tau_v); it commutes with RoPE."""
+  scaled = {c: p if c not in tau else (p * tau[c][..., None]).astype(p.dtype) for c, p in proj.items()}
+  return (apply_rope(scaled["q"], positions_BT, cfg), apply_rope(scaled["k"], positions_BT, cfg), scaled["v"])
+
+
+def attention_weights(q_BTHD: Array, k_BSKD: Array, mask_BTS: Array) -> Array:
+  """softmax(q k^T / sqrt(D)) rows (B, H, T, S) where `mask_BTS` (bool, query t sees key s; B may be 1) holds.
+
+  GQA: query head h reads KV head h // G, G = H // K. The logits accumulate in float32 and the softmax runs in
+  float32 (jax.nn.dot_product_attention's XLA path); the rows come back in float32.
+  """
+  B, T, H, D = q_BTHD.shape
+  K = k_BSKD.shape[2]
+  q_BTKGD = q_BTHD.reshape(B, T, K, H // K, D)
+  logits_BKGTS = jnp.einsum("btkgd,bskd->bkgts", q_BTKGD, k_BSKD.astype(q_BTHD.dtype),
+                            preferred_element_type=jnp.float32) * jnp.float32(1.0 / math.sqrt(D))
+  masked = -0.7 * jnp.finfo(jnp.float32).max  # jax's value for a masked logit
+  logits_BKGTS = jnp.where(mask_BTS[:, None, None], logits_BKGTS, masked)
+  return jax.nn.softmax(logits_BKGTS, axis=-1).reshape(B, H, T, -1)
+
+
+def weighted_values(probs_BHTS: Array, v_BSKD: Array) -> Array:
+  """The attention output (B, T, H, D): each query head's rows over its KV head's values, in v's dtype."""
+  B, H, T, S = probs_BHTS.shape
+  K = v_BSKD.shape[2]
+  probs_BKGTS = probs_BHTS.reshape(B, K, H // K, T, S).astype(v_BSKD.dtype)
+  return jnp.einsum("bkgts,bskd->btkgd", probs_BKGTS, v_BSKD).reshape(B, T, H, -1)
+
+
 class SelectiveSelfAttention(nn.Module):
   """Causal multi-head (GQA) attention whose q / k / v are multiplied by per-token, per-head temperatures.
 
   tau is a scalar per token and head, so scaling the projections equals scaling the attention logits row-wise
-  (tau_q) and the values (tau_v); and it commutes with RoPE. The kernel therefore runs unchanged.
+  (tau_q) and the values (tau_v); and it commutes with RoPE. The kernel therefore runs unchanged (docs/ssa.md).
   """
 
   cfg: ModelConfig
@@ -80,7 +113,10 @@ class SelectiveSelfAttention(nn.Module):
       cache_index: Array | None = None,
       mask_BTT: Array | None = None,
   ) -> tuple[Array, LayerCache | None]:
-    """`mask_BTT` (bool, True = query t may see key s) replaces the causal mask: packed or tree-shaped rows."""
+    """`mask_BTT` (bool, True = query t may see key s) replaces the causal mask: packed or tree-shaped rows.
+
+    The one attention computation: temper_and_rotate, then the causal kernel or, under an explicit mask,
+    attention_weights (which ssa_jax.analysis.norms reads as well) and weighted_values."""
     cfg = self.cfg
     H, K, D = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
     q_BTHD = dense((H, D), ("embed", "heads", "head_dim"), cfg, name="q", use_bias=cfg.qkv_bias)(x_BTd)
@@ -88,11 +124,11 @@ class SelectiveSelfAttention(nn.Module):
     v_BTKD = dense((K, D), ("embed", "kv_heads", "head_dim"), cfg, name="v", use_bias=cfg.qkv_bias)(x_BTd)
 
     projections = {"q": q_BTHD, "k": k_BTKD, "v": v_BTKD}
+    taus = {}
     for comp in cfg.ssa.components:
-      heads = H if comp == "q" else K
-      tau_BTH = Temperature(
+      taus[comp] = Temperature(
           cfg.ssa,
-          num_heads=heads,
+          num_heads=H if comp == "q" else K,
           d_model=cfg.d_model,
           max_seq_len=cfg.max_seq_len,
           component=comp,
@@ -100,34 +136,23 @@ class SelectiveSelfAttention(nn.Module):
           dtype=compute_dtype(cfg),
           name=f"ssa_{comp}",
       )(x_BTd, positions_BT, projections[comp], feature_BT)
-      self.sow("intermediates", f"tau_{comp}", tau_BTH)
-      projections[comp] = (projections[comp] * tau_BTH[..., None]).astype(projections[comp].dtype)
-    q_BTHD, k_BTKD, v_BTKD = projections["q"], projections["k"], projections["v"]
+      self.sow("intermediates", f"tau_{comp}", taus[comp])
+    q_BTHD, k_BSKD, v_BSKD = temper_and_rotate(projections, taus, positions_BT, cfg)  # S = T without a cache
 
-    q_BTHD = apply_rope(q_BTHD, positions_BT, cfg)
-    k_BTKD = apply_rope(k_BTKD, positions_BT, cfg)
-
-    scale = 1.0 / math.sqrt(D)
-    if cache is None and mask_BTT is None:
-      out_BTHD = causal_attention(q_BTHD, k_BTKD, v_BTKD, cfg)
-    elif cache is None:
-      # Packed or tree-shaped rows (the eval scorer's trees are no segment mask): XLA with the explicit mask.
-      out_BTHD = jax.nn.dot_product_attention(
-          q_BTHD, k_BTKD, v_BTKD, scale=scale, mask=mask_BTT[:, None], implementation="xla"
-      )
-    else:
+    if cache is not None:
       if mask_BTT is not None:
         raise ValueError("mask_BTT is for full forwards; with a KV cache the mask follows the cache index")
-      k_BSKD = jax.lax.dynamic_update_slice_in_dim(cache.k_BSKD, k_BTKD.astype(cache.k_BSKD.dtype), cache_index, 1)
-      v_BSKD = jax.lax.dynamic_update_slice_in_dim(cache.v_BSKD, v_BTKD.astype(cache.v_BSKD.dtype), cache_index, 1)
-      cache = LayerCache(k_BSKD, v_BSKD)
+      cache = LayerCache(*(jax.lax.dynamic_update_slice_in_dim(old, new.astype(old.dtype), cache_index, 1)
+                           for old, new in ((cache.k_BSKD, k_BSKD), (cache.v_BSKD, v_BSKD))))
+      k_BSKD, v_BSKD = cache.k_BSKD.astype(q_BTHD.dtype), cache.v_BSKD.astype(q_BTHD.dtype)
       # Query t sits at absolute position cache_index + t and sees every cached key up to and including it.
       key_pos_S = jnp.arange(k_BSKD.shape[1])
-      mask_11TS = (key_pos_S[None, :] <= (cache_index + jnp.arange(q_BTHD.shape[1]))[:, None])[None, None]
-      out_BTHD = jax.nn.dot_product_attention(
-          q_BTHD, k_BSKD.astype(q_BTHD.dtype), v_BSKD.astype(q_BTHD.dtype), scale=scale, mask=mask_11TS,
-          implementation="xla",
-      )
+      mask_BTT = (key_pos_S[None, :] <= (cache_index + jnp.arange(q_BTHD.shape[1]))[:, None])[None]
+    if mask_BTT is None:
+      out_BTHD = causal_attention(q_BTHD, k_BSKD, v_BSKD, cfg)
+    else:
+      # An explicit mask (packed or tree-shaped rows, a KV cache): XLA, through the rows the analyses read.
+      out_BTHD = weighted_values(attention_weights(q_BTHD, k_BSKD, mask_BTT), v_BSKD)
     out_std = cfg.init_std / math.sqrt(2 * cfg.num_layers)
     out_BTd = dense(
         cfg.d_model, ("heads", "head_dim", "embed"), cfg, name="o", use_bias=cfg.out_bias, in_axis=(-2, -1),

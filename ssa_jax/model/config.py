@@ -1,4 +1,15 @@
-"""Model configuration: frozen dataclasses built (and validated) from ml_collections ConfigDicts."""
+"""Model configuration: frozen dataclasses built (and validated) from ml_collections ConfigDicts.
+
+Array names carry their shape as a suffix (x_BTd, k_BSKD), one letter a dimension, each letter one meaning
+across the package:
+  B batch rows        T positions (queries)     S key positions (T, or a KV cache's length)
+  d d_model           H query heads             K KV heads        G query heads per KV head (H // K)
+  D head_dim          F hidden width (the MLP's, the token temperature's)              V vocabulary
+  L layers            X positions flattened over rows
+  A RoPE's rotation angles (rotary_dim // 2)    P rotary dims (rotary_dim)
+and in evaluation (ssa_jax.evaluate.scoring): R rows of a batch, C devices, N LM-head positions, E scored
+entries and Q request slots of one device.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +20,7 @@ from typing import Any, Mapping
 from ssa_jax.errors import ConfigError
 
 FAMILIES = ("gpt2", "neox", "llama")
-# SSA's two temperature terms, chosen independently (SSA.md; every row of the paper's Table 8 is one pair).
+# SSA's two temperature terms, chosen independently (docs/ssa.md; every row of the paper's Table 8 is one pair).
 TOKEN_KINDS = ("mlp", "shared", "frequency")
 POSITION_KINDS = ("log", "yarn", "constant", "ssmax", "llama4")
 QUERY_ONLY_POSITION_KINDS = ("yarn", "constant", "ssmax", "llama4")  # logit temperatures in their sources
@@ -20,9 +31,17 @@ REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
 DTYPES = ("float32", "bfloat16", "float16")
 
 
+def _check_choices(section: Any, where: str, **choices: tuple[str, ...]) -> None:
+  """Raises ConfigError naming the first field of `section` whose value is not one of its choices."""
+  for field, allowed in choices.items():
+    value = getattr(section, field)
+    if value not in allowed:
+      raise ConfigError(f"{where}.{field}: unknown {value!r}; expected one of {allowed}")
+
+
 @dataclasses.dataclass(frozen=True)
 class SSAConfig:
-  """Selective Self-Attention switches (SSA.md): what is scaled, and by which token and position terms.
+  """Selective Self-Attention switches (docs/ssa.md): what is scaled, and by which token and position terms.
 
   tau(x, n) = tau_tok(x) + tau_pos(n), one float32 scalar per token per head, multiplying q / k / v.
   - token term (`token` on/off), `token_kind`:
@@ -104,12 +123,8 @@ class SSAConfig:
     def bad(field: str, msg: str):
       raise ConfigError(f"{where}.{field}: {msg}")
 
-    if self.token_kind not in TOKEN_KINDS:
-      bad("token_kind", f"unknown {self.token_kind!r}; expected one of {TOKEN_KINDS}")
-    if self.position_kind not in POSITION_KINDS:
-      bad("position_kind", f"unknown {self.position_kind!r}; expected one of {POSITION_KINDS}")
-    if self.weight_sharing_scope not in WEIGHT_SHARING_SCOPES:
-      bad("weight_sharing_scope", f"unknown {self.weight_sharing_scope!r}; expected one of {WEIGHT_SHARING_SCOPES}")
+    _check_choices(self, where, token_kind=TOKEN_KINDS, position_kind=POSITION_KINDS,
+                   weight_sharing_scope=WEIGHT_SHARING_SCOPES)
     if not self.enabled:
       return
     if not self.components:
@@ -142,19 +157,9 @@ class SSAConfig:
       bad("hidden_ratio", f"expected > 0, got {self.hidden_ratio}")
 
 
-# The single SSA field of earlier releases, and what each of its values is now.
-_LEGACY_VARIANTS = {
-    "base": "token_kind='mlp'", "weight_sharing": "token_kind='shared'", "feature": "token_kind='frequency'",
-    "constant": "token=False, position_kind='constant'", "yarn": "token=False, position_kind='yarn'",
-}
-
-
 def ssa_config_from_dict(d: Mapping[str, Any], where: str = "config.model.ssa") -> SSAConfig:
-  """An SSAConfig from a dict, rejecting unknown fields by name (and the replaced `variant` with its successor)."""
+  """An SSAConfig from a dict, rejecting unknown fields by name."""
   d = dict(d)
-  if "variant" in d:
-    raise ConfigError(f"{where}.variant: replaced by token_kind / position_kind (variant {d['variant']!r} is "
-                      f"{_LEGACY_VARIANTS.get(d['variant'], 'unknown')}); see the README's SSA switches")
   known = {f.name for f in dataclasses.fields(SSAConfig)}
   unknown = sorted(set(d) - known)
   if unknown:
@@ -256,12 +261,7 @@ class ModelConfig:
       bad("rotary_pct", f"rotary dims {self.rotary_dim} of head_dim {self.head_dim} must be even")
     if not 0.0 <= self.rotary_pct <= 1.0:
       bad("rotary_pct", f"expected a fraction in [0, 1], got {self.rotary_pct}")
-    if self.activation not in ACTIVATIONS:
-      bad("activation", f"unknown {self.activation!r}; expected one of {ACTIVATIONS}")
-    if self.dtype not in DTYPES:
-      bad("dtype", f"unknown {self.dtype!r}; expected one of {DTYPES}")
-    if self.attention_impl not in ATTENTION_IMPLS:
-      bad("attention_impl", f"unknown {self.attention_impl!r}; expected one of {ATTENTION_IMPLS}")
+    _check_choices(self, where, activation=ACTIVATIONS, dtype=DTYPES, attention_impl=ATTENTION_IMPLS)
     for name in ("splash_block_q", "splash_block_kv"):
       if not isinstance(getattr(self, name), int) or getattr(self, name) <= 0 or getattr(self, name) % 128:
         bad(name, f"expected a positive multiple of 128, got {getattr(self, name)!r}")
@@ -291,8 +291,3 @@ def model_config_from_dict(cfg: Mapping[str, Any] | Any, where: str = "config.mo
   rope = _to_plain(d.pop("rope_scaling", None))
   rope_cfg = RopeScaling(**dict(rope)) if rope else None
   return ModelConfig(**d, ssa=ssa, rope_scaling=rope_cfg).validate(where)
-
-
-def model_config_to_dict(cfg: ModelConfig) -> dict[str, Any]:
-  """The inverse of model_config_from_dict (JSON-serialisable)."""
-  return dataclasses.asdict(cfg)

@@ -6,14 +6,21 @@ import flax.linen as nn
 import flax.struct
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from ssa_jax.model.attention import LayerCache, SelectiveSelfAttention
 from ssa_jax.model.config import ModelConfig
 from ssa_jax.model.layers import Mlp, Norm, compute_dtype
-from ssa_jax.model.temperature import param_group
+from ssa_jax.model.temperature import ssa_param
 
 Array = jax.Array
+
+
+TOKEN_FEATURE = "token_feature"  # the params key of the frequency token term's fixed phi table
+
+
+def uses_token_feature(cfg: ModelConfig) -> bool:
+  """Whether the model holds the fixed token feature phi (the 'frequency' token term is on)."""
+  return cfg.ssa.enabled and cfg.ssa.token and cfg.ssa.token_kind == "frequency"
 
 
 @flax.struct.dataclass
@@ -103,8 +110,8 @@ class Decoder(nn.Module):
       # phi is a fixed corpus statistic (a buffer), stored with the params so checkpoints and exports carry it;
       # never trained. It starts at 0 here: the training side fills it from config.model.ssa.feature_path
       # (ssa_jax.train.state.create_state), a checkpoint or an export restores it.
-      phi_V = self.param("token_feature", nn.with_logical_partitioning(nn.initializers.zeros, ("vocab",)),
-                         (cfg.vocab_size,), jnp.float32)
+      phi_V = self.param(TOKEN_FEATURE, ssa_param(nn.initializers.zeros, ("vocab",), "buffer"), (cfg.vocab_size,),
+                         jnp.float32)
       feature_BT = jax.lax.stop_gradient(phi_V)[tokens_BT]
 
     block_cls = Block

@@ -111,9 +111,9 @@ def apply_rope(x_BTHD: Array, positions_BT: Array, cfg: ModelConfig) -> Array:
   if rot == 0:
     return x_BTHD
   inv_freq = rope_inv_freq(rot, cfg.rope_theta, cfg.rope_scaling)
-  angles_BTF = positions_BT.astype(jnp.float32)[..., None] * inv_freq
-  angles_BTR = jnp.concatenate([angles_BTF, angles_BTF], axis=-1)[:, :, None, :]
-  cos, sin = jnp.cos(angles_BTR).astype(x_BTHD.dtype), jnp.sin(angles_BTR).astype(x_BTHD.dtype)
+  angles_BTA = positions_BT.astype(jnp.float32)[..., None] * inv_freq
+  angles_BT1P = jnp.concatenate([angles_BTA, angles_BTA], axis=-1)[:, :, None, :]
+  cos, sin = jnp.cos(angles_BT1P).astype(x_BTHD.dtype), jnp.sin(angles_BT1P).astype(x_BTHD.dtype)
   x_rot, x_pass = x_BTHD[..., :rot], x_BTHD[..., rot:]
   x1, x2 = x_rot[..., : rot // 2], x_rot[..., rot // 2 :]
   rotated = x_rot * cos + jnp.concatenate([-x2, x1], axis=-1) * sin

@@ -1,22 +1,22 @@
-"""Parameter utilities: layer layouts (scanned <-> unrolled), counts, SSA's temperature groups, shardings."""
+"""Parameter utilities: layer layouts (scanned <-> unrolled), the LM head, counts, SSA's groups, shardings."""
 
 from __future__ import annotations
 
 import dataclasses
 import math
-import re
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import traverse_util
 from jax.sharding import Mesh
 
 from ssa_jax.errors import ConfigError
 from ssa_jax.model.config import ModelConfig
 from ssa_jax.model.decoder import Decoder
-from ssa_jax.model.temperature import param_group
+from ssa_jax.model.temperature import SSAParam
 
 Array = jax.Array
 
@@ -49,16 +49,16 @@ def unrolled(model: "Decoder", params: dict) -> tuple["Decoder", dict]:
   return Decoder(cfg), unstack_layers(params, cfg.num_layers)
 
 
-def uses_token_feature(cfg: ModelConfig) -> bool:
-  """Whether the model holds the fixed token feature phi (the 'frequency' token term is on)."""
-  return cfg.ssa.enabled and cfg.ssa.token and cfg.ssa.token_kind == "frequency"
-
-
 def lm_head_kernel(params, cfg: ModelConfig) -> Array:
   """The LM head as a (d_model, vocab) float32 matrix: the embedding's transpose when tied."""
   if cfg.tie_embeddings:
     return params["embed"]["embedding"].T
   return params["lm_head"]["kernel"]
+
+
+def lm_head(params, cfg: ModelConfig, h_Xd: Array) -> Array:
+  """float32 logits (..., vocab) of final hidden states, computed as the Decoder's head does (in h's dtype)."""
+  return jnp.dot(h_Xd, lm_head_kernel(params, cfg).astype(h_Xd.dtype)).astype(jnp.float32)
 
 
 def init_params(cfg: ModelConfig, rng: Array, seq_len: int = 8) -> dict:
@@ -73,6 +73,31 @@ def param_shapes(cfg: ModelConfig) -> dict:
   return jax.eval_shape(lambda r: init_params(cfg, r), jax.random.PRNGKey(0))
 
 
+def boxed_param_shapes(cfg: ModelConfig) -> dict:
+  """The parameter tree as ShapeDtypeStructs inside the boxes the modules declare them with (logical axes; for
+  SSA's, an SSAParam naming the group), without allocating."""
+  tokens = np.zeros((1, min(8, cfg.max_seq_len)), np.int32)
+  return jax.eval_shape(lambda r: Decoder(cfg).init(r, tokens)["params"], jax.random.PRNGKey(0))
+
+
+def ssa_groups(cfg: ModelConfig) -> dict[tuple[str, ...], str]:
+  """Every variable SSA adds, by its path in cfg's parameter layout, with its group: 'scalar' / 'matrix' (the
+  learned temperatures, by learning-rate group) or 'buffer' (phi, never trained); read from the SSAParam boxes
+  of an abstract init, not from names. Optimizer labels, HF export / import and counts use it."""
+  flat = traverse_util.flatten_dict(boxed_param_shapes(cfg))
+  return {path: box.group for path, box in flat.items() if isinstance(box, SSAParam)}
+
+
+def param_counts(cfg: ModelConfig) -> dict[str, int]:
+  """{'params': every scalar, 'ssa_params': SSA's trained ones, 'ssa_buffers': SSA's fixed ones (phi)}."""
+  flat = traverse_util.flatten_dict(boxed_param_shapes(cfg))
+  sizes = {path: math.prod(getattr(leaf, "value", leaf).shape) for path, leaf in flat.items()}
+  groups = {path: box.group for path, box in flat.items() if isinstance(box, SSAParam)}
+  return {"params": sum(sizes.values()),
+          "ssa_params": sum(sizes[p] for p, group in groups.items() if group != "buffer"),
+          "ssa_buffers": sum(sizes[p] for p, group in groups.items() if group == "buffer")}
+
+
 def count_params(params, where=lambda path: True) -> int:
   """Number of scalars in the leaves whose '/'-joined path satisfies `where`."""
   total = 0
@@ -83,46 +108,9 @@ def count_params(params, where=lambda path: True) -> int:
   return total
 
 
-TOKEN_FEATURE = "token_feature"  # the params key of the frequency token term's fixed phi table
-
-
-def is_temperature_param(path: str) -> bool:
-  """True for everything SSA adds: the parameters under an ssa_{q,k,v} temperature module and the fixed token
-  feature (a buffer; see is_temperature_buffer). Exports and checkpoints carry all of it."""
-  return re.search(r"(^|/)ssa_[qkv](/|$)", path) is not None or path.endswith(TOKEN_FEATURE)
-
-
-def is_temperature_buffer(path: str) -> bool:
-  """True for SSA's fixed, never-trained tensors (the frequency token term's phi table)."""
-  return path.endswith(TOKEN_FEATURE)
-
-
-def is_trainable_temperature(path: str) -> bool:
-  """True for SSA's trained parameters: is_temperature_param without the buffers."""
-  return is_temperature_param(path) and not is_temperature_buffer(path)
-
-
-def temperature_group(path: str) -> str | None:
-  """'scalar' / 'matrix' (the learning-rate groups of ssa_jax.model.temperature.param_group), 'buffer', or None for
-  a parameter that is not SSA's."""
-  if is_temperature_buffer(path):
-    return "buffer"
-  if not is_temperature_param(path):
-    return None
-  return param_group(path.rsplit("/", 1)[-1])
-
-
-def ssa_param_counts(params) -> dict[str, int]:
-  """{'params': every scalar, 'ssa_params': SSA's trainable ones, 'ssa_buffers': SSA's fixed ones (phi)}."""
-  return {"params": count_params(params), "ssa_params": count_params(params, is_trainable_temperature),
-          "ssa_buffers": count_params(params, is_temperature_buffer)}
-
-
 def param_shardings(model_cfg: ModelConfig, mesh: Mesh, rules) -> Any:
   """NamedSharding for every parameter, from its logical axis names; checks divisibility up front."""
-  boxed = jax.eval_shape(
-      lambda r: Decoder(model_cfg).init(r, np.zeros((1, min(8, model_cfg.max_seq_len)), np.int32))["params"],
-      jax.random.PRNGKey(0))
+  boxed = boxed_param_shapes(model_cfg)
   specs = nn.get_partition_spec(boxed)
   shardings = nn.logical_to_mesh_sharding(specs, mesh, rules)
   shapes = nn.meta.unbox(boxed)

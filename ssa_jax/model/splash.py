@@ -21,12 +21,11 @@ from jax.experimental.pallas.ops.tpu.splash_attention import (
     BlockSizes, CausalMask, MultiHeadMask, SegmentIds, make_splash_mha)
 from jax.sharding import PartitionSpec as P
 
+from ssa_jax.runtime.sharding import BATCH_AXES
+
 Array = jax.Array
 
-# The mesh axes of ssa_jax/runtime/sharding.py (MESH_AXES): the batch is split over the data axes, heads over 'tensor'.
-# Named here, not imported, because sharding.py imports the model (which imports this file).
-BATCH_AXES = ("data", "fsdp")
-HEAD_AXIS = "tensor"
+HEAD_AXIS = "tensor"  # heads are split over the mesh's 'tensor' axis (ssa_jax/runtime/sharding.py MESH_AXES)
 LANES = 128  # the kernel's sequence blocks are multiples of the TPU's 128 lanes
 
 

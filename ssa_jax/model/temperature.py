@@ -2,7 +2,7 @@
 
 The two terms are independent choices (config.model.ssa.token_kind / position_kind; see SSAConfig). Matmuls run
 in the compute dtype with float32 accumulation; the temperature values themselves (tanh, log n, the sum) are
-float32 (SSA.md: an fp32 matmul costs many times a bf16 one on an accelerator).
+float32 (docs/ssa.md: an fp32 matmul costs many times a bf16 one on an accelerator).
 
 Single learned scalars and Adam: a near-identity start must still be able to move within a fine-tune's few hundred
 steps, so each positive scalar is a function whose logarithm Adam moves additively: 'log' keeps the paper's
@@ -10,12 +10,14 @@ sigmoid(alpha), which is exp(alpha) in its tail (d log s / d alpha = 1 - s, abou
 'constant' is exp(c); 'ssmax' is softplus(a) (exp(a) for small s, linear for large). How far they move in a run is
 then set by the learning rate they get: config.train.temperature_scalar_lr_multiplier. The matrices (the token
 MLP's w1 / w2 with their biases, weight sharing's w) take config.train.temperature_matrix_lr_multiplier
-(`param_group` tells the two apart): a fine-tune must nudge them, not re-initialise them.
+(each parameter declares its group, an SSAParam box, so that optimizer labels, exports and counts find SSA's
+parameters by structure): a fine-tune must nudge them, not re-initialise them.
 """
 
 from __future__ import annotations
 
 import flax.linen as nn
+import flax.struct
 import jax
 import jax.numpy as jnp
 
@@ -23,18 +25,23 @@ from ssa_jax.model.config import SSAConfig
 
 Array = jax.Array
 
-# The single learned scalars (one per head each): position 'log' alpha, 'constant' log_tau, 'ssmax' ssmax_s, and
-# the frequency token term's beta. Every other temperature parameter is part of a matrix (w1, w2, w, biases).
-SCALAR_PARAMS = ("alpha", "log_tau", "ssmax_s", "beta")
+GROUPS = ("scalar", "matrix", "buffer")
 
 
-def param_group(leaf_name: str) -> str:
-  """'scalar' or 'matrix': the learning-rate group of the temperature parameter whose last path key is this."""
-  return "scalar" if leaf_name in SCALAR_PARAMS else "matrix"
+class SSAParam(nn.LogicallyPartitioned):
+  """A variable SSA adds, boxed with its logical axes and its group: 'scalar' (a single learned scalar per head:
+  position 'log' alpha, 'constant' log_tau, 'ssmax' ssmax_s, the frequency term's beta), 'matrix' (the token
+  MLP's w1 / w2 and their biases, weight sharing's w) or 'buffer' (fixed, never trained: the frequency term's
+  phi). ssa_jax.model.params.ssa_groups reads the groups from an abstract init."""
+
+  group: str = flax.struct.field(pytree_node=False, default="matrix")
 
 
-def _partitioned(init, axes):
-  return nn.with_logical_partitioning(init, axes)
+def ssa_param(init: nn.initializers.Initializer, axes: tuple[str, ...], group: str):
+  """`init` returning its value in an SSAParam box (as nn.with_logical_partitioning does with its own)."""
+  if group not in GROUPS:
+    raise ValueError(f"group: expected one of {GROUPS}, got {group!r}")
+  return lambda *args, **kwargs: SSAParam(init(*args, **kwargs), axes, group=group)
 
 
 def _matmul_f32(x: Array, w: Array, dtype) -> Array:
@@ -53,9 +60,10 @@ class TemperatureDense(nn.Module):
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
-    kernel = self.param("kernel", _partitioned(self.kernel_init, self.axes), (x.shape[-1], self.features),
+    kernel = self.param("kernel", ssa_param(self.kernel_init, self.axes, "matrix"), (x.shape[-1], self.features),
                         jnp.float32)
-    bias = self.param("bias", _partitioned(nn.initializers.zeros, self.axes[1:]), (self.features,), jnp.float32)
+    bias = self.param("bias", ssa_param(nn.initializers.zeros, self.axes[1:], "matrix"), (self.features,),
+                      jnp.float32)
     return _matmul_f32(x, kernel, self.dtype) + bias
 
 
@@ -97,8 +105,8 @@ class Temperature(nn.Module):
     # n is the 1-based absolute position of the token (with a KV cache: in the whole sequence).
     n_BT1 = positions_BT.astype(jnp.float32)[..., None] + 1.0
     log_n_BT1 = jnp.log(n_BT1)
-    per_head = lambda name, init: self.param(name, _partitioned(nn.initializers.constant(init), (self.head_axis,)),
-                                             (H,), jnp.float32)
+    per_head = lambda name, init: self.param(
+        name, ssa_param(nn.initializers.constant(init), (self.head_axis,), "scalar"), (H,), jnp.float32)
     kind = ssa.position_kind
     if kind == "log":
       return 1.0 + jax.nn.sigmoid(per_head("alpha", ssa.alpha_init(self.max_seq_len))) * log_n_BT1
@@ -116,7 +124,7 @@ class Temperature(nn.Module):
     raise ValueError(f"unknown position_kind {kind!r}")
 
   def _token_logits(self, x_BTd, proj_BTHD, feature_BT) -> Array:
-    """f(x) of SSA.md, (B, T, H) float32; every kind starts at f = 0 (tau_tok = 0)."""
+    """f(x) of docs/ssa.md, (B, T, H) float32; every kind starts at f = 0 (tau_tok = 0)."""
     H, ssa = self.num_heads, self.ssa
     if ssa.token_kind == "mlp":
       hidden = int(round(self.d_model * ssa.hidden_ratio))
@@ -132,15 +140,16 @@ class Temperature(nn.Module):
       g_BTHD = jax.nn.gelu(proj_BTHD.astype(self.dtype), approximate=False)
       Hin, D = proj_BTHD.shape[-2:]
       if ssa.weight_sharing_scope == "head":
-        w_HD = self.param("w", _partitioned(nn.initializers.zeros, (self.head_axis, "head_dim")), (H, D), jnp.float32)
+        w_HD = self.param("w", ssa_param(nn.initializers.zeros, (self.head_axis, "head_dim"), "matrix"), (H, D),
+                          jnp.float32)
         return jnp.einsum("bthd,hd->bth", g_BTHD, w_HD.astype(self.dtype), preferred_element_type=jnp.float32)
-      # 'layer' (the paper's): head g reads the whole projection (every input head h), one H*D vector per head.
-      w_GHD = self.param("w", _partitioned(nn.initializers.zeros, ("ssa_heads", self.head_axis, "head_dim")),
+      # 'layer' (the paper's): head g reads the whole projection (every head h of it), one H*D vector per head.
+      w_HHD = self.param("w", ssa_param(nn.initializers.zeros, ("ssa_heads", self.head_axis, "head_dim"), "matrix"),
                          (H, Hin, D), jnp.float32)
-      return jnp.einsum("bthd,ghd->btg", g_BTHD, w_GHD.astype(self.dtype), preferred_element_type=jnp.float32)
+      return jnp.einsum("bthd,ghd->btg", g_BTHD, w_HHD.astype(self.dtype), preferred_element_type=jnp.float32)
     if ssa.token_kind == "frequency":
       if feature_BT is None:
         raise ValueError("the 'frequency' token term needs the token feature phi(token)")
-      beta_H = self.param("beta", _partitioned(nn.initializers.zeros, (self.head_axis,)), (H,), jnp.float32)
+      beta_H = self.param("beta", ssa_param(nn.initializers.zeros, (self.head_axis,), "scalar"), (H,), jnp.float32)
       return feature_BT.astype(jnp.float32)[..., None] * beta_H
     raise ValueError(f"unknown token_kind {ssa.token_kind!r}")

@@ -15,8 +15,7 @@ def visible_nvidia_gpu() -> str | None:
   devices = sorted(glob.glob("/dev/nvidia[0-9]*"))
   if devices:
     return devices[0]
-  smi = shutil.which("nvidia-smi")
-  return smi
+  return shutil.which("nvidia-smi")
 
 
 def cpu_jax_on_gpu_machine_warning(backend: str | None = None, gpu: str | None = None) -> str | None:

@@ -3,7 +3,8 @@
 What counts as a user mistake: a flag that does not parse, a config file that does not exist or does not
 load, a misspelled `--config.a.b` field (ml_collections' "Did you mean" suggestion is kept), and the error
 types the entry point names (ConfigError and the like) raised by main. `--verbosity=1` shows the full
-traceback instead. Ctrl-C outside a training loop's own handling prints `interrupted` and exits 130.
+traceback instead. Ctrl-C outside a training loop's own handling prints `interrupted` and exits 130. The
+project's own log warnings (a skipped record, a bad task line) print as plain `warning: ...` lines.
 
 Two kinds of entry point: absl ones (train.py, eval.py, `python -m ssa_jax.data.inspect`, ...) go through
 `run`; argparse ones (`python -m ssa_jax.analysis.*`, `ssa_jax.formats.hf`, `ssa_jax.experiments.*`) build their
@@ -14,10 +15,12 @@ through `run_argv`.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import difflib
+import logging
 import os
 import sys
-from typing import Callable, NoReturn, Sequence
+from typing import Callable, Iterator, NoReturn, Sequence
 
 from absl import app, flags
 from ml_collections import config_flags
@@ -58,6 +61,35 @@ class ArgumentParser(argparse.ArgumentParser):
 
   def error(self, message):
     raise UsageError(f"{self.prog}: {message} (see --help)")
+
+
+class _PlainLineHandler(logging.Handler):
+  """A project log record as one plain line on the current sys.stderr: `warning: ...` (`error: ...`), INFO bare."""
+
+  def emit(self, record: logging.LogRecord) -> None:
+    try:
+      text = record.getMessage()
+      if record.levelno >= logging.WARNING:
+        text = f"{record.levelname.lower()}: {text}"
+      print(text, file=sys.stderr, flush=True)
+    except Exception:  # pylint: disable=broad-except
+      self.handleError(record)
+
+
+@contextlib.contextmanager
+def plain_project_logging() -> Iterator[None]:
+  """Within: the project's loggers (`ssa_jax.*`: skipped records, bad task lines) print `warning: ...` lines, not
+  absl's `W1206 12:00:00.000 123 packing.py:227] ...`; their level still follows --verbosity (the root logger's).
+  Restored on the way out, so that an entry point run in-process (tests) leaves logging as it found it."""
+  logger = logging.getLogger("ssa_jax")
+  handler, propagate = _PlainLineHandler(), logger.propagate
+  logger.addHandler(handler)
+  logger.propagate = False  # absl's handler sits on the root logger
+  try:
+    yield
+  finally:
+    logger.removeHandler(handler)
+    logger.propagate = propagate
 
 
 def verbose_in_argv(argv: Sequence[str]) -> bool:
@@ -111,6 +143,31 @@ def _config_file_message(flag_name: str, e: BaseException) -> str:
   return f"--{flag_name}: {path} failed to load: {type(root).__name__}: {_one_line(root)}"
 
 
+def _config_has(config, path: list[str]) -> bool:
+  """Whether `config` (a ConfigDict) holds the field at `path` (['model', 'num_layers'])."""
+  node = config
+  for part in path:
+    try:
+      if part not in node:
+        return False
+      node = node[part]
+    except TypeError:  # a leaf (int, str, ...) where the path goes on
+      return False
+  return True
+
+
+def _loaded_config(head: str, argv: Sequence[str]):
+  """The config of flag --head as its file defines it (no overrides), or None when it cannot be loaded."""
+  prefix = f"{head}="
+  for arg in argv:
+    if arg.lstrip("-").startswith(prefix):
+      try:
+        return flags.FLAGS[head].parser.parse(arg.lstrip("-")[len(prefix):])
+      except Exception:  # pylint: disable=broad-except
+        return None
+  return None
+
+
 def _override_message(e: BaseException, argv: Sequence[str], config_flag_names: Sequence[str]) -> str | None:
   """A misspelled `--config.a.b=...` field: ml_collections raises a KeyError carrying 'Did you mean'."""
   for err in _chain(e):
@@ -118,12 +175,22 @@ def _override_message(e: BaseException, argv: Sequence[str], config_flag_names: 
       continue
     key, _, suggestion = err.args[0].partition("\n")
     key = key.strip("'\"")
+    candidates = []  # (flag name, config flag, field path) of every override naming `key`
     for arg in argv:
       name = arg.lstrip("-").partition("=")[0]
       head, _, path = name.partition(".")
       if head in config_flag_names and key in path.split("."):
-        section = ".".join([head] + path.split(".")[:path.split(".").index(key)])
-        return f"--{name}: {section} has no field {key!r}" + (f"; {_one_line(suggestion)}" if suggestion else "")
+        candidates.append((name, head, path.split(".")))
+    if len(candidates) > 1:
+      # Several overrides name the key (--config.model.num_layers, --config.train.num_layers): blame the one
+      # whose field the config lacks, not the first.
+      configs = {head: _loaded_config(head, argv) for _, head, _ in candidates}
+      missing = [c for c in candidates if configs[c[1]] is not None and not _config_has(configs[c[1]], c[2])]
+      candidates = missing or candidates
+    if candidates:
+      name, head, path = candidates[0]
+      section = ".".join([head] + path[:path.index(key)])
+      return f"--{name}: {section} has no field {key!r}" + (f"; {_one_line(suggestion)}" if suggestion else "")
   return None
 
 
@@ -178,7 +245,8 @@ def run_argv(main: Callable[[list[str]], object], argv: Sequence[str] | None = N
   `error:` line and exit 2 (a traceback with --verbosity=1), Ctrl-C as `interrupted` and 130. An int that main
   returns is the exit code, anything else exits 0."""
   argv = list(sys.argv[1:] if argv is None else argv)
-  result = _call_main(main, argv, user_errors, verbose_in_argv)
+  with plain_project_logging():
+    result = _call_main(main, argv, user_errors, verbose_in_argv)
   sys.exit(result if isinstance(result, int) and not isinstance(result, bool) else 0)
 
 
@@ -208,4 +276,5 @@ def run(main: Callable[[list[str]], object], user_errors: tuple[type[BaseExcepti
       fail(_describe_parse_error(e, argv, config_flag_names))
     raise AssertionError("unreachable")
 
-  app.run(lambda argv: _call_main(main, argv, user_errors, _verbose), flags_parser=parse)
+  with plain_project_logging():
+    app.run(lambda argv: _call_main(main, argv, user_errors, _verbose), flags_parser=parse)

@@ -18,15 +18,16 @@ import logging
 import os
 from typing import Any, Mapping
 
+import jax
 import ml_collections
+from jax._src import clusters
 
 from ssa_jax.errors import ConfigError
 
 _log = logging.getLogger(__name__)
 
 MODES = ("auto", "on", "off")
-# The old single-string setting (config.distributed = "auto"), still accepted.
-_LEGACY = {"auto": "auto", "on": "on", "true": "on", "off": "off", "false": "off", "": "off"}
+_FIELDS = ("mode", "coordinator_address", "num_processes", "process_id")
 
 
 def distributed_config() -> ml_collections.ConfigDict:
@@ -40,18 +41,11 @@ def distributed_config() -> ml_collections.ConfigDict:
 
 
 def _fields(cfg: Any) -> tuple[str, dict[str, Any]]:
-  """(mode, the jax.distributed.initialize keyword arguments that are set) from the section or a legacy value."""
-  if isinstance(cfg, bool):
-    return ("on" if cfg else "off"), {}
-  if isinstance(cfg, str):
-    if cfg.lower() not in _LEGACY:
-      raise ConfigError(f"config.distributed: expected a section or one of {MODES}, got {cfg!r}")
-    return _LEGACY[cfg.lower()], {}
+  """(mode, the jax.distributed.initialize keyword arguments that are set) from the section."""
   if not isinstance(cfg, (Mapping, ml_collections.ConfigDict)):
-    raise ConfigError(f"config.distributed: expected a section (mode, coordinator_address, num_processes, "
-                      f"process_id), got {cfg!r}")
+    raise ConfigError(f"config.distributed: expected a section ({', '.join(_FIELDS)}), got {cfg!r}")
   get = cfg.get
-  unknown = set(dict(cfg)) - {"mode", "coordinator_address", "num_processes", "process_id"}
+  unknown = set(dict(cfg)) - set(_FIELDS)
   if unknown:
     raise ConfigError(f"config.distributed: unknown fields {sorted(unknown)}")
   mode = get("mode", "auto")
@@ -72,8 +66,6 @@ def _fields(cfg: Any) -> tuple[str, dict[str, Any]]:
 
 def _detected_cluster():
   """The cluster environment jax.distributed.initialize() would use, as it picks it; None when none."""
-  from jax._src import clusters  # pylint: disable=import-outside-toplevel
-
   return next((env for env in clusters.ClusterEnv._cluster_types  # pylint: disable=protected-access
                if not env.opt_in_only_method and env.is_env_present()), None)
 
@@ -121,8 +113,6 @@ def initialize_kwargs(cfg: Any, environ: Mapping[str, str] | None = None) -> dic
 
 def maybe_initialize(cfg: Any) -> bool:
   """Calls jax.distributed.initialize() when `initialize_kwargs` says so; True when it did."""
-  import jax  # pylint: disable=import-outside-toplevel
-
   if jax.distributed.is_initialized():
     return False
   kwargs = initialize_kwargs(cfg)

@@ -35,4 +35,4 @@ def require_gcs(path: str, what: str, modules: Sequence[str] = EPATH) -> None:
   if missing:
     names = ", ".join(_PIP_NAMES.get(m, m) for m in missing)
     raise GcsSupportMissing(f"{what}: {path!r} is a gs:// path, which needs {names} (not installed); "
-                      "install it with: pip install 'ssa-jax[gcs]'")
+                            "install it with: pip install 'ssa-jax[gcs]'")

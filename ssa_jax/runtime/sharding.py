@@ -9,7 +9,6 @@ from __future__ import annotations
 import math
 from typing import Any, Sequence
 
-import flax.linen as nn
 import jax
 import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
@@ -18,31 +17,39 @@ from ssa_jax.errors import ConfigError
 
 MESH_AXES = ("data", "fsdp", "tensor")
 BATCH_AXES = ("data", "fsdp")
+# Auto axes: GSPMD propagates shardings from the annotated params and batch (no sharding-in-types).
+AXIS_TYPES = (AxisType.Auto,) * len(MESH_AXES)
 
 
-def make_mesh(mesh_cfg, where: str = "config.mesh") -> Mesh:
-  """Mesh with axes data/fsdp/tensor; one size may be -1 (the rest); `num_devices` -1 uses every device."""
-  devices = jax.devices()
+def mesh_shape(mesh_cfg, num_devices: int, where: str = "config.mesh") -> tuple[int, ...]:
+  """The (data, fsdp, tensor) sizes of `mesh_cfg` over `num_devices` devices; one size may be -1 (the rest)."""
+  sizes = [int(mesh_cfg[a]) for a in MESH_AXES]
+  shown = dict(zip(MESH_AXES, sizes))
+  if sizes.count(-1) > 1:
+    raise ConfigError(f"{where}: at most one of {MESH_AXES} may be -1, got {shown}")
+  if any(s == 0 or s < -1 for s in sizes):
+    raise ConfigError(f"{where}: axis sizes must be positive or -1, got {shown}")
+  known = math.prod(s for s in sizes if s != -1)
+  if -1 in sizes:
+    if num_devices % known:
+      raise ConfigError(f"{where}: {shown} does not divide the {num_devices} devices")
+    sizes[sizes.index(-1)] = num_devices // known
+  if math.prod(sizes) != num_devices:
+    raise ConfigError(f"{where}: {shown} needs {math.prod(sizes)} devices, {num_devices} available")
+  return tuple(sizes)
+
+
+def make_mesh(mesh_cfg, devices: Sequence[jax.Device] | None = None, where: str = "config.mesh") -> Mesh:
+  """Mesh with axes data/fsdp/tensor over `devices` (default jax.devices()), the first `num_devices` of them
+  (-1: all); one axis size may be -1 (the rest)."""
+  devices = list(jax.devices() if devices is None else devices)
   n = mesh_cfg.get("num_devices", -1)
   if n != -1:
     if not 0 < n <= len(devices):
       raise ConfigError(f"{where}.num_devices: {n} requested, {len(devices)} available")
     devices = devices[:n]
-  sizes = [int(mesh_cfg[a]) for a in MESH_AXES]
-  if sizes.count(-1) > 1:
-    raise ConfigError(f"{where}: at most one of {MESH_AXES} may be -1, got {dict(zip(MESH_AXES, sizes))}")
-  if any(s == 0 or s < -1 for s in sizes):
-    raise ConfigError(f"{where}: axis sizes must be positive or -1, got {dict(zip(MESH_AXES, sizes))}")
-  known = math.prod(s for s in sizes if s != -1)
-  if -1 in sizes:
-    if len(devices) % known:
-      raise ConfigError(f"{where}: {dict(zip(MESH_AXES, sizes))} does not divide the {len(devices)} devices")
-    sizes[sizes.index(-1)] = len(devices) // known
-  if math.prod(sizes) != len(devices):
-    raise ConfigError(f"{where}: {dict(zip(MESH_AXES, sizes))} needs {math.prod(sizes)} devices, "
-                      f"{len(devices)} available")
-  # Auto axes: GSPMD propagates shardings from the annotated params and batch (no sharding-in-types).
-  return jax.make_mesh(tuple(sizes), MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES), devices=devices)
+  return jax.make_mesh(mesh_shape(mesh_cfg, len(devices), where), MESH_AXES, axis_types=AXIS_TYPES,
+                       devices=devices)
 
 
 def rules_from_config(rules: Sequence[Sequence[Any]]) -> tuple[tuple[str, Any], ...]:
@@ -62,6 +69,7 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
+  """Sharding of arrays every device holds whole."""
   return NamedSharding(mesh, P())
 
 

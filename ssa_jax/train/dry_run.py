@@ -16,12 +16,12 @@ by that accelerator's own compiler (libtpu for TPU slices, jax's CUDA plugin for
 mesh laid over its devices; the memory is then the target compiler's, and the step traced under that mesh
 picks the target's attention kernel ('auto': splash on TPU, cuDNN for bf16 on GPU). A TPU target also gives
 the compiler's roofline estimate of the step time (see `estimate`), a lower bound, not a measurement.
+A step needing more memory per device than the largest chip of targets.CHIPS gets a hint (`dry_run_memory_hint`).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
 import time
 from typing import Any
 
@@ -32,11 +32,10 @@ import ml_collections
 from ssa_jax.errors import ConfigError
 from ssa_jax.model.config import ModelConfig
 from ssa_jax.model.decoder import Decoder
-from ssa_jax.model.params import param_shapes, ssa_param_counts
+from ssa_jax.model.params import param_counts, param_shapes
 from ssa_jax.model.splash import LANES, fit_block
 from ssa_jax.runtime import sharding
 from ssa_jax.train import compiled as compiled_lib, metrics as metrics_lib, targets as targets_lib
-from ssa_jax.train.loop import flops_per_token
 from ssa_jax.train.optim import learning_rate_schedule, make_optimizer
 from ssa_jax.train.preflight import describe_ssa, prepare
 from ssa_jax.train.state import state_shardings
@@ -63,7 +62,7 @@ def abstract_inputs(abstract_state, state_shardings_, batch_shape: tuple[int, in
 def _step_program(cfg: ModelConfig, t, mesh, rules, microbatches: int, loss_chunk_size: int, rows: int):
   """(parameter shapes, the jitted train step, its abstract (state, batch)) for `rows` windows a step."""
   shapes = param_shapes(cfg)
-  tx = make_optimizer(t, shapes)
+  tx = make_optimizer(t, shapes, cfg)
   abstract, shardings = state_shardings(cfg, tx, mesh, rules, shapes)
   args = abstract_inputs(abstract, shardings, (rows, t.seq_len + 1), mesh)
   step_fn = jit_train_step(Decoder(cfg), tx, learning_rate_schedule(t), microbatches, shardings, mesh,
@@ -156,6 +155,104 @@ def _target_fields(target: targets_lib.Target, devices: list, memory_bytes: int 
   return fields
 
 
+@dataclasses.dataclass
+class _Built:
+  """The step lowered (and compiled, unless stage 'lower'), with timings; `oom`: a target's out-of-memory."""
+
+  lowered: Any
+  lower_s: float
+  compiled: Any = None
+  compile_s: float | None = None
+  oom: dict[str, Any] | None = None
+  memory: dict[str, Any] = dataclasses.field(default_factory=lambda: {"memory_bytes_per_device": None})
+
+
+def _build(step_fn, args, mesh, stage: str, on_target: bool) -> _Built:
+  """Lowers the step, then compiles it at stage 'compile' and reads its memory; on a target, an out-of-memory
+  compile is a finding (fits: false), anything else a failure."""
+  t0 = time.time()
+  built = _Built(_lower(step_fn, args, mesh), time.time() - t0)
+  if stage != "compile":
+    return built
+  t0 = time.time()
+  try:
+    built.compiled = built.lowered.compile()
+  except Exception as e:
+    built.oom = compiled_lib.out_of_memory(e) if on_target else None
+    if built.oom is None:
+      raise
+  built.compile_s = time.time() - t0
+  built.memory = (compiled_lib.memory(built.compiled) if built.compiled
+                  else {"memory_bytes_per_device": built.oom["memory_bytes_per_device"]})
+  return built
+
+
+def _report(run, shapes, mesh, devices: list, stage: str, built: _Built) -> dict[str, Any]:
+  """The report of the step on `mesh` (this host's or the target's), before any target fields."""
+  t, cfg = run.config.train, run.model_cfg
+  tokens_per_step = t.global_batch_size * t.seq_len
+  return {
+      "config_ok": True,
+      "warnings": list(run.warnings),  # one line each, also on stderr (e.g. a schedule longer than the run)
+      "mode": run.config.get("mode"),
+      "family": cfg.family,
+      "ssa": describe_ssa(cfg.ssa),
+      **param_counts(cfg),  # params, ssa_params (trainable temperatures), ssa_buffers (fixed phi)
+      "mesh": dict(mesh.shape),
+      "devices": f"{mesh.size} x {devices[0].device_kind}",
+      "global_batch_size": t.global_batch_size,
+      "seq_len": t.seq_len,
+      "microbatches": t.microbatches,
+      "tokens_per_step": tokens_per_step,
+      # Model FLOPs of one step (6 x weights + causal attention, SSA's temperature matmuls included).
+      "flops_per_step": metrics_lib.training_flops_per_token(cfg, t.seq_len) * tokens_per_step,
+      "ssa_flops_per_step": metrics_lib.ssa_flops_per_token(cfg, t.seq_len) * tokens_per_step,
+      "stage": stage,
+      "lower_s": round(built.lower_s, 3),
+      "compile_s": None if built.compile_s is None else round(built.compile_s, 3),
+      **built.memory,
+      # The causal attention kernel in the program: 'splash' / 'cudnn' custom calls, else XLA's own.
+      "attention_kernel": compiled_lib.attention_kernel(
+          built.compiled.as_text() if built.compiled else built.lowered.as_text()) if stage == "compile" else None,
+      "tokenizer_checked": run.tokenizer_checked,  # its vocab size against the model's (see unchecked if not)
+      "unchecked": run.unchecked,
+  }
+
+
+def _target_estimate(config: ml_collections.ConfigDict, spec: targets_lib.Target, run, mesh, devices: list,
+                     report: dict[str, Any], wanted: bool) -> dict[str, Any]:
+  """The estimate fields of a compiled step on a target: the roofline (TPU, when wanted and it fits), else why not."""
+  if spec.chip.platform != "tpu":
+    return dict(estimated_step_s=None, estimate="none: the GPU compiler gives no cost analysis")
+  if not wanted:
+    return dict(estimated_step_s=None, estimate="none: --notarget_estimate")
+  if not report["fits"]:
+    # The probes cost about 3x the compile: not spent on a step that has to change first.
+    return dict(estimated_step_s=None, estimate="none: the step does not fit")
+  peak = metrics_lib.peak_flops_per_device(devices[0].device_kind)
+  one_slice = dataclasses.replace(spec, slices=1)
+  slice_mesh = mesh if spec.slices == 1 else targets_lib.target_mesh(
+      config.mesh, one_slice, targets_lib.target_devices(one_slice))
+  est = estimate(run.model_cfg, run.config.train, slice_mesh, run.rules, peak, spec.slices)
+  step_s = est.get("estimated_step_s")
+  tokens_per_step, flops_per_step = report["tokens_per_step"], report["flops_per_step"]
+  est["estimated_tokens_per_s"] = tokens_per_step / step_s if step_s else None
+  est["estimated_mfu"] = metrics_lib.mfu(est["estimated_tokens_per_s"], flops_per_step / tokens_per_step,
+                                         peak, mesh.size) if step_s else None
+  return est
+
+
+def _parse_target(target: str | None, target_slices: int) -> targets_lib.Target | None:
+  """--target / --target_slices -> the target (its compiler checked first: the first thing to fix), or None."""
+  if target is None:
+    if target_slices != 1:
+      raise ConfigError(f"--target_slices={target_slices}: needs --target")
+    return None
+  spec = targets_lib.parse_target(target, target_slices)
+  targets_lib.require_compiler(spec)
+  return spec
+
+
 def dry_run(config: ml_collections.ConfigDict, stage: str = "compile", target: str | None = None,
             target_slices: int = 1, target_estimate: bool = True) -> dict[str, Any]:
   """Runs the checks and the `stage` ('lower' or 'compile'); returns the report printed as JSON.
@@ -166,83 +263,35 @@ def dry_run(config: ml_collections.ConfigDict, stage: str = "compile", target: s
   """
   if stage not in STAGES:
     raise ValueError(f"stage: expected one of {STAGES}, got {stage!r}")
-  spec = None
-  if target is not None:
-    spec = targets_lib.parse_target(target, target_slices)
-    targets_lib.require_compiler(spec)  # before the checks: a missing compiler is the first thing to fix
-  elif target_slices != 1:
-    raise ConfigError(f"--target_slices={target_slices}: needs --target")
+  spec = _parse_target(target, target_slices)
   run = prepare(_on_one_host_device(config) if spec else config, None, dry_run=True)
-  t, mesh, cfg = run.config.train, run.mesh, run.model_cfg
+  t, mesh = run.config.train, run.mesh
   devices = list(mesh.devices.flat)
   if spec:
     devices = targets_lib.target_devices(spec)
     mesh = targets_lib.target_mesh(config.mesh, spec, devices)
     _check_target_batch(t, mesh, spec, targets_lib.num_hosts(devices))
-  shapes, step_fn, args = _step_program(cfg, t, mesh, run.rules, t.microbatches, int(t.loss_chunk_size),
-                                        t.global_batch_size)
-
-  t0 = time.time()
-  lowered = _lower(step_fn, args, mesh)
-  lower_s = time.time() - t0
-  compiled, compile_s, oom, memory = None, None, None, {"memory_bytes_per_device": None}
-  if stage == "compile":
-    t0 = time.time()
-    try:
-      compiled = lowered.compile()
-    except Exception as e:  # an out-of-memory compile is a finding (fits: false), anything else a failure
-      oom = compiled_lib.out_of_memory(e) if spec else None
-      if oom is None:
-        raise
-    compile_s = time.time() - t0
-    memory = compiled_lib.memory(compiled) if compiled else {"memory_bytes_per_device": oom["memory_bytes_per_device"]}
-
-  tokens_per_step = t.global_batch_size * t.seq_len
-  flops_per_step = flops_per_token(cfg, t.seq_len) * tokens_per_step
-  report = {
-      "config_ok": True,
-      "mode": run.config.get("mode"),
-      "family": cfg.family,
-      "ssa": describe_ssa(cfg.ssa),
-      **ssa_param_counts(shapes),  # params, ssa_params (trainable temperatures), ssa_buffers (fixed phi)
-      "mesh": dict(mesh.shape),
-      "devices": f"{mesh.size} x {devices[0].device_kind}",
-      "global_batch_size": t.global_batch_size,
-      "seq_len": t.seq_len,
-      "microbatches": t.microbatches,
-      "tokens_per_step": tokens_per_step,
-      # Model FLOPs of one step (6 x weights + causal attention, SSA's temperature matmuls included).
-      "flops_per_step": flops_per_step,
-      "ssa_flops_per_step": metrics_lib.ssa_flops_per_token(cfg, t.seq_len) * tokens_per_step,
-      "stage": stage,
-      "lower_s": round(lower_s, 3),
-      "compile_s": None if compile_s is None else round(compile_s, 3),
-      **memory,
-      # The causal attention kernel in the program: 'splash' / 'cudnn' custom calls, else XLA's own.
-      "attention_kernel": compiled_lib.attention_kernel(
-          compiled.as_text() if compiled else lowered.as_text()) if stage == "compile" else None,
-      "tokenizer_checked": run.tokenizer_checked,  # its vocab size against the model's (see unchecked if not)
-      "unchecked": run.unchecked,
-  }
+  shapes, step_fn, args = _step_program(run.model_cfg, t, mesh, run.rules, t.microbatches,
+                                        int(t.loss_chunk_size), t.global_batch_size)
+  built = _build(step_fn, args, mesh, stage, on_target=spec is not None)
+  report = _report(run, shapes, mesh, devices, stage, built)
   if spec:
-    report.update(_target_fields(spec, devices, memory["memory_bytes_per_device"], oom))
-    if compiled is not None and spec.chip.platform == "tpu":
-      if not target_estimate:
-        report.update(estimated_step_s=None, estimate="none: --notarget_estimate")
-      elif not report["fits"]:
-        # The probes cost about 3x the compile: not spent on a step that has to change first.
-        report.update(estimated_step_s=None, estimate="none: the step does not fit")
-      else:
-        peak = metrics_lib.peak_flops_per_device(devices[0].device_kind)
-        one_slice = dataclasses.replace(spec, slices=1)
-        slice_mesh = mesh if spec.slices == 1 else targets_lib.target_mesh(
-            config.mesh, one_slice, targets_lib.target_devices(one_slice))
-        est = estimate(cfg, t, slice_mesh, run.rules, peak, spec.slices)
-        step_s = est.get("estimated_step_s")
-        est["estimated_tokens_per_s"] = tokens_per_step / step_s if step_s else None
-        est["estimated_mfu"] = metrics_lib.mfu(est["estimated_tokens_per_s"], flops_per_step / tokens_per_step,
-                                               peak, mesh.size) if step_s else None
-        report.update(est)
-    elif compiled is not None:
-      report.update(estimated_step_s=None, estimate="none: the GPU compiler gives no cost analysis")
+    report.update(_target_fields(spec, devices, built.memory["memory_bytes_per_device"], built.oom))
+    if built.compiled is not None:
+      report.update(_target_estimate(config, spec, run, mesh, devices, report, target_estimate))
   return report
+
+
+def dry_run_memory_hint(memory_bytes_per_device: int | None, target: str | None) -> str | None:
+  """A hint for a dry run whose step needs more memory per device than any listed chip has (targets.CHIPS),
+  else None."""
+  largest = max(targets_lib.CHIPS.values(), key=lambda chip: chip.hbm_bytes)
+  if not memory_bytes_per_device or memory_bytes_per_device <= largest.hbm_bytes:
+    return None
+  need = (f"{memory_bytes_per_device / targets_lib.GiB:,.0f} GiB per device, more than any accelerator has "
+          f"(the largest, {largest.name}: {largest.hbm_bytes / targets_lib.GiB:,.0f} GiB)")
+  if target:
+    return (f"{need} on {target}: shard the state over more devices (config.mesh.fsdp), recompute "
+            f"activations (config.model.remat) or split the batch (config.train.microbatches)")
+  return (f"{need} on this host's {jax.device_count()} device(s): compile for the accelerator you will train "
+          f"on with --dry_run --target=NAME (e.g. --target=v5p-8), which reports its memory per device")

@@ -14,17 +14,23 @@ import jax
 import ml_collections
 from etils import epath
 
-from ssa_jax.train.evaluation import split_loss
+from ssa_jax.data.sources import list_files
+from ssa_jax.data.tokenizer import Tokenizer
+from ssa_jax.evaluate import results as results_lib
+from ssa_jax.evaluate import run_eval
+from ssa_jax.evaluate.config import eval_config
+from ssa_jax.evaluate.passkey import make_trials
+from ssa_jax.model.decoder import Decoder
+from ssa_jax.train.context import RunContext
+from ssa_jax.train.evaluation import EvalStep, split_loss
 from ssa_jax.train.metrics import log
 
 HELDOUT = "heldout"  # the results entry of the held-out perplexity
 
 
-def passkey_lengths(seq_len: int, pk: ml_collections.ConfigDict, tokenizer) -> tuple[int, ...]:
+def passkey_lengths(seq_len: int, pk: ml_collections.ConfigDict, tokenizer: Tokenizer) -> tuple[int, ...]:
   """Prompt lengths whose prompt plus generated tokens fit the training window: a quarter, a half and all of
   `seq_len`, less max_new_tokens, keeping those that hold at least the prompt without filler."""
-  from ssa_jax.evaluate.passkey import make_trials
-
   keep = []
   for length in sorted({seq_len * k // 4 - int(pk.max_new_tokens) for k in (1, 2, 4)}):
     if length <= 0:
@@ -36,11 +42,9 @@ def passkey_lengths(seq_len: int, pk: ml_collections.ConfigDict, tokenizer) -> t
   return tuple(keep)
 
 
-def _heldout_split_is_separate(run, split: str) -> str | None:
+def _heldout_split_is_separate(ctx: RunContext, split: str) -> str | None:
   """None when `split` has files of its own; else why its perplexity would not be held out."""
-  from ssa_jax.data.sources import list_files
-
-  data = run.config.data
+  data = ctx.data
   try:
     heldout = set(list_files(data.path, split, data.format))
   except FileNotFoundError as e:
@@ -50,30 +54,28 @@ def _heldout_split_is_separate(run, split: str) -> str | None:
   return None
 
 
-def heldout_perplexity(run, eval_step, params) -> dict[str, Any] | None:
+def heldout_perplexity(ctx: RunContext, eval_step: EvalStep, params) -> dict[str, Any] | None:
   """{"split", "loss", "perplexity", "tokens", "windows"} over the whole held-out split; None when there is
   none (config.eval.heldout_split '' or a corpus without a separate split: the console says which)."""
-  split = run.config.eval.heldout_split
+  split = ctx.eval.heldout_split
   if not split:
     return None
-  why_not = _heldout_split_is_separate(run, split)
+  why_not = _heldout_split_is_separate(ctx, split)
   if why_not:
     log(f"held-out perplexity: not measured ({why_not})")
     return None
-  loss, batches = split_loss(run, eval_step, params, split)
+  loss, batches = split_loss(ctx, eval_step, params, split)
   if loss is None:
     log(f"held-out perplexity: not measured (the {split!r} split holds less than one batch)")
     return None
-  t = run.config.train
+  t = ctx.train
   return {"split": split, "loss": loss, "perplexity": math.exp(min(loss, 50.0)),
-          "tokens": batches * t.global_batch_size * t.seq_len, "windows": batches * t.global_batch_size,
-          "data_path": str(run.config.data.path)}
+          "tokens": batches * t.tokens_per_step, "windows": batches * t.global_batch_size,
+          "data_path": str(ctx.data.path)}
 
 
 def _add_heldout(out: dict[str, Any], heldout: dict[str, Any]) -> None:
   """Puts the held-out perplexity first among the results, with lm-eval's bookkeeping fields."""
-  from ssa_jax.evaluate import results as results_lib
-
   entry = results_lib.task_entry(HELDOUT, heldout["windows"],
                                  {"perplexity,none": heldout["perplexity"], "loss,none": heldout["loss"]})
   out["results"] = {HELDOUT: entry, **out["results"]}
@@ -87,10 +89,10 @@ def _add_heldout(out: dict[str, Any], heldout: dict[str, Any]) -> None:
   out.setdefault("n-samples", {})[HELDOUT] = {"original": heldout["windows"], "effective": heldout["windows"]}
 
 
-def explain(out: dict[str, Any], run) -> list[str]:
+def explain(out: dict[str, Any], ctx: RunContext) -> list[str]:
   """One sentence per number of the results, in words (printed after the table, stored in results.json)."""
-  t, lines = run.config.train, []
-  vocab = run.model_cfg.vocab_size
+  t, lines = ctx.train, []
+  vocab = ctx.model_cfg.vocab_size
   own = out.get("ssa_jax", {})
   h = own.get("heldout")
   if h:
@@ -102,7 +104,7 @@ def explain(out: dict[str, Any], run) -> list[str]:
   if val.get("val_ppl") is not None:
     lines.append(
         f"validation perplexity {val['val_ppl']:.2f}: the same measure on the first {t.eval_batches} batches "
-        f"of the {run.config.data.validation_split!r} split, the figure logged during training.")
+        f"of the {ctx.data.validation_split!r} split, the figure logged during training.")
   pk = out.get("passkey")
   if pk is not None and "passkey" in out["results"]:
     acc = out["results"]["passkey"].get("acc,none")
@@ -118,37 +120,34 @@ def explain(out: dict[str, Any], run) -> list[str]:
         f"prompts of {span} tokens, inside the {t.seq_len}-token training window (the paper's Table 4 test)."
         + (f" A wrong answer, e.g.: {example.strip()!r}." if example is not None else "")
         + (" A model this small and this briefly trained is not expected to retrieve keys: in the demo the "
-           "figure shows that the evaluation runs end to end." if run.config.get("mode") == "demo" else ""))
+           "figure shows that the evaluation runs end to end." if ctx.config.get("mode") == "demo" else ""))
   for task, message in (own.get("missing_tasks") or {}).items():
     lines.append(f"{task}: not run ({message}).")
   return lines
 
 
-def evaluate_at_end(run, model, params, summary: dict[str, Any], eval_step) -> epath.Path:
+def evaluate_at_end(ctx: RunContext, model: Decoder, params, summary: dict[str, Any],
+                    eval_step: EvalStep) -> epath.Path:
   """Runs config.eval's tasks (and passkey when config.eval.passkey) on `params`, adds the held-out
   perplexity; writes and returns the results path."""
-  from ssa_jax.evaluate import results as results_lib
-  from ssa_jax.evaluate import run_eval
-  from ssa_jax.evaluate.config import eval_config
-
-  ev = run.config.eval
-  tasks = [t for t in str(ev.tasks).split(",") if t]
+  ev, seq_len = ctx.eval, ctx.train.seq_len
+  tasks = ev.task_names
   passkey = None
   if ev.passkey:
     passkey = eval_config().passkey
-    passkey.lengths = passkey_lengths(run.config.train.seq_len, passkey, run.tokenizer)
+    passkey.lengths = passkey_lengths(seq_len, passkey, ctx.tokenizer)
     if passkey.lengths:
       tasks.append("passkey")
     else:
-      log(f"passkey: not run (its shortest prompt does not fit train.seq_len={run.config.train.seq_len} with "
+      log(f"passkey: not run (its shortest prompt does not fit train.seq_len={seq_len} with "
           f"{passkey.max_new_tokens} generated tokens)")
-  heldout = heldout_perplexity(run, eval_step, params)
-  output = run.workdir / "results.json"
+  heldout = heldout_perplexity(ctx, eval_step, params)
+  output = ctx.workdir / "results.json"
   out = run_eval(
-      model, params, run.tokenizer, tasks=tasks, data_dir=ev.data_dir or None, limit=ev.limit or None,
-      batch_size=ev.batch_size, max_length=run.config.train.seq_len, output=None, passkey=passkey,
+      model, params, ctx.tokenizer, tasks=tasks, data_dir=ev.data_dir or None, limit=ev.limit or None,
+      batch_size=ev.batch_size, max_length=seq_len, output=None, passkey=passkey,
       extra={
-          "checkpoint": str(run.workdir / "checkpoints"),
+          "checkpoint": str(ctx.workdir / "checkpoints"),
           "step": summary["step"],
           "validation": {k: summary.get(k) for k in ("val_loss", "val_ppl")},
           "heldout": heldout,
@@ -156,7 +155,7 @@ def evaluate_at_end(run, model, params, summary: dict[str, Any], eval_step) -> e
   )
   if heldout:
     _add_heldout(out, heldout)
-  lines = explain(out, run)
+  lines = explain(out, ctx)
   out["ssa_jax"]["explained"] = lines
   if jax.process_index() == 0:
     results_lib.write(out, str(output))

@@ -12,7 +12,6 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from ssa_jax.errors import ConfigError
 from ssa_jax.model.decoder import Decoder
 from ssa_jax.model.layers import compute_dtype
 from ssa_jax.model.params import lm_head_kernel
@@ -30,8 +29,6 @@ def next_token_cross_entropy(model: Decoder, params, tokens_BT1: jax.Array,
   `chunk_size`: positions per LM-head chunk (see `chunked_cross_entropy`); 0 takes the decoder's own (B, T, V)
   float32 logits at once.
   """
-  if chunk_size < 0:
-    raise ConfigError(f"config.train.loss_chunk_size: expected >= 0 (0 = no chunking), got {chunk_size}")
   inputs_BT, targets_BT = tokens_BT1[:, :-1], tokens_BT1[:, 1:]
   if chunk_size == 0:
     logits_BTV, state = model.apply({"params": params}, inputs_BT, mutable=["intermediates"])

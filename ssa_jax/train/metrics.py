@@ -5,13 +5,14 @@ from __future__ import annotations
 import json
 import sys
 import time
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import numpy as np
 from etils import epath
 
 from ssa_jax.model.config import ModelConfig
+from ssa_jax.runtime.gcs import TENSORBOARD, require_gcs
 
 # Dense bf16 peak FLOP/s per chip (vendor datasheets, without sparsity). Matched against device_kind by prefix;
 # a device not listed reports MFU as null rather than a guess.
@@ -41,7 +42,7 @@ def peak_flops_per_device(device_kind: str) -> float | None:
   return None
 
 
-def flops_per_token(cfg: ModelConfig, seq_len: int) -> float:
+def decoder_flops_per_token(cfg: ModelConfig, seq_len: int) -> float:
   """Training FLOPs per token of the decoder without SSA: 6 x matmul weights + the causal attention matmuls.
 
   The weight term is 6 x (non-embedding matmul parameters + LM head): 2 FLOPs a weight forward, 4 backward.
@@ -65,7 +66,7 @@ def ssa_flops_per_token(cfg: ModelConfig, seq_len: int) -> float:
   one vector over the component's whole projection per output head, heads x (heads x D), with scope 'layer';
   one D-vector per head with scope 'head'. The frequency feature (one multiply per head), the position term
   and the elementwise work (tanh, GeLU, the scaling of q / v) are not matmuls and count as zero, like norms
-  and softmax in `flops_per_token`. `seq_len` is unused (no temperature depends on T) and kept for symmetry.
+  and softmax in `decoder_flops_per_token`. `seq_len` is unused (no temperature depends on T) and kept for symmetry.
   """
   del seq_len
   ssa = cfg.ssa
@@ -81,6 +82,11 @@ def ssa_flops_per_token(cfg: ModelConfig, seq_len: int) -> float:
       width = heads * cfg.head_dim if ssa.weight_sharing_scope == "layer" else cfg.head_dim
       weights_per_layer += heads * width
   return 6.0 * cfg.num_layers * weights_per_layer
+
+
+def training_flops_per_token(cfg: ModelConfig, seq_len: int) -> float:
+  """Training FLOPs per token of the whole model, the decoder's and SSA's temperature matmuls (for MFU)."""
+  return decoder_flops_per_token(cfg, seq_len) + ssa_flops_per_token(cfg, seq_len)
 
 
 def mfu(tokens_per_s: float, flops_token: float, peak_per_device: float | None, num_devices: int) -> float | None:
@@ -106,10 +112,8 @@ class MetricsWriter:
       self.path.write_text("".join(l + "\n" for l in kept))
       self._kept = [json.loads(l) for l in kept]
     if tensorboard:
-      from ssa_jax.runtime.gcs import TENSORBOARD, require_gcs
-
       require_gcs(str(workdir), "--workdir (TensorBoard event files)", TENSORBOARD)
-      from tensorboardX import SummaryWriter
+      from tensorboardX import SummaryWriter  # optional: only runs that write TensorBoard files need it
 
       self.tb = SummaryWriter(str(workdir / "tensorboard"), purge_step=resume_step + 1)
 
@@ -146,21 +150,40 @@ def _plain(v):
 
 
 class ConsoleProgress:
-  """A concise line per log step: a progress bar, loss, lr, tokens/s, MFU, ETA."""
+  """A concise line per log step: a progress bar, loss, lr, tokens/s, MFU, ETA.
 
-  def __init__(self, total_steps: int, start_step: int):
-    self.total, self.start, self.t0 = total_steps, start_step, time.time()
+  The ETA extrapolates the time per step measured in this session after its first step (`first_step_done`):
+  the first step's compile, and the steps of an earlier session before a resume, are not steps still to come.
+  """
+
+  def __init__(self, total_steps: int, start_step: int, clock: Callable[[], float] = time.time):
+    self.total, self.clock = total_steps, clock
+    self._mark: tuple[int, float] | None = None  # (step, time) once the session's first step has finished
+    self._start = start_step
+
+  def first_step_done(self) -> None:
+    """Called once the session's first step has finished (compiled and run): the ETA's origin."""
+    if self._mark is None:
+      self._mark = (self._start + 1, self.clock())
+
+  def eta_s(self, step: int) -> float | None:
+    """Seconds to `total_steps` at this session's pace since its first step; None before a second step."""
+    if self._mark is None or step <= self._mark[0]:
+      return None
+    mark_step, mark_time = self._mark
+    return (self.clock() - mark_time) / (step - mark_step) * (self.total - step)
 
   def line(self, step: int, m: dict[str, Any]) -> None:
+    """Prints the progress line of `step` (primary host)."""
     if jax.process_index() != 0:
       return
     frac = step / max(self.total, 1)
     bar = "#" * int(20 * frac) + "." * (20 - int(20 * frac))
-    done = step - self.start
-    eta = (time.time() - self.t0) / max(done, 1) * (self.total - step)
+    eta = self.eta_s(step)
+    eta_text = "eta --" if eta is None else f"eta {eta / 60:.1f}m"
     mfu = f" mfu {m['mfu']:.1%}" if m.get("mfu") is not None else ""
     print(f"[{bar}] step {step}/{self.total} loss {m['loss']:.4f} lr {m['lr']:.2e} "
-          f"gnorm {m['grad_norm']:.3f} {m['tokens_per_s']:,.0f} tok/s{mfu} eta {eta / 60:.1f}m", flush=True)
+          f"gnorm {m['grad_norm']:.3f} {m['tokens_per_s']:,.0f} tok/s{mfu} {eta_text}", flush=True)
 
 
 def format_duration(seconds: float) -> str:

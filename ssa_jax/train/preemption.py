@@ -32,9 +32,12 @@ import signal
 import threading
 from typing import Any, Callable
 
+import jax
+from jax._src import distributed  # the coordination service's client (jax.distributed keeps it there)
+
 _POLL_MS = 200  # how long one long-poll of the key-value store lasts: the watcher's shutdown latency
 _runs = itertools.count()  # one key namespace per run: a process may train several runs in turn (compare.py)
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGINT)  # the signals StopSignals handles
 
 
 def _is_timeout(error: Exception) -> bool:
@@ -164,12 +167,12 @@ class StopSignals:
     self._timer: threading.Timer | None = None
     self._previous: dict[int, Any] = {}
     if threading.current_thread() is threading.main_thread():  # signal handlers live in the main thread only
-      self._previous = {s: signal.signal(s, self._handle) for s in STOP_SIGNALS}
+      self._previous = {s: signal.signal(s, self._handle) for s in HANDLED_SIGNALS}
 
   def _handle(self, signum, frame):
     del frame
     self.name, self.signum = signal.Signals(signum).name, signum
-    for s in STOP_SIGNALS:
+    for s in HANDLED_SIGNALS:
       signal.signal(s, signal.SIG_DFL)  # the next SIGTERM or Ctrl-C ends the process wherever it is
     deadline = f"; exits anyway after {self._deadline_s:g} s" if self._deadline_s > 0 else ""
     what = "Ctrl-C" if signum == signal.SIGINT else self.name
@@ -204,9 +207,6 @@ class StopSignals:
 
 def coordination_client():
   """jax.distributed's key-value client, None when this is not a multi-process run."""
-  import jax  # pylint: disable=import-outside-toplevel
-  from jax._src import distributed  # pylint: disable=import-outside-toplevel
-
   if jax.process_count() == 1:
     return None
   client = distributed.global_state.client
@@ -221,8 +221,6 @@ class StopRequests:
   loop (on every process), `close()` at the end (restores the handlers)."""
 
   def __init__(self, deadline_s: float):
-    import jax  # pylint: disable=import-outside-toplevel
-
     self.agreement = StopAgreement(coordination_client(), jax.process_index(), jax.process_count(),
                                    namespace=f"ssa_jax/stop/{next(_runs)}")
     self.signals = StopSignals(self.agreement.request, deadline_s, jax.process_index(), jax.process_count())

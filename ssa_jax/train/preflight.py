@@ -1,15 +1,17 @@
 """A training run's start-up checks: everything that can be refused before the first compile, in one line
 naming the field (`ConfigError`), and nothing written to the workdir before a refusal.
 
-  check_config    the config's own fields, the mesh, the data fields (a run outside demo mode names its
-                  corpus and its tokenizer), the HF checkpoint of a fine-tune, the SSA feature file
+  check_config    the typed train / eval sections (sections.py), the mesh, the data fields (a run outside
+                  demo mode names its corpus and its tokenizer), the HF checkpoint of a fine-tune, the SSA
+                  feature file; each cadence longer than the run is said in one line
   attach_data     the tokenizer loaded (the demo corpus / BPE made when the demo asks for them)
   check_workdir   a workdir with a checkpoint: made by the same config (up to RESUMABLE_FIELDS), not past
                   config.train.steps, or already complete (WORKDIR/summary.json at config.train.steps)
-  check_validation  the validation split yields a batch when the config asks for validation
+  check_validation  the validation split yields a batch when the config asks for validation (and when it does
+                  not, whether fewer reader streams would: config.data.num_streams)
 
 A dry run (`train.py --dry_run`) runs check_config without the files it does not need, listing what it
-could not check in Run.unchecked.
+could not check in RunContext.unchecked; given the corpus and its tokenizer, it runs check_validation too.
 """
 
 from __future__ import annotations
@@ -22,16 +24,22 @@ import jax
 import ml_collections
 from etils import epath
 
-from ssa_jax.data.demo_counts import DEMO_FEATURE_PATH
+from ssa_jax.data.config import resolve_paths, validate_data_config
+from ssa_jax.data.demo_counts import DEMO_FEATURE_PATH, ensure_demo_token_counts
+from ssa_jax.data.pipeline import resolve_num_streams
+from ssa_jax.data.tokenizer import Tokenizer, load_tokenizer
 from ssa_jax.errors import ConfigError
 from ssa_jax.formats import checkpoint
+from ssa_jax.formats.hf import config_from_hf, read_hf_config
 from ssa_jax.model.config import ModelConfig, model_config_from_dict
-from ssa_jax.model.params import uses_token_feature
+from ssa_jax.model.decoder import uses_token_feature
 from ssa_jax.runtime import distributed, sharding
 from ssa_jax.runtime.accelerator_check import warn_if_accelerator_unused
 from ssa_jax.runtime.gcs import TENSORBOARD, require_gcs
+from ssa_jax.train.context import RunContext
 from ssa_jax.train.evaluation import has_a_batch
 from ssa_jax.train.metrics import log
+from ssa_jax.train.sections import eval_section, schedule_warnings, train_section
 
 SUMMARY_NAME = "summary.json"  # WORKDIR/summary.json: the summary of the run's last session (train.py prints it)
 
@@ -66,21 +74,6 @@ def _tokenizer_required(config: ml_collections.ConfigDict) -> str:
           f"{example}; the demo's {config.data.demo_vocab_size}-token BPE fits the demo corpus only")
 
 
-@dataclasses.dataclass
-class Run:
-  """Everything a run builds from its config before the first compile."""
-
-  config: ml_collections.ConfigDict
-  workdir: epath.Path | None  # None for a dry run (nothing is written)
-  model_cfg: ModelConfig
-  mesh: Any
-  rules: Any
-  tokenizer: Any  # None for a dry run that could not load it
-  # Dry run: checks that need files a dry run does not require (the corpus, the HF checkpoint), one line each.
-  unchecked: list[str] = dataclasses.field(default_factory=list)
-  tokenizer_checked: bool = True  # dry run: False when the tokenizer's vocab size could not be compared
-
-
 # -- data: the corpus and its tokenizer -------------------------------------------------------------------
 def _check_data_named(config: ml_collections.ConfigDict, dry_run: bool, unchecked: list[str]) -> None:
   """Outside demo mode a run names its corpus and its tokenizer (the demo BPE would tokenize any corpus,
@@ -100,34 +93,29 @@ def _check_data_named(config: ml_collections.ConfigDict, dry_run: bool, unchecke
     raise ConfigError(_tokenizer_required(config))
 
 
-def check_vocab(tokenizer_vocab: int, model_cfg: ModelConfig, field: str) -> None:
+def check_tokenizer_fits(tokenizer_vocab: int, model_cfg: ModelConfig, field: str) -> None:
   """The tokenizer's ids must fit the model's embedding."""
   if tokenizer_vocab > model_cfg.vocab_size:
     raise ConfigError(f"{field}: tokenizer has {tokenizer_vocab} tokens, more than "
                       f"config.model.vocab_size={model_cfg.vocab_size}")
 
 
-def resolve_data(config: ml_collections.ConfigDict, model_cfg: ModelConfig):
+def resolve_data(config: ml_collections.ConfigDict, model_cfg: ModelConfig) -> Tokenizer:
   """Fills in the demo corpus / tokenizer where a demo run gives no path; returns the tokenizer. Checks vocab
   sizes. (check_config has made sure that a run outside demo mode names both.)"""
-  from ssa_jax.data.config import resolve_paths, validate_data_config
-  from ssa_jax.data.tokenizer import load_tokenizer
-
   data = config.data
   validate_data_config(data)
   data.path, data.tokenizer_path = resolve_paths(data)
   tokenizer = load_tokenizer(data.tokenizer_path)
-  check_vocab(tokenizer.vocab_size, model_cfg, "config.data.tokenizer_path")
+  check_tokenizer_fits(tokenizer.vocab_size, model_cfg, "config.data.tokenizer_path")
   return tokenizer
 
 
-def _dry_run_data(config: ml_collections.ConfigDict, model_cfg: ModelConfig, unchecked: list[str]):
+def _dry_run_data(config: ml_collections.ConfigDict, model_cfg: ModelConfig,
+                  unchecked: list[str]) -> tuple[Tokenizer | None, bool]:
   """The data checks that need no corpus: every field's value; the tokenizer only when its file exists
   (the demo BPE, not yet trained, is checked by its configured size). Returns (tokenizer or None, whether
   the tokenizer's vocab size was compared with the model's)."""
-  from ssa_jax.data.config import validate_data_config
-  from ssa_jax.data.tokenizer import load_tokenizer
-
   data = ml_collections.ConfigDict(config.data.to_dict())
   if data.path and not epath.Path(data.path).exists():
     unchecked.append(f"config.data.path: {data.path} does not exist here (a real run reads it)")
@@ -138,10 +126,10 @@ def _dry_run_data(config: ml_collections.ConfigDict, model_cfg: ModelConfig, unc
   validate_data_config(data)
   if data.tokenizer_path:
     tokenizer = load_tokenizer(data.tokenizer_path)
-    check_vocab(tokenizer.vocab_size, model_cfg, "config.data.tokenizer_path")
+    check_tokenizer_fits(tokenizer.vocab_size, model_cfg, "config.data.tokenizer_path")
     return tokenizer, True
   if not config.data.tokenizer_path and config.data.demo:  # the demo BPE: its size is configured
-    check_vocab(int(data.demo_vocab_size), model_cfg, "config.data.demo_vocab_size")
+    check_tokenizer_fits(int(data.demo_vocab_size), model_cfg, "config.data.demo_vocab_size")
     return None, True
   return None, False
 
@@ -174,8 +162,6 @@ def _check_init(config: ml_collections.ConfigDict, model_cfg: ModelConfig, dry_r
       raise ConfigError(message)
     unchecked.append(message)
   if dry_run and hf_dir:
-    from ssa_jax.formats.hf import config_from_hf, read_hf_config
-
     check_against_hf(model_cfg, config_from_hf(read_hf_config(hf_dir)), hf_dir)
 
 
@@ -200,15 +186,15 @@ def _check_ssa_inputs(model_cfg: ModelConfig, config: ml_collections.ConfigDict)
     raise ConfigError(f"config.model.ssa.feature_path: {path} does not exist")
 
 
-def _resolve_demo_feature(config: ml_collections.ConfigDict, model_cfg: ModelConfig) -> ModelConfig:
-  """feature_path 'demo' -> the demo corpus's token-count file (counted once, cached); the config records it."""
-  from ssa_jax.data.demo_counts import ensure_demo_token_counts
+def _with_feature_path(model_cfg: ModelConfig, path: str) -> ModelConfig:
+  return dataclasses.replace(model_cfg, ssa=dataclasses.replace(model_cfg.ssa, feature_path=path))
 
+
+def _resolve_demo_feature(data: ml_collections.ConfigDict, model_cfg: ModelConfig) -> ModelConfig:
+  """feature_path 'demo' -> the demo corpus's token-count file (counted once, cached)."""
   if not uses_token_feature(model_cfg) or model_cfg.ssa.feature_path != DEMO_FEATURE_PATH:
     return model_cfg
-  data = config.data
-  config.model.ssa.feature_path = ensure_demo_token_counts(data.cache_dir, data.path, data.tokenizer_path)
-  return model_config_from_dict(config.model)
+  return _with_feature_path(model_cfg, ensure_demo_token_counts(data.cache_dir, data.path, data.tokenizer_path))
 
 
 def describe_ssa(ssa) -> str:
@@ -221,63 +207,79 @@ def describe_ssa(ssa) -> str:
 
 
 # -- the checks in order -----------------------------------------------------------------------------------
-def check_config(config: ml_collections.ConfigDict, workdir: str | None, dry_run: bool = False) -> Run:
-  """Validates every field that can be checked before reading data or compiling; names the field on failure.
-
-  The returned Run has no tokenizer yet (attach_data reads it). `dry_run`: also checks the data section as
-  far as it can without the corpus; checks needing files that are absent are listed in Run.unchecked."""
-  config = ml_collections.ConfigDict(config.to_dict())  # a private copy we may fill in
-  t = config.train
-  for field in ("steps", "global_batch_size", "seq_len", "log_every", "microbatches"):
-    if int(t[field]) <= 0:
-      raise ConfigError(f"config.train.{field}: expected a positive int, got {t[field]!r}")
+def _start_runtime(config: ml_collections.ConfigDict, workdir: str | None, tensorboard: bool, dry_run: bool) -> None:
+  """The workdir's filesystem, then jax's processes and backends."""
   if not dry_run:
     require_gcs(str(workdir), "--workdir")
-    if t.tensorboard:
+    if tensorboard:
       require_gcs(str(workdir), "--workdir (TensorBoard event files)", TENSORBOARD)
   # The loop's own stop agreement (preemption.py) replaces jax's preemption service, whose C++ SIGTERM
   # handler would swallow a SIGTERM that comes before the loop installs its handlers.
   jax.config.update("jax_enable_preemption_service", False)
   distributed.maybe_initialize(config.distributed)
   warn_if_accelerator_unused()  # after distributed init: it starts jax's backends
+
+
+def check_config(config: ml_collections.ConfigDict, workdir: str | None, dry_run: bool = False) -> RunContext:
+  """Validates every field that can be checked before reading data or compiling; names the field on failure.
+
+  The returned context has no tokenizer yet (attach_data reads it). `dry_run`: also checks the data section
+  as far as it can without the corpus (and the validation split when the corpus and tokenizer are at hand);
+  checks needing files that are absent are listed in RunContext.unchecked."""
+  config = ml_collections.ConfigDict(config.to_dict())  # a private copy (attach_data resolves its data paths)
+  t, ev = train_section(config.train), eval_section(config.eval)
+  _start_runtime(config, workdir, t.tensorboard, dry_run)
   model_cfg = model_config_from_dict(config.model)
   _check_ssa_inputs(model_cfg, config)
   if t.seq_len > model_cfg.max_seq_len:
     raise ConfigError(f"config.train.seq_len: {t.seq_len} exceeds config.model.max_seq_len={model_cfg.max_seq_len}")
   mesh = sharding.make_mesh(config.mesh)
   sharding.check_batch_divisible(t.global_batch_size, mesh, t.microbatches)
-  rules = sharding.rules_from_config(config.sharding.rules)
   unchecked: list[str] = []
   _check_init(config, model_cfg, dry_run, unchecked)
   _check_data_named(config, dry_run, unchecked)
-  tokenizer, tokenizer_checked = None, True
-  if dry_run:
-    tokenizer, tokenizer_checked = _dry_run_data(config, model_cfg, unchecked)
-    if uses_token_feature(model_cfg) and model_cfg.ssa.feature_path == DEMO_FEATURE_PATH:
-      # Counting needs the corpus; a zero feature has the same shape for building the step.
-      unchecked.append("config.model.ssa.feature_path: 'demo' (the demo corpus's token counts, made at start)")
-      model_cfg = dataclasses.replace(model_cfg, ssa=dataclasses.replace(model_cfg.ssa, feature_path=""))
-  return Run(config, None if dry_run else epath.Path(workdir), model_cfg, mesh, rules, tokenizer, unchecked,
-             tokenizer_checked)
+  warnings = schedule_warnings(t)
+  for line in warnings:
+    log(f"warning: {line}")
+  ctx = RunContext(config=config, train=t, eval=ev, workdir=None if dry_run else epath.Path(workdir),
+                   model_cfg=model_cfg, mesh=mesh, rules=sharding.rules_from_config(config.sharding.rules),
+                   tokenizer=None, unchecked=unchecked, warnings=warnings)
+  return _dry_run_checks(ctx) if dry_run else ctx
 
 
-def attach_data(run: Run) -> Run:
-  """The run with its tokenizer (the demo corpus / BPE made if needed, vocab sizes checked) and the demo
+def _dry_run_checks(ctx: RunContext) -> RunContext:
+  """A dry run's data checks: the tokenizer when its file is here, the validation split when the corpus is
+  too (the check a run makes before its first step); a demo feature file is left for the run to count."""
+  tokenizer, tokenizer_checked = _dry_run_data(ctx.config, ctx.model_cfg, ctx.unchecked)
+  ctx = dataclasses.replace(ctx, tokenizer=tokenizer, tokenizer_checked=tokenizer_checked)
+  if tokenizer is not None and ctx.data.path and epath.Path(ctx.data.path).exists():
+    check_validation(ctx)
+  if uses_token_feature(ctx.model_cfg) and ctx.model_cfg.ssa.feature_path == DEMO_FEATURE_PATH:
+    # Counting needs the corpus; a zero feature has the same shape for building the step.
+    ctx.unchecked.append("config.model.ssa.feature_path: 'demo' (the demo corpus's token counts, made at start)")
+    ctx = dataclasses.replace(ctx, model_cfg=_with_feature_path(ctx.model_cfg, ""))
+  return ctx
+
+
+def attach_data(ctx: RunContext) -> RunContext:
+  """The context with its tokenizer (the demo corpus / BPE made if needed, vocab sizes checked) and the demo
   token counts resolved. Writes nothing in the workdir."""
-  tokenizer = resolve_data(run.config, run.model_cfg)
-  model_cfg = _resolve_demo_feature(run.config, run.model_cfg)
-  return dataclasses.replace(run, tokenizer=tokenizer, model_cfg=model_cfg)
+  tokenizer = resolve_data(ctx.config, ctx.model_cfg)
+  return dataclasses.replace(ctx, tokenizer=tokenizer, model_cfg=_resolve_demo_feature(ctx.data, ctx.model_cfg))
 
 
-def prepare(config: ml_collections.ConfigDict, workdir: str | None, dry_run: bool = False) -> Run:
+def prepare(config: ml_collections.ConfigDict, workdir: str | None, dry_run: bool = False) -> RunContext:
   """check_config, then (unless `dry_run`) attach_data: everything a run needs before compiling."""
-  run = check_config(config, workdir, dry_run)
-  return run if dry_run else attach_data(run)
+  ctx = check_config(config, workdir, dry_run)
+  return ctx if dry_run else attach_data(ctx)
 
 
-def run_config_json(run: Run) -> dict[str, Any]:
-  """The run's config as stored in WORKDIR/config.json and with every checkpoint (paths resolved)."""
-  return json.loads(run.config.to_json_best_effort())
+def run_config_json(ctx: RunContext) -> dict[str, Any]:
+  """The run's config as stored in WORKDIR/config.json and with every checkpoint (paths resolved: the data's,
+  and the frequency term's feature file)."""
+  out = json.loads(ctx.config.to_json_best_effort())
+  out["model"]["ssa"]["feature_path"] = ctx.model_cfg.ssa.feature_path
+  return out
 
 
 # -- the workdir: resume, refuse, or say it is complete -----------------------------------------------------
@@ -306,6 +308,11 @@ def _short(v: Any) -> str:
   return text if len(text) <= 40 else text[:37] + "..."
 
 
+def _fields_differ(n: int) -> str:
+  """'1 field differs', '3 fields differ'."""
+  return f"{n} field differs" if n == 1 else f"{n} fields differ"
+
+
 def _read_summary(workdir: epath.Path) -> dict[str, Any] | None:
   path = workdir / SUMMARY_NAME
   try:
@@ -314,12 +321,12 @@ def _read_summary(workdir: epath.Path) -> dict[str, Any] | None:
     return None  # unreadable (a crash mid-write): as if absent, the run's end is done again
 
 
-def check_workdir(run: Run) -> dict[str, Any] | None:
+def check_workdir(ctx: RunContext) -> dict[str, Any] | None:
   """A workdir with a checkpoint: refuses (ConfigError, one line naming the fields) one made by another config
   or past config.train.steps; returns the stored summary, marked `already_complete`, when the run is complete
   (its checkpoint and WORKDIR/summary.json at config.train.steps, not stopped); else None (start or resume).
   Reads only."""
-  ckpt = run.workdir / "checkpoints"
+  ckpt = ctx.workdir / "checkpoints"
   if not ckpt.exists():
     return None
   try:
@@ -327,59 +334,70 @@ def check_workdir(run: Run) -> dict[str, Any] | None:
     saved = checkpoint.read_config(root / str(latest))
   except checkpoint.NotACheckpointError:
     return None  # no finished checkpoint yet: the run starts from step 0
-  diffs = config_differences(saved, run_config_json(run))
+  diffs = config_differences(saved, run_config_json(ctx))
   if diffs:
     shown = "; ".join(f"config.{k}: {_short(old)} there, {_short(new)} here" for k, old, new in diffs[:4])
     more = f"; and {len(diffs) - 4} more" if len(diffs) > 4 else ""
     raise ConfigError(
-        f"--workdir {run.workdir}: its checkpoint {latest} was made by another config ({len(diffs)} field"
-        f"{'s' if len(diffs) > 1 else ''} differ: {shown}{more}); pass another --workdir, or the same values to "
+        f"--workdir {ctx.workdir}: its checkpoint {latest} was made by another config ({_fields_differ(len(diffs))}: "
+        f"{shown}{more}); pass another --workdir, or the same values to "
         f"resume it (fields that may change on resume: ssa_jax.train.preflight.RESUMABLE_FIELDS)")
-  steps = int(run.config.train.steps)
+  steps = int(ctx.train.steps)
   if latest > steps:
-    raise ConfigError(f"config.train.steps: {steps}, but {run.workdir} holds checkpoint {latest}, past it: "
+    raise ConfigError(f"config.train.steps: {steps}, but {ctx.workdir} holds checkpoint {latest}, past it: "
                       f"pass --config.train.steps={latest} or more to continue that run, or another --workdir")
-  summary = _read_summary(run.workdir)
+  summary = _read_summary(ctx.workdir)
   if latest == steps and summary and summary.get("step") == steps and not summary.get("stopped"):
     return dict(summary, already_complete=True)
   return None
 
 
-def check_validation(run: Run) -> None:
+# -- the validation split --------------------------------------------------------------------------------
+def _fewer_streams_with_a_batch(ctx: RunContext, split: str) -> tuple[int, int | None]:
+  """(the run's reader stream count, the largest smaller count with which `split` yields a batch, or None).
+  A non-repeating split ends at the first stream that runs out: a split of fewer documents than streams ends
+  before its first batch, however many tokens it holds."""
+  batch, processes = ctx.train.global_batch_size, jax.process_count()
+  streams = resolve_num_streams(ctx.data.num_streams, batch, processes)
+  for fewer in range(streams - processes, 0, -processes):
+    if batch % fewer == 0 and has_a_batch(ctx, split, num_streams=fewer):
+      return streams, fewer
+  return streams, None
+
+
+def _why_no_validation_batch(ctx: RunContext) -> str | None:
+  """None when the validation split yields a batch; else the cause, naming the field to change."""
+  t, data = ctx.train, ctx.data
+  split = data.validation_split
+  where = f"the {split!r} split of {data.path}"
+  try:
+    if has_a_batch(ctx, split):
+      return None
+  except FileNotFoundError:
+    return f"config.data.validation_split: {where} has no files"
+  streams, fewer = _fewer_streams_with_a_batch(ctx, split)
+  if fewer is not None:
+    return (f"config.data.num_streams: {where} yields no batch with {streams} reader streams (a stream without "
+            f"enough documents of its own ends the split; config.data.num_streams={data.num_streams}"
+            f"{' picks ' + str(streams) if not data.num_streams else ''}), and does with {fewer}: pass "
+            f"--config.data.num_streams={fewer}")
+  return (f"config.data.validation_split: {where} holds less than one batch ({t.global_batch_size} windows of "
+          f"{t.seq_len + 1} tokens)")
+
+
+def check_validation(ctx: RunContext) -> None:
   """Validation needs a batch of config.data.validation_split: asked for during training (eval_every > 0,
   eval_batches > 0) a split without one is refused; asked for at the end only (eval_every 0), it is said in
-  one line. Reads at most one batch."""
-  t, data = run.config.train, run.config.data
-  if int(t.eval_batches) <= 0:
+  one line. The message names the cause: no files, too few documents for the reader streams (with the
+  stream count that reads a batch), or less than one batch. Reads at most one batch per stream count tried."""
+  t = ctx.train
+  if t.eval_batches <= 0:
     return  # validation off by the config
-  try:
-    why_not = None if has_a_batch(run, data.validation_split) else "holds less than one batch"
-  except FileNotFoundError:
-    why_not = "has no files"
+  why_not = _why_no_validation_batch(ctx)
   if why_not is None:
     return
-  what = (f"config.data.validation_split: the {data.validation_split!r} split of {data.path} {why_not} "
-          f"({t.global_batch_size} windows of {t.seq_len + 1} tokens)")
   off = "--config.train.eval_every=0 --config.train.eval_batches=0 turns validation off"
-  if int(t.eval_every) > 0:
-    raise ConfigError(f"{what}, and config.train.eval_every={t.eval_every} asks for validation: name another "
+  if t.eval_every > 0:
+    raise ConfigError(f"{why_not}; config.train.eval_every={t.eval_every} asks for validation: name another "
                       f"split, or {off}")
-  log(f"validation: off, {what}; {off} to silence this")
-
-
-# -- the dry run's report --------------------------------------------------------------------------------
-# An H200's 141 GB, the most memory of the accelerators this project lists (metrics.PEAK_FLOPS_BF16): a step
-# needing more per device fits no single device as configured.
-LARGEST_DEVICE_MEMORY_BYTES = 141e9
-
-
-def dry_run_memory_hint(memory_bytes_per_device: int | None, target: str | None) -> str | None:
-  """A hint for a dry run whose step needs more memory per device than any accelerator has, else None."""
-  if not memory_bytes_per_device or memory_bytes_per_device <= LARGEST_DEVICE_MEMORY_BYTES:
-    return None
-  need = f"{memory_bytes_per_device / 1e9:,.0f} GB per device, more than any accelerator has (an H200: 141 GB)"
-  if target:
-    return (f"{need} on {target}: shard the state over more devices (config.mesh.fsdp), recompute "
-            f"activations (config.model.remat) or split the batch (config.train.microbatches)")
-  return (f"{need} on this host's {jax.device_count()} device(s): compile for the accelerator you will train "
-          f"on with --dry_run --target=NAME (e.g. --target=v5p-8), which reports its memory per device")
+  log(f"validation: off, {why_not}; {off} to silence this")

@@ -11,10 +11,11 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from ssa_jax.data.token_counts import load_token_feature
 from ssa_jax.errors import ConfigError
 from ssa_jax.model.config import ModelConfig
-from ssa_jax.model.params import TOKEN_FEATURE, init_params, param_shapes, uses_token_feature
-from ssa_jax.model.params import param_shardings
+from ssa_jax.model.decoder import TOKEN_FEATURE, uses_token_feature
+from ssa_jax.model.params import init_params, param_shapes, param_shardings
 
 
 @flax.struct.dataclass
@@ -63,8 +64,6 @@ def token_feature(model_cfg: ModelConfig):
   path = model_cfg.ssa.feature_path
   if not uses_token_feature(model_cfg) or not path:
     return None
-  from ssa_jax.data.token_counts import load_token_feature  # the data layer owns the counts format
-
   try:
     return load_token_feature(path, model_cfg.vocab_size)
   except (OSError, ValueError) as e:

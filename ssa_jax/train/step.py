@@ -9,8 +9,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from ssa_jax.errors import ConfigError
 from ssa_jax.model.decoder import Decoder
+from ssa_jax.runtime import sharding
 from ssa_jax.train.loss import DEFAULT_LOSS_CHUNK_SIZE, next_token_cross_entropy
 from ssa_jax.train.state import TrainState
 
@@ -46,8 +46,8 @@ def strided_microbatches(tokens_BX: jax.Array, microbatches: int) -> jax.Array:
   give each microbatch to a fraction of the devices and leave the others idle.
   """
   B = tokens_BX.shape[0]
-  if B % microbatches:
-    raise ConfigError(f"config.train.microbatches: {microbatches} does not divide the batch of {B} rows")
+  if B % microbatches:  # the run's batch is checked at start (sharding.check_batch_divisible)
+    raise ValueError(f"microbatches: {microbatches} does not divide the batch of {B} rows")
   return jnp.swapaxes(tokens_BX.reshape(B // microbatches, microbatches, *tokens_BX.shape[1:]), 0, 1)
 
 
@@ -60,9 +60,6 @@ def make_train_step(model: Decoder, tx: optax.GradientTransformation, schedule: 
   scan, one microbatch's activations alive at a time; the update is that of the whole batch.
   `loss_chunk_size`: positions per LM-head chunk of the loss (config.train.loss_chunk_size; 0 = whole logits).
   """
-  if microbatches < 1:
-    raise ConfigError(f"config.train.microbatches: expected >= 1, got {microbatches}")
-
   def grads_of(params, tokens_BT1):
     loss_fn = lambda p: next_token_loss(model, p, tokens_BT1, loss_chunk_size)
     (loss, stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
@@ -140,8 +137,6 @@ def make_eval_step(model: Decoder, loss_chunk_size: int = DEFAULT_LOSS_CHUNK_SIZ
 def jit_train_step(model: Decoder, tx, schedule, microbatches: int, shardings: TrainState, mesh,
                    loss_chunk_size: int = DEFAULT_LOSS_CHUNK_SIZE):
   """The train step jitted with the state's NamedShardings in and out (state donated), batches over data x fsdp."""
-  from ssa_jax.runtime import sharding
-
   return jax.jit(make_train_step(model, tx, schedule, microbatches, loss_chunk_size),
                  in_shardings=(shardings, {"tokens": sharding.batch_sharding(mesh)}),
                  out_shardings=(shardings, sharding.replicated(mesh)), donate_argnums=(0,))
@@ -151,8 +146,6 @@ def jit_loop_step(model: Decoder, tx, schedule, microbatches: int, shardings: Tr
                   loss_chunk_size: int = DEFAULT_LOSS_CHUNK_SIZE):
   """The training loop's step: loop_step(state, counts, batch) -> (state, counts, metrics), the train step
   plus the non-finite counters (`nonfinite_counts`), so that the loop reads the device only at log steps."""
-  from ssa_jax.runtime import sharding
-
   train_step = make_train_step(model, tx, schedule, microbatches, loss_chunk_size)
 
   def loop_step(state, counts, batch):

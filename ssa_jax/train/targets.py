@@ -17,14 +17,12 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
-import math
 import re
 from typing import Any
 
-import jax
 import numpy as np
 from jax.experimental import mesh_utils, topologies
-from jax.sharding import AxisType, Mesh
+from jax.sharding import Mesh
 
 from ssa_jax.errors import ConfigError
 from ssa_jax.runtime import sharding
@@ -180,34 +178,19 @@ def target_devices(target: Target) -> list:
 
 
 def target_mesh(mesh_cfg, target: Target, devices: list, where: str = "config.mesh") -> Mesh:
-  """config.mesh laid over the target's devices: its -1 size resolves against one slice's devices, and K
-  slices multiply the data axis by K over DCN (data parallel across slices, the other axes within one).
-
-  Mirrors sharding.make_mesh's size rules, which read jax.devices() (this host's CPU) instead of a device list.
-  """
+  """config.mesh laid over the target's devices (sharding.make_mesh's rules): its -1 size resolves against one
+  slice's devices, and K slices multiply the data axis by K over DCN (data parallel across slices, the other
+  axes within one)."""
   n = mesh_cfg.get("num_devices", -1)
-  per_slice = len(devices) // target.slices
-  if n not in (-1, per_slice * target.slices):
+  if n not in (-1, len(devices)):
     raise ConfigError(f"{where}.num_devices: {n}; --target={target.name} compiles for all of its "
-                      f"{per_slice * target.slices} devices (-1)")
-  sizes = [int(mesh_cfg[a]) for a in sharding.MESH_AXES]
-  shown = dict(zip(sharding.MESH_AXES, sizes))
-  if sizes.count(-1) > 1 or any(s == 0 or s < -1 for s in sizes):
-    raise ConfigError(f"{where}: axis sizes must be positive or -1 (at most one), got {shown}")
-  known = math.prod(s for s in sizes if s != -1)
-  if -1 in sizes:
-    if per_slice % known:
-      raise ConfigError(f"{where}: {shown} does not divide the {per_slice} devices of {target.name}")
-    sizes[sizes.index(-1)] = per_slice // known
-  if math.prod(sizes) != per_slice:
-    raise ConfigError(f"{where}: {shown} needs {math.prod(sizes)} devices, {target.name} has {per_slice}"
-                      + (" a slice" if target.slices > 1 else ""))
-  axis_types = (AxisType.Auto,) * len(sharding.MESH_AXES)
+                      f"{len(devices)} devices (-1)")
   if target.slices == 1:
-    return jax.make_mesh(tuple(sizes), sharding.MESH_AXES, axis_types=axis_types, devices=devices)
+    return sharding.make_mesh(mesh_cfg, devices, f"{where} on {target.name}")
+  sizes = sharding.mesh_shape(mesh_cfg, len(devices) // target.slices, f"{where} on each {target.name} slice")
   dcn = (target.slices,) + (1,) * (len(sizes) - 1)
-  grid = mesh_utils.create_hybrid_device_mesh(tuple(sizes), dcn, devices)
-  return Mesh(np.asarray(grid), sharding.MESH_AXES, axis_types=axis_types)
+  grid = mesh_utils.create_hybrid_device_mesh(sizes, dcn, devices)
+  return Mesh(np.asarray(grid), sharding.MESH_AXES, axis_types=sharding.AXIS_TYPES)
 
 
 def num_hosts(devices: list) -> int:

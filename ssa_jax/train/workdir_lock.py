@@ -22,6 +22,7 @@ from typing import Iterator
 import jax
 import numpy as np
 from etils import epath
+from jax.experimental import multihost_utils
 
 LOCK_NAME = "train.lock"
 
@@ -168,8 +169,6 @@ def workdir_lock(workdir: epath.PathLike) -> Iterator[None]:
     except WorkdirLockedError as e:
       error = str(e)
   if jax.process_count() > 1:
-    from jax.experimental import multihost_utils
-
     ok = int(multihost_utils.broadcast_one_to_all(np.int32(error is None)))
     if not ok and error is None:
       error = f"workdir {workdir} is in use by another training run (process 0 says which)"

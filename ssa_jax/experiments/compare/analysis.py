@@ -1,7 +1,7 @@
 """What the comparison measures on each final checkpoint: parameters, Figure 2, temperatures, zero-shot tasks.
 
 All of it on the run's own validation split (the first `num_tokens` tokens, in the windows its validation
-reads), so that every run of a comparison is analysed on the same tokens. The result is cached in
+reads: ssa_jax.analysis.norms.validation_windows), so that every run of a comparison is analysed on the same tokens. The result is cached in
 RUN_DIR/compare_analysis.json, keyed by the checkpoint step and the settings, so a re-run reuses it.
 """
 
@@ -9,45 +9,23 @@ from __future__ import annotations
 
 import functools
 import json
-import math
 import time
 from pathlib import Path
 from typing import Any
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 
-from ssa_jax.model.params import unstack_layers
+from ssa_jax.analysis import norms
+from ssa_jax.data.tokenizer import load_tokenizer
+from ssa_jax.evaluate import ModelSource, load_model, run_eval
+from ssa_jax.formats import checkpoint
+from ssa_jax.model.params import param_counts, unstack_layers
 
 CACHE = "compare_analysis.json"
 EVAL_RESULTS = "compare_eval.json"
 PERCENTILES = (5, 95)
-
-
-def validation_windows(run_config: dict, tokenizer, num_tokens: int) -> np.ndarray:
-  """(N, seq_len) int32: the first ceil(num_tokens / seq_len) windows of the run's validation split."""
-  from ssa_jax.data.pipeline import make_lm_iterator
-
-  data, t = ml_collections.ConfigDict(run_config["data"]), run_config["train"]
-  seq_len = int(t["seq_len"])
-  need = max(1, math.ceil(num_tokens / seq_len))
-  it = make_lm_iterator(data, split=data.validation_split, seq_len=seq_len,
-                        global_batch_size=int(t["global_batch_size"]), process_index=0, process_count=1,
-                        tokenizer=tokenizer, repeat=False)
-  rows: list[np.ndarray] = []
-  try:
-    for batch in it:
-      rows.extend(np.asarray(batch["tokens"])[:, :seq_len])
-      if len(rows) >= need:
-        break
-  finally:
-    it.close()
-  if not rows:
-    raise ValueError(f"config.data.validation_split: {data.validation_split!r} of {data.path or 'the demo corpus'} "
-                     "yields no validation window to analyse")
-  return np.stack(rows[:need]).astype(np.int32)
 
 
 @functools.lru_cache(maxsize=8)
@@ -84,8 +62,6 @@ def temperature_stats(model, params, windows_NT: np.ndarray, batch_size: int = 8
 def figure2(model, params, windows_NT: np.ndarray) -> dict[str, Any]:
   """ssa_jax.analysis.norms on the windows: means of spec_raw / spec_eff / opnorm(_eff) / tau_q / spikiness,
   per-layer means, and the per-token values (for the violins)."""
-  from ssa_jax.analysis import norms
-
   analysed = type(model)(norms.analysis_config(model.config))
   seq_len = windows_NT.shape[1]
   arrays = norms.analyse(analysed, params, windows_NT.reshape(-1).tolist(), seq_len)
@@ -95,8 +71,6 @@ def figure2(model, params, windows_NT: np.ndarray) -> dict[str, Any]:
 def zero_shot(model, params, tokenizer_path: str, run_dir: Path, step: int, seq_len: int, tasks: str,
               data_dir: str, limit: int, batch_size: int) -> dict[str, Any]:
   """ssa_jax.evaluate.run_eval on the final checkpoint: {task: {metric: value}} and the tasks that could not run."""
-  from ssa_jax.evaluate import run_eval
-
   results = run_eval(model, params, tokenizer_path, tasks=tasks, data_dir=data_dir or None, limit=limit or None,
                      batch_size=batch_size, max_length=seq_len, output=str(run_dir / EVAL_RESULTS),
                      extra={"checkpoint": str(run_dir / "checkpoints"), "step": step}, show_progress=False)
@@ -110,11 +84,6 @@ def zero_shot(model, params, tokenizer_path: str, run_dir: Path, step: int, seq_
 def analyse_run(run_dir: Path, num_tokens: int, eval_tasks: str = "", eval_data_dir: str = "", limit: int = 0,
                 eval_batch_size: int = 16) -> dict[str, Any]:
   """Everything measured on RUN_DIR's latest checkpoint (cached in RUN_DIR/compare_analysis.json)."""
-  from ssa_jax.formats import checkpoint
-  from ssa_jax.data.tokenizer import load_tokenizer
-  from ssa_jax.evaluate import ModelSource, load_model
-  from ssa_jax.model.params import ssa_param_counts
-
   if num_tokens <= 0:
     raise ValueError(f"--analysis_tokens: expected a positive int, got {num_tokens}")
   _, step = checkpoint.resolve_step_dir(run_dir)
@@ -132,10 +101,10 @@ def analyse_run(run_dir: Path, num_tokens: int, eval_tasks: str = "", eval_data_
   if not tokenizer_path:
     raise ValueError(f"{run_dir}: the run's config names no tokenizer (config.data.tokenizer_path)")
   tokenizer = load_tokenizer(tokenizer_path)
-  windows_NT = validation_windows(run_config, tokenizer, num_tokens)
+  windows_NT = norms.validation_windows(run_config, tokenizer, num_tokens)
   out: dict[str, Any] = {
       "key": key, "step": step, "tokens_analysed": int(windows_NT.size), "window": int(windows_NT.shape[1]),
-      **ssa_param_counts(params),
+      **param_counts(model.config),
       "temperatures": temperature_stats(model, params, windows_NT),
       "figure2": figure2(model, params, windows_NT),
       "zero_shot": None,

@@ -12,8 +12,8 @@ batches in the same order and is validated on the same batches, with the same to
 A run already in WORKDIR resumes from its checkpoint, and a complete one is not trained again, so an
 interrupted comparison (Ctrl-C saves a checkpoint) continues when the same command is run again; a run
 directory that was started with a different config is refused. Then each final checkpoint is analysed
-(compare_analysis: parameters, Figure 2's norms and spikiness, per-layer temperatures, zero-shot tasks) and
-WORKDIR/report.md, report.json and PNGs are written (compare_report).
+(analysis.py: parameters, Figure 2's norms and spikiness, per-layer temperatures, zero-shot tasks) and
+WORKDIR/report.md, report.json and PNGs are written (report.py, markdown.py, figures.py).
 """
 
 from __future__ import annotations
@@ -25,8 +25,16 @@ from pathlib import Path
 from typing import Any
 
 import ml_collections
+from absl import flags, logging
+from ml_collections import config_flags
 
+from configs import models
 from ssa_jax.errors import ConfigError
+from ssa_jax.experiments.compare import analysis as compare_analysis
+from ssa_jax.experiments.compare import figures as compare_figures
+from ssa_jax.experiments.compare import report as compare_report
+from ssa_jax.experiments.compare.markdown import markdown
+from ssa_jax.train.loop import train
 
 RUN_STATE = "compare_run.json"  # in each run directory: the config it was started with, its sessions, its summary
 
@@ -45,8 +53,6 @@ def parse_list(text: str, flag: str, cast=str) -> list:
 
 def variant_config(base: ml_collections.ConfigDict, variant: str, seed: int) -> ml_collections.ConfigDict:
   """`base` with config.model.ssa updated by the variant's preset and config.seed = seed (a private copy)."""
-  from configs import models
-
   if variant not in models.SSA_VARIANTS:
     raise ConfigError(f"--variants: unknown variant {variant!r}; expected names from configs/models.py "
                       f"SSA_VARIANTS: {sorted(models.SSA_VARIANTS)}")
@@ -98,8 +104,6 @@ def write_state(run_dir: Path, state: dict) -> None:
 
 def ensure_trained(run_dir: Path, config: ml_collections.ConfigDict, variant: str, seed: int) -> dict:
   """Trains (or resumes) one run unless it is complete; returns its state. A requested stop leaves it incomplete."""
-  from ssa_jax.train.loop import train
-
   wanted = config_json(config)
   state = read_state(run_dir)
   if state is not None:
@@ -127,9 +131,6 @@ def ensure_trained(run_dir: Path, config: ml_collections.ConfigDict, variant: st
 
 def write_report(root: Path, report: dict[str, Any], runs: list[dict]) -> None:
   """report.json, report.md and the PNGs into `root`."""
-  from ssa_jax.experiments.compare.cli import figures as compare_figures
-  from ssa_jax.experiments.compare.markdown import markdown
-
   root.mkdir(parents=True, exist_ok=True)
   (root / "report.json").write_text(json.dumps(report, indent=1) + "\n")
   figures = compare_figures.write_all(root, report, runs)
@@ -140,8 +141,6 @@ def compare(base: ml_collections.ConfigDict, variants: list[str], seeds: list[in
             eval_tasks: str = "", eval_data_dir: str = "", limit: int = 0, eval_batch_size: int = 16,
             analysis_tokens: int = 2048, config_name: str = "") -> dict | None:
   """Trains every variant x seed, analyses the final checkpoints, writes the report; returns it (None: stopped)."""
-  from ssa_jax.experiments.compare.cli import analysis as compare_analysis, report as compare_report
-
   if len(variants) < 2:
     raise ConfigError(f"--variants: a comparison needs at least two variants, got {variants}")
   if int(base.train.eval_batches) <= 0:
@@ -171,9 +170,6 @@ def compare(base: ml_collections.ConfigDict, variants: list[str], seeds: list[in
 def main(argv: list[str]) -> None:
   """The command line (absl flags; see the module docstring)."""
   del argv
-  from absl import flags, logging
-  from ml_collections import config_flags
-
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)  # orbax logs every file operation at INFO
   f = flags.FLAGS
@@ -189,9 +185,6 @@ def main(argv: list[str]) -> None:
 
 def define_flags() -> None:
   """The command's flags (absl); --config.* overrides come from config_flags."""
-  from absl import flags
-  from ml_collections import config_flags
-
   config_flags.DEFINE_config_file("config", "configs/compare_tiny.py", "Base run config (a file in configs/).")
   flags.DEFINE_string("workdir", None, "Directory for the runs (WORKDIR/runs/<variant>_seed<seed>) and the report.")
   flags.DEFINE_string("variants", "vanilla,ssa,ssa_ws",
@@ -204,11 +197,3 @@ def define_flags() -> None:
   flags.DEFINE_integer("limit", 0, "First N documents of each task; 0 = all.")
   flags.DEFINE_integer("eval_batch_size", 16, "Rows per evaluation batch.")
   flags.DEFINE_integer("analysis_tokens", 2048, "Validation tokens for the norms / spikiness / temperature analysis.")
-
-
-if __name__ == "__main__":
-  from ssa_jax.runtime import cli_errors
-  from ssa_jax.train.workdir_lock import WorkdirLockedError
-
-  define_flags()
-  cli_errors.run(main, user_errors=(ConfigError, WorkdirLockedError))

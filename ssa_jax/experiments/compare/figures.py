@@ -3,22 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import numpy as np
+from matplotlib import ticker
 
-from ssa_jax.analysis import curves
+from ssa_jax.analysis import curves, norms
+from ssa_jax.experiments.common import pyplot
 
 LOSS_SMOOTHING = 0.9  # the EMA of curves' default for training loss
-
-
-def _pyplot():
-  import matplotlib
-
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-
-  return plt
 
 
 def _band(ax, steps, values_SX: np.ndarray, label: str) -> None:
@@ -36,9 +28,7 @@ def _runs_of(report: dict, variant: str) -> list[dict]:
 
 def validation_figure(path: Path, report: dict) -> None:
   """Validation perplexity per variant at each evaluation point (log axis, plain tick labels)."""
-  from matplotlib import ticker
-
-  plt = _pyplot()
+  plt = pyplot()
   fig, ax = plt.subplots(figsize=(6.5, 4.2))
   lo, hi = np.inf, 0.0
   for v in report["variants"]:
@@ -64,7 +54,7 @@ def validation_figure(path: Path, report: dict) -> None:
 
 def loss_figure(path: Path, report: dict) -> None:
   """Training loss per variant, each run EMA-smoothed, then mean ± std over seeds."""
-  plt = _pyplot()
+  plt = pyplot()
   fig, ax = plt.subplots(figsize=(6.5, 4.2))
   for v in report["variants"]:
     runs = _runs_of(report, v)
@@ -85,8 +75,6 @@ def loss_figure(path: Path, report: dict) -> None:
 
 def figure2_figure(path: Path, report: dict, runs: list[dict]) -> None:
   """ssa_jax.analysis.norms' violins, each variant's tokens pooled over its seeds."""
-  from ssa_jax.analysis import norms
-
   results = []
   for v in report["variants"]:
     mine = [r["analysis"]["figure2"] for r in runs if r["variant"] == v]
@@ -102,7 +90,7 @@ def temperatures_figure(path: Path, report: dict) -> bool:
   names = sorted({n for t in report["temperatures"].values() for n in t})
   if not names:
     return False
-  plt = _pyplot()
+  plt = pyplot()
   fig, axes = plt.subplots(1, len(names), figsize=(5 * len(names), 3.8), squeeze=False)
   for ax, name in zip(axes[0], names):
     for v in report["variants"]:

@@ -1,4 +1,4 @@
-"""report.md of a comparison, from the numbers of compare_report.build (nothing is computed here but layout)."""
+"""report.md of a comparison, from the numbers of report.build (nothing is computed here but layout)."""
 
 from __future__ import annotations
 

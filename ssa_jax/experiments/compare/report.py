@@ -1,5 +1,5 @@
-"""The comparison's report: every number read back from the runs' own metrics.jsonl and analyses (compare.py then
-writes it as WORKDIR/report.json, with report.md from compare_markdown and the PNGs from compare_figures).
+"""The comparison's report: every number read back from the runs' own metrics.jsonl and analyses (cli.py then
+writes it as WORKDIR/report.json, with report.md from markdown.py and the PNGs from figures.py).
 
 Spread over seeds is the sample standard deviation (n - 1); with one seed there is none and no verdict.
 The verdict compares the final validation perplexity of each variant with the reference's: a difference
@@ -13,6 +13,7 @@ import json
 import statistics
 from typing import Any
 
+import jax
 import numpy as np
 
 from ssa_jax.analysis import curves
@@ -112,9 +113,27 @@ def _steps_to_target(ref_run: dict, run: dict, metric: str) -> dict[str, Any]:
 
 
 def _device() -> dict[str, Any]:
-  import jax
-
   return {"platform": jax.default_backend(), "kind": jax.devices()[0].device_kind, "count": jax.device_count()}
+
+
+def _temperature_summary(stats: list[dict]) -> dict[str, Any]:
+  """One variant's temperatures over its seeds: per layer mean ± std of the seed means, mean 5th / 95th percentile."""
+  return {name: {"mean": [mean_std([st[name]["mean"][layer] for st in stats])
+                          for layer in range(len(stats[0][name]["mean"]))],
+                 "p5": np.mean([st[name]["p5"] for st in stats], axis=0).tolist(),
+                 "p95": np.mean([st[name]["p95"] for st in stats], axis=0).tolist()}
+          for name in sorted(stats[0])}
+
+
+def _zero_shot_summary(results: list[dict | None]) -> dict[str, Any] | None:
+  """One variant's zero-shot scores over its seeds (tasks every seed has), or None when a seed has none."""
+  if any(r is None for r in results):
+    return None
+  tasks = sorted(set.intersection(*(set(r["scores"]) for r in results)))
+  summary: dict[str, Any] = {task: {m: mean_std([r["scores"][task][m] for r in results])
+                                    for m in results[0]["scores"][task]} for task in tasks}
+  summary["_missing"] = results[0]["missing"]
+  return summary
 
 
 def build(runs: list[dict], variants: list[str], seeds: list[int], config_name: str = "") -> dict[str, Any]:
@@ -149,24 +168,9 @@ def build(runs: list[dict], variants: list[str], seeds: list[int], config_name: 
     for k in ("spec_raw", "spec_eff", "opnorm_eff"):
       figure2[v][f"{k}_ref_over_this"] = figure2[ref][k]["mean"] / figure2[v][k]["mean"]
 
-  temperatures: dict[str, Any] = {}
-  for v in variants:
-    stats = [analysis[by[(v, s)]]["temperatures"] for s in seeds]
-    temperatures[v] = {name: {"mean": [mean_std([st[name]["mean"][layer] for st in stats])
-                                       for layer in range(len(stats[0][name]["mean"]))],
-                              "p5": np.mean([st[name]["p5"] for st in stats], axis=0).tolist(),
-                              "p95": np.mean([st[name]["p95"] for st in stats], axis=0).tolist()}
-                       for name in sorted(stats[0])}
-
-  zero_shot: dict[str, Any] = {}
-  for v in variants:
-    results = [analysis[by[(v, s)]]["zero_shot"] for s in seeds]
-    if any(r is None for r in results):
-      continue
-    tasks = sorted(set.intersection(*(set(r["scores"]) for r in results)))
-    zero_shot[v] = {task: {m: mean_std([r["scores"][task][m] for r in results]) for m in results[0]["scores"][task]}
-                    for task in tasks}
-    zero_shot[v]["_missing"] = results[0]["missing"]
+  temperatures = {v: _temperature_summary([analysis[by[(v, s)]]["temperatures"] for s in seeds]) for v in variants}
+  zero_shot = {v: _zero_shot_summary([analysis[by[(v, s)]]["zero_shot"] for s in seeds]) for v in variants}
+  zero_shot = {v: z for v, z in zero_shot.items() if z is not None}
 
   cost = {v: {"wall_s": mean_std([r["wall_s"] for r in of(v)]), "tokens_per_s": mean_std([r["tokens_per_s"] for r in of(v)]),
               "params": of(v)[0]["params"], "ssa_params": of(v)[0]["ssa_params"],

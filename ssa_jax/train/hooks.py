@@ -1,0 +1,117 @@
+"""What the training loop does besides the step, one object each: the loop's own state between steps
+(`LoopState`), the log step's record (`MetricLog`), validation (`Validation`) and saving (`Checkpointer`).
+loop.py calls them in order, as clu's periodic actions are called from a flax example's loop."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+
+from ssa_jax.data.pipeline import sum_over_processes
+from ssa_jax.formats import checkpoint
+from ssa_jax.train import metrics as metrics_lib
+from ssa_jax.train.context import RunContext
+from ssa_jax.train.evaluation import EvalStep, validation_loss
+from ssa_jax.train.metrics import log
+from ssa_jax.train.state import TrainState
+
+
+def perplexity(loss: float) -> float:
+  """exp(loss), capped at exp(50) (a diverged run's loss would overflow)."""
+  return math.exp(min(loss, 50.0))
+
+
+@dataclasses.dataclass
+class LoopState:
+  """What the loop carries from step to step on the host; the arrays stay on the devices until read."""
+
+  state: TrainState
+  counts: dict[str, jax.Array]  # the non-finite step counters (step.nonfinite_counts)
+  step: int  # steps done: reading state.step would wait for the devices
+  data_state: dict  # the training iterator's state after the batches trained on so far
+  last_loss: Any = None  # the latest step's loss (a device value, read once at the end)
+  previous_loss: Any = None  # the step before's, waited for before the next dispatch
+
+  def final_loss(self) -> float | None:
+    return None if self.last_loss is None else float(jax.device_get(self.last_loss))
+
+
+class MetricLog:
+  """A log step: the record in metrics.jsonl / TensorBoard, the console line, the non-finite steps said in
+  one line when there are new ones. The only place the loop reads device values while it trains."""
+
+  def __init__(self, ctx: RunContext, start: int):
+    t = ctx.train
+    self.writer = metrics_lib.MetricsWriter(ctx.workdir, t.tensorboard, resume_step=start)
+    self.progress = metrics_lib.ConsoleProgress(t.steps, start)
+    self._tokens_per_step, self._max_nonfinite = t.tokens_per_step, t.max_nonfinite_steps
+    self._devices = ctx.mesh.size
+    self._flops_per_token = metrics_lib.training_flops_per_token(ctx.model_cfg, t.seq_len)
+    self._peak = metrics_lib.peak_flops_per_device(jax.devices()[0].device_kind)
+    self._last_time, self._last_step, self._nonfinite_said = time.time(), start, 0
+
+  def __call__(self, step: int, metrics: dict[str, jax.Array], counts: dict[str, jax.Array],
+               data_stats: dict[str, int]) -> str | None:
+    """Logs `step`; returns why training must stop (too many non-finite steps in a row), else None."""
+    m, c = jax.device_get((metrics, counts))
+    tps = self._tokens_per_step * (step - self._last_step) / (time.time() - self._last_time)
+    record = {"step": step, "loss": float(m["loss"]), "lr": float(m["lr"]), "grad_norm": float(m["grad_norm"]),
+              "tokens_per_s": tps, "tokens_per_s_per_device": tps / self._devices,
+              "mfu": metrics_lib.mfu(tps, self._flops_per_token, self._peak, self._devices),
+              "nonfinite_total": int(c["total"]),
+              **{k: v for k, v in m.items() if k.startswith("tau_")},
+              # a collective, at the same steps on every process
+              **{f"data/{k}": v for k, v in sum_over_processes(data_stats).items()}}
+    self.writer.write(record)
+    self.progress.line(step, record)
+    if int(c["total"]) > self._nonfinite_said:
+      log(f"steps {self._last_step + 1}-{step}: {int(c['total']) - self._nonfinite_said} non-finite loss or "
+          f"gradient, update skipped ({int(c['in_a_row'])} in a row at step {step}, at most {int(c['longest'])})")
+      self._nonfinite_said = int(c["total"])
+    self._last_time, self._last_step = time.time(), step
+    if int(c["longest"]) >= self._max_nonfinite:
+      return f"{int(c['longest'])} non-finite steps in a row"
+    return None
+
+  def close(self) -> None:
+    self.writer.close()
+
+
+@dataclasses.dataclass(frozen=True)
+class Validation:
+  """The mean loss over the first config.train.eval_batches batches of the validation split, recorded."""
+
+  ctx: RunContext
+  eval_step: EvalStep
+  writer: metrics_lib.MetricsWriter
+
+  def __call__(self, step: int, params, say: bool = True) -> dict[str, float]:
+    """{'val_loss', 'val_ppl'} at `step` (written to metrics.jsonl; `say`: and to the console); {} when off."""
+    val = validation_loss(self.ctx, self.eval_step, params)
+    if val is None:
+      return {}
+    out = {"val_loss": val, "val_ppl": perplexity(val)}
+    self.writer.write({"step": step, **out})
+    if say:
+      log(f"step {step}: validation loss {val:.4f} ppl {out['val_ppl']:.2f}")
+    return out
+
+
+@dataclasses.dataclass(frozen=True)
+class Checkpointer:
+  """Saves the loop's state (parameters, optimizer, every process's data position, the run config)."""
+
+  mngr: ocp.CheckpointManager
+  run_config: dict[str, Any]
+
+  def save(self, s: LoopState, force: bool) -> None:
+    """Saves step `s.step` unless it is saved already (the last step a multiple of checkpoint_every)."""
+    if self.mngr.latest_step() == s.step:
+      return
+    checkpoint.save_train_state(self.mngr, s.state, checkpoint.gather_json(s.data_state), self.run_config,
+                                force=force, step=s.step)

@@ -1,0 +1,152 @@
+"""The run config's train and eval sections as typed, frozen values: built once from the ConfigDict and
+validated here, each error naming the field (`config.train.warmup_steps: expected an int >= 0, got -1`).
+
+Each field's type and bounds are declared on the dataclass (`_at_least`, `_in`) and checked by `_parse`. The
+ConfigDict stays the run's record (WORKDIR/config.json, the resume comparison); the loop, the optimizer and
+the evaluation read these sections. The data section is validated by ssa_jax.data.config (its owner).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Mapping
+
+from ssa_jax.errors import ConfigError
+
+SCHEDULES = ("cosine", "constant")
+
+
+def _at_least(minimum: float) -> Any:
+  return dataclasses.field(metadata={"min": minimum})
+
+
+def _in(low: float, below: float) -> Any:
+  return dataclasses.field(metadata={"min": low, "below": below})
+
+
+def _checked(where: str, kind: str, value: Any, bounds: Mapping[str, float]) -> Any:
+  """`value` as a `kind` ('int', 'float', 'bool', 'str') within `bounds`, else a ConfigError naming `where`."""
+  low, below = bounds.get("min"), bounds.get("below")
+  if kind == "bool" or kind == "str":
+    if not isinstance(value, bool if kind == "bool" else str):
+      raise ConfigError(f"{where}: expected {'True or False' if kind == 'bool' else 'a string'}, got {value!r}")
+    return value
+  types = (int,) if kind == "int" else (int, float)
+  in_bounds = isinstance(value, types) and not isinstance(value, bool) and (low is None or value >= low) and (
+      below is None or value < below)
+  if not in_bounds:
+    what = "an int" if kind == "int" else "a number"
+    bound = f"in [{low:g}, {below:g})" if below is not None else f">= {low:g}"
+    raise ConfigError(f"{where}: expected {what} {bound}, got {value!r}")
+  return value if kind == "int" else float(value)
+
+
+def _parse(cls: type, section: str, given: Mapping[str, Any], strict: bool = True) -> dict[str, Any]:
+  """The values of `cls`'s fields in `given` (config.<section>), each checked; `strict`: no other field."""
+  names = [f.name for f in dataclasses.fields(cls)]
+  unknown = sorted(set(given.keys()) - set(names)) if strict else []
+  if unknown:
+    raise ConfigError(f"config.{section}.{unknown[0]}: not a field of config.{section} (its fields: "
+                      f"{', '.join(names)})")
+  missing = [name for name in names if name not in given]
+  if missing:
+    raise ConfigError(f"config.{section}.{missing[0]}: required (configs/base.py sets it)")
+  return {f.name: _checked(f"config.{section}.{f.name}", f.type, given[f.name], f.metadata)
+          for f in dataclasses.fields(cls)}
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimSection:
+  """The optimizer's and the schedule's fields of config.train (what optim.make_optimizer reads)."""
+
+  lr: float = _at_least(0.0)
+  warmup_steps: int = _at_least(0)
+  steps: int = _at_least(1)
+  schedule: str = dataclasses.field()  # one of SCHEDULES
+  min_lr_ratio: float = _at_least(0.0)
+  b1: float = _in(0.0, 1.0)  # Adam's decay rates
+  b2: float = _in(0.0, 1.0)
+  eps: float = _at_least(1e-30)
+  weight_decay: float = _at_least(0.0)
+  grad_clip: float = _at_least(0.0)  # 0 = no clipping
+  temperature_scalar_lr_multiplier: float = _at_least(0.0)
+  temperature_matrix_lr_multiplier: float = _at_least(0.0)
+  temperatures_only: bool = dataclasses.field()
+
+  def __post_init__(self):
+    if self.schedule not in SCHEDULES:
+      raise ConfigError(f"config.train.schedule: unknown {self.schedule!r}; expected one of {SCHEDULES}")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainSection(OptimSection):
+  """config.train (configs/base.py says what each field means): the optimizer's fields and the run's."""
+
+  global_batch_size: int = _at_least(1)
+  seq_len: int = _at_least(1)
+  microbatches: int = _at_least(1)
+  loss_chunk_size: int = _at_least(0)  # positions per LM-head chunk of the loss; 0 = the whole logits at once
+  log_every: int = _at_least(1)
+  eval_every: int = _at_least(0)  # 0 = validation at the end only
+  eval_batches: int = _at_least(0)  # 0 = no validation
+  checkpoint_every: int = _at_least(0)  # 0 = a checkpoint at the end only
+  keep_checkpoints: int = _at_least(1)
+  async_checkpoints: bool = dataclasses.field()
+  max_nonfinite_steps: int = _at_least(1)
+  tensorboard: bool = dataclasses.field()
+  preemption_deadline_s: float = _at_least(0.0)  # 0 = none
+
+  @property
+  def tokens_per_step(self) -> int:
+    return self.global_batch_size * self.seq_len
+
+
+def train_section(train: Mapping[str, Any] | TrainSection) -> TrainSection:
+  """config.train as a TrainSection, every field checked (a TrainSection is returned as it is)."""
+  return train if isinstance(train, TrainSection) else TrainSection(**_parse(TrainSection, "train", train))
+
+
+def optim_section(train: Mapping[str, Any] | OptimSection) -> OptimSection:
+  """The optimizer's fields of a section (a TrainSection is one), or of a config.train mapping: checked, other
+  fields ignored, so that a mapping of the optimizer's fields alone will do."""
+  if isinstance(train, OptimSection):
+    return train
+  return OptimSection(**_parse(OptimSection, "train", train, strict=False))
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalSection:
+  """config.eval: the end-of-run evaluation into WORKDIR/results.json (see eval.py for the tasks)."""
+
+  at_end: bool = dataclasses.field()
+  tasks: str = dataclasses.field()  # lm-eval task names, comma-separated ('' = none); see `task_names`
+  data_dir: str = dataclasses.field()
+  limit: int = _at_least(0)  # 0 = every example
+  batch_size: int = _at_least(1)
+  passkey: bool = dataclasses.field()
+  heldout_split: str = dataclasses.field()  # '' = no held-out perplexity
+
+  @property
+  def task_names(self) -> list[str]:
+    return [t for t in self.tasks.split(",") if t]
+
+
+def eval_section(ev: Mapping[str, Any]) -> EvalSection:
+  """config.eval as an EvalSection, every field checked."""
+  return EvalSection(**_parse(EvalSection, "eval", ev))
+
+
+def schedule_warnings(t: TrainSection) -> list[str]:
+  """One line for each cadence longer than the run (a preset shrunk with --config.train.steps=N keeps its
+  full-size schedule): a warmup that never reaches the peak, no validation or checkpoint before the end."""
+  out = []
+  if t.warmup_steps >= t.steps and t.warmup_steps > 0:
+    out.append(f"config.train.warmup_steps: {t.warmup_steps} >= config.train.steps={t.steps}: the learning rate "
+               f"never reaches config.train.lr={t.lr:g} (pass --config.train.warmup_steps=N with N < {t.steps})")
+  if t.eval_every > t.steps:
+    out.append(f"config.train.eval_every: {t.eval_every} > config.train.steps={t.steps}: no validation before the "
+               f"end (pass --config.train.eval_every=N with N <= {t.steps})")
+  if t.checkpoint_every > t.steps:
+    out.append(f"config.train.checkpoint_every: {t.checkpoint_every} > config.train.steps={t.steps}: no checkpoint "
+               f"before the last step (pass --config.train.checkpoint_every=N with N <= {t.steps})")
+  return out
