@@ -8,6 +8,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root, for `configs`
+from tests_shared import shared_data_or_skip  # noqa: E402  (after the path above)
 # Every test computes on the CPU: with the TPU compiler installed (the test extra), jax would otherwise probe for
 # TPU chips at start. The ahead-of-time TPU compiles need no chip (ssa_jax/train/targets.py). Subprocesses
 # inherit both; several processes may load libtpu at once (the multi-process tests).
@@ -17,12 +18,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-
 
 @pytest.fixture
 def shared_data() -> Path:
-  """../shared/data beside the checkout; skips the test when it is absent."""
-  if not SHARED_DATA.is_dir():
-    pytest.skip(f"{SHARED_DATA} is absent (real tokenizers and benchmark files)")
-  return SHARED_DATA
+  """../shared/data beside the checkout; skips the test when it is absent (fails under CI=true)."""
+  return shared_data_or_skip()

@@ -8,7 +8,7 @@ import ml_collections
 
 from configs import base
 from ssa_jax.model.config import ModelConfig, RopeScaling, SSAConfig
-from ssa_jax.runtime import config_table
+from ssa_jax.train import config_table
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -37,7 +37,7 @@ def _leaves(cfg: ml_collections.ConfigDict, prefix: str = "") -> list[str]:
 def test_docs_config_md_is_what_the_generator_prints():
   text = (REPO / "docs" / "config.md").read_text()
   assert text == config_table.table(), ("docs/config.md is stale: regenerate it with "
-                                        "`python -m ssa_jax.runtime.config_table > docs/config.md`")
+                                        "`python -m ssa_jax.train.config_table > docs/config.md`")
 
 
 def test_every_field_of_every_mode_and_of_the_model_dataclasses_has_a_row():

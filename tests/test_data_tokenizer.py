@@ -1,14 +1,13 @@
 """Tokenizers from a path encode exactly as transformers does (GPT-2, Pythia, Llama-2), BOS/EOS per model."""
 
 import json
-from pathlib import Path
 
 import pytest
 
 from ssa_jax.data.demo import train_bpe
 from ssa_jax.data.tokenizer import load_tokenizer
+from tests_shared import shared_data_or_skip
 
-TOKENIZERS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "tokenizers"
 SAMPLES = [
     "In the beginning God created the heaven and the earth.",
     "Hello world!\n\nTwo  spaces,\ttabs, café, naïve, 你好, emoji 😀 and numbers 1234567.",
@@ -18,10 +17,7 @@ SAMPLES = [
 
 
 def _need(rel):
-  path = TOKENIZERS / rel
-  if not path.exists():
-    pytest.skip(f"{path} absent (../shared/data is not next to this checkout)")
-  return path
+  return shared_data_or_skip("tokenizers", rel)
 
 
 @pytest.mark.parametrize("rel,eos,adds_bos,vocab", [

@@ -17,6 +17,10 @@ from ssa_jax.runtime import sharding
 from ssa_jax.train.context import RunContext
 
 EvalStep = Callable[..., jax.Array]  # eval_step(params, batch) -> the batch's mean next-token loss
+# Evaluation steps dispatched ahead of the devices, at most. Unbounded, a held-out split of hundreds of batches
+# queues hundreds of programs (and their input batches) at once; on a loaded CPU host with a forced multi-device
+# mesh, XLA's collective rendezvous then timed out and aborted the process (seen in CI under two test workers).
+MAX_BATCHES_IN_FLIGHT = 8
 
 
 def data_iterator(ctx: RunContext, split: str, repeat: bool, max_batches: int | None = None,
@@ -38,8 +42,10 @@ def split_loss(ctx: RunContext, eval_step: EvalStep, params, split: str,
   it = data_iterator(ctx, split, repeat=False, max_batches=max_batches)
   losses = []
   try:
-    for batch in it:  # read back once at the end: no host-device sync per batch
+    for batch in it:  # read back once at the end: no host-device sync per batch ...
       losses.append(eval_step(params, sharding.global_batch(batch, ctx.mesh)))
+      if len(losses) > MAX_BATCHES_IN_FLIGHT:  # ... but a bounded queue of dispatched steps (see the constant)
+        losses[-MAX_BATCHES_IN_FLIGHT - 1].block_until_ready()
   finally:
     it.close()
   return (float(np.mean(jax.device_get(losses))) if losses else None), len(losses)
