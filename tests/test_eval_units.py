@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from hf_models import make_hf_model
-from tests_shared import shared_data_or_skip
+from tests_shared import ShiftedByteTokenizer, shared_data_or_skip
 
 from ssa_jax.evaluate import metrics, readers, requests, tasks, wikitext
 
@@ -126,27 +126,12 @@ def tiny(tmp_path_factory):
   return from_hf(d)
 
 
-class ByteTokenizer:
-  """Bytes + 2 (0 = EOS, 1 = BOS): a tokenizer with no files, for the vocabulary and passkey checks."""
-
-  path, eos_id, bos_id, adds_bos_by_default, vocab_size = "bytes", 0, 1, False, 258
-
-  def encode(self, text, add_bos=None):
-    return ([1] if add_bos else []) + [b + 2 for b in text.encode()]
-
-  def encode_batch(self, texts, add_bos=None):
-    return [self.encode(t, add_bos) for t in texts]
-
-  def decode(self, ids):
-    return bytes(i - 2 for i in ids if i >= 2).decode(errors="replace")
-
-
 def test_missing_task_file_is_reported_and_the_others_run(tiny, tmp_path, capsys):
   from ssa_jax.evaluate import run_eval
 
   model, params = tiny
   (tmp_path / "lambada_openai_test.jsonl").write_text(json.dumps({"text": "the cat sat on the mat"}) + "\n")
-  out = run_eval(model, params, ByteTokenizer(), "piqa,lambada_openai", data_dir=str(tmp_path), batch_size=2,
+  out = run_eval(model, params, ShiftedByteTokenizer(), "piqa,lambada_openai", data_dir=str(tmp_path), batch_size=2,
                  max_length=32, output=str(tmp_path / "r.json"), show_progress=False)
   assert "lambada_openai" in out["results"] and "piqa" not in out["results"]
   assert "piqa_validation.jsonl" in out["ssa_jax"]["missing_tasks"]["piqa"]
@@ -162,7 +147,7 @@ def test_document_whose_choice_exceeds_max_length_is_left_out_and_reported(tiny,
           {"goal": "Dry a towel", "sol1": "hang it", "sol2": "soak it", "label": 0},
           {"goal": "Cut bread", "sol1": "use a knife", "sol2": "use a spoon", "label": 0}]
   (tmp_path / "piqa_validation.jsonl").write_text("".join(json.dumps(d) + "\n" for d in docs))
-  out = run_eval(model, params, ByteTokenizer(), "piqa", data_dir=str(tmp_path), batch_size=2, max_length=32,
+  out = run_eval(model, params, ShiftedByteTokenizer(), "piqa", data_dir=str(tmp_path), batch_size=2, max_length=32,
                  show_progress=False)
   assert out["n-samples"]["piqa"] == {"original": 3, "effective": 2}
   assert out["ssa_jax"]["skipped_records"]["piqa"]["count"] == 1
@@ -174,16 +159,16 @@ def test_tokenizer_that_does_not_match_the_vocabulary_fails_at_once(tiny, tmp_pa
   from ssa_jax.evaluate import check_vocab, run_eval
 
   model, params = tiny
-  big = ByteTokenizer()
+  big = ShiftedByteTokenizer()
   big.vocab_size = 301
   with pytest.raises(ValueError, match="301 tokens but the model's vocabulary has only 300"):
     run_eval(model, params, big, "piqa", data_dir=str(tmp_path))
-  small = ByteTokenizer()
+  small = ShiftedByteTokenizer()
   small.vocab_size = 10
   with pytest.raises(ValueError, match="not the model's tokenizer"):
     check_vocab(small, 32000)
   with pytest.raises(ValueError, match="unknown task"):
-    run_eval(model, params, ByteTokenizer(), "piqa,nope", data_dir=str(tmp_path))
+    run_eval(model, params, ShiftedByteTokenizer(), "piqa,nope", data_dir=str(tmp_path))
 
 
 def test_directory_that_is_not_a_checkpoint_fails_at_once(tmp_path):
@@ -221,7 +206,7 @@ def test_passkey_prompts_are_seeded_and_fit_their_lengths(tiny):
 
   cfg = passkey_config()
   cfg.lengths, cfg.trials = (300, 600), 4
-  tok = ByteTokenizer()
+  tok = ShiftedByteTokenizer()
   a, b = make_trials(cfg, tok), make_trials(cfg, tok)
   assert a == b and len(a) == 8
   cfg2 = passkey_config()
@@ -243,7 +228,7 @@ def test_passkey_each_length_draws_from_its_own_stream():
   from ssa_jax.evaluate.config import passkey_config
   from ssa_jax.evaluate.passkey import make_trials
 
-  tok = ByteTokenizer()
+  tok = ShiftedByteTokenizer()
 
   def trials(lengths):
     cfg = passkey_config()
@@ -263,13 +248,13 @@ def test_passkey_depth_is_where_the_key_was_placed():
   from ssa_jax.evaluate.passkey import make_trials
 
   cfg = passkey_config()
-  cfg.lengths, cfg.trials = (520, 1200), 12  # ByteTokenizer: 243 tokens without filler, 90 per filler
-  for t in make_trials(cfg, ByteTokenizer()):
+  cfg.lengths, cfg.trials = (520, 1200), 12  # ShiftedByteTokenizer: 243 tokens without filler, 90 per filler
+  for t in make_trials(cfg, ShiftedByteTokenizer()):
     key_at = t.prompt.index(cfg.key_sentence.format(key=t.key))
     before, after = t.prompt[:key_at].count(cfg.filler), t.prompt[key_at:].count(cfg.filler)
     assert t.depth == (before / (before + after) if before + after else 0.0)
   # At 520 tokens there are 3 fillers: the placed depth is a multiple of 1/3, whatever was drawn.
-  short = [t for t in make_trials(cfg, ByteTokenizer()) if t.length == 520]
+  short = [t for t in make_trials(cfg, ShiftedByteTokenizer()) if t.length == 520]
   assert {t.prompt.count(cfg.filler) for t in short} == {3}
   assert {round(t.depth * 3, 9) for t in short} <= {0.0, 1.0, 2.0, 3.0}
 
@@ -288,7 +273,7 @@ def test_passkey_hit_is_the_first_integer_of_the_output():
 
 @pytest.fixture(scope="module")
 def tiny_gpt2():
-  """A 512-position GPT-2 (learned positions) with a vocabulary that covers ByteTokenizer."""
+  """A 512-position GPT-2 (learned positions) with a vocabulary that covers ShiftedByteTokenizer."""
   import dataclasses
 
   import jax
@@ -315,9 +300,9 @@ def test_passkey_length_past_the_position_table_is_skipped_and_reported(tiny_gpt
 
   model, params = tiny_gpt2
   # 400 + 8 new tokens fit 512 positions; 512 + 8 do not (the prompt alone would); 200 is shorter than the
-  # passkey prompt without filler (243 ByteTokenizer tokens).
+  # passkey prompt without filler (243 ShiftedByteTokenizer tokens).
   cfg = _passkey_cfg((512, 200, 400))
-  out = run_eval(model, params, ByteTokenizer(), "passkey", passkey=cfg, show_progress=False)
+  out = run_eval(model, params, ShiftedByteTokenizer(), "passkey", passkey=cfg, show_progress=False)
   console = capsys.readouterr().out
   why = out["passkey"]["skipped_lengths"]["512"]
   assert "512 tokens + 8 new tokens" in why and "512 learned positions" in why
@@ -333,7 +318,7 @@ def test_passkey_with_every_length_skipped_reports_instead_of_crashing(tiny_gpt2
   from ssa_jax.evaluate import run_eval
 
   model, params = tiny_gpt2
-  out = run_eval(model, params, ByteTokenizer(), "passkey", passkey=_passkey_cfg((512, 1024)), show_progress=False)
+  out = run_eval(model, params, ShiftedByteTokenizer(), "passkey", passkey=_passkey_cfg((512, 1024)), show_progress=False)
   console = capsys.readouterr().out
   assert out["results"] == {} and "every length was skipped" in out["ssa_jax"]["missing_tasks"]["passkey"]
   assert set(out["passkey"]["skipped_lengths"]) == {"512", "1024"}
@@ -347,7 +332,7 @@ def test_summary_table_prints_whole_reasons(tiny, tmp_path, capsys):
   deep = tmp_path / ("a_long_directory_name_" * 4) / "benchmarks"
   deep.mkdir(parents=True)
   (deep / "lambada_openai_test.jsonl").write_text(json.dumps({"text": "the cat sat on the mat"}) + "\n")
-  out = run_eval(model, params, ByteTokenizer(), "lambada_openai,lambada_standard", data_dir=str(deep),
+  out = run_eval(model, params, ShiftedByteTokenizer(), "lambada_openai,lambada_standard", data_dir=str(deep),
                  batch_size=2, max_length=32, show_progress=False)
   table = capsys.readouterr().out
   message = out["ssa_jax"]["missing_tasks"]["lambada_standard"]
@@ -360,4 +345,4 @@ def test_negative_limit_fails_in_run_eval(tiny, tmp_path):
 
   model, params = tiny
   with pytest.raises(ValueError, match="limit: expected an int >= 0"):
-    run_eval(model, params, ByteTokenizer(), "piqa", data_dir=str(tmp_path), limit=-1)
+    run_eval(model, params, ShiftedByteTokenizer(), "piqa", data_dir=str(tmp_path), limit=-1)

@@ -19,6 +19,7 @@ import pytest
 from ssa_jax.evaluate import run_eval
 from ssa_jax.evaluate.config import passkey_config
 from ssa_jax.evaluate.passkey import evaluate_passkey, make_trials
+from tests_shared import ShiftedByteTokenizer
 from tiny_models import tiny_config
 
 WINDOW = 300  # tokens from the key sentence's "pass key is " to the end of the prompt that the model still sees
@@ -26,24 +27,9 @@ MARKER = "pass key is "  # only the key sentence has it ("... The pass key is" e
 ANSWER = 8  # tokens answered: " ", five digits, ".", " "
 
 
-class ByteTokenizer:
-  """Bytes + 2 (0 = EOS, 1 = BOS), no BOS by default: prompt characters and tokens are one to one."""
-
-  path, eos_id, bos_id, adds_bos_by_default, vocab_size = "bytes", 0, 1, False, 258
-
-  def encode(self, text, add_bos=None):
-    return ([1] if add_bos else []) + [b + 2 for b in text.encode()]
-
-  def encode_batch(self, texts, add_bos=None):
-    return [self.encode(t, add_bos) for t in texts]
-
-  def decode(self, ids):
-    return bytes(i - 2 for i in ids if i >= 2).decode(errors="replace")
-
-
 def _answer_B8(prompt_BT: jax.Array) -> jax.Array:
   """The ANSWER tokens for each prompt: ' key. ' when the marker is within WINDOW of the end, else a wrong key."""
-  marker = jnp.asarray(ByteTokenizer().encode(MARKER))
+  marker = jnp.asarray(ShiftedByteTokenizer().encode(MARKER))
   B, T = prompt_BT.shape
   L = marker.shape[0]
   match_BP = jnp.stack([prompt_BT[:, k:T - L + 1 + k] == marker[k] for k in range(L)]).all(axis=0)
@@ -98,7 +84,7 @@ def _cfg():
 def _by_hand(cfg) -> list[dict]:
   """Each trial's length, depth bucket and hit, from the prompt text: where the key sentence sits."""
   out = []
-  for t in make_trials(cfg, ByteTokenizer()):
+  for t in make_trials(cfg, ShiftedByteTokenizer()):
     at = t.prompt.index(MARKER)
     before, total = t.prompt[:at].count(cfg.filler), t.prompt.count(cfg.filler)
     depth = before / total if total else 0.0
@@ -116,7 +102,7 @@ def test_hits_and_breakdowns_equal_hand_counts(reader):
   trials = _by_hand(cfg)
   hits = [t["hit"] for t in trials]
   assert 0 < sum(hits) < len(hits)  # a mix of hits and misses
-  out = evaluate_passkey(reader, {}, ByteTokenizer(), cfg, batch_size=3)
+  out = evaluate_passkey(reader, {}, ShiftedByteTokenizer(), cfg, batch_size=3)
   assert out["n"] == len(trials) == 24
   assert [r["correct"] for r in out["trials"]] == hits
   for r, t in zip(out["trials"], trials):  # the model answered as designed: the key, or the key with its last digit +1
@@ -141,7 +127,7 @@ def test_run_eval_reports_the_same_counts(reader):
   cfg = _cfg()
   hits = [t["hit"] for t in _by_hand(cfg)]
   n, h = len(hits), sum(hits)
-  out = run_eval(reader, {}, ByteTokenizer(), "passkey", passkey=cfg, show_progress=False)
+  out = run_eval(reader, {}, ShiftedByteTokenizer(), "passkey", passkey=cfg, show_progress=False)
   assert out["results"]["passkey"]["acc,none"] == pytest.approx(h / n)
   assert out["results"]["passkey"]["acc_stderr,none"] == pytest.approx(math.sqrt(h * (n - h) / (n * n * (n - 1))))
   assert out["n-samples"]["passkey"] == {"original": n, "effective": n}

@@ -35,3 +35,18 @@ class ByteTokenizer:
 
   def decode(self, ids):
     return bytes(i for i in ids if i < 256).decode("utf-8")
+
+
+class ShiftedByteTokenizer:
+  """Bytes + 2 (0 = EOS, 1 = BOS), no BOS by default: prompt characters and tokens are one to one, no files."""
+
+  path, eos_id, bos_id, adds_bos_by_default, vocab_size = "bytes", 0, 1, False, 258
+
+  def encode(self, text, add_bos=None):
+    return ([1] if add_bos else []) + [b + 2 for b in text.encode()]
+
+  def encode_batch(self, texts, add_bos=None):
+    return [self.encode(t, add_bos) for t in texts]
+
+  def decode(self, ids):
+    return bytes(i - 2 for i in ids if i >= 2).decode(errors="replace")
