@@ -1,6 +1,6 @@
 """lm-eval model `ssa_jax`: run any lm-evaluation-harness task on our checkpoints with lm-eval itself.
 
-  import ssa_jax.evaluate.lm_eval_adapter  # registers the model
+Importing this module registers the model; then
   lm_eval.simple_evaluate(model="ssa_jax", model_args="hf_dir=DIR,batch_size=16", tasks=[...])
   python -c "import ssa_jax.evaluate.lm_eval_adapter as a; a.cli()" --model ssa_jax --model_args checkpoint=W ...
 
