@@ -338,8 +338,10 @@ def test_finetune_from_hf_starts_near_identity_and_can_train_temperatures_only(c
   from ssa_jax.data.pipeline import make_lm_iterator
   from ssa_jax.data.tokenizer import load_tokenizer
 
-  batch = next(make_lm_iterator(config.data, split="train", seq_len=16, global_batch_size=8, process_index=0,
-                                process_count=1, tokenizer=load_tokenizer(corpus[1])))
+  it = make_lm_iterator(config.data, split="train", seq_len=16, global_batch_size=8, process_index=0,
+                        process_count=1, tokenizer=load_tokenizer(corpus[1]))
+  batch = next(it)
+  it.close()  # its reader threads end here, not at the end of the test session
   vanilla_loss = float(next_token_loss(vanilla_model, vanilla_params, batch["tokens"])[0])
   summary = train(config, str(tmp_path / "ft"))
   first = _losses(tmp_path / "ft")[1]
