@@ -7,7 +7,6 @@ training window (train.seq_len). The console ends with a few sentences saying wh
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import jax
@@ -23,7 +22,7 @@ from ssa_jax.evaluate.passkey import make_trials
 from ssa_jax.model.decoder import Decoder
 from ssa_jax.train.context import RunContext
 from ssa_jax.train.evaluation import EvalStep, split_loss
-from ssa_jax.train.metrics import log
+from ssa_jax.train.metrics import log, perplexity
 
 HELDOUT = "heldout"  # the results entry of the held-out perplexity
 
@@ -69,7 +68,7 @@ def heldout_perplexity(ctx: RunContext, eval_step: EvalStep, params) -> dict[str
     log(f"held-out perplexity: not measured (the {split!r} split holds less than one batch)")
     return None
   t = ctx.train
-  return {"split": split, "loss": loss, "perplexity": math.exp(min(loss, 50.0)),
+  return {"split": split, "loss": loss, "perplexity": perplexity(loss),
           "tokens": batches * t.tokens_per_step, "windows": batches * t.global_batch_size,
           "data_path": str(ctx.data.path)}
 

@@ -5,7 +5,6 @@ loop.py calls them in order, as clu's periodic actions are called from a flax ex
 from __future__ import annotations
 
 import dataclasses
-import math
 import time
 from typing import Any
 
@@ -17,13 +16,8 @@ from ssa_jax.formats import checkpoint
 from ssa_jax.train import metrics as metrics_lib
 from ssa_jax.train.context import RunContext
 from ssa_jax.train.evaluation import EvalStep, validation_loss
-from ssa_jax.train.metrics import log
+from ssa_jax.train.metrics import log, perplexity
 from ssa_jax.train.state import TrainState
-
-
-def perplexity(loss: float) -> float:
-  """exp(loss), capped at exp(50) (a diverged run's loss would overflow)."""
-  return math.exp(min(loss, 50.0))
 
 
 @dataclasses.dataclass

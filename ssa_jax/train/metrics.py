@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import sys
 import time
 from typing import Any, Callable
@@ -87,6 +88,11 @@ def ssa_flops_per_token(cfg: ModelConfig, seq_len: int) -> float:
 def training_flops_per_token(cfg: ModelConfig, seq_len: int) -> float:
   """Training FLOPs per token of the whole model, the decoder's and SSA's temperature matmuls (for MFU)."""
   return decoder_flops_per_token(cfg, seq_len) + ssa_flops_per_token(cfg, seq_len)
+
+
+def perplexity(loss: float) -> float:
+  """exp(loss), capped at exp(50) (a diverged run's loss would overflow)."""
+  return math.exp(min(loss, 50.0))
 
 
 def mfu(tokens_per_s: float, flops_token: float, peak_per_device: float | None, num_devices: int) -> float | None:
