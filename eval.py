@@ -56,7 +56,6 @@ flags.DEFINE_string("dtype", "", "Compute dtype override (float32 / bfloat16); d
 def main(argv) -> int:
   if not FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)  # orbax logs every file operation at INFO
-  verbose = FLAGS.verbosity >= 1  # with --verbosity=1 a user error keeps its traceback
   try:
     if len(argv) > 1:
       raise ValueError(f"unexpected argument(s) {argv[1:]}; every option is a --flag (see --helpshort)")
@@ -67,9 +66,9 @@ def main(argv) -> int:
                      passkey_seed=FLAGS.passkey_seed, output=FLAGS.output, dtype=FLAGS.dtype)
     print(f"[eval] {plan.window_note}", flush=True)
     warn_if_accelerator_unused()
-    model, params, _ = load_model(plan.source)
+    model, variables, _ = load_model(plan.source)
   except USER_ERRORS as e:
-    if verbose:
+    if FLAGS.verbosity >= 1:  # with --verbosity=1 a user error keeps its traceback
       raise
     print(error_line(e), file=sys.stderr)
     return USAGE_EXIT
@@ -77,7 +76,7 @@ def main(argv) -> int:
     model = type(model)(plan.model_config)
   model_args = ",".join(f"{k}={v}" for k, v in (("hf_dir", FLAGS.hf_dir), ("checkpoint", FLAGS.checkpoint),
                                                  ("tokenizer", plan.tokenizer_path)) if v)
-  out = run_eval(model, params, plan.tokenizer, plan.names, data_dir=FLAGS.data_dir or None, limit=FLAGS.limit,
+  out = run_eval(model, variables, plan.tokenizer, plan.names, data_dir=FLAGS.data_dir or None, limit=FLAGS.limit,
                  batch_size=FLAGS.batch_size, max_length=plan.max_length, output=None,
                  extra=source_info(plan.source), add_bos=FLAGS.add_bos, bootstrap_iters=FLAGS.bootstrap_iters,
                  passkey=plan.passkey, model_args=model_args, pack_length=FLAGS.pack_length)

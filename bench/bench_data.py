@@ -15,28 +15,30 @@ tokens per CPU-second.
 
 import argparse
 import os
-import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from ssa_jax.data import demo  # noqa: E402
-from ssa_jax.data.config import data_config  # noqa: E402
-from ssa_jax.data.pipeline import make_lm_iterator  # noqa: E402
-from ssa_jax.data.tfds_builder import build_tokenized  # noqa: E402
-from ssa_jax.data.tokenizer import load_tokenizer  # noqa: E402
+from ssa_jax.data import demo
+from ssa_jax.data.config import data_config
+from ssa_jax.data.pipeline import make_lm_iterator
+from ssa_jax.data.tfds_builder import build_tokenized
+from ssa_jax.data.tokenizer import load_tokenizer
 
 TOKENIZERS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "tokenizers"
 
 
-def tokens_per_s(it, batches: int, warmup: int) -> tuple[float, float]:
-  """(tokens per wall second, tokens per CPU second) of `batches` batches after `warmup` ones.
+def tokens_per_s(args: argparse.Namespace, tokenizer=None, **data_fields) -> tuple[float, float]:
+  """(tokens per wall second, tokens per CPU second) of --tokens read by config.data + `data_fields`, after --warmup.
 
   Far more batches than the read-ahead holds, so what was prepared during the warm-up does not count.
   """
-  for _ in range(warmup):
+  cfg = data_config()
+  cfg.update(num_threads=args.num_threads, **data_fields)
+  it = make_lm_iterator(cfg, split=args.split, seq_len=args.seq_len, global_batch_size=args.batch, process_index=0,
+                        process_count=1, tokenizer=tokenizer)
+  for _ in range(args.warmup):
     next(it)
+  batches = max(1, int(args.tokens // (args.batch * (args.seq_len + 1))))
   t0, c0 = time.perf_counter(), time.process_time()
   n = sum(next(it)["tokens"].size for _ in range(batches))
   dt, dc = time.perf_counter() - t0, time.process_time() - c0
@@ -44,7 +46,8 @@ def tokens_per_s(it, batches: int, warmup: int) -> tuple[float, float]:
   return n / dt, n / dc
 
 
-def main():
+def main() -> None:
+  """Times both data paths and prints their rates and cores per GPU."""
   p = argparse.ArgumentParser(description=__doc__.split("\n\n", maxsplit=1)[0])
   default_tok = next((str(TOKENIZERS / n / "tokenizer.json") for n in ("pythia", "gpt2")
                       if (TOKENIZERS / n / "tokenizer.json").exists()), "")
@@ -66,25 +69,15 @@ def main():
   cache = os.path.expanduser(args.cache_dir)
   path = args.corpus or demo.ensure_demo_corpus(cache)
   tok_path = args.tokenizer or demo.ensure_demo_tokenizer(cache, data_config().demo_vocab_size)
-  tok = load_tokenizer(tok_path)
-  cores = args.num_threads
-  print(f"CPU cores {os.cpu_count()} (using {cores}); tokenizer {tok_path}; batch {args.batch} x "
+  print(f"CPU cores {os.cpu_count()} (using {args.num_threads}); tokenizer {tok_path}; batch {args.batch} x "
         f"{args.seq_len + 1}; corpus {path}")
-  batches = max(1, int(args.tokens // (args.batch * (args.seq_len + 1))))
-
-  cfg = data_config()
-  cfg.path, cfg.tokenizer_path, cfg.num_threads, cfg.cache_dir = path, tok_path, cores, cache
-  stream = tokens_per_s(make_lm_iterator(cfg, split=args.split, seq_len=args.seq_len, global_batch_size=args.batch,
-                                         process_index=0, process_count=1, tokenizer=tok), batches, args.warmup)
+  stream = tokens_per_s(args, load_tokenizer(tok_path), path=path, tokenizer_path=tok_path, cache_dir=cache)
 
   t0 = time.perf_counter()
   builder = build_tokenized(path, tok_path, args.seq_len, os.path.join(cache, "tfds_bench"), splits=(args.split,))
   built = time.perf_counter() - t0
   windows = builder.info.splits[args.split].num_examples
-  ar = data_config()
-  ar.path, ar.format, ar.num_threads = str(builder.data_dir), "array_record", cores
-  pretok = tokens_per_s(make_lm_iterator(ar, split=args.split, seq_len=args.seq_len, global_batch_size=args.batch,
-                                         process_index=0, process_count=1), batches, args.warmup)
+  pretok = tokens_per_s(args, path=str(builder.data_dir), format="array_record")
 
   print(f"load average {os.getloadavg()[0]:.1f} (other work on the machine slows the wall rate)")
   print(f"{'path':14s} {'tokens/s':>12s} {'tokens/CPU-s':>13s} {'cores per GPU':>14s}")

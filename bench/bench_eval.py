@@ -12,22 +12,19 @@ prefix-sharing packed rows, all local devices). Ours runs twice: cold (including
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import jax
 
-import jax  # noqa: E402
-
-from ssa_jax.data.tokenizer import load_tokenizer  # noqa: E402
-from ssa_jax.evaluate.requests import pair_requests  # noqa: E402
-from ssa_jax.evaluate.scoring import Scorer  # noqa: E402
-from ssa_jax.evaluate.tasks import TASKS  # noqa: E402
-from ssa_jax.formats.hf import from_hf  # noqa: E402
+from ssa_jax.data.tokenizer import load_tokenizer
+from ssa_jax.evaluate.readers import read_task
+from ssa_jax.evaluate.requests import pair_requests
+from ssa_jax.evaluate.scoring import Scorer
+from ssa_jax.evaluate.tasks import TASKS
+from ssa_jax.formats.hf import from_hf
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 TASK_NAMES = ("piqa", "arc_easy", "arc_challenge", "winogrande", "lambada_openai")
@@ -35,22 +32,19 @@ TASK_NAMES = ("piqa", "arc_easy", "arc_challenge", "winogrande", "lambada_openai
 
 def task_pairs(data: Path, docs: int) -> list[tuple[str, str]]:
   """The (context, continuation) requests of the first `docs` documents of each task in DATA/benchmarks."""
-  pairs = []
-  for name in TASK_NAMES:
-    spec = TASKS[name]
-    for line in (data / "benchmarks" / spec.filename).read_text().splitlines()[:docs]:
-      pairs.extend(spec.build(json.loads(line)).pairs)
-  return pairs
+  return [pair for name in TASK_NAMES for doc in read_task(TASKS[name], str(data / "benchmarks"), docs).docs
+          for pair in doc.pairs]
 
 
 def main() -> None:
+  """Scores the same requests with lm-eval and with ours, and prints both rates."""
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--docs", type=int, default=100, help="documents per task")
   parser.add_argument("--batch_size", type=int, default=16)
   parser.add_argument("--d_model", type=int, default=256)
   parser.add_argument("--layers", type=int, default=4)
   parser.add_argument("--max_length", type=int, default=256)
-  parser.add_argument("--data", default=str(SHARED))
+  parser.add_argument("--data", type=Path, default=SHARED)
   args = parser.parse_args()
   os.environ.setdefault("HF_HUB_OFFLINE", "1")
   # The test extra's torch side (heavy, optional), imported after HF_HUB_OFFLINE is set: huggingface_hub reads it once.
@@ -59,15 +53,14 @@ def main() -> None:
   from lm_eval.api.instance import Instance  # pylint: disable=import-outside-toplevel
   from lm_eval.models.huggingface import HFLM  # pylint: disable=import-outside-toplevel
 
-  data = Path(args.data)
-  pairs = task_pairs(data, args.docs)
+  pairs = task_pairs(args.data, args.docs)
 
   with tempfile.TemporaryDirectory() as tmp:
     torch.manual_seed(0)
     cfg = transformers.GPT2Config(vocab_size=50257, n_embd=args.d_model, n_layer=args.layers,
                                   n_head=max(args.d_model // 64, 1), n_positions=args.max_length)
     transformers.GPT2LMHeadModel(cfg).eval().save_pretrained(tmp)
-    transformers.GPT2TokenizerFast(tokenizer_file=str(data / "tokenizers" / "gpt2" / "tokenizer.json"),
+    transformers.GPT2TokenizerFast(tokenizer_file=str(args.data / "tokenizers" / "gpt2" / "tokenizer.json"),
                                    bos_token="<|endoftext|>", eos_token="<|endoftext|>").save_pretrained(tmp)
 
     lm = HFLM(pretrained=tmp, max_length=args.max_length, dtype="float32", device="cpu", batch_size=args.batch_size)
@@ -77,13 +70,12 @@ def main() -> None:
     lm_eval_s = time.perf_counter() - t
 
     tok = load_tokenizer(tmp)
-    model, params = from_hf(tmp)
-    scorer = Scorer(model, params, args.max_length, args.batch_size, show_progress=False)
+    model, variables = from_hf(tmp)
+    scorer = Scorer(model, variables, args.max_length, args.batch_size, show_progress=False)
     timings = []
     for _ in range(2):
       t = time.perf_counter()
-      reqs = pair_requests(tok, pairs, args.max_length)
-      ll, _ = scorer.score(reqs)
+      ll, _ = scorer.score(pair_requests(tok, pairs, args.max_length))
       timings.append(time.perf_counter() - t)
 
   max_rel = max(abs(a - r[0]) / max(abs(r[0]), 1e-9) for a, r in zip(ll, ref))

@@ -17,19 +17,15 @@ A block size the compiler rejects (VMEM) prints its error.
 import argparse
 import json
 import re
-import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import jax
+import jax.numpy as jnp
+from jax.experimental import topologies
+from jax.sharding import NamedSharding, PartitionSpec as P
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-from jax.experimental import topologies  # noqa: E402
-from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P  # noqa: E402
-
-from ssa_jax.model.splash import splash_attention  # noqa: E402
+from ssa_jax.model.splash import splash_attention
+from ssa_jax.runtime import sharding
 
 
 def measure(mesh, shape, kernel: str, block: int | None, tokens_per_chip: int) -> dict:
@@ -39,11 +35,12 @@ def measure(mesh, shape, kernel: str, block: int | None, tokens_per_chip: int) -
   batch = max(1, tokens_per_chip // S) * chips
   spec = NamedSharding(mesh, P(("data", "fsdp"), None, "tensor", None))
   args = [jax.ShapeDtypeStruct((batch, S, H, D), jnp.bfloat16, sharding=spec) for _ in range(3)]
-  if kernel == "splash":
-    attend = lambda q, k, v: splash_attention(q, k, v, block_q=block, block_kv=block)
-  else:
-    attend = lambda q, k, v: jax.nn.dot_product_attention(q, k, v, is_causal=True, implementation="xla")
-  loss = lambda q, k, v: attend(q, k, v).astype(jnp.float32).sum()
+
+  def loss(q, k, v):
+    out = (splash_attention(q, k, v, block_q=block, block_kv=block) if kernel == "splash"
+           else jax.nn.dot_product_attention(q, k, v, is_causal=True, implementation="xla"))
+    return out.astype(jnp.float32).sum()
+
   row = dict(seq_len=S, heads=H, head_dim=D, batch_per_chip=batch // chips, kernel=kernel, block=block)
   start = time.time()
   try:
@@ -62,7 +59,8 @@ def measure(mesh, shape, kernel: str, block: int | None, tokens_per_chip: int) -
           "splash_kernels": sorted(set(re.findall(r"%(splash_m[hq]a_\w+?)(?:\.\d+)? = ", text)))}
 
 
-def main():
+def main() -> None:
+  """One JSON line per (shape, kernel, block) on the topology's chips."""
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--topology", default="v5p:2x2x1", help="a Cloud TPU topology, e.g. v5p:2x2x1, v6e:2x2")
   parser.add_argument("--shapes", default="2048x12x64,8192x16x128", help="seq_len x heads x head_dim, comma-separated")
@@ -70,10 +68,9 @@ def main():
   parser.add_argument("--tokens_per_chip", type=int, default=16384, help="batch per chip = this / seq_len")
   args = parser.parse_args()
   topology = topologies.get_topology_desc(platform="tpu", topology_name=args.topology)
-  devices = np.array(topology.devices)
-  mesh = Mesh(devices.reshape(devices.size, 1, 1), ("data", "fsdp", "tensor"), axis_types=(AxisType.Auto,) * 3)
-  print(json.dumps({"topology": args.topology, "device_kind": devices.flat[0].device_kind, "chips": devices.size,
-                    "jax": jax.__version__}), flush=True)
+  mesh = sharding.make_mesh(dict(data=-1, fsdp=1, tensor=1), topology.devices)
+  print(json.dumps({"topology": args.topology, "device_kind": topology.devices[0].device_kind,
+                    "chips": mesh.devices.size, "jax": jax.__version__}), flush=True)
   for shape_text in args.shapes.split(","):
     shape = tuple(int(x) for x in shape_text.split("x"))
     print(json.dumps(measure(mesh, shape, "xla", None, args.tokens_per_chip)), flush=True)

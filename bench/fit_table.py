@@ -9,17 +9,16 @@
 Each compile runs `train.py` in a fresh process (a target's compiler state and memory go with it) and
 appends a line to --out: the dry run's report plus the job (config, target, slices, overrides), the command,
 wall seconds and this host's load. A job already in --out is skipped, so an interrupted table resumes.
-`--targets` entries NAME or NAMExK (K slices). GPU targets run under --gpu_python (a Python with jax's CUDA
-plugin, `pip install -e '.[cuda]'`; 5.5 GB, so often a separate virtual environment). `--fit_microbatches`
-doubles config.train.microbatches from the config's value until the step fits (or a microbatch would be
-smaller than one row a device), recording each attempt. `--set` overrides apply to every job; `--sweep` gives
-one job per value. `--markdown` prints the table of what --out holds: per config and target the first attempt that
-fits (fewest microbatches), or the last that did not.
+GPU targets run under --gpu_python (jax's CUDA plugin, `pip install -e '.[cuda]'`, is 5.5 GB: often a separate
+virtual environment). --fit_microbatches records each attempt and stops where a microbatch would be smaller than
+one row a device. --markdown's table holds per config and target the first attempt that fits (fewest
+microbatches), or the last that did not.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import subprocess
@@ -34,16 +33,15 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def job_key(job: dict) -> str:
+  """What makes two jobs the same: config, target, slices, overrides and estimate."""
   return json.dumps({**{k: job[k] for k in ("config", "target", "slices", "overrides")},
                      "estimate": job.get("estimate", True)}, sort_keys=True)
 
 
 def done_jobs(out: Path) -> dict[str, dict]:
   """{job key: record} of the lines already in `out`."""
-  if not out.exists():
-    return {}
-  records = [json.loads(line) for line in out.read_text().splitlines() if line.strip()]
-  return {job_key(r["job"]): r for r in records}
+  lines = out.read_text().splitlines() if out.exists() else []
+  return {job_key(r["job"]): r for r in map(json.loads, filter(str.strip, lines))}
 
 
 def run_job(job: dict, python: str, timeout_s: int) -> dict:
@@ -69,11 +67,6 @@ def run_job(job: dict, python: str, timeout_s: int) -> dict:
   return record
 
 
-def vanilla_of(config: str) -> str:
-  """The vanilla config an SSA config is compared with: 'pythia160m_ssa_ws_ft' -> 'pythia160m_ft'."""
-  return config.replace("_ssa_ws", "").replace("_ssa", "")
-
-
 def markdown(records: list[dict]) -> str:
   """One row per (config, target, slices, overrides other than microbatches): the fitting attempt with the
   fewest microbatches, else the last attempt; SSA's estimated step over its vanilla config's on the same target."""
@@ -93,16 +86,17 @@ def markdown(records: list[dict]) -> str:
   rows = ["| config | target | batch x seq | microbatches | GiB / device (HBM) | fits | kernel | est. step s "
           "| est. MFU | SSA / vanilla est. | compile s |", "|" + "---|" * 11]
   for (config, target, slices, base), r in sorted(chosen.items()):
+    where = f"{target}{f' x{slices}' if slices > 1 else ''}"
     if "error" in r and "fits" not in r:
-      rows.append(f"| `{config}` | {target}{f' x{slices}' if slices > 1 else ''} | error: {r['error'][:120]} |"
-                  + " |" * 8)
+      rows.append(f"| `{config}` | {where} | error: {r['error'][:120]} |" + " |" * 8)
       continue
-    vanilla = chosen.get((vanilla_of(config), target, slices, base))
-    step, vstep = r.get("estimated_step_s"), (vanilla or {}).get("estimated_step_s")
-    ratio = f"{step / vstep:.3f}" if step and vstep and vanilla_of(config) != config else ""
+    vanilla_config = config.replace("_ssa_ws", "").replace("_ssa", "")  # 'pythia160m_ssa_ws_ft' -> 'pythia160m_ft'
+    vanilla = chosen.get((vanilla_config, target, slices, base), {})
+    step, vstep = r.get("estimated_step_s"), vanilla.get("estimated_step_s")
+    ratio = f"{step / vstep:.3f}" if step and vstep and vanilla_config != config else ""
     mfu = r.get("estimated_mfu")
     rows.append(
-        f"| `{config}`{' ' + ' '.join(base) if base else ''} | {target}{f' x{slices}' if slices > 1 else ''} "
+        f"| `{config}`{' ' + ' '.join(base) if base else ''} | {where} "
         f"| {r['global_batch_size']} x {r['seq_len']} | {r.get('microbatches', 1)} "
         f"| {gib(r.get('memory_bytes_per_device'))} ({gib(r.get('hbm_bytes_per_device'))}) "
         f"| {'yes' if r.get('fits') else 'no'} | {r.get('attention_kernel') or '-'} "
@@ -118,6 +112,7 @@ def split_slices(entry: str) -> tuple[str, int]:
 
 
 def main() -> None:
+  """Runs the jobs not yet in --out, or prints the table of what it holds."""
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--markdown", action="store_true", help="print the table of what --out holds, and exit")
   p.add_argument("--configs", default="", help="comma-separated names in configs/ (without .py)")
@@ -133,7 +128,7 @@ def main() -> None:
                  "probe compiles); a job's key includes this, so the same job with the estimate is another line")
   args = p.parse_args()
 
-  out = REPO / args.out if not Path(args.out).is_absolute() else Path(args.out)
+  out = REPO / args.out  # an absolute --out stays as it is
   if args.markdown:
     print(markdown(list(done_jobs(out).values())))
     return
@@ -145,34 +140,26 @@ def main() -> None:
   except ConfigError as e:
     p.error(str(e))
   out.parent.mkdir(parents=True, exist_ok=True)
-  sweep = [[]]
-  if args.sweep:
-    field, _, values = args.sweep.partition("=")
-    sweep = [[f"{field}={v}"] for v in values.split(",")]
-  for config in args.configs.split(","):
-    for target, slices, spec in entries:
-      python = args.gpu_python if spec.chip.platform == "gpu" else sys.executable
-      for extra in sweep:
-        overrides = list(args.set) + extra
-        microbatches = None
-        while True:
-          job = dict(config=config, target=target, slices=slices, estimate=not args.no_estimate,
-                     overrides=overrides + ([f"train.microbatches={microbatches}"] if microbatches else []))
-          record = done_jobs(out).get(job_key(job))
-          if record is None:
-            record = run_job(job, python, args.timeout_s)
-            with out.open("a") as f:
-              f.write(json.dumps(record) + "\n")
-          summary = {k: record.get(k) for k in ("fits", "memory_bytes_per_device", "attention_kernel",
-                                                "estimated_step_s", "compile_s", "error")}
-          print(json.dumps({"job": job, **summary}), flush=True)
-          if not args.fit_microbatches or record.get("fits") is not False:
-            break
-          # The next microbatch count: double it while each microbatch keeps a row per device.
-          m = 2 * int(record.get("microbatches") or 1)
-          if "tokens_per_step" not in record or m * record["chips"] > record["global_batch_size"]:
-            break
-          microbatches = m
+  field, _, values = args.sweep.partition("=")
+  sweep = [[f"{field}={v}"] for v in values.split(",")] if args.sweep else [[]]
+  for config, (target, slices, spec), extra in itertools.product(args.configs.split(","), entries, sweep):
+    job = dict(config=config, target=target, slices=slices, estimate=not args.no_estimate,
+               overrides=list(args.set) + extra)
+    while True:  # with --fit_microbatches, again with twice the microbatches until the step fits
+      record = done_jobs(out).get(job_key(job))
+      if record is None:
+        record = run_job(job, args.gpu_python if spec.chip.platform == "gpu" else sys.executable, args.timeout_s)
+        with out.open("a") as f:
+          f.write(json.dumps(record) + "\n")
+      summary = {k: record.get(k) for k in ("fits", "memory_bytes_per_device", "attention_kernel",
+                                            "estimated_step_s", "compile_s", "error")}
+      print(json.dumps({"job": job, **summary}), flush=True)
+      # The next microbatch count: double it while each microbatch keeps a row per device.
+      microbatches = 2 * int(record.get("microbatches") or 1)
+      if (not args.fit_microbatches or record.get("fits") is not False or "tokens_per_step" not in record
+          or microbatches * record["chips"] > record["global_batch_size"]):
+        break
+      job = dict(job, overrides=list(args.set) + extra + [f"train.microbatches={microbatches}"])
 
 
 if __name__ == "__main__":

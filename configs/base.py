@@ -53,6 +53,13 @@ def _train_config(mode: str, max_seq_len: int) -> ml_collections.ConfigDict:
       checkpoint_every=1000, keep_checkpoints=3, async_checkpoints=True,
       max_nonfinite_steps=5, tensorboard=True,
       preemption_deadline_s=300.0,  # from the first stop signal to exit, agreed or not; 0 = none
+      layer_norms=True,  # log gradient, parameter and update norms per layer and per SSA temperature group
+      profile_start_step=2,  # the jax.profiler trace starts after this many steps (past the first's compile)
+      profile_num_steps=0,  # steps traced into WORKDIR/profile; 0 = no trace
+      # Also log to Weights & Biases (pip install -e '.[wandb]'; WANDB_MODE=offline needs no network). The run's
+      # W&B id is kept in WORKDIR/wandb_id, so a resumed run continues the same W&B run.
+      wandb=False, wandb_project="ssa-jax", wandb_entity="",
+      wandb_name="",  # '' = the workdir's name
   ))
   train.update({"pretrain": PRETRAIN, "finetune": FINETUNE, "demo": DEMO}[mode])
   if train.seq_len > max_seq_len:

@@ -41,11 +41,11 @@ def windows(config: ml_collections.ConfigDict, split: str, max_batches: int | No
 def checkpoint_loss(workdir: Path, windows_NT1: np.ndarray, rows_per_call: int = 64) -> float:
   """Mean next-token loss of the latest checkpoint in `workdir` over `windows_NT1`, every position weighted
   alike."""
-  model, params, _ = checkpoint.load_model(Path(workdir) / "checkpoints")
-  forward = jax.jit(lambda p, x: model.apply({"params": p}, x))
+  model, variables, _ = checkpoint.load_model(Path(workdir) / "checkpoints")
+  forward = jax.jit(model.apply)
   nll = []
   for i in range(0, len(windows_NT1), rows_per_call):
     chunk_BT1 = windows_NT1[i:i + rows_per_call]
-    logits_BTV = np.asarray(jax.device_get(forward(params, chunk_BT1[:, :-1])))
+    logits_BTV = np.asarray(jax.device_get(forward(variables, chunk_BT1[:, :-1])))
     nll.append(log_softmax_nll_BT(logits_BTV, chunk_BT1[:, 1:]))
   return float(np.concatenate(nll).mean())

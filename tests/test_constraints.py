@@ -12,7 +12,7 @@ from packaging.utils import canonicalize_name
 from packaging.version import Version
 
 ROOT = Path(__file__).resolve().parents[1]
-PINNED_EXTRAS = ("test", "cuda", "tpu")  # 'gcs' is not part of the test install, so it has no pins
+PINNED_EXTRAS = ("test", "cuda", "tpu", "wandb")  # 'gcs' is not part of the test install, so it has no pins
 
 
 def pins(text: str) -> dict[str, Version]:

@@ -12,15 +12,15 @@ from flax import traverse_util
 from ssa_jax.errors import ConfigError
 from ssa_jax.model.config import ModelConfig, SSAConfig, model_config_from_dict
 from ssa_jax.model.decoder import Decoder, init_cache
-from ssa_jax.model.params import init_params, param_counts, ssa_groups
-from tiny_models import tiny_config, with_random_temperatures
+from ssa_jax.model.params import init_variables, param_counts, ssa_groups
+from tiny_models import random_buffers, tiny_config, with_random_temperatures
 
 
 @pytest.mark.parametrize("family", ["gpt2", "neox", "llama"])
 def test_kv_cache_decoding_matches_full_forward_with_ssa(family):
   cfg = tiny_config(family, enabled=True, token_kind="mlp", key=True)
   model = Decoder(cfg)
-  params = with_random_temperatures(init_params(cfg, jax.random.PRNGKey(0)))
+  params = with_random_temperatures(init_variables(cfg, jax.random.PRNGKey(0))["params"])
   tokens = np.random.default_rng(1).integers(0, cfg.vocab_size, (2, 14))
   full = np.asarray(model.apply({"params": params}, tokens))
 
@@ -77,7 +77,7 @@ def test_frequency_variant_reports_phi_as_a_buffer_not_a_parameter():
 
 @pytest.mark.parametrize("scan", [False, True])
 def test_ssa_groups_are_what_each_module_declares(scan):
-  """Learning-rate groups by structure: the single scalars, the matrices, and phi as a buffer (hand-listed)."""
+  """Learning-rate groups by structure: the single scalars and the matrices (hand-listed); phi, a buffer, is none."""
   mlp_q_v = dataclasses.replace(tiny_config("llama", enabled=True, token_kind="mlp", position_kind="log"),
                                 scan_layers=scan)
   per_component = {("w1", "kernel"): "matrix", ("w1", "bias"): "matrix", ("w2", "kernel"): "matrix",
@@ -88,8 +88,8 @@ def test_ssa_groups_are_what_each_module_declares(scan):
   frequency_q = dataclasses.replace(
       tiny_config("llama", enabled=True, token_kind="frequency", position_kind="constant", value=False),
       scan_layers=scan)
-  assert ssa_groups(frequency_q) == {("token_feature",): "buffer", **{
-      (*layer, "attn", "ssa_q", name): "scalar" for layer in layers for name in ("beta", "log_tau")}}
+  assert ssa_groups(frequency_q) == {
+      (*layer, "attn", "ssa_q", name): "scalar" for layer in layers for name in ("beta", "log_tau")}
   assert ssa_groups(tiny_config("llama")) == {}
 
 
@@ -97,17 +97,16 @@ def test_ssa_groups_are_what_each_module_declares(scan):
                                                      ("mlp", "constant"), ("shared", "ssmax")])
 def test_gradients_reach_every_temperature_parameter(token_kind, position_kind):
   cfg = tiny_config("llama", enabled=True, token_kind=token_kind, position_kind=position_kind, key=True)
-  params = init_params(cfg, jax.random.PRNGKey(0))
+  params = init_variables(cfg, jax.random.PRNGKey(0))["params"]
   variant = "feature" if token_kind == "frequency" else token_kind
-  if variant == "feature":  # phi from a made-up frequency table, as a counts file would give
-    params["token_feature"] = jnp.asarray(np.random.default_rng(0).normal(size=cfg.vocab_size), jnp.float32)
+  buffers = random_buffers(cfg)  # phi from a made-up frequency table, as a counts file would give
   # Zero-initialised output weights block the gradient to the weights before them (as LoRA's B = 0 does);
   # after one optimizer step they are non-zero, so test there.
   params = with_random_temperatures(params, seed=2) if variant != "feature" else params
   tokens = np.random.default_rng(3).integers(0, cfg.vocab_size, (2, 16))
 
   def loss(p):
-    logits = Decoder(cfg).apply({"params": p}, tokens[:, :-1])
+    logits = Decoder(cfg).apply({"params": p, "buffers": buffers}, tokens[:, :-1])
     return -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(logits), tokens[:, 1:, None], -1))
 
   grads = traverse_util.flatten_dict(jax.grad(loss)(params))
@@ -117,15 +116,12 @@ def test_gradients_reach_every_temperature_parameter(token_kind, position_kind):
   for path, g in temps.items():
     name = "/".join(path)
     assert np.all(np.isfinite(g)), name
-    if name == "token_feature":
-      assert not np.any(g), "phi is fixed: it must get no gradient"
-    else:
-      assert np.abs(g).max() > 0, f"no gradient reaches {name}"
+    assert np.abs(g).max() > 0, f"no gradient reaches {name}"
 
 
 def test_bf16_forward_close_to_fp32():
   cfg = tiny_config("llama", enabled=True, token_kind="mlp")
-  params = with_random_temperatures(init_params(cfg, jax.random.PRNGKey(0)))
+  params = with_random_temperatures(init_variables(cfg, jax.random.PRNGKey(0))["params"])
   tokens = np.random.default_rng(0).integers(0, cfg.vocab_size, (2, 24))
   fp32 = np.asarray(Decoder(cfg).apply({"params": params}, tokens))
   bf16 = np.asarray(Decoder(dataclasses.replace(cfg, dtype="bfloat16")).apply({"params": params}, tokens))
@@ -156,7 +152,7 @@ def test_bad_config_names_the_field(field, value, message):
 @pytest.mark.parametrize("policy", ["full", "dots"])
 def test_remat_changes_memory_not_results(policy):
   cfg = tiny_config("neox", enabled=True, token_kind="shared")
-  params = with_random_temperatures(init_params(cfg, jax.random.PRNGKey(0)))
+  params = with_random_temperatures(init_variables(cfg, jax.random.PRNGKey(0))["params"])
   tokens = np.random.default_rng(0).integers(0, cfg.vocab_size, (2, 16))
 
   def grads(c):

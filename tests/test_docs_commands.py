@@ -2,7 +2,7 @@
 
 A command is a line of a ``` block (continuation lines joined) that starts with `python`, `python3 -m venv ... &&`,
 `bash` or an environment assignment before one of those, or an inline `python ...` code span. For each:
-- `python train.py` / `eval.py`: every `--flag` is one of the script's absl flags (read by importing the script in
+- `python train.py` / `eval.py` / `sample.py`: every `--flag` is one of the script's absl flags (read by importing the script in
   a subprocess, without running it);
 - `python -m ssa_jax.X`, `python bench/X.py`: the module or file exists and each `--flag` is one its argparse /
   absl definitions name (read from its source; the synthetic studies' flags from their `default_config()`);
@@ -32,7 +32,7 @@ import ml_collections
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 ABSL_ALWAYS = {"help", "helpshort", "helpfull", "helpxml", "flagfile", "undefok", "v"}
-ABSL_SCRIPTS = ("train.py", "eval.py")  # imported for their real flags; the rest are read from source
+ABSL_SCRIPTS = ("train.py", "eval.py", "sample.py")  # imported for their real flags; the rest are read from source
 COMMAND_START = re.compile(r"^(?:[A-Z_][A-Z0-9_]*=\S+\s+)*(python3?|bash)\s")
 
 

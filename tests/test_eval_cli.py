@@ -38,7 +38,7 @@ def world(tmp_path_factory):
   from ssa_jax.formats import checkpoint
   from ssa_jax.data.demo import train_bpe
   from ssa_jax.formats.hf import config_to_hf
-  from ssa_jax.model.params import init_params
+  from ssa_jax.model.params import init_variables
 
   root = tmp_path_factory.mktemp("eval_cli")
   tokenizer = root / "tok" / "tokenizer.json"
@@ -49,7 +49,7 @@ def world(tmp_path_factory):
   big.write_text(train_bpe(_texts(300, 1, alphabet=True), 400))
   cfg = dataclasses.replace(tiny_config("llama", max_seq_len=128), vocab_size=300).validate()
   workdir = root / "run"
-  checkpoint.save_model(workdir / "checkpoints", cfg, init_params(cfg, jax.random.PRNGKey(0)), step=5,
+  checkpoint.save_model(workdir / "checkpoints", cfg, init_variables(cfg, jax.random.PRNGKey(0)), step=5,
                         run_config={"data": {"tokenizer_path": str(tokenizer)}})
   data = root / "data"
   data.mkdir()
@@ -156,10 +156,10 @@ def test_the_default_window_is_the_checkpoints_training_window_and_is_named(worl
 
   from ssa_jax.evaluate.cli import plan_eval
   from ssa_jax.formats import checkpoint
-  from ssa_jax.model.params import init_params
+  from ssa_jax.model.params import init_variables
 
   run = tmp_path / "run32"
-  checkpoint.save_model(run / "checkpoints", world.cfg, init_params(world.cfg, jax.random.PRNGKey(0)), step=1,
+  checkpoint.save_model(run / "checkpoints", world.cfg, init_variables(world.cfg, jax.random.PRNGKey(0)), step=1,
                         run_config={"data": {"tokenizer_path": str(world.tokenizer)}, "train": {"seq_len": 32}})
   request = dict(tasks="lambada_openai", data_dir=str(world.data))
   plan = plan_eval(checkpoint=str(run), **request)
@@ -182,10 +182,10 @@ def test_default_output_lies_beside_the_model(world, tmp_path):
   assert default_output(ModelSource(checkpoint=str(ckpt / "5"))) == str(world.workdir / "eval_results_step5.json")
   import jax
 
-  from ssa_jax.model.params import init_params
+  from ssa_jax.model.params import init_variables
 
   bare = tmp_path / "imported"
-  checkpoint.save_model(bare, world.cfg, init_params(world.cfg, jax.random.PRNGKey(1)), step=0)
+  checkpoint.save_model(bare, world.cfg, init_variables(world.cfg, jax.random.PRNGKey(1)), step=0)
   out = default_output(ModelSource(checkpoint=str(bare)))
   assert out == str(bare / "eval_results_step0.json")
   Path(out).write_text("{}")  # a results file inside a checkpoint root leaves it loadable

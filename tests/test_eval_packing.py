@@ -10,7 +10,7 @@ import pytest
 from ssa_jax.evaluate.requests import TokenRequest
 from ssa_jax.evaluate.scoring import Scorer, make_units, pack_rows
 from ssa_jax.model.decoder import Decoder
-from ssa_jax.model.params import init_params
+from ssa_jax.model.params import init_variables
 from tiny_models import tiny_config, with_random_temperatures
 
 MAX_LENGTH = 24
@@ -18,7 +18,7 @@ MAX_LENGTH = 24
 
 def _model(family: str) -> tuple[Decoder, dict]:
   cfg = tiny_config(family, max_seq_len=MAX_LENGTH, enabled=True, position_tau_at_end=1.5)
-  return Decoder(cfg), with_random_temperatures(init_params(cfg, jax.random.PRNGKey(0)), seed=1)
+  return Decoder(cfg), with_random_temperatures(init_variables(cfg, jax.random.PRNGKey(0)), seed=1)
 
 
 def _reference(model, params, reqs: list[TokenRequest]) -> list[tuple[float, bool]]:
@@ -29,7 +29,7 @@ def _reference(model, params, reqs: list[TokenRequest]) -> list[tuple[float, boo
   for i, w in enumerate(wholes):
     tokens[i, :len(w) - 1] = w[:-1]
   with jax.default_matmul_precision("highest"):
-    logp = np.asarray(jax.nn.log_softmax(model.apply({"params": params}, jnp.asarray(tokens)), axis=-1), np.float64)
+    logp = np.asarray(jax.nn.log_softmax(model.apply(params, jnp.asarray(tokens)), axis=-1), np.float64)
   out = []
   for i, (r, w) in enumerate(zip(reqs, wholes)):
     n, end = len(r.continuation), len(w) - 1

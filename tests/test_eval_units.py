@@ -187,15 +187,15 @@ def test_directory_that_is_not_a_checkpoint_fails_at_once(tmp_path):
 def test_greedy_generation_with_cache_equals_argmax_of_full_forward(tiny):
   import jax.numpy as jnp
 
-  from ssa_jax.evaluate.generate import greedy_generate
+  from ssa_jax.evaluate.generate import generate
 
   model, params = tiny
   prompts = [[5, 9, 13, 200, 7], [11, 3, 4, 4, 8], [1, 2, 3]]
-  out = greedy_generate(model, params, prompts, max_new_tokens=6)
+  out = generate(model, params, prompts, max_new_tokens=6)
   for prompt, gen in zip(prompts, out):
     seq = list(prompt)
     for _ in range(6):
-      logits = model.apply({"params": params}, jnp.asarray([seq], jnp.int32))
+      logits = model.apply(params, jnp.asarray([seq], jnp.int32))
       seq.append(int(jnp.argmax(logits[0, -1])))
     assert gen == seq[len(prompt):]
 
@@ -280,10 +280,10 @@ def tiny_gpt2():
 
   from tiny_models import tiny_config
   from ssa_jax.model.decoder import Decoder
-  from ssa_jax.model.params import init_params
+  from ssa_jax.model.params import init_variables
 
   cfg = dataclasses.replace(tiny_config("gpt2", max_seq_len=512), vocab_size=300).validate()
-  return Decoder(cfg), init_params(cfg, jax.random.PRNGKey(0))
+  return Decoder(cfg), init_variables(cfg, jax.random.PRNGKey(0))
 
 
 def _passkey_cfg(lengths, trials=2):

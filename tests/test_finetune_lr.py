@@ -27,7 +27,7 @@ from configs import base, models
 from ssa_jax.experiments.finetune_drift import drift, finetune, heldout_loss, with_fresh_ssa
 from ssa_jax.model.config import SSAConfig
 from ssa_jax.model.decoder import Decoder
-from ssa_jax.model.params import init_params
+from ssa_jax.model.params import init_variables
 from tiny_models import tiny_config
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
@@ -68,36 +68,36 @@ def pretrained():
   cfg = tiny_config("neox", max_seq_len=64)
   train = base.get_config("tiny", "vanilla", mode="demo").train
   train.update(dict(steps=120, warmup_steps=10))
-  params = finetune(Decoder(cfg), init_params(cfg, jax.random.PRNGKey(0)), train, _markov_batches(120, seed=1))
+  variables = finetune(Decoder(cfg), init_variables(cfg, jax.random.PRNGKey(0)), train, _markov_batches(120, seed=1))
   heldout = _markov_batches(4, seed=2)
-  loss = heldout_loss(Decoder(cfg), params, heldout)
+  loss = heldout_loss(Decoder(cfg), variables, heldout)
   assert loss < np.log(VOCAB) - 1.0, loss  # it learned the chain (uniform: log 64 = 4.16; the chain: log 4 = 1.39)
-  return cfg, jax.device_get(params), heldout
+  return cfg, jax.device_get(variables), heldout
 
 
 def _finetuned(pretrained, variant: str, train):
-  cfg, params, heldout = pretrained
+  cfg, variables, heldout = pretrained
   ssa = SSAConfig(**{**models.SSA_DEFAULTS, **models.SSA_VARIANTS[variant], "position_tau_at_end": 1.001,
                      "position_reference_len": SEQ})
   model = Decoder(dataclasses.replace(cfg, ssa=ssa).validate())
-  start = with_fresh_ssa(params, model.config, seed=0)
+  start = with_fresh_ssa(variables, model.config, seed=0)
   end = finetune(model, start, train, _markov_batches(train.steps, seed=3))
   return model, start, end
 
 
-def _taus(model, params, tokens_BT):
-  _, state = model.apply({"params": params}, tokens_BT, mutable=["intermediates"])
+def _taus(model, variables, tokens_BT):
+  _, state = model.apply(variables, tokens_BT, mutable=["intermediates"])
   return np.stack([np.asarray(v[0]) for v in jax.tree_util.tree_leaves(
       state["intermediates"], is_leaf=lambda x: isinstance(x, tuple))])
 
 
 @pytest.mark.parametrize("variant", ["ssa", "ssa_ws"])
 def test_finetune_schedule_nudges_the_new_parameters(pretrained, variant):
-  cfg, params, heldout = pretrained
+  cfg, variables, heldout = pretrained
   model, start, end = _finetuned(pretrained, variant, _ft_train_config())
-  vanilla = heldout_loss(Decoder(cfg), params, heldout)
+  vanilla = heldout_loss(Decoder(cfg), variables, heldout)
   assert heldout_loss(model, start, heldout) == pytest.approx(vanilla, rel=5e-3)
-  d = drift(start, end, model.config)
+  d = drift(start["params"], end["params"], model.config)
   w1 = {k: v for k, v in d["relative"].items() if "/w1/kernel" in k}
   assert (len(w1) == 2 * cfg.num_layers) == (variant == "ssa")  # q and v per layer
   if w1:
@@ -112,5 +112,5 @@ def test_finetune_schedule_nudges_the_new_parameters(pretrained, variant):
 def test_the_single_multiplier_of_before_re_initialises_the_token_mlp(pretrained):
   # 1e4 on every temperature (the earlier temperature_lr_multiplier): w1 moves past its own norm.
   model, start, end = _finetuned(pretrained, "ssa", _ft_train_config(temperature_matrix_lr_multiplier=1e4))
-  w1 = [v for k, v in drift(start, end, model.config)["relative"].items() if "/w1/kernel" in k]
+  w1 = [v for k, v in drift(start["params"], end["params"], model.config)["relative"].items() if "/w1/kernel" in k]
   assert min(w1) > 1.0, w1

@@ -13,7 +13,7 @@ import torch
 from lm_eval.api.instance import Instance
 
 from hf_models import make_hf_model
-from ssa_jax.evaluate.generate import greedy_generate
+from ssa_jax.evaluate.generate import generate
 from ssa_jax.evaluate.lm_eval_adapter import SSAJaxLM
 from ssa_jax.formats.hf import from_hf
 
@@ -81,7 +81,7 @@ def _hf_greedy(torch_model, ids: list[int], max_new: int, eos_id: int | None = N
 
 
 def _ours(model, params, tok, requests: list[tuple[str, dict]]) -> list[str]:
-  lm = SSAJaxLM(model=model, params=params, tokenizer=tok, max_length=MAX_LENGTH, batch_size=4)
+  lm = SSAJaxLM(model=model, variables=params, tokenizer=tok, max_length=MAX_LENGTH, batch_size=4)
   return lm.generate_until([Instance("generate_until", {}, req, i) for i, req in enumerate(requests)],
                            disable_tqdm=True)
 
@@ -115,8 +115,8 @@ def test_stop_token_ends_generation_as_transformers_eos_does(models):
   # until names nothing that occurs: only the stop token (decoded as '') can end the text early.
   (got,) = _ours(model, params, tok, [(PROMPTS[0], {"until": ["never-seen"], "max_gen_toks": 16})])
   assert got == tok.decode(reference) and len(got) == len(reference)
-  # The ids themselves: greedy_generate's stop_ids cut before the stop token, as transformers' eos_token_id.
-  assert greedy_generate(model, params, [tok.encode(PROMPTS[0])], 16, stop_ids=(free[at],)) == [reference]
+  # The ids themselves: generate's stop_ids cut before the stop token, as transformers' eos_token_id.
+  assert generate(model, params, [tok.encode(PROMPTS[0])], 16, stop_ids=(free[at],)) == [reference]
 
 
 def test_long_context_keeps_its_last_tokens(models):

@@ -37,7 +37,7 @@ def hf_case(request, tmp_path):
 def test_logits_equal_transformers_and_export_round_trips(hf_case, tmp_path):
   name, hf_model, hf_dir = hf_case
   tokens = _tokens(hf_model.config.vocab_size)
-  model, params = from_hf(hf_dir)
+  model, variables = from_hf(hf_dir)
   cfg = model.config
   # The config switches that make each case what it claims to be.
   if name.startswith("neox"):
@@ -49,38 +49,40 @@ def test_logits_equal_transformers_and_export_round_trips(hf_case, tmp_path):
     assert cfg.num_kv_heads == 2 < cfg.num_heads
 
   ref = hf_logits(hf_model, tokens)
-  ours = np.asarray(model.apply({"params": params}, tokens))
+  ours = np.asarray(model.apply(variables, tokens))
   assert ours.shape == ref.shape
   np.testing.assert_allclose(ours, ref, atol=1e-4, rtol=0)
 
   import transformers
 
-  out_dir = to_hf(model, params, tmp_path / "export")
+  out_dir = to_hf(model, variables, tmp_path / "export")
   again = transformers.AutoModelForCausalLM.from_pretrained(out_dir).eval()
   np.testing.assert_allclose(hf_logits(again, tokens), ref, atol=1e-4, rtol=0)
 
 
-@pytest.mark.parametrize("token_kind,position_kind", [("mlp", "log"), ("shared", "log"), ("shared", "ssmax")])
+@pytest.mark.parametrize("token_kind,position_kind", [("mlp", "log"), ("shared", "log"), ("shared", "ssmax"),
+                                                     ("frequency", "log")])
 def test_ssa_model_round_trips_exactly(tmp_path, token_kind, position_kind, capsys):
   make_hf_model("llama", tmp_path / "hf")
   ssa = SSAConfig(enabled=True, token_kind=token_kind, position_kind=position_kind, key=position_kind == "log")
-  model, params = from_hf(tmp_path / "hf", ssa=ssa, rng_seed=3)
-  # Give the zero-initialised temperature weights values so that "identical" means something.
-  flat = traverse_util.flatten_dict(params)
-  leaves = {p: np.random.default_rng(i).normal(size=v.shape).astype(np.float32) if "/ssa_" in "/".join(p) else v
-            for i, (p, v) in enumerate(flat.items())}
-  params = traverse_util.unflatten_dict(leaves)
+  model, variables = from_hf(tmp_path / "hf", ssa=ssa, rng_seed=3)
+  # Give the zero-initialised temperature weights (and phi, a buffer) values so that "identical" means something.
+  flat = traverse_util.flatten_dict(variables)
+  changed = lambda p: "/ssa_" in "/".join(p) or p[0] == "buffers"
+  variables = traverse_util.unflatten_dict({
+      p: np.random.default_rng(i).normal(size=v.shape).astype(np.float32) if changed(p) else v
+      for i, (p, v) in enumerate(flat.items())})
 
-  to_hf(model, params, tmp_path / "export")
+  to_hf(model, variables, tmp_path / "export")
   assert "VANILLA" in capsys.readouterr().err
-  model2, params2 = from_hf(tmp_path / "export")
+  model2, variables2 = from_hf(tmp_path / "export")
   assert model2.config == model.config
-  flat1, flat2 = traverse_util.flatten_dict(params), traverse_util.flatten_dict(params2)
-  assert flat1.keys() == flat2.keys()
+  flat1, flat2 = traverse_util.flatten_dict(variables), traverse_util.flatten_dict(variables2)
+  assert flat1.keys() == flat2.keys() and any(p[0] == "buffers" for p in flat1) == (token_kind == "frequency")
   for p in flat1:
     np.testing.assert_array_equal(np.asarray(flat1[p]), np.asarray(flat2[p]), err_msg="/".join(p))
   tokens = _tokens(model.config.vocab_size)
-  np.testing.assert_array_equal(model.apply({"params": params}, tokens), model2.apply({"params": params2}, tokens))
+  np.testing.assert_array_equal(model.apply(variables, tokens), model2.apply(variables2, tokens))
 
 
 def test_ssa_export_puts_the_temperatures_where_transformers_does_not_look(tmp_path, capsys):
@@ -92,11 +94,11 @@ def test_ssa_export_puts_the_temperatures_where_transformers_does_not_look(tmp_p
   from safetensors.numpy import load_file, save_file
 
   hf_model = make_hf_model("llama", tmp_path / "hf")
-  model, params = from_hf(tmp_path / "hf", ssa=SSAConfig(enabled=True), rng_seed=1)
-  flat = traverse_util.flatten_dict(params)
-  params = traverse_util.unflatten_dict(  # non-zero temperature weights, so that losing them would show
+  model, variables = from_hf(tmp_path / "hf", ssa=SSAConfig(enabled=True), rng_seed=1)
+  flat = traverse_util.flatten_dict(variables)
+  variables = traverse_util.unflatten_dict(  # non-zero temperature weights, so that losing them would show
       {p: np.full(v.shape, 0.3, np.float32) if "/ssa_" in "/".join(p) else v for p, v in flat.items()})
-  out = to_hf(model, params, tmp_path / "export")
+  out = to_hf(model, variables, tmp_path / "export")
   capsys.readouterr()
   standard, ssa = load_file(out / "model.safetensors"), load_file(out / "ssa.safetensors")
   assert ssa and all(k.startswith("ssa.") for k in ssa) and not any(k.startswith("ssa.") for k in standard)
@@ -106,9 +108,9 @@ def test_ssa_export_puts_the_temperatures_where_transformers_does_not_look(tmp_p
   np.testing.assert_allclose(hf_logits(vanilla.eval(), tokens), hf_logits(hf_model, tokens), atol=1e-4, rtol=0)
 
   def same_model(directory):
-    model2, params2 = from_hf(directory)
+    model2, variables2 = from_hf(directory)
     assert model2.config == model.config
-    flat1, flat2 = traverse_util.flatten_dict(params), traverse_util.flatten_dict(params2)
+    flat1, flat2 = traverse_util.flatten_dict(variables), traverse_util.flatten_dict(variables2)
     assert flat1.keys() == flat2.keys()
     for p in flat1:
       np.testing.assert_array_equal(np.asarray(flat1[p]), np.asarray(flat2[p]), err_msg="/".join(p))
@@ -120,12 +122,12 @@ def test_ssa_export_puts_the_temperatures_where_transformers_does_not_look(tmp_p
   (one_file / "ssa.safetensors").unlink()
   with pytest.raises(KeyError, match="config.json has an `ssa` block but there is no ssa.safetensors"):
     from_hf(one_file)
-  to_hf(Decoder(dataclasses.replace(model.config, ssa=SSAConfig())), _without_ssa(params), out)  # vanilla over it
+  to_hf(Decoder(dataclasses.replace(model.config, ssa=SSAConfig())), _without_ssa(variables), out)  # vanilla over it
   assert not (out / "ssa.safetensors").exists()
 
 
-def _without_ssa(params):
-  flat = traverse_util.flatten_dict(params)
+def _without_ssa(variables):
+  flat = traverse_util.flatten_dict(variables)
   return traverse_util.unflatten_dict({p: v for p, v in flat.items() if "/ssa_" not in "/".join(p)})
 
 
@@ -133,9 +135,9 @@ def test_sharded_checkpoint_index_is_read(tmp_path):
   hf_model = make_hf_model("gpt2", tmp_path / "hf")
   hf_model.save_pretrained(tmp_path / "sharded", max_shard_size="20KB")
   assert (tmp_path / "sharded" / "model.safetensors.index.json").exists()
-  model, params = from_hf(tmp_path / "sharded")
+  model, variables = from_hf(tmp_path / "sharded")
   tokens = _tokens(hf_model.config.vocab_size)
-  np.testing.assert_allclose(model.apply({"params": params}, tokens), hf_logits(hf_model, tokens), atol=1e-4)
+  np.testing.assert_allclose(model.apply(variables, tokens), hf_logits(hf_model, tokens), atol=1e-4)
 
 
 def test_unsupported_architecture_is_named(tmp_path):
@@ -164,12 +166,12 @@ def test_missing_tensor_is_named(tmp_path):
 def test_export_of_a_config_transformers_cannot_hold_is_refused(tmp_path):
   """GPT-NeoX in transformers always has biases: a bias-free NeoX config cannot be exported as one."""
   from ssa_jax.model.config import ModelConfig
-  from ssa_jax.model.params import init_params
+  from ssa_jax.model.params import init_variables
 
   cfg = ModelConfig(family="neox", vocab_size=64, d_model=32, num_layers=1, num_heads=4, mlp_dim=64,
                     max_seq_len=16, rotary_pct=0.25).validate()
   with pytest.raises(ValueError, match=r"gpt_neox\.layers\.0\..*bias"):
-    to_hf(cfg, init_params(cfg, jax.random.PRNGKey(0)), tmp_path / "out")
+    to_hf(cfg, init_variables(cfg, jax.random.PRNGKey(0)), tmp_path / "out")
   assert not (tmp_path / "out").exists()
 
 

@@ -8,7 +8,7 @@ import numpy as np
 from flax import traverse_util
 
 from ssa_jax.model.decoder import Decoder
-from ssa_jax.model.params import init_params
+from ssa_jax.model.params import init_variables
 from ssa_jax.train.optim import learning_rate_schedule, make_optimizer
 from ssa_jax.train.state import TrainState
 from ssa_jax.train.step import count_nonfinite, make_train_step, next_token_loss, nonfinite_counts
@@ -26,7 +26,7 @@ def _train_cfg(**over):
 def test_after_a_skipped_step_the_update_uses_the_schedule_at_the_global_step():
   model_cfg = tiny_config("neox", enabled=True, token_kind="mlp")
   model = Decoder(model_cfg)
-  params = init_params(model_cfg, jax.random.PRNGKey(0))
+  params = init_variables(model_cfg, jax.random.PRNGKey(0))["params"]
   train_cfg = _train_cfg()
   tx, schedule = make_optimizer(train_cfg, params, model_cfg), learning_rate_schedule(train_cfg)
   step = jax.jit(make_train_step(model, tx, schedule, 1))
@@ -36,7 +36,7 @@ def test_after_a_skipped_step_the_update_uses_the_schedule_at_the_global_step():
   flat = traverse_util.flatten_dict(params)
   first = next(iter(flat))
   poisoned = traverse_util.unflatten_dict({**flat, first: flat[first].at[(0,) * flat[first].ndim].set(jnp.nan)})
-  state = TrainState(step=jnp.zeros((), jnp.int32), params=poisoned, opt_state=tx.init(params))
+  state = TrainState(step=jnp.zeros((), jnp.int32), params=poisoned, buffers={}, opt_state=tx.init(params))
   state, metrics = step(state, {"tokens": tokens})
   assert bool(metrics["nonfinite"]) and int(state.step) == 1
 
@@ -47,7 +47,7 @@ def test_after_a_skipped_step_the_update_uses_the_schedule_at_the_global_step():
   assert not bool(metrics["nonfinite"]) and int(state.step) == 2
   lr = float(schedule(1))
   assert lr == np.float32(train_cfg.lr / 4) and float(metrics["lr"]) == lr
-  grads = jax.grad(lambda p: next_token_loss(model, p, tokens)[0])(params)
+  grads = jax.grad(lambda p: next_token_loss(model, {"params": p}, tokens)[0])(params)
   g = traverse_util.flatten_dict(jax.device_get(grads))
   before, after = flat, traverse_util.flatten_dict(jax.device_get(state.params))
   compared = 0

@@ -14,7 +14,7 @@ from ssa_jax.data.config import data_config
 from ssa_jax.formats.checkpoint import save_model
 from ssa_jax.model.config import ModelConfig, SSAConfig
 from ssa_jax.model.decoder import Decoder
-from ssa_jax.model.params import init_params
+from ssa_jax.model.params import init_variables
 
 NEOX = dict(family="neox", vocab_size=64, d_model=32, num_layers=2, num_heads=4, mlp_dim=64, max_seq_len=32,
             rotary_pct=0.5, parallel_residual=True, qkv_bias=True, out_bias=True, mlp_bias=True, activation="gelu")
@@ -25,7 +25,7 @@ LLAMA_GQA = dict(family="llama", vocab_size=64, d_model=32, num_layers=2, num_he
 def make(fields, ssa=SSAConfig(), seed=0, qk_gain=1.0):
   """A random-init model; W_q and W_k multiplied by `qk_gain` so that attention logits are of order one."""
   cfg = ModelConfig(**fields, ssa=ssa).validate()
-  params = init_params(cfg, jax.random.PRNGKey(seed))
+  params = init_variables(cfg, jax.random.PRNGKey(seed))["params"]
   params = jax.tree_util.tree_map_with_path(
       lambda p, x: x * qk_gain if any(getattr(k, "key", None) in ("q", "k") for k in p) and p[-1].key == "kernel"
       else x, params)
@@ -82,7 +82,7 @@ def test_attention_rows_match_explicit_softmax_and_the_layer_output(fields):
     params[f"layers_{i}"]["attn"]["ssa_v"]["alpha"] = jnp.linspace(-1.5, 1.5, model.config.num_kv_heads)
   toks = tokens()
   B, T = toks.shape
-  layers = norms.capture_layers(model, params, jnp.asarray(toks))
+  layers = norms.capture_layers(model, {"params": params}, jnp.asarray(toks))
   positions = jnp.broadcast_to(jnp.arange(T), (B, T))
   for i, layer in enumerate(layers):
     attn_p = params[f"layers_{i}"]["attn"]
@@ -129,8 +129,8 @@ def test_query_temperature_scales_effective_norm_and_spikes_attention():
     layer["attn"] = {**layer["attn"], "ssa_q": {"log_tau": jnp.full((NEOX["num_heads"],), np.log(4.0))}}
     params_s[f"layers_{i}"] = layer
   toks = tokens(T=32, B=2)
-  a_v = norms.analyse(vanilla, params_v, toks.reshape(-1).tolist(), window=32)
-  a_s = norms.analyse(ssa, params_s, toks.reshape(-1).tolist(), window=32)
+  a_v = norms.analyse(vanilla, {"params": params_v}, toks.reshape(-1).tolist(), window=32)
+  a_s = norms.analyse(ssa, {"params": params_s}, toks.reshape(-1).tolist(), window=32)
   np.testing.assert_allclose(a_v["spec_eff"], a_v["spec_raw"])  # vanilla: tau = 1
   np.testing.assert_allclose(a_s["tau_q"], 4.0)
   np.testing.assert_allclose(a_s["spec_eff"], 4.0 * a_s["spec_raw"], rtol=1e-6)
@@ -145,7 +145,7 @@ def test_mlp_token_temperature_is_read_from_the_forward():
   model, params = make(NEOX, ssa=ssa_cfg)
   params["layers_0"]["attn"]["ssa_q"]["w2"]["bias"] = jnp.full((4,), 20.0)  # tanh -> 1: tau_tok = 1
   params["layers_0"]["attn"]["ssa_q"]["alpha"] = jnp.full((4,), 30.0)  # sigmoid -> 1: tau_pos = 1 + log n
-  a = norms.analyse(model, params, tokens(T=8, B=1).reshape(-1).tolist(), window=8)
+  a = norms.analyse(model, {"params": params}, tokens(T=8, B=1).reshape(-1).tolist(), window=8)
   expected = 2.0 + np.log(np.arange(1, 9))
   np.testing.assert_allclose(a["tau_q"][:, 0, :], np.repeat(expected[:, None], 4, 1), rtol=1e-5)
 
@@ -170,8 +170,8 @@ def test_cli_writes_json_and_png(tmp_path, capsys):
   ssa, params_s = make(NEOX, ssa=SSAConfig(enabled=True, token=False, position_kind="constant", query=True, value=False), qk_gain=4.0)
   for i in range(2):
     params_s[f"layers_{i}"]["attn"]["ssa_q"]["log_tau"] = jnp.full((4,), np.log(3.0))
-  save_model(tmp_path / "v", vanilla.config, params_v, run_config={"train": {"seq_len": 16}})
-  save_model(tmp_path / "s", ssa.config, params_s, run_config={"train": {"seq_len": 16}})
+  save_model(tmp_path / "v", vanilla.config, {"params": params_v, "buffers": {}}, run_config={"train": {"seq_len": 16}})
+  save_model(tmp_path / "s", ssa.config, {"params": params_s, "buffers": {}}, run_config={"train": {"seq_len": 16}})
   norms.main([str(tmp_path / "v"), str(tmp_path / "s"), "--labels=vanilla,ssa", f"--text_file={text_path}",
               f"--tokenizer={tok_path}", "--tokens=40", f"--output_dir={tmp_path / 'out'}"])
   results = json.loads((tmp_path / "out" / "norms.json").read_text())
@@ -196,12 +196,12 @@ def test_default_text_is_the_runs_own_validation_split_and_is_named(tmp_path, ca
   data.update(path=str(corpus), format="text", tokenizer_path=tok_path, num_streams=1)
   run_config = {"data": data, "train": {"seq_len": 8, "global_batch_size": 1}}
   model, params = make(NEOX)
-  save_model(tmp_path / "v", model.config, params, run_config=run_config)
+  save_model(tmp_path / "v", model.config, {"params": params, "buffers": {}}, run_config=run_config)
   expected = Tokenizer.from_file(tok_path).encode(valid_text).ids[:8]  # the tokenizer alone, not the pipeline
   results = norms.main([str(tmp_path / "v"), "--tokens=8", f"--output_dir={tmp_path / 'out'}"])
   out = capsys.readouterr().out
   assert f"v: 8 tokens of the 'validation' split of {corpus} (the run's own)" in out
   assert results[0]["text"] == f"the 'validation' split of {corpus} (the run's own)"
-  reference = norms.analyse(model, params, expected, window=8)
+  reference = norms.analyse(model, {"params": params}, expected, window=8)
   np.testing.assert_allclose(results[0]["summary"]["spec_raw"]["per_token"], reference["spec_raw"].mean(axis=(1, 2)),
                              rtol=1e-5)

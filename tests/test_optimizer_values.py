@@ -18,12 +18,11 @@ import pytest
 from flax import traverse_util
 
 from configs import base
-from ssa_jax.model.params import init_params
+from ssa_jax.model.params import init_variables
 from ssa_jax.train.optim import learning_rate_schedule, make_optimizer
 from tiny_models import tiny_config
 
 SCALARS = {"alpha", "beta", "log_tau", "ssmax_s"}  # SSA's single learned scalars (one per head)
-BUFFERS = {"token_feature"}  # the frequency term's fixed phi table: never trained
 # A model with every kind of parameter: biases and norms (GPT-2), the token MLP and the frequency scalar need
 # two models (one token kind each); weight sharing's w and SSMax's s a third.
 MODELS = {
@@ -43,7 +42,7 @@ def _cfg(name: str):
 
 def _params(name: str) -> dict:
   cfg = _cfg(name)
-  params = jax.device_get(init_params(cfg, jax.random.PRNGKey(0)))
+  params = jax.device_get(init_variables(cfg, jax.random.PRNGKey(0))["params"])
   # Every entry random and non-zero: biases and zero-initialised matrices would hide a wrong decay (0 x wd = 0).
   rng = np.random.default_rng(1)
   return jax.tree_util.tree_map(lambda p: jnp.asarray(rng.normal(1.0, 0.5, p.shape), p.dtype), params)
@@ -60,8 +59,6 @@ def _train(**over):
 
 def _group(path: tuple[str, ...]) -> str:
   """The group of one parameter, by the documented rule: what SSA adds, then matrices vs vectors by name."""
-  if path[-1] in BUFFERS:
-    return "buffer"
   if any(p.startswith("ssa_") for p in path):  # under an ssa_q / ssa_k / ssa_v temperature module
     return "temp_scalar" if path[-1] in SCALARS else "temp_matrix"
   assert path[-1] in ("kernel", "embedding", "bias", "scale"), f"{path}: a parameter the rule does not know"
@@ -70,8 +67,7 @@ def _group(path: tuple[str, ...]) -> str:
 
 def test_the_models_hold_every_group():
   groups = {_group(p) for name in MODELS for p in traverse_util.flatten_dict(_params(name))}
-  # (phi, the one buffer, may live outside `params` in its own collection; then no model holds it here.)
-  assert groups - {"buffer"} == {"decay", "no_decay", "temp_scalar", "temp_matrix"}
+  assert groups == {"decay", "no_decay", "temp_scalar", "temp_matrix"}  # phi lives in "buffers", not here
 
 
 def _first_update(train, params, grads, cfg) -> dict:
@@ -96,12 +92,12 @@ def test_weight_decay_reaches_kernels_and_embeddings_only(name):
 
 @pytest.mark.parametrize("name", ["gpt2_mlp", "llama_frequency", "neox_shared_ssmax"])
 def test_each_group_steps_by_its_own_learning_rate(name):
-  # A gradient of ones: every trained entry moves by -lr x its group's multiplier; buffers do not move.
+  # A gradient of ones: every entry moves by -lr x its group's multiplier.
   params = _params(name)
   scalar, matrix = 7.0, 0.3  # neither 1 nor 10x apart from each other's neighbours: a swap or x10 is caught
   train = _train(temperature_scalar_lr_multiplier=scalar, temperature_matrix_lr_multiplier=matrix)
   updates = _first_update(train, params, jax.tree_util.tree_map(jnp.ones_like, params), _cfg(name))
-  rate = {"decay": 1.0, "no_decay": 1.0, "temp_scalar": scalar, "temp_matrix": matrix, "buffer": 0.0}
+  rate = {"decay": 1.0, "no_decay": 1.0, "temp_scalar": scalar, "temp_matrix": matrix}
   for path, u in updates.items():
     group = _group(path)
     np.testing.assert_allclose(u, np.full_like(u, -0.01 * rate[group]), rtol=1e-6, err_msg="/".join(path))
@@ -135,8 +131,7 @@ def test_gradient_clipping_by_value(temperatures_only, clip):
   flat = traverse_util.flatten_dict(params)
   rng = np.random.default_rng(0)
   grads = {p: rng.normal(scale=0.2, size=v.shape).astype(np.float32) for p, v in flat.items()}
-  grads.update({p: np.full(v.shape, 1e3, np.float32) for p, v in flat.items() if _group(p) == "buffer"})
-  trained = {p for p in flat if _group(p) != "buffer" and (not temperatures_only or _group(p).startswith("temp"))}
+  trained = {p for p in flat if not temperatures_only or _group(p).startswith("temp")}
   train = _train(grad_clip=clip, eps=1.0, temperatures_only=temperatures_only)
   got = _first_update(train, params, traverse_util.unflatten_dict({p: jnp.asarray(g) for p, g in grads.items()}),
                       _cfg("llama_frequency"))

@@ -1,7 +1,7 @@
 """Passkey scoring with a model that finds the key: hits, the by-length / by-depth breakdowns and stderr by hand.
 
 The model is a stand-in for the decoder with its interface (`.config`, `.apply(variables, tokens, cache=)`), run
-by the real greedy_generate (KV cache, jit, batches grouped by prompt length) and the real passkey evaluator.
+by the real generate (KV cache, jit, batches grouped by prompt length) and the real passkey evaluator.
 It reads the key back when the key sentence lies within its last WINDOW prompt tokens (a sliding-window memory)
 and otherwise answers the key with its last digit changed, so hits and misses mix across lengths and depths in a
 way the test predicts from the prompt text alone.

@@ -13,7 +13,7 @@ from jax.sharding import PartitionSpec as P
 from ssa_jax.errors import ConfigError
 from ssa_jax.formats import checkpoint
 from ssa_jax.model.decoder import Decoder, init_cache
-from ssa_jax.model.params import init_params, param_shardings, stack_layers, unstack_layers
+from ssa_jax.model.params import boxed_variable_shapes, init_variables, stack_layers, unstack_layers, variable_shardings
 from ssa_jax.runtime import sharding
 from ssa_jax.train.optim import param_labels
 from tiny_models import tiny_config, with_random_temperatures
@@ -21,7 +21,7 @@ from tiny_models import tiny_config, with_random_temperatures
 
 def _pair(family, **ssa):
   cfg = tiny_config(family, **ssa)
-  params = with_random_temperatures(init_params(cfg, jax.random.PRNGKey(0)))
+  params = with_random_temperatures(init_variables(cfg, jax.random.PRNGKey(0))["params"])
   return cfg, params, dataclasses.replace(cfg, scan_layers=True), stack_layers(params, cfg.num_layers)
 
 
@@ -30,7 +30,7 @@ def test_scanned_and_unrolled_give_the_same_logits_and_gradients(family):
   cfg, params, scfg, sparams = _pair(family, enabled=True, token_kind="shared", key=True)
   assert set(sparams) >= {"layers"} and "layers_0" not in sparams
   assert jax.tree_util.tree_structure(sparams) == jax.tree_util.tree_structure(
-      init_params(scfg, jax.random.PRNGKey(1)))
+      init_variables(scfg, jax.random.PRNGKey(1))["params"])
   tokens = np.random.default_rng(0).integers(0, cfg.vocab_size, (2, 12))
   np.testing.assert_allclose(np.asarray(Decoder(scfg).apply({"params": sparams}, tokens)),
                              np.asarray(Decoder(cfg).apply({"params": params}, tokens)), atol=1e-5, rtol=1e-5)
@@ -68,14 +68,14 @@ def test_hf_import_and_export_with_scanned_layers(tmp_path):
 
   hf_model = make_hf_model("neox", tmp_path / "hf")
   tokens = np.random.default_rng(2).integers(0, hf_model.config.vocab_size, (2, 20))
-  model, params = from_hf(tmp_path / "hf", scan_layers=True)
-  assert model.config.scan_layers and "layers" in params
+  model, variables = from_hf(tmp_path / "hf", scan_layers=True)
+  assert model.config.scan_layers and "layers" in variables["params"]
   ref = hf_logits(hf_model, tokens)
-  np.testing.assert_allclose(np.asarray(model.apply({"params": params}, tokens)), ref, atol=1e-4)
-  to_hf(model, params, tmp_path / "export")
+  np.testing.assert_allclose(np.asarray(model.apply(variables, tokens)), ref, atol=1e-4)
+  to_hf(model, variables, tmp_path / "export")
   _, again = from_hf(tmp_path / "export")  # unrolled again
-  flat_a = traverse_util.flatten_dict(again)
-  flat_b = traverse_util.flatten_dict(unstack_layers(params, model.config.num_layers))
+  flat_a = traverse_util.flatten_dict(again["params"])
+  flat_b = traverse_util.flatten_dict(unstack_layers(variables["params"], model.config.num_layers))
   assert flat_a.keys() == flat_b.keys()
   for k in flat_a:
     np.testing.assert_array_equal(np.asarray(flat_a[k]), np.asarray(flat_b[k]))
@@ -83,11 +83,11 @@ def test_hf_import_and_export_with_scanned_layers(tmp_path):
 
 def test_checkpoint_records_the_layout_and_refuses_the_other(tmp_path):
   cfg, params, scfg, sparams = _pair("neox", enabled=True)
-  checkpoint.save_model(tmp_path / "ckpt", scfg, sparams)
+  checkpoint.save_model(tmp_path / "ckpt", scfg, {"params": sparams, "buffers": {}})
   model, restored, _ = checkpoint.load_model(tmp_path / "ckpt")
   assert model.config.scan_layers
   tokens = np.random.default_rng(3).integers(0, cfg.vocab_size, (1, 8))
-  np.testing.assert_allclose(np.asarray(model.apply({"params": restored}, tokens)),
+  np.testing.assert_allclose(np.asarray(model.apply(restored, tokens)),
                              np.asarray(Decoder(cfg).apply({"params": params}, tokens)), atol=1e-5)
   import orbax.checkpoint as ocp
 
@@ -113,10 +113,10 @@ def test_scanned_params_shard_with_the_layer_axis_replicated():
   mesh = sharding.make_mesh(dict(data=2, fsdp=2, tensor=2, num_devices=8))
   rules = sharding.rules_from_config([["vocab", "tensor"], ["embed", "fsdp"], ["mlp", "tensor"],
                                       ["heads", "tensor"], ["kv_heads", "tensor"], ["layers", None]])
-  shardings = param_shardings(scfg, mesh, rules)
+  shardings = variable_shardings(boxed_variable_shapes(scfg), mesh, rules)["params"]
   assert shardings["layers"]["attn"]["q"]["kernel"].spec == P(None, "fsdp", "tensor", None)
   assert shardings["layers"]["attn"]["ssa_q"]["alpha"].spec == P(None, "tensor")
-  params = jax.jit(lambda r: init_params(scfg, r), out_shardings=shardings)(jax.random.PRNGKey(0))
+  params = jax.jit(lambda r: init_variables(scfg, r)["params"], out_shardings=shardings)(jax.random.PRNGKey(0))
   tokens = jnp.zeros((2, 8), jnp.int32)
   assert np.isfinite(np.asarray(Decoder(scfg).apply({"params": params}, tokens))).all()
 
@@ -127,9 +127,10 @@ def test_analyses_read_scanned_models_as_unrolled_ones():
 
   cfg, params, scfg, sparams = _pair("neox", enabled=True, token_kind="mlp")
   ids = [3, 1, 4, 1, 5, 9, 2, 6]
-  np.testing.assert_allclose(token_temperatures(Decoder(scfg), sparams, ids),
-                             token_temperatures(Decoder(cfg), params, ids), rtol=1e-5)
+  np.testing.assert_allclose(token_temperatures(Decoder(scfg), {"params": sparams}, ids),
+                             token_temperatures(Decoder(cfg), {"params": params}, ids), rtol=1e-5)
   tokens = np.asarray([ids], np.int32)
-  unrolled, scanned = (norms.analyse_tokens(Decoder(c), p, tokens) for c, p in ((cfg, params), (scfg, sparams)))
+  unrolled, scanned = (norms.analyse_tokens(Decoder(c), {"params": p}, tokens)
+                       for c, p in ((cfg, params), (scfg, sparams)))
   for key in ("spec_raw", "spec_eff", "tau_q", "spikiness", "opnorm"):
     np.testing.assert_allclose(scanned[key], unrolled[key], rtol=1e-4, atol=1e-6, err_msg=key)

@@ -2,6 +2,7 @@
 
 import jax
 import numpy as np
+import optax
 import pytest
 from jax.sharding import PartitionSpec as P
 
@@ -69,6 +70,17 @@ def test_parameters_are_sharded_as_the_rules_say():
   # Adam's moments are laid out like their parameters.
   mu = state.opt_state[2].inner_states["decay"].inner_state[0].mu
   assert mu["layers_0"]["attn"]["q"]["kernel"].sharding.spec == P("fsdp", "tensor", None)
+
+
+@needs_8
+def test_the_phi_buffer_is_sharded_by_its_vocab_axis():
+  config = _config(data=2, fsdp=2, tensor=2)
+  config.model.ssa.token_kind = "frequency"
+  model_cfg = model_config_from_dict(config.model)
+  rules = sharding.rules_from_config(config.sharding.rules)
+  abstract, shardings = state_shardings(model_cfg, optax.sgd(0.1), sharding.make_mesh(config.mesh), rules)
+  assert "token_feature" not in abstract.params and abstract.buffers["token_feature"].shape == (128,)
+  assert shardings.buffers["token_feature"].spec == P("tensor")  # (vocab,), as the embedding's vocab axis
 
 
 @pytest.mark.parametrize("axes,message", [

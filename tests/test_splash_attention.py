@@ -13,9 +13,9 @@ from ssa_jax.errors import ConfigError
 from ssa_jax.model.attention import kernel_implementation
 from ssa_jax.model.config import ModelConfig, SSAConfig
 from ssa_jax.model.decoder import Decoder
-from ssa_jax.model.params import init_params
+from ssa_jax.model.params import init_variables
 from ssa_jax.model.splash import fit_block, splash_attention
-from tiny_models import with_random_temperatures
+from tiny_models import random_buffers, with_random_temperatures
 
 needs_8 = pytest.mark.skipif(jax.device_count() < 8, reason="needs XLA_FLAGS=--xla_force_host_platform_device_count=8")
 
@@ -101,14 +101,13 @@ def _decoder_config(family, num_kv_heads, **ssa):
 def test_decoder_loss_and_parameter_gradients_equal_xla(family, num_kv_heads, ssa):
   cfg_xla = dataclasses.replace(_decoder_config(family, num_kv_heads, **ssa), attention_impl="xla")
   cfg_splash = dataclasses.replace(cfg_xla, attention_impl="splash")
-  params = with_random_temperatures(init_params(cfg_xla, jax.random.PRNGKey(0)), seed=3)
-  if ssa["token_kind"] == "frequency":
-    params["token_feature"] = jnp.asarray(np.random.default_rng(4).normal(size=cfg_xla.vocab_size), jnp.float32)
+  params = with_random_temperatures(init_variables(cfg_xla, jax.random.PRNGKey(0))["params"], seed=3)
+  buffers = random_buffers(cfg_xla, seed=4)
   tokens = jnp.asarray(np.random.default_rng(5).integers(0, cfg_xla.vocab_size, (2, 129)))
 
   def loss_and_grads(cfg):
     def loss(p):
-      logits = Decoder(cfg).apply({"params": p}, tokens[:, :-1])
+      logits = Decoder(cfg).apply({"params": p, "buffers": buffers}, tokens[:, :-1])
       logp = jax.nn.log_softmax(logits, axis=-1)
       return -jnp.take_along_axis(logp, tokens[:, 1:, None], axis=-1).mean()
     return jax.jit(jax.value_and_grad(loss))(params)

@@ -11,7 +11,7 @@ from flax import traverse_util
 from ssa_jax.model.attention import SelectiveSelfAttention, attention_weights, weighted_values
 from ssa_jax.model.config import ModelConfig, SSAConfig
 from ssa_jax.model.decoder import Decoder
-from ssa_jax.model.params import init_params
+from ssa_jax.model.params import init_variables
 
 B, T = 2, 12
 
@@ -36,15 +36,15 @@ def test_identity_temperatures_equal_vanilla(token_kind):
   # Token term at its zero init and no position term: tau = 1 + tanh(0) = 1 exactly.
   ssa_cfg = _cfg(enabled=True, token_kind=token_kind, key=True, position=False)
   vanilla_cfg = _cfg()
-  ssa_params = init_params(ssa_cfg, jax.random.PRNGKey(0))
-  vanilla_params = init_params(vanilla_cfg, jax.random.PRNGKey(0))
+  ssa_variables = init_variables(ssa_cfg, jax.random.PRNGKey(0))  # phi (frequency) at its init, 0
+  vanilla_params = init_variables(vanilla_cfg, jax.random.PRNGKey(0))["params"]
   # Same weights for everything the two models share.
-  flat = traverse_util.flatten_dict(ssa_params)
+  flat = traverse_util.flatten_dict(ssa_variables["params"])
   for p, v in traverse_util.flatten_dict(vanilla_params).items():
     flat[p] = v
-  ssa_params = traverse_util.unflatten_dict(flat)
+  ssa_variables["params"] = traverse_util.unflatten_dict(flat)
   tokens = np.random.default_rng(0).integers(0, 50, (B, T))
-  out_ssa = Decoder(ssa_cfg).apply({"params": ssa_params}, tokens)
+  out_ssa = Decoder(ssa_cfg).apply(ssa_variables, tokens)
   out_vanilla = Decoder(vanilla_cfg).apply({"params": vanilla_params}, tokens)
   np.testing.assert_array_equal(np.asarray(out_ssa), np.asarray(out_vanilla))
 

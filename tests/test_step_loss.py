@@ -11,7 +11,7 @@ import pytest
 from configs import base
 from ssa_jax.errors import ConfigError
 from ssa_jax.model.decoder import Decoder
-from ssa_jax.model.params import init_params, lm_head_kernel, stack_layers
+from ssa_jax.model.params import init_variables, lm_head_kernel, stack_layers
 from ssa_jax.train.loss import chunked_cross_entropy
 from ssa_jax.train.sections import train_section
 from ssa_jax.train.state import TrainState
@@ -36,11 +36,11 @@ def _reference_loss(model: Decoder, params, tokens_BT1):
 def test_chunked_loss_and_gradients_equal_the_full_logits(family, chunk):
   cfg = tiny_config(family, enabled=True, token_kind="mlp")
   model = Decoder(cfg)
-  params = with_random_temperatures(init_params(cfg, jax.random.PRNGKey(0)))
+  params = with_random_temperatures(init_variables(cfg, jax.random.PRNGKey(0))["params"])
   tokens = _tokens(4, SEQ, cfg.vocab_size)
   ref_loss, ref_grads = jax.jit(jax.value_and_grad(lambda p: _reference_loss(model, p, tokens)))(params)
   (loss, stats), grads = jax.jit(jax.value_and_grad(
-      lambda p: next_token_loss(model, p, tokens, loss_chunk_size=chunk), has_aux=True))(params)
+      lambda p: next_token_loss(model, {"params": p}, tokens, loss_chunk_size=chunk), has_aux=True))(params)
   np.testing.assert_allclose(loss, ref_loss, rtol=1e-6)
   assert set(stats) == {"tau_q_mean", "tau_q_std", "tau_v_mean", "tau_v_std"}  # the sown temperatures still arrive
 
@@ -57,11 +57,11 @@ def test_chunked_loss_and_gradients_equal_the_full_logits(family, chunk):
 def test_bf16_logits_loss_is_within_1e3_of_fp32_logits():
   cfg = dataclasses.replace(tiny_config("neox"), vocab_size=1024, dtype="bfloat16")
   model = Decoder(cfg)
-  params = init_params(cfg, jax.random.PRNGKey(0))
+  params = init_variables(cfg, jax.random.PRNGKey(0))["params"]
   # A trained model's logits spread over several units (at init their std is 0.1): scale the head to a std of 3.
   params["lm_head"]["kernel"] = params["lm_head"]["kernel"] * 30.0
   tokens = _tokens(8, 64, cfg.vocab_size)
-  loss_bf16 = float(jax.jit(lambda p: next_token_loss(model, p, tokens, loss_chunk_size=16)[0])(params))
+  loss_bf16 = float(jax.jit(lambda p: next_token_loss(model, {"params": p}, tokens, loss_chunk_size=16)[0])(params))
   # The same bf16 hidden states through a float32 head at full precision.
   x_BTd = jax.jit(lambda p: model.apply({"params": p}, tokens[:, :-1], return_hidden=True))(params)
   logits_fp32 = jnp.einsum("btd,dv->btv", x_BTd.astype(jnp.float32), lm_head_kernel(params, cfg),
@@ -98,8 +98,8 @@ def test_chunked_cross_entropy_pads_masked_positions():
 def test_chunking_cuts_the_train_steps_temp_memory():
   cfg = dataclasses.replace(tiny_config("neox"), vocab_size=8192)  # the head dominates: 8 x 64 x 8192 logits
   tx = optax.sgd(0.1)
-  params = init_params(cfg, jax.random.PRNGKey(0))
-  state = TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
+  params = init_variables(cfg, jax.random.PRNGKey(0))["params"]
+  state = TrainState(step=jnp.zeros((), jnp.int32), params=params, buffers={}, opt_state=tx.init(params))
   batch = {"tokens": _tokens(8, 64, cfg.vocab_size)}
 
   def temp_bytes(chunk: int) -> int:
@@ -116,11 +116,11 @@ def test_chunking_cuts_the_train_steps_temp_memory():
 def test_scanned_layers_give_the_same_loss_and_temperature_statistics():
   cfg = tiny_config("neox", enabled=True, token_kind="mlp")
   scanned_cfg = dataclasses.replace(cfg, scan_layers=True)
-  params = with_random_temperatures(init_params(cfg, jax.random.PRNGKey(0)))
+  params = with_random_temperatures(init_variables(cfg, jax.random.PRNGKey(0))["params"])
   tokens = _tokens(2, 16, cfg.vocab_size)
-  loss, stats = jax.jit(lambda p: next_token_loss(Decoder(cfg), p, tokens, loss_chunk_size=8))(params)
-  scanned_loss, scanned_stats = jax.jit(lambda p: next_token_loss(Decoder(scanned_cfg), p, tokens, loss_chunk_size=8))(
-      stack_layers(params, cfg.num_layers))
+  loss_of = lambda c: jax.jit(lambda p: next_token_loss(Decoder(c), {"params": p}, tokens, loss_chunk_size=8))
+  loss, stats = loss_of(cfg)(params)
+  scanned_loss, scanned_stats = loss_of(scanned_cfg)(stack_layers(params, cfg.num_layers))
   np.testing.assert_allclose(scanned_loss, loss, rtol=1e-6)
   assert set(scanned_stats) == set(stats)
   for k in stats:

@@ -17,10 +17,10 @@ from ssa_jax.errors import ConfigError
 from ssa_jax.model.attention import kernel_implementation
 from ssa_jax.model.config import SSAConfig, model_config_from_dict
 from ssa_jax.model.decoder import Decoder
-from ssa_jax.model.params import init_params, ssa_groups
+from ssa_jax.model.params import init_variables, ssa_groups
 from ssa_jax.model.temperature import Temperature
 from ssa_jax.train.optim import make_optimizer
-from tiny_models import tiny_config, with_random_temperatures
+from tiny_models import random_buffers, tiny_config, with_random_temperatures
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 TOKEN_KINDS = ("mlp", "shared", "frequency")
@@ -164,16 +164,16 @@ def test_query_only_position_kinds_leave_the_value_its_token_term(position_kind)
 
 def test_frequency_token_term_looks_up_each_tokens_own_feature():
   cfg = tiny_config("neox", enabled=True, token_kind="frequency", value=False)
-  params = init_params(cfg, jax.random.PRNGKey(0))
+  params = init_variables(cfg, jax.random.PRNGKey(0))["params"]
   rng = np.random.default_rng(5)
   phi_V = rng.normal(size=cfg.vocab_size).astype(np.float32)  # a different phi for every token
-  params["token_feature"] = jnp.asarray(phi_V)
   betas = {}
   for i in range(cfg.num_layers):
     betas[i] = rng.normal(size=cfg.num_heads).astype(np.float32)
     params[f"layers_{i}"]["attn"]["ssa_q"]["beta"] = jnp.asarray(betas[i])
   tokens = rng.integers(0, cfg.vocab_size, (2, 10))
-  _, state = Decoder(cfg).apply({"params": params}, tokens, mutable=["intermediates"])
+  variables = {"params": params, "buffers": {"token_feature": jnp.asarray(phi_V)}}
+  _, state = Decoder(cfg).apply(variables, tokens, mutable=["intermediates"])
   n = np.arange(1, 11, dtype=np.float64)[None, :, None]
   for i in range(cfg.num_layers):
     alpha = np.asarray(params[f"layers_{i}"]["attn"]["ssa_q"]["alpha"], np.float64)
@@ -186,18 +186,17 @@ def test_frequency_token_term_looks_up_each_tokens_own_feature():
 @pytest.mark.parametrize("token_kind,position_kind", list(itertools.product(TOKEN_KINDS, POSITION_KINDS)))
 def test_temperature_gradients_match_central_differences(token_kind, position_kind):
   cfg = tiny_config("llama", enabled=True, token_kind=token_kind, position_kind=position_kind)
-  params = with_random_temperatures(init_params(cfg, jax.random.PRNGKey(0)), seed=7)
-  if token_kind == "frequency":
-    params["token_feature"] = jnp.asarray(np.random.default_rng(8).normal(size=cfg.vocab_size), jnp.float32)
+  params = with_random_temperatures(init_variables(cfg, jax.random.PRNGKey(0))["params"], seed=7)
+  buffers = random_buffers(cfg, seed=8)
   tokens = np.random.default_rng(9).integers(0, cfg.vocab_size, (2, 12))
 
   @jax.jit
   def loss(p):
-    logits = Decoder(cfg).apply({"params": p}, tokens[:, :-1])
+    logits = Decoder(cfg).apply({"params": p, "buffers": buffers}, tokens[:, :-1])
     return -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(logits), tokens[:, 1:, None], -1))
 
   flat = traverse_util.flatten_dict(params)
-  temps = [k for k, group in ssa_groups(cfg).items() if group != "buffer"]
+  temps = list(ssa_groups(cfg))
   rng = np.random.default_rng(10)
   direction = {k: rng.normal(size=flat[k].shape).astype(np.float32) for k in temps}
   grads = traverse_util.flatten_dict(jax.grad(loss)(params))
@@ -222,7 +221,7 @@ def _moved_under_finetune_optimizer(name: str, ssa_fields: dict, sign: float, mu
     train.temperature_scalar_lr_multiplier = multiplier
   fields = {**config.model.ssa.to_dict(), **ssa_fields}
   cfg = tiny_config("neox", max_seq_len=config.model.max_seq_len, **fields)
-  params = init_params(cfg, jax.random.PRNGKey(0))
+  params = init_variables(cfg, jax.random.PRNGKey(0))["params"]
   tx = make_optimizer(train, params, cfg)
   opt_state = tx.init(params)
   # A steady push on every copy of the scalar, nothing else (a loss that keeps asking for more or less of it).
@@ -342,8 +341,8 @@ def test_bf16_model_runs_every_matmul_in_bf16_including_the_temperatures(token_k
   import dataclasses
 
   cfg = dataclasses.replace(tiny_config("neox", enabled=True, token_kind=token_kind), dtype="bfloat16")
-  params = init_params(cfg, jax.random.PRNGKey(0))
-  jaxpr = jax.make_jaxpr(lambda p, t: Decoder(cfg).apply({"params": p}, t))(params, jnp.zeros((2, 8), jnp.int32))
+  variables = init_variables(cfg, jax.random.PRNGKey(0))
+  jaxpr = jax.make_jaxpr(Decoder(cfg).apply)(variables, jnp.zeros((2, 8), jnp.int32))
   dots = _dot_generals(jaxpr.jaxpr, [])
   assert len(dots) >= 4 * cfg.num_layers
   for eqn in dots:

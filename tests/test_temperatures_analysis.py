@@ -10,14 +10,14 @@ import pytest
 
 from ssa_jax.analysis import temperatures
 from ssa_jax.model.decoder import Decoder
-from ssa_jax.model.params import init_params
+from ssa_jax.model.params import init_variables
 from ssa_jax.runtime import cli_errors
 from tiny_models import tiny_config
 
 
 def _model(**ssa) -> tuple[Decoder, dict]:
   cfg = tiny_config("neox", **ssa)  # NeoX with biases: what transformers' GPTNeoX holds (the CLI test exports)
-  return Decoder(cfg), init_params(cfg, jax.random.PRNGKey(0))
+  return Decoder(cfg), init_variables(cfg, jax.random.PRNGKey(0))["params"]
 
 
 def test_position_only_temperatures_equal_the_formula():
@@ -30,7 +30,7 @@ def test_position_only_temperatures_equal_the_formula():
     params[f"layers_{layer}"]["attn"]["ssa_q"]["alpha"] = alpha_H
     alphas[layer] = alpha_H
   ids = list(range(3, 20))
-  tau_LT = temperatures.token_temperatures(model, params, ids)
+  tau_LT = temperatures.token_temperatures(model, {"params": params}, ids)
   n_T = np.arange(1, len(ids) + 1, dtype=np.float64)
   for layer, alpha_H in alphas.items():
     sig_H = 1.0 / (1.0 + np.exp(-alpha_H.astype(np.float64)))
@@ -44,7 +44,7 @@ def test_token_temperatures_vary_by_token_and_render(tmp_path):
   w2 = params["layers_0"]["attn"]["ssa_q"]["w2"]
   w2["kernel"] = np.asarray(jax.random.normal(jax.random.PRNGKey(1), w2["kernel"].shape))
   ids = [5, 9, 5, 9, 17, 40]
-  tau_LT = temperatures.token_temperatures(model, params, ids)
+  tau_LT = temperatures.token_temperatures(model, {"params": params}, ids)
   assert tau_LT.shape == (2, len(ids))
   assert np.ptp(tau_LT[0]) > 1e-3
   pieces = ["a", "<b>", "c\n", "d", "e", "f"]
@@ -62,7 +62,7 @@ def test_bad_layers_and_vanilla_models_are_refused():
     temperatures.parse_layers("0,5", 2)
   model, params = _model(enabled=False)
   with pytest.raises(ValueError, match="no query temperatures"):
-    temperatures.token_temperatures(model, params, [1, 2, 3])
+    temperatures.token_temperatures(model, {"params": params}, [1, 2, 3])
 
 
 def test_cli_writes_html_png_and_json(tmp_path):
@@ -76,7 +76,7 @@ def test_cli_writes_html_png_and_json(tmp_path):
 
   model, params = _model(enabled=True)
   hf_dir = tmp_path / "hf"
-  to_hf(model, params, str(hf_dir))
+  to_hf(model, {"params": params}, str(hf_dir))
   vocab = {w: i for i, w in enumerate(["<eos>", "<unk>"] + [f"w{i}" for i in range(62)])}
   tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
   tok.pre_tokenizer = pre_tokenizers.Whitespace()
@@ -145,7 +145,7 @@ def test_figures_say_tau_q_is_the_inverse_temperature_with_a_legend(tmp_path):
   model, params = _model(enabled=True)
   params = with_random_temperatures(params, seed=3)
   ids = list(range(3, 40))
-  tau_LT = temperatures.token_temperatures(model, params, ids)
+  tau_LT = temperatures.token_temperatures(model, {"params": params}, ids)
   pieces = [f" w{i}" for i in ids]
   page = temperatures.render_html(pieces, tau_LT, [0, 1], "coolwarm")
   assert "inverse" in page and "sharper" in page

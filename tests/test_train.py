@@ -93,8 +93,8 @@ def _assert_results_equal_a_numpy_reference(config, workdir) -> None:
 
 
 def _final_params(workdir):
-  _, params, _ = checkpoint.load_model(Path(workdir) / "checkpoints")
-  return traverse_util.flatten_dict(jax.device_get(params))
+  _, variables, _ = checkpoint.load_model(Path(workdir) / "checkpoints")
+  return traverse_util.flatten_dict(jax.device_get(variables["params"]))
 
 
 def test_resume_after_sigkill_twice_is_exact(corpus, tmp_path):
@@ -210,9 +210,9 @@ def test_a_run_of_8_devices_resumed_on_one_continues_with_the_same_losses(corpus
   train(config, str(tmp_path / "run"))
   assert list(saved) == [4]
   # Evaluation-style restore onto one CPU device: the same values.
-  _, params, _ = checkpoint.load_model(tmp_path / "run")
-  assert all(len(x.sharding.device_set) == 1 for x in jax.tree_util.tree_leaves(params))
-  restored = traverse_util.flatten_dict(jax.device_get(params))
+  _, variables, _ = checkpoint.load_model(tmp_path / "run")
+  assert all(len(x.sharding.device_set) == 1 for x in jax.tree_util.tree_leaves(variables))
+  restored = traverse_util.flatten_dict(jax.device_get(variables["params"]))
   assert restored.keys() == saved[4].keys()
   for k in restored:
     np.testing.assert_array_equal(restored[k], saved[4][k], err_msg="/".join(k))
@@ -329,7 +329,7 @@ def test_finetune_from_hf_starts_near_identity_and_can_train_temperatures_only(c
   config = _config(corpus, steps=3, checkpoint_every=0, temperatures_only=True, temperature_scalar_lr_multiplier=50.0,
                    temperature_matrix_lr_multiplier=50.0)
   config.init.hf_dir = str(tmp_path / "hf")
-  vanilla_model, vanilla_params = from_hf(tmp_path / "hf")
+  vanilla_model, vanilla = from_hf(tmp_path / "hf")
   for field in ("d_model", "num_layers", "num_heads", "mlp_dim", "max_seq_len", "vocab_size", "rotary_pct",
                 "parallel_residual", "tie_embeddings"):
     config.model[field] = getattr(vanilla_model.config, field)
@@ -342,13 +342,13 @@ def test_finetune_from_hf_starts_near_identity_and_can_train_temperatures_only(c
                         process_count=1, tokenizer=load_tokenizer(corpus[1]))
   batch = next(it)
   it.close()  # its reader threads end here, not at the end of the test session
-  vanilla_loss = float(next_token_loss(vanilla_model, vanilla_params, batch["tokens"])[0])
+  vanilla_loss = float(next_token_loss(vanilla_model, vanilla, batch["tokens"])[0])
   summary = train(config, str(tmp_path / "ft"))
   first = _losses(tmp_path / "ft")[1]
   assert abs(first - vanilla_loss) < 1e-3 * vanilla_loss, (first, vanilla_loss)
 
   tuned = _final_params(tmp_path / "ft")
-  before = traverse_util.flatten_dict(vanilla_params)
+  before = traverse_util.flatten_dict(vanilla["params"])
   groups = ssa_groups(model_config_from_dict(config.model))
   moved = [k for k in tuned if k in groups and np.abs(tuned[k]).max() > 0
            and not k[-1] == "alpha"]

@@ -10,12 +10,17 @@ from pathlib import Path
 
 import jax
 import numpy as np
+import optax
 import pytest
 from jax.sharding import Mesh
 
 from ssa_jax.errors import ConfigError
-from ssa_jax.model.params import init_params
+from ssa_jax.formats import checkpoint
+from ssa_jax.formats.hf import from_hf, to_hf
+from ssa_jax.model.decoder import Decoder
+from ssa_jax.model.params import init_variables
 from ssa_jax.train.state import create_state, state_shardings
+from ssa_jax.train.step import make_train_step
 from tiny_models import tiny_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -23,13 +28,10 @@ RULES = [["vocab", None], ["embed", None], ["mlp", None], ["heads", None], ["kv_
          ["norm", None], ["ssa_hidden", None], ["ssa_heads", None], ["layers", None]]
 
 
-def _state(cfg, params=None):
-  import optax
-
-  tx = optax.sgd(0.1)
+def _state(cfg, variables=None, tx=optax.sgd(0.1)):
   mesh = Mesh(np.array(jax.devices()[:1]), ("data",))
   _, shardings = state_shardings(cfg, tx, mesh, RULES)
-  return create_state(cfg, tx, shardings, jax.random.PRNGKey(0), params)
+  return create_state(cfg, tx, shardings, jax.random.PRNGKey(0), variables)
 
 
 def _counts_file(tmp_path, vocab):
@@ -40,15 +42,41 @@ def _counts_file(tmp_path, vocab):
   return str(path), (log - log.mean()) / log.std()  # the standardized log frequency, written out
 
 
-@pytest.mark.parametrize("from_params", [False, True], ids=["fresh", "pretrained"])
-def test_create_state_fills_phi_from_the_counts_file(tmp_path, from_params):
+def _frequency_config(tmp_path):
   cfg = tiny_config("neox", enabled=True, token_kind="frequency")
   path, expected = _counts_file(tmp_path, cfg.vocab_size)
-  cfg = dataclasses.replace(cfg, ssa=dataclasses.replace(cfg.ssa, feature_path=path))
-  assert not np.any(init_params(cfg, jax.random.PRNGKey(0))["token_feature"])  # the model's own init: 0
-  params = jax.device_get(init_params(cfg, jax.random.PRNGKey(1))) if from_params else None
-  state = _state(cfg, params)
-  np.testing.assert_allclose(np.asarray(state.params["token_feature"]), expected, rtol=1e-5, atol=1e-6)
+  return dataclasses.replace(cfg, ssa=dataclasses.replace(cfg.ssa, feature_path=path)), expected
+
+
+@pytest.mark.parametrize("from_params", [False, True], ids=["fresh", "pretrained"])
+def test_create_state_fills_phi_from_the_counts_file(tmp_path, from_params):
+  cfg, expected = _frequency_config(tmp_path)
+  assert not np.any(init_variables(cfg, jax.random.PRNGKey(0))["buffers"]["token_feature"])  # the model's init: 0
+  variables = jax.device_get(init_variables(cfg, jax.random.PRNGKey(1))) if from_params else None
+  state = _state(cfg, variables)
+  np.testing.assert_allclose(np.asarray(state.buffers["token_feature"]), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_phi_is_a_buffer_kept_by_checkpoints_and_hf_exports_and_never_updated(tmp_path):
+  cfg, expected = _frequency_config(tmp_path)
+  state = _state(cfg, tx=optax.adam(0.1))
+  assert "token_feature" not in state.params and set(state.buffers) == {"token_feature"}
+  step = jax.jit(make_train_step(Decoder(cfg), optax.adam(0.1), lambda s: 0.1, microbatches=1))
+  tokens = np.random.default_rng(0).integers(0, cfg.vocab_size, (2, 17))
+  after, _ = step(state, {"tokens": tokens})
+  np.testing.assert_array_equal(after.buffers["token_feature"], state.buffers["token_feature"])
+  assert not np.allclose(after.params["embed"]["embedding"], state.params["embed"]["embedding"])  # it trained
+
+  mngr = checkpoint.train_manager(tmp_path / "run", keep=1, async_save=False)
+  checkpoint.save_train_state(mngr, after, [{}], {"model": dataclasses.asdict(cfg)})
+  abstract, shardings = state_shardings(cfg, optax.adam(0.1), Mesh(np.array(jax.devices()[:1]), ("data",)), RULES)
+  restored, _, _ = checkpoint.restore_train_state(mngr, 1, abstract, shardings)
+  to_hf(Decoder(cfg), restored, tmp_path / "hf")
+  _, imported = from_hf(tmp_path / "hf")
+  for variables in (restored, imported):
+    np.testing.assert_allclose(variables["buffers"]["token_feature"], expected, rtol=1e-5, atol=1e-6)
+    assert "token_feature" not in variables["params"]
+    jax.tree_util.tree_map(np.testing.assert_array_equal, variables, jax.device_get(after.variables))
 
 
 def test_create_state_names_the_field_of_a_bad_counts_file(tmp_path):
@@ -62,9 +90,9 @@ def test_create_state_names_the_field_of_a_bad_counts_file(tmp_path):
 
 def test_ssmax_fine_tune_from_a_pretrained_model_warns_in_one_line():
   cfg = tiny_config("neox", max_seq_len=64, enabled=True, position_kind="ssmax", position_tau_at_end=1.001)
-  params = jax.device_get(init_params(cfg, jax.random.PRNGKey(0)))
+  variables = jax.device_get(init_variables(cfg, jax.random.PRNGKey(0)))
   with pytest.warns(UserWarning) as record:
-    _state(cfg, params)
+    _state(cfg, variables)
   (message,) = [str(w.message) for w in record if "ssmax" in str(w.message)]
   assert "\n" not in message
   assert "tau(2) = 0.1668, tau(64) = 1.001" in message  # s log n with s = 1.001 / log 64: no near-identity start
@@ -72,7 +100,7 @@ def test_ssmax_fine_tune_from_a_pretrained_model_warns_in_one_line():
     warnings.simplefilter("error")  # a fresh SSMax model (pre-training) and a 'log' fine-tune: no warning
     _state(cfg)
     _state(tiny_config("neox", enabled=True, position_tau_at_end=1.001),
-           jax.device_get(init_params(tiny_config("neox", enabled=True), jax.random.PRNGKey(0))))
+           jax.device_get(init_variables(tiny_config("neox", enabled=True), jax.random.PRNGKey(0))))
 
 
 def test_the_model_does_not_import_the_data_layer():

@@ -7,6 +7,7 @@ import numpy as np
 from flax import traverse_util
 
 from ssa_jax.model.config import ModelConfig, SSAConfig
+from ssa_jax.model.decoder import TOKEN_FEATURE, uses_token_feature
 
 FAMILY_EXTRAS = {
     "gpt2": dict(qkv_bias=True, out_bias=True, mlp_bias=True, tie_embeddings=True),
@@ -28,3 +29,11 @@ def with_random_temperatures(params, seed: int = 0):
   return traverse_util.unflatten_dict({
       p: jnp.asarray(rng.normal(scale=0.3, size=v.shape), jnp.float32) if "/ssa_" in "/" + "/".join(p) else v  # names do in a test helper
       for p, v in flat.items()})
+
+
+def random_buffers(cfg: ModelConfig, seed: int = 0) -> dict:
+  """The 'buffers' collection: a frequency model's phi drawn from N(0, 1), as a counts file would give (its init
+  is 0); empty for the other models."""
+  if not uses_token_feature(cfg):
+    return {}
+  return {TOKEN_FEATURE: jnp.asarray(np.random.default_rng(seed).normal(size=cfg.vocab_size), jnp.float32)}

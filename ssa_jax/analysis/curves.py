@@ -69,14 +69,6 @@ def ema(values: list[float], smoothing: float) -> list[float]:
   return out
 
 
-def first_step_reaching(steps: list[int], values: list[float], target: float) -> int | None:
-  """First step whose value is <= target (lower is better), or None if never reached."""
-  for step, value in zip(steps, values):
-    if value <= target:
-      return step
-  return None
-
-
 def compare(workdirs: list[str], metric: str = "loss", target: float | None = None,
             smoothing: float | None = None, labels: list[str] | None = None) -> dict:
   """Curves, the target (default: the first run's final smoothed value), each run's first step reaching it on its
@@ -95,10 +87,11 @@ def compare(workdirs: list[str], metric: str = "loss", target: float | None = No
                  "smoothed": ema(raw, smoothing), "skipped_lines": bad})
   if target is None:
     target = runs[0]["smoothed"][-1]
-  reference = first_step_reaching(runs[0]["steps"], runs[0]["smoothed"], target)
+  # Lower is better: the first step at or below the target, None if never reached.
+  reached = lambda run: next((s for s, v in zip(run["steps"], run["smoothed"]) if v <= target), None)  # noqa: E731
+  reference = reached(runs[0])
   for run in runs:
-    run["step_at_target"] = first_step_reaching(run["steps"], run["smoothed"], target)
-    hit = run["step_at_target"]
+    hit = run["step_at_target"] = reached(run)
     run["steps_ratio_vs_first"] = (reference / hit) if (reference is not None and hit) else None
   return {"metric": metric, "target": target, "smoothing": smoothing, "runs": runs}
 
@@ -118,12 +111,22 @@ def log_ticks(lo: float, hi: float, max_ticks: int = 8) -> list[float]:
   return [float(f"{v:.12g}") for v in linear if lo <= v <= hi]  # 53.50000000000001 -> 53.5
 
 
+def log_y_axis(ax, lo: float, hi: float) -> None:
+  """A log y axis over [lo, hi] labelled with `log_ticks` as plain numbers (not 10^x)."""
+  from matplotlib import ticker  # optional heavy dependency, needed only for the figure
+
+  ax.set_yscale("log")
+  ax.set_ylim(lo, hi)
+  ax.yaxis.set_major_locator(ticker.FixedLocator(log_ticks(lo, hi)))
+  ax.yaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+  ax.yaxis.set_minor_formatter(ticker.NullFormatter())
+
+
 def figure(result: dict):
   """Metric vs step for every run (smoothed), the target as a dashed line and each run's first hit marked."""
-  import matplotlib
+  import matplotlib  # optional heavy dependency, needed only for the figure
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
-  from matplotlib import ticker
 
   fig, ax = plt.subplots(figsize=(6.5, 4.2))
   for run in result["runs"]:
@@ -135,13 +138,8 @@ def figure(result: dict):
   smoothed = f" (EMA {result['smoothing']:g})" if result["smoothing"] else ""
   ax.set_ylabel(result["metric"] + smoothed)
   if result["metric"] == "val_ppl":
-    ax.set_yscale("log")
     values = [v for run in result["runs"] for v in run["smoothed"]] + [result["target"]]
-    lo, hi = min(values), max(values)
-    ax.set_ylim(lo / 1.05, hi * 1.05)
-    ax.yaxis.set_major_locator(ticker.FixedLocator(log_ticks(lo / 1.05, hi * 1.05)))
-    ax.yaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))  # plain numbers, not 10^x
-    ax.yaxis.set_minor_formatter(ticker.NullFormatter())
+    log_y_axis(ax, min(values) / 1.05, max(values) * 1.05)
   ax.legend()
   fig.tight_layout()
   return fig

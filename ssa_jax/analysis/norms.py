@@ -64,10 +64,10 @@ def _capture_filter(module, method_name: str) -> bool:
   return method_name == "__call__" and module.name in ("attn_norm", "q", "k", "v", "attn")
 
 
-def capture_layers(model, params, tokens_BT: Array) -> list[dict[str, Array]]:
+def capture_layers(model, variables: dict, tokens_BT: Array) -> list[dict[str, Array]]:
   """Per layer: x_BTd (attention input after the norm), q/k/v before temperatures and RoPE, tau_* (B, T, heads), attn_out_BTd."""
-  model, params = unrolled(model, params)
-  _, state = model.apply({"params": params}, tokens_BT, capture_intermediates=_capture_filter,
+  model, variables = unrolled(model, variables)
+  _, state = model.apply(variables, tokens_BT, capture_intermediates=_capture_filter,
                          mutable=["intermediates"])
   inter = state["intermediates"]
   cfg = model.config
@@ -147,30 +147,30 @@ def weight_opnorms(cfg: ModelConfig, attn_params) -> np.ndarray:
   return norms
 
 
-def analyse_tokens(model, params, tokens_NT: np.ndarray, min_keys: int = 1) -> dict[str, np.ndarray]:
+def analyse_tokens(model, variables: dict, tokens_NT: np.ndarray, min_keys: int = 1) -> dict[str, np.ndarray]:
   """Per-token arrays over windows `tokens_NT` (N windows of T tokens, each from position 0).
 
   Returns spec_raw / spec_eff / opnorm_eff / tau_q (tokens, layers, heads), spikiness (queries, layers,
   heads) for the queries seeing >= min_keys keys, and opnorm (layers, heads).
   """
-  model, params = unrolled(model, params)
+  model, variables = unrolled(model, variables)
   cfg = model.config
   tokens_NT = jnp.asarray(tokens_NT, jnp.int32)
   N, T = tokens_NT.shape
   positions_NT = jnp.broadcast_to(jnp.arange(T, dtype=jnp.int32), (N, T))
-  opnorm_LH = np.stack([weight_opnorms(cfg, params[f"layers_{i}"]["attn"]) for i in range(cfg.num_layers)])
+  opnorm_LH = np.stack([weight_opnorms(cfg, variables["params"][f"layers_{i}"]["attn"]) for i in range(cfg.num_layers)])
 
   @jax.jit
-  def per_layer(params, tokens_NT):
-    layers = capture_layers(model, params, tokens_NT)
+  def per_layer(variables, tokens_NT):
+    layers = capture_layers(model, variables, tokens_NT)
     spec, tau, spiky = [], [], []
     for i, layer in enumerate(layers):
-      spec.append(spec_norms(cfg, params[f"layers_{i}"]["attn"], layer["x_BTd"]))
+      spec.append(spec_norms(cfg, variables["params"][f"layers_{i}"]["attn"], layer["x_BTd"]))
       tau.append(layer["tau_q_BTH"])
       spiky.append(jnp.transpose(spikiness(attention_rows(cfg, layer, positions_NT)), (0, 2, 1)))  # (B, T, H)
     return jnp.stack(spec, 2), jnp.stack(tau, 2), jnp.stack(spiky, 2)  # (B, T, layers, H)
 
-  spec_NTLH, tau_NTLH, spiky_NTLH = (np.asarray(a, np.float64) for a in per_layer(params, tokens_NT))
+  spec_NTLH, tau_NTLH, spiky_NTLH = (np.asarray(a, np.float64) for a in per_layer(variables, tokens_NT))
   spec_raw = spec_NTLH.reshape(N * T, *spec_NTLH.shape[2:])
   tau_q = tau_NTLH.reshape(N * T, *tau_NTLH.shape[2:])
   keep_T = np.arange(T) + 1 >= min_keys
@@ -179,7 +179,7 @@ def analyse_tokens(model, params, tokens_NT: np.ndarray, min_keys: int = 1) -> d
           "opnorm": opnorm_LH, "opnorm_eff": tau_q * opnorm_LH[None]}
 
 
-def analyse(model, params, tokens: list[int], window: int, min_keys: int = 1, batch_size: int = 8
+def analyse(model, variables: dict, tokens: list[int], window: int, min_keys: int = 1, batch_size: int = 8
             ) -> dict[str, np.ndarray]:
   """`analyse_tokens` over `tokens` cut into non-overlapping windows of `window` (the last one may be shorter)."""
   if window <= 0 or window > model.config.max_seq_len:
@@ -189,7 +189,7 @@ def analyse(model, params, tokens: list[int], window: int, min_keys: int = 1, ba
   chunks = [c[i:i + batch_size] for c in chunks for i in range(0, len(c), batch_size)]
   if len(tokens) % window:
     chunks.append(np.asarray(tokens[full * window:], np.int32)[None])
-  parts = [analyse_tokens(model, params, c, min_keys) for c in chunks]
+  parts = [analyse_tokens(model, variables, c, min_keys) for c in chunks]
   merged = {k: np.concatenate([p[k] for p in parts]) for k in parts[0] if k != "opnorm"}
   merged["opnorm"] = parts[0]["opnorm"]
   return merged
@@ -309,13 +309,13 @@ def run(checkpoints: list[str], labels: list[str], num_tokens: int = 1000, text_
                               "root or a step directory)")
   results = []
   for path, label in zip(checkpoints, labels):
-    model, params, run_config = load_model(path)
+    model, variables, run_config = load_model(path)
     model = type(model)(analysis_config(model.config))
     tokens, source = text_tokens(checkpoint_tokenizer(run_config, tokenizer), run_config, num_tokens, text_file)
     print(f"{label}: {len(tokens)} tokens of {source}")
     win = window or int((run_config.get("train") or {}).get("seq_len") or model.config.max_seq_len)
     win = min(win, model.config.max_seq_len)
-    arrays = analyse(model, params, tokens, win, min_keys)
+    arrays = analyse(model, variables, tokens, win, min_keys)
     cfg = model.config
     results.append({"label": label, "checkpoint": str(path), "text": source, "num_tokens": len(tokens),
                     "window": win, "min_keys": min_keys, "ssa": dataclasses.asdict(cfg.ssa),

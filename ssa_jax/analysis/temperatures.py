@@ -34,11 +34,11 @@ NEWLINE_MARK = "\u21b5"  # the visible end of a line that ended with a newline t
 MONO_ADVANCE_EM = 1233 / 2048
 
 
-def token_temperatures(model, params, ids: list[int]) -> np.ndarray:
+def token_temperatures(model, variables: dict, ids: list[int]) -> np.ndarray:
   """tau_q averaged over heads: float32 (num_layers, T). Fails when the model scales no queries."""
   if "q" not in model.config.ssa.components:
     raise ValueError("the model has no query temperatures (config.ssa: enabled with query=True is needed)")
-  _, state = model.apply({"params": params}, jnp.asarray([ids], jnp.int32), mutable=["intermediates"])
+  _, state = model.apply(variables, jnp.asarray([ids], jnp.int32), mutable=["intermediates"])
   inter = unstack_layers(state["intermediates"], model.config.num_layers)  # scan_layers sows stacked taus
   rows = [np.asarray(inter[f"layers_{i}"]["attn"]["tau_q"][0])[0].mean(-1) for i in range(model.config.num_layers)]
   return np.stack(rows).astype(np.float32)
@@ -262,7 +262,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.error(f"--text_file: {args.text_file} is not a file")
   text = (args.text or (epath.Path(args.text_file).read_text() if args.text_file else "")
           or demo_sample(args.demo_sample))
-  model, params, own_tok = load_model(ModelSource(hf_dir=args.hf_dir, checkpoint=args.checkpoint).validate())
+  model, variables, own_tok = load_model(ModelSource(hf_dir=args.hf_dir, checkpoint=args.checkpoint).validate())
   tok_path = args.tokenizer or own_tok
   if not tok_path:
     parser.error("the model names no tokenizer: pass --tokenizer=PATH")
@@ -271,7 +271,7 @@ def main(argv: list[str] | None = None) -> dict:
   ids = tokenizer.encode(text)[: min(args.max_tokens, model.config.max_seq_len)]
   if not ids:
     parser.error("the text encodes to no tokens")
-  tau_LT = token_temperatures(model, params, ids)
+  tau_LT = token_temperatures(model, variables, ids)
   layers = parse_layers(args.layers, model.config.num_layers)
   pieces = decoded_pieces(tokenizer.decode, ids)
   out = epath.Path(args.out)

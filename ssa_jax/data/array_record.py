@@ -9,10 +9,8 @@ repeated; for validation file order, cut to whole global batches), global batch 
 [t B, (t + 1) B) of it. Those windows are grouped in blocks of B / P consecutive ones and process p reads
 blocks p, p + P, p + 2P, ...: its t-th batch is rows [p B/P, (p + 1) B/P) of global batch t, whatever P.
 
-Every step is random access (grain.MapDataset), so the position is one number: grain's own iterator state
-(`{"next_index": t}`, the same on every process) travels inside `get_state()`'s JSON, which the trainer's
-checkpoint saves with orbax; `set_state` hands it back to grain. grain's prefetch threads
-(`config.data.num_threads`, `config.data.prefetch` batches ahead) read and decode ahead of the step.
+Every step is random access (grain.MapDataset), so grain's iterator state (`{"next_index": t}`, the same on
+every process) is the whole position; it travels inside `get_state()`'s JSON, saved with the checkpoint.
 """
 
 from __future__ import annotations
@@ -29,8 +27,8 @@ from ssa_jax.runtime.gcs import require_gcs
 _STATE_VERSION = 1
 
 
-def _load_dataset(path: str):
-  """(tfds builder, its features) of the prepared dataset at `path`; errors name config.data.path."""
+def _load_builder(path: str):
+  """The tfds builder of the prepared dataset at `path`; errors name config.data.path."""
   # Only the array_record format needs tensorflow_datasets (seconds to import): not every pipeline import.
   import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
 
@@ -39,8 +37,7 @@ def _load_dataset(path: str):
     raise ConfigError(f"config.data.path: {path!r} is not a dataset written by `python -m ssa_jax.data."
                       "tfds_builder` (expected the directory holding dataset_info.json and *.array_record-* "
                       "files) as config.data.format='array_record' needs")
-  builder = tfds.builder_from_directory(path)
-  return builder, builder.info.features
+  return tfds.builder_from_directory(path)
 
 
 class ArrayRecordIterator:
@@ -48,31 +45,24 @@ class ArrayRecordIterator:
 
   def __init__(self, data_cfg: ml_collections.ConfigDict, *, split: str, seq_len: int, global_batch_size: int,
                process_index: int, process_count: int, repeat: bool, max_batches: int | None = None):
-    # Only the array_record format reads with grain (slow to import with its dependencies).
+    # Only the array_record format reads with grain and tfds (slow to import with their dependencies).
     import grain  # pylint: disable=import-outside-toplevel
+    from ssa_jax.data.tfds_builder import grain_dataset  # pylint: disable=import-outside-toplevel
 
-    if not 0 <= process_index < process_count:
-      raise ConfigError(f"process_index: {process_index} not in [0, {process_count})")
-    if global_batch_size % process_count:
-      raise ConfigError(f"global_batch_size: {global_batch_size} is not divisible by the process count "
-                        f"{process_count}")
-    if max_batches is not None and max_batches < 1:
-      raise ConfigError(f"max_batches: expected >= 1 or None, got {max_batches}")
     if not 0 <= data_cfg.seed < 2**32:
       raise ConfigError(f"config.data.seed: expected an int in [0, 2**32) for grain's shuffle, got {data_cfg.seed}")
-    builder, features = _load_dataset(data_cfg.path)
+    builder = _load_builder(data_cfg.path)
     if split not in builder.info.splits:
       raise ConfigError(f"config.data.path: {data_cfg.path!r} has no split {split!r} (it has "
                         f"{sorted(builder.info.splits)}); see config.data.train_split / validation_split")
-    window = features["tokens"].shape[0]
+    window = builder.info.features["tokens"].shape[0]
     if window != seq_len + 1:
       raise ConfigError(f"config.train.seq_len: {seq_len}, but {data_cfg.path!r} holds windows of {window} tokens "
                         f"(seq_len {window - 1}); build the dataset again with --seq_len={seq_len}")
-    files = [str(f) for f in builder.info.splits[split].filepaths]
-    source = grain.MapDataset.source(grain.sources.ArrayRecordDataSource(files))
+    source = grain_dataset(builder, split)
     self._num_records, self._window, self._batch, self._split = len(source), window, global_batch_size, split
     self._seed, self._repeat = int(data_cfg.seed), repeat
-    local = global_batch_size // process_count
+    self._rows = global_batch_size // process_count
     whole = self._num_records // global_batch_size  # whole global batches in one pass
     if whole == 0:
       raise ConfigError(f"config.data.path: split {split!r} has {self._num_records} windows, fewer than one "
@@ -83,14 +73,12 @@ class ArrayRecordIterator:
     else:
       ordered = source[:whole * global_batch_size]
       self.num_batches = whole if max_batches is None else min(whole, max_batches)
-    ds = ordered.map(lambda raw: features.deserialize_example_np(raw)["tokens"])
-    ds = ds.batch(local, drop_remainder=True, batch_fn=np.stack)[process_index::process_count]
+    ds = ordered.map(lambda example: example["tokens"])
+    ds = ds.batch(self._rows, drop_remainder=True, batch_fn=np.stack)[process_index::process_count]
     if self.num_batches is not None:
       ds = ds[:self.num_batches]
-    self._rows = local
-    self._dataset = ds.to_iter_dataset(grain.ReadOptions(num_threads=data_cfg.num_threads,
-                                                         prefetch_buffer_size=data_cfg.prefetch))
-    self._iter = iter(self._dataset)
+    self._iter = iter(ds.to_iter_dataset(grain.ReadOptions(num_threads=data_cfg.num_threads,
+                                                           prefetch_buffer_size=data_cfg.prefetch)))
     self._step = 0
 
   def _layout(self) -> dict:

@@ -49,12 +49,10 @@ def resolve_paths(cfg: ml_collections.ConfigDict) -> tuple[str, str]:
 
 def validate_data_config(cfg: ml_collections.ConfigDict) -> None:
   """Raise ConfigError naming the field of the first invalid value in `cfg` (the data section)."""
-  require_gcs(cfg.path, "config.data.path")
-  require_gcs(cfg.tokenizer_path, "config.data.tokenizer_path")
-  if cfg.path and not epath.Path(cfg.path).exists():
-    raise ConfigError(f"config.data.path: {cfg.path!r} does not exist")
-  if cfg.tokenizer_path and not epath.Path(cfg.tokenizer_path).exists():
-    raise ConfigError(f"config.data.tokenizer_path: {cfg.tokenizer_path!r} does not exist")
+  for field in ("path", "tokenizer_path"):
+    require_gcs(cfg[field], f"config.data.{field}")
+    if cfg[field] and not epath.Path(cfg[field]).exists():
+      raise ConfigError(f"config.data.{field}: {cfg[field]!r} does not exist")
   for field in ("train_split", "validation_split"):
     if not isinstance(cfg[field], str) or not cfg[field]:
       raise ConfigError(f"config.data.{field}: expected a split name (e.g. 'train', 'validation'), got {cfg[field]!r}")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import pathlib
 
 import numpy as np
 
@@ -23,11 +24,8 @@ DEMO_FEATURE_PATH = "demo"  # the value of config.model.ssa.feature_path that as
 def ensure_demo_token_counts(cache_dir: str, corpus_path: str, tokenizer_path: str) -> str:
   """Counts (int64 .npy) of every token id over `corpus_path`'s train split; written once, returns the path."""
   # One counts file per tokenizer: keyed by the tokenizer file's contents (a directory: by its path).
-  if os.path.isfile(tokenizer_path):
-    with open(tokenizer_path, "rb") as f:
-      key = f.read()
-  else:
-    key = os.path.abspath(tokenizer_path).encode()
+  key = (pathlib.Path(tokenizer_path).read_bytes() if os.path.isfile(tokenizer_path)
+         else os.path.abspath(tokenizer_path).encode())
   name = f"train_{hashlib.sha256(key).hexdigest()[:16]}.npy"
   path = os.path.join(os.path.expanduser(cache_dir), "kjv_token_counts", name)
   if os.path.exists(path):

@@ -38,7 +38,9 @@ def define_flags() -> None:
 
 
 def resolve_tokenizer(path: str, given: str | None, data_cfg=None) -> tuple[str, str]:
-  """(tokenizer path, where it came from) for inspecting `path`; raises UsageError saying why there is none."""
+  """(tokenizer path, where it came from) for the corpus `path`; raises UsageError saying why there is none."""
+  if not epath.Path(path).exists():
+    raise FileNotFoundError(f"{path}: does not exist (expected a corpus directory or file)")
   if given:
     return given, "--tokenizer"
   if data_cfg is not None:
@@ -80,12 +82,7 @@ def main(argv):
   if len(argv) > 2 or (len(argv) == 1 and data_cfg is None):
     raise cli_errors.UsageError("usage: python -m ssa_jax.data.inspect PATH [--tokenizer=PATH] [--config=CONFIG] "
                                 "(PATH defaults to the --config's config.data.path)")
-  if len(argv) == 2:
-    path = argv[1]
-  else:
-    path = data_cfg.path or demo.ensure_demo_corpus(data_cfg.cache_dir)
-  if not epath.Path(path).exists():
-    raise FileNotFoundError(f"{path}: does not exist (expected a corpus directory or file)")
+  path = argv[1] if len(argv) == 2 else (data_cfg.path or demo.ensure_demo_corpus(data_cfg.cache_dir))
   split = FLAGS.split or (data_cfg.train_split if data_cfg is not None else "train")
   fmt = FLAGS.format or (data_cfg.format if data_cfg is not None else "auto")
   tok_path, how = resolve_tokenizer(path, FLAGS.tokenizer, data_cfg)

@@ -7,17 +7,14 @@ record `record` of the stream's `file_pos`-th file in epoch `epoch`, copy `repea
 of its tokens already emitted. Nothing before that position is read again on restore and nothing after
 it was counted, so the counters saved with a position are exact too.
 
-Which files a stream reads (`stream_files`): each epoch the sorted global file list is permuted by
-(seed, epoch); with F files and S streams, stream s reads permuted files s, s+S, s+2S, ... when F >= S;
-when F < S, the k streams sharing file s % F each read one part of it (readers.read_records
-`part=(rank, k)`: byte ranges for .jsonl / text, row ranges for parquet, every k-th line for .jsonl.zst),
-so no stream decodes the records of another.
-Files without a usable document: a file read whole that holds no usable record (empty, or every record bad)
-is skipped with one warning naming it and counted (`empty_files`). A stream whose share of an epoch yields
-no document at all (its files are such files, or its part of a shared file has no usable record) then reads
-that epoch's other files whole instead, so a few bad files never stop a run (documents repeat across streams
-then; `_reads`). Only when no file of the split yields a document does the stream fail, with a ConfigError
-naming the files. A non-repeating (validation) stream just ends.
+Which files a stream reads (`stream_files`): each epoch permutes the sorted global file list by (seed, epoch);
+with F >= S files, stream s reads permuted files s, s+S, s+2S, ...; with F < S, the k streams sharing file s % F
+each read one part of it (readers.read_records `part`), so no stream decodes the records of another.
+A file read whole without a usable record (empty, or every record bad) is skipped with one warning naming it
+and counted (`empty_files`). A stream whose share of an epoch yields no document reads that epoch's other files
+whole instead (`_reads`; documents then repeat across streams), so a few bad files never stop a run. Only when
+no file of the split yields a document does the stream fail, with a ConfigError naming the files; a
+non-repeating (validation) stream just ends.
 Mixture: a record of set `name` is emitted floor(w) or ceil(w) times (w = mixture weight, 0 for an
 excluded set), the fractional part decided by a hash of (seed, epoch, file, record), so no rng state.
 """
@@ -85,8 +82,8 @@ def _no_document_error(files: Sequence[str], usable_seen: bool) -> ConfigError:
 def check_documents(files: Sequence[str], fmt: str, mixture: dict, exclude: Sequence[str]) -> None:
   """Raises the one-line ConfigError of a split none of whose files holds a document that training keeps.
 
-  Reads the files in order only until the first usable record of a set the mixture keeps (weight > 0): one
-  record of the first file for any real corpus, so a run can check its data before it writes anything.
+  Reads only until the first usable record of a kept set (one record for a real corpus), so a run checks its
+  data before it writes anything.
   """
   usable_seen = False
   for path in files:
@@ -110,7 +107,6 @@ class Doc:
   tokens: list[int]
   pos: tuple[int, int, int, int]  # (epoch, file_pos, record, repeat)
   next_pos: tuple[int, int, int, int]
-  set_name: str
   skipped: collections.Counter
 
 
@@ -145,20 +141,16 @@ class Stream:
 
   # -- reading ------------------------------------------------------------------------------------
   def _reads(self, plan: StreamPlan, epoch: int) -> list[tuple[int, tuple[int, int]]]:
-    """(file index, part) of every file position of an epoch: the stream's share, then its fallback.
-
-    The fallback, read only when the share yields no document in that epoch (an empty or all-bad file, or a
-    part of a shared file without a usable record): every other file of the epoch, whole, in the epoch's order
-    rotated by the stream id (so that streams falling back do not read in step).
-    """
+    """(file index, part) of every file position of an epoch: the stream's share, then its fallback: every
+    other file of the epoch, whole, in the epoch's order rotated by the stream id (so they do not read in step)."""
     share = [(f, (plan.rank, plan.stride)) for f in plan.files]
     order = epoch_order(len(self._files), self._seed, epoch)
     rotated = order[self.stream_id % len(order):] + order[:self.stream_id % len(order)]
     read_whole = set(plan.files) if plan.stride == 1 else set()
     return share + [(f, (0, 1)) for f in rotated if f not in read_whole]
 
-  def _records(self) -> Iterator[tuple[tuple[int, int, int, int], tuple, str | None, str, object]]:
-    """(pos, next_pos, text or None, set_name, bad kind / 'filtered' / 'empty_file' / None) from the saved position."""
+  def _records(self) -> Iterator[tuple[tuple[int, int, int, int], tuple, str | None, tuple | None]]:
+    """(pos, next_pos, text or None, None or (bad kind / 'filtered' / 'empty_file', where)) from the saved position."""
     epoch, file_pos, record, repeat = self._pos
     while True:
       plan = stream_files(len(self._files), self._num_streams, self._seed, epoch)[self.stream_id]
@@ -180,22 +172,22 @@ class Stream:
           where = (path, rec.index)
           if rec.bad is not None:
             bad += 1
-            yield (epoch, fp, rec.index, 0), None, None, rec.set_name, (rec.bad, where)
+            yield (epoch, fp, rec.index, 0), None, None, (rec.bad, where)
             continue
           usable = True
           weight = 0.0 if rec.set_name in self._exclude else float(self._mixture.get(rec.set_name, 1.0))
           kept_anywhere |= weight > 0
           copies = int(weight) + (_uniform(self._seed, epoch, file_index, rec.index) < weight - int(weight))
           if copies == 0:
-            yield (epoch, fp, rec.index, 0), None, None, rec.set_name, ("filtered", where)
+            yield (epoch, fp, rec.index, 0), None, None, ("filtered", where)
           first = repeat if (fp == file_pos and rec.index == record) else 0
           for c in range(first, copies):
             nxt = (epoch, fp, rec.index, c + 1) if c + 1 < copies else (epoch, fp, rec.index + 1, 0)
             emitted = True
-            yield (epoch, fp, rec.index, c), nxt, rec.text, rec.set_name, None
+            yield (epoch, fp, rec.index, c), nxt, rec.text, None
         usable_anywhere |= usable
         if not usable and start == 0 and part == (0, 1):  # the whole file read: it holds no usable document
-          yield (epoch, fp, 0, 0), None, None, "", ("empty_file", (path, bad))
+          yield (epoch, fp, 0, 0), None, None, ("empty_file", (path, bad))
       if not self._repeat:
         return
       if not emitted and not kept_anywhere:  # (kept but not drawn: fractional weights draw anew each epoch)
@@ -216,7 +208,7 @@ class Stream:
     texts = [it[2] for it in items if it[2] is not None]
     encoded = iter(self._tok.encode_batch(texts)) if texts else iter(())
     docs, skipped = [], collections.Counter()
-    for pos, nxt, text, set_name, bad in items:
+    for pos, nxt, text, bad in items:
       if text is None:
         kind, where = bad
         skipped[kind] += 1
@@ -227,10 +219,10 @@ class Stream:
           _log.warning("data: skipping bad record (%s) at %s record %d; further ones of this kind are "
                        "only counted (see stats)", kind, *where)
         continue
-      docs.append(Doc(next(encoded) + [self._tok.eos_id], pos, nxt, set_name, skipped))
+      docs.append(Doc(next(encoded) + [self._tok.eos_id], pos, nxt, skipped))
       skipped = collections.Counter()
     if skipped:
-      docs.append(Doc([], (-1,), (-1,), "", skipped))  # Trailing skips, counted when pulled.
+      docs.append(Doc([], (-1,), (-1,), skipped))  # Trailing skips, counted when pulled.
     return docs
 
   def _next_chunk(self, records) -> list[Doc] | None:
@@ -253,12 +245,7 @@ class Stream:
       yield from chunk
 
   def count_windows(self, max_windows: int | None = None) -> int:
-    """Windows this (non-repeating) stream yields from its saved position, counting at most `max_windows`.
-
-    Reads and tokenizes in the calling thread (no executor), stopping as soon as the bound is reached.
-    """
-    if self._repeat and max_windows is None:
-      raise ValueError("count_windows: a repeating stream has no end; pass max_windows")
+    """Windows this non-repeating stream yields from its saved position, at most `max_windows` (read in this thread)."""
     tokens = -self._offset  # The current document is read again from its start; its first tokens were emitted.
     bound = None if max_windows is None else max_windows * self._window
     records = self._records()

@@ -23,6 +23,7 @@ local streams, so the per-process states merged (dict union of "streams") restor
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures
 import copy
 import queue
@@ -38,7 +39,6 @@ from ssa_jax.data import demo
 from ssa_jax.data.array_record import ArrayRecordIterator
 from ssa_jax.data.config import resolve_paths, validate_data_config
 from ssa_jax.data.packing import Stream, check_documents
-from ssa_jax.data.readers import format_of
 from ssa_jax.data.sources import list_files
 from ssa_jax.data.tokenizer import Tokenizer, load_tokenizer
 from ssa_jax.errors import ConfigError
@@ -64,7 +64,6 @@ def resolve_num_streams(requested: int, global_batch_size: int, process_count: i
   return requested
 
 
-
 def put_until_stopped(q: queue.Queue, item, stop: threading.Event) -> bool:
   """Puts `item` on the bounded queue `q`, waiting for room; False (not put) once `stop` is set."""
   while not stop.is_set():
@@ -75,21 +74,13 @@ def put_until_stopped(q: queue.Queue, item, stop: threading.Event) -> bool:
       continue
   return False
 
-class LMIterator:
-  """`next(it)` -> {"tokens": int32 [B / P, seq_len + 1]}; `get_state`/`set_state` resume exactly.
 
-  `num_batches`: the batch count at which the iterator ends, when known in advance (else None).
-  """
+class LMIterator:
+  """`next(it)` -> {"tokens": int32 [B / P, seq_len + 1]}; `get_state`/`set_state` resume exactly."""
 
   def __init__(self, data_cfg: ml_collections.ConfigDict, *, files: list[str], split: str, seq_len: int,
                global_batch_size: int, process_index: int, process_count: int, tokenizer: Tokenizer,
                repeat: bool, max_batches: int | None = None):
-    if not 0 <= process_index < process_count:
-      raise ConfigError(f"process_index: {process_index} not in [0, {process_count})")
-    if seq_len < 1:
-      raise ConfigError(f"seq_len: expected >= 1, got {seq_len}")
-    if max_batches is not None and max_batches < 1:
-      raise ConfigError(f"max_batches: expected >= 1 or None, got {max_batches}")
     self._cfg, self._files, self._split, self._tok, self._repeat = data_cfg, files, split, tokenizer, repeat
     self._window = seq_len + 1
     self._batch = global_batch_size
@@ -105,17 +96,9 @@ class LMIterator:
 
   # -- state --------------------------------------------------------------------------------------
   def _layout(self) -> dict:
-    layout = {"version": _STATE_VERSION, "split": self._split, "seed": self._cfg.seed,
-              "num_streams": self.num_streams, "window": self._window, "global_batch_size": self._batch,
-              "num_files": len(self._files)}
-    if len(self._files) < self.num_streams and any(self._format(f) != "jsonl_zst" for f in self._files):
-      # Streams sharing a .jsonl / text / parquet file read byte or row ranges (positions are byte offsets
-      # for .jsonl / text); states from before that change hold record numbers and must not be restored.
-      layout["shared_file_parts"] = "ranges"
-    return layout
-
-  def _format(self, file: str) -> str | None:
-    return format_of(file) if self._cfg.format == "auto" else self._cfg.format
+    return {"version": _STATE_VERSION, "split": self._split, "seed": self._cfg.seed,
+            "num_streams": self.num_streams, "window": self._window, "global_batch_size": self._batch,
+            "num_files": len(self._files)}
 
   # -- end of a non-repeating iterator ------------------------------------------------------------
   def _new_stream(self, stream_id: int, executor, state: dict | None, repeat: bool) -> Stream:
@@ -164,7 +147,7 @@ class LMIterator:
     missing = [s for s in self._local if str(s) not in state["streams"]]
     if missing:
       raise ValueError(f"data iterator state: streams {missing} of this process are missing")
-    self._stop()
+    self.close()
     self._start(state)
 
   def stats(self) -> dict[str, int]:
@@ -187,11 +170,10 @@ class LMIterator:
     self._thread.start()
 
   def _sum_stats(self) -> dict[str, int]:
-    total: dict[str, int] = {}
+    total = collections.Counter()
     for s in self._streams:
-      for k, v in s.stats().items():
-        total[k] = total.get(k, 0) + v
-    return total
+      total.update(s.stats())
+    return dict(total)
 
   def _put(self, item) -> bool:
     return put_until_stopped(self._queue, item, self._stop_event)
@@ -218,20 +200,17 @@ class LMIterator:
     except BaseException as e:  # pylint: disable=broad-except
       self._put(e)  # Re-raised in the consumer's thread.
 
-  def _stop(self) -> None:
+  def close(self) -> None:
+    """Stop the background threads."""
     if self._thread is not None:
       self._stop_event.set()
       self._thread.join()
       self._executor.shutdown(wait=True, cancel_futures=True)
       self._thread = None
 
-  def close(self) -> None:
-    """Stop the background threads."""
-    self._stop()
-
   def __del__(self):
     try:
-      self._stop()
+      self.close()
     except Exception:  # pylint: disable=broad-except
       pass
 
@@ -256,13 +235,20 @@ class LMIterator:
 def make_lm_iterator(data_cfg: ml_collections.ConfigDict, *, split: str, seq_len: int, global_batch_size: int,
                      process_index: int, process_count: int, tokenizer: Tokenizer | None = None,
                      repeat: bool = True, max_batches: int | None = None):
-  """The batch iterator of `split` for this process (see the module docstring for the layout).
+  """The batch iterator of `split` for this process (layout: the module docstring; 'array_record': array_record.py).
 
-  `max_batches` ends the iterator after that many batches (pass `eval_batches` for validation: it also
-  bounds the counting that makes every process stop at the same batch). `config.data.format='array_record'`
-  reads pre-tokenized windows with grain (ssa_jax/data/array_record.py), with the same interface.
+  `max_batches` ends it after that many batches (pass `eval_batches` for validation: it also bounds the counting
+  that makes every process stop at the same batch).
   """
   validate_data_config(data_cfg)
+  if not 0 <= process_index < process_count:
+    raise ConfigError(f"process_index: {process_index} not in [0, {process_count})")
+  if global_batch_size % process_count:
+    raise ConfigError(f"global_batch_size: {global_batch_size} is not divisible by the process count {process_count}")
+  if seq_len < 1:
+    raise ConfigError(f"seq_len: expected >= 1, got {seq_len}")
+  if max_batches is not None and max_batches < 1:
+    raise ConfigError(f"max_batches: expected >= 1 or None, got {max_batches}")
   if data_cfg.format == "array_record":
     return ArrayRecordIterator(data_cfg, split=split, seq_len=seq_len, global_batch_size=global_batch_size,
                                process_index=process_index, process_count=process_count, repeat=repeat,
@@ -281,8 +267,7 @@ def make_lm_iterator(data_cfg: ml_collections.ConfigDict, *, split: str, seq_len
 def sum_over_processes(stats: dict[str, int], allgather: Callable | None = None) -> dict[str, int]:
   """Data counters (`iterator.stats()`) summed over all processes; a collective: call it on every process.
 
-  `allgather` maps an int32 array to the stacked [process_count, ...] arrays of all processes (default
-  jax.experimental.multihost_utils.process_allgather; with one process the stats are returned as they are).
+  `allgather`: int32 array -> the stacked [process_count, ...] arrays of all processes (default process_allgather).
   """
   if allgather is None:
     if jax.process_count() == 1:

@@ -1,30 +1,29 @@
 """Record readers for SlimPajama `.jsonl.zst`, parquet, `.jsonl` and `.txt`/`.raw` files, local or gs://.
 
-Every reader yields `Record(index, text, set_name, bad)` in file order; `index` is the record's position
-in the file (a line for JSON lines, a row for parquet, an article/line for text), so a stream resumes by
-re-opening the file and skipping `index < start` (zstd has no random access; skipping lines is cheap next
-to tokenizing them). A bad record is yielded with `text=None` and `bad` naming its kind, never raised:
+Every reader yields `Record(index, text, set_name, bad)` in file order; a stream resumes by re-opening the file
+and skipping `index < start`. `index` is a line of a JSON-lines file (zstd has no random access; skipping lines
+is cheap next to tokenizing them), a row of a parquet file, a byte offset (a seek) for text files and for the
+parts of a .jsonl. A bad record is yielded with `text=None` and `bad` naming its kind, never raised:
 
   invalid_json, missing_text (no `text` string), non_utf8, empty_text, truncated_file (a .zst that ends
   inside a frame: the partial last line is dropped), unreadable_file (cannot be opened or decoded).
 
 A file shared by `count` readers (fewer files than data streams) is read in parts: `part=(rank, count)`
 yields only the records of part `rank`, without decoding the others:
-  .jsonl / .txt / .raw  the byte range [rank, rank + 1) * size / count: records (lines, articles) that
-                        start inside it; `index` is then the record's byte offset (seek, no scan).
-  .parquet              the row range [rank, rank + 1) * rows / count (`index` stays the row); only the
-                        row groups overlapping it are read, so one file of one row group is still read whole.
-  .jsonl.zst            every count-th line (index % count == rank): zstd has no random access, so each
-                        reader decompresses the whole file, but only its own lines are decoded and parsed.
+  .jsonl / .txt / .raw  records (lines, articles) that start in the byte range [rank, rank + 1) * size / count.
+  .parquet              the row range [rank, rank + 1) * rows / count; only the row groups overlapping it are read.
+  .jsonl.zst            every count-th line (index % count == rank): each reader decompresses the whole file,
+                        but decodes and parses only its own lines.
 
-Text files (`.txt`, `.raw`): WikiText's `wiki.*.raw` is split into one document per article, an article
-starting at each top-level heading line ` = Title = ` (sub-headings ` = = Sub = = ` stay inside). A text
-file whose first non-blank line is not such a heading is read as one document per non-blank line.
+Text files: WikiText's `wiki.*.raw` is one document per article, an article starting at each top-level heading
+line ` = Title = ` (sub-headings ` = = Sub = = ` stay inside); a text file whose first non-blank line is not
+such a heading is one document per non-blank line.
 """
 
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import re
 from typing import Iterator, NamedTuple
@@ -52,10 +51,7 @@ class _Truncated(Exception):
 
 def format_of(path: str) -> str | None:
   """The reader format for a file name, or None when no reader handles it."""
-  for ext, fmt in _EXTENSIONS.items():
-    if path.endswith(ext):
-      return fmt
-  return None
+  return next((fmt for ext, fmt in _EXTENSIONS.items() if path.endswith(ext)), None)
 
 
 def _set_name(meta) -> str:
@@ -65,10 +61,8 @@ def _set_name(meta) -> str:
       meta = json.loads(meta)
     except ValueError:
       return ""
-  if isinstance(meta, dict):
-    name = meta.get("redpajama_set_name", "")
-    return name if isinstance(name, str) else ""
-  return ""
+  name = meta.get("redpajama_set_name", "") if isinstance(meta, dict) else ""
+  return name if isinstance(name, str) else ""
 
 
 def _check_text(index: int, text, set_name: str) -> Record:
@@ -87,7 +81,7 @@ def _json_record(index: int, raw: bytes) -> Record:
   try:
     obj = json.loads(line)
   except ValueError:
-    return Record(index, None, "", "invalid_json")
+    obj = None
   if not isinstance(obj, dict):
     return Record(index, None, "", "invalid_json")
   return _check_text(index, obj.get("text"), _set_name(obj.get("meta")))
@@ -124,22 +118,16 @@ def _lines(chunks: Iterator[bytes]) -> Iterator[bytes]:
 
 def _read_jsonl(f, start: int, compressed: bool, rank: int = 0, count: int = 1) -> Iterator[Record]:
   chunks = _zst_chunks(f) if compressed else iter(lambda: f.read(_READ_BYTES), b"")
-  index = -1
-  lines = _lines(chunks)
+  index, held = -1, None
   try:
-    # A truncated frame cuts its last line short; hold each line back until the next one (or a clean
-    # end) shows it was complete.
-    held = None
-    for raw in lines:
+    # A truncated frame cuts its last line short; hold each line back until the next one (or the clean
+    # end, None) shows it was complete.
+    for raw in itertools.chain(_lines(chunks), [None]):
       if held is not None:
         index += 1
         if index >= start and index % count == rank:
           yield _json_record(index, held)
       held = raw
-    if held is not None:
-      index += 1
-      if index >= start and index % count == rank:
-        yield _json_record(index, held)
   except _Truncated:
     if (index + 1) % count == rank:
       yield Record(index + 1, None, "", "truncated_file")
@@ -187,52 +175,18 @@ def _read_parquet(f, start: int, rank: int = 0, count: int = 1) -> Iterator[Reco
   first = 0
   for group in range(pf.num_row_groups):
     rows = pf.metadata.row_group(group).num_rows
-    if first + rows <= start or first >= stop:
-      first += rows
-      continue
-    table = pf.read_row_group(group, columns=columns)
-    texts = table.column("text").to_pylist()
-    metas = table.column("meta").to_pylist() if "meta" in columns else [None] * len(texts)
-    for i, (text, meta) in enumerate(zip(texts, metas)):
-      if start <= first + i < stop:
-        yield _check_text(first + i, text, _set_name(meta))
+    if first + rows > start and first < stop:  # only the row groups overlapping [start, stop) are read
+      table = pf.read_row_group(group, columns=columns)
+      texts = table.column("text").to_pylist()
+      metas = table.column("meta").to_pylist() if "meta" in columns else [None] * len(texts)
+      for i, (text, meta) in enumerate(zip(texts, metas)):
+        if start <= first + i < stop:
+          yield _check_text(first + i, text, _set_name(meta))
     first += rows
 
 
-def _read_text(f, start: int) -> Iterator[Record]:
-  mode, index, article = None, -1, []
-
-  def flush():
-    return _check_text(index, "".join(article), "")
-
-  for raw in _lines(iter(lambda: f.read(_READ_BYTES), b"")):
-    try:
-      line = raw.decode("utf-8")
-    except UnicodeDecodeError:
-      if mode != "article":
-        index += 1
-      if index >= start:
-        yield Record(index, None, "", "non_utf8")
-      continue
-    if mode is None and line.strip():
-      mode = "article" if _HEADING.match(line) else "line"
-    if mode == "article":
-      if _HEADING.match(line):
-        if article and index >= start:
-          yield flush()
-        index, article = index + 1, []
-      if index >= 0:
-        article.append(line + "\n")
-    elif mode == "line" and line.strip():
-      index += 1
-      if index >= start:
-        yield Record(index, line, "", None)
-  if mode == "article" and article and index >= start:
-    yield flush()
-
-
-def _text_mode(f) -> str | None:
-  """'article' when the first decodable non-blank line is a top-level heading, 'line' otherwise."""
+def _articles(f) -> bool:
+  """Whether the first decodable non-blank line is a top-level heading (else: one document per line)."""
   f.seek(0)
   for raw in iter(f.readline, b""):
     try:
@@ -240,25 +194,27 @@ def _text_mode(f) -> str | None:
     except UnicodeDecodeError:
       continue
     if line.strip():
-      return "article" if _HEADING.match(line) else "line"
-  return None
+      return bool(_HEADING.match(line))
+  return False
 
 
-def _read_text_part(f, start: int, rank: int, count: int) -> Iterator[Record]:
-  """Records of a text file that start in the byte range of part `rank`; index = the record's offset."""
-  mode = _text_mode(f)
+def _read_text(f, start: int, rank: int, count: int) -> Iterator[Record]:
+  """Records of a text file that start in the byte range of part `rank`, from byte `start` on; index = the offset."""
+  articles = _articles(f)
   begin, end = _byte_range(f, rank, count)
+  pos = max(begin, start)
   article_at, article = -1, []  # An article that starts in the range runs on to the next heading.
-  for offset, raw in _lines_from(f, max(begin, start)):
+  for offset, raw in _lines_from(f, pos):
     try:
       line = raw.decode("utf-8")
     except UnicodeDecodeError:
-      if offset >= end and (mode != "article" or article_at < 0):
+      if offset >= end and (not articles or article_at < 0):
         break
-      if mode != "article" or article_at >= 0:
+      # Read from byte 0 or inside an article; else the line belongs to an article that starts before `pos`.
+      if not articles or article_at >= 0 or pos == 0:
         yield Record(offset, None, "", "non_utf8")
       continue
-    if mode == "article":
+    if articles:
       if _HEADING.match(line):
         if article_at >= 0:
           yield _check_text(article_at, "".join(article), "")
@@ -272,7 +228,7 @@ def _read_text_part(f, start: int, rank: int, count: int) -> Iterator[Record]:
         return
       if line.strip():
         yield Record(offset, line, "", None)
-  if mode == "article" and article_at >= 0:
+  if articles and article_at >= 0:
     yield _check_text(article_at, "".join(article), "")
 
 
@@ -300,8 +256,7 @@ def read_records(path: str, fmt: str = "auto", start: int = 0, part: tuple[int, 
       elif fmt == "parquet":
         yield from _read_parquet(f, start, rank, count)
       else:
-        yield from _read_text(f, start) if count == 1 else _read_text_part(f, start, rank, count)
-    except (OSError, ValueError, zstandard.ZstdError) as e:
+        yield from _read_text(f, start, rank, count)
+    except (OSError, ValueError, zstandard.ZstdError):
       # Corrupt frames, unreadable parquet: the rest of the file is lost, the stream goes on.
-      del e
       yield Record(start, None, "", "unreadable_file")

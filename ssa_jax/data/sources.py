@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Iterator
 
 from etils import epath
@@ -13,36 +14,17 @@ from ssa_jax.runtime.gcs import require_gcs
 _SPLIT_WORDS = {"train": ("train",), "validation": ("validation", "valid", "val", "dev"), "test": ("test",)}
 
 
-def _walk(root: epath.Path) -> Iterator[epath.Path]:
-  """All files below `root` (etils refuses `**` globs on GCS, so walk the directories ourselves)."""
+def _walk(root: epath.Path, fmt: str) -> Iterator[epath.Path]:
+  """Readable files below `root` (etils refuses `**` globs on GCS, so walk the directories ourselves)."""
   for child in root.iterdir():
     if child.is_dir():
-      yield from _walk(child)
-    else:
+      yield from _walk(child, fmt)
+    elif child.is_file() and (format_of(child.name) if fmt == "auto" else fmt) and not child.name.startswith("."):
       yield child
 
 
-def _readable(paths, fmt: str) -> list[epath.Path]:
-  return [p for p in paths if p.is_file() and (format_of(p.name) if fmt == "auto" else fmt) and
-          not p.name.startswith(".")]
-
-
-def _names_split(name: str, split: str) -> bool:
-  words = name.replace("-", ".").replace("_", ".").split(".")
-  return any(w in words for w in _SPLIT_WORDS.get(split, (split,)))
-
-
-def _corpus_root_hint(root: epath.Path, split: str) -> str:
-  """'; ... pass --config.data.path=CORPUS' when `root` is one split directory of a corpus that holds `split`."""
-  is_split_dir = any(root.name in words or root.name == name for name, words in _SPLIT_WORDS.items())
-  if is_split_dir and (root.parent / split).is_dir():
-    return (f"; {root} is the {root.name!r} split of the corpus {root.parent}: pass the corpus root, "
-            f"--config.data.path={root.parent}")
-  return ""
-
-
 def list_files(path: str, split: str, fmt: str = "auto") -> list[str]:
-  """Files of `split` under `path`: PATH/SPLIT/** if that dir exists, else files naming the split, else PATH itself if a file.
+  """Files of `split` under `path`: PATH itself if a file, PATH/SPLIT/** if that dir exists, else files naming it.
 
   Sorted by path, so every process sees the same global order whatever the listing order of the store.
   """
@@ -52,13 +34,16 @@ def list_files(path: str, split: str, fmt: str = "auto") -> list[str]:
     raise FileNotFoundError(f"config.data.path: {path!r} does not exist")
   if root.is_file():
     return [str(root)]
+  words = _SPLIT_WORDS.get(split, (split,))
   if (root / split).is_dir():
-    files = _readable(_walk(root / split), fmt)
+    files = list(_walk(root / split, fmt))
   else:
-    files = [p for p in _readable(_walk(root), fmt) if _names_split(p.name, split)]
+    files = [p for p in _walk(root, fmt) if set(words) & set(re.split(r"[-_.]", p.name))]
   if not files:
-    raise FileNotFoundError(
-        f"config.data.path: no {split!r} files under {path!r} (expected {path}/{split}/**/*.jsonl.zst|"
-        f".parquet|.jsonl|.txt, or file names containing {_SPLIT_WORDS.get(split, (split,))})"
-        + _corpus_root_hint(root, split))
+    hint = ""
+    if any(root.name in w or root.name == name for name, w in _SPLIT_WORDS.items()) and (root.parent / split).is_dir():
+      hint = (f"; {root} is the {root.name!r} split of the corpus {root.parent}: pass the corpus root, "
+              f"--config.data.path={root.parent}")
+    raise FileNotFoundError(f"config.data.path: no {split!r} files under {path!r} (expected {path}/{split}/**/"
+                            f"*.jsonl.zst|.parquet|.jsonl|.txt, or file names containing {words}){hint}")
   return sorted(str(p) for p in files)

@@ -1,14 +1,10 @@
 """A TFDS builder that pre-tokenizes local SlimPajama shards into packed ArrayRecord windows (no TensorFlow).
 
-`python -m ssa_jax.data.tfds_builder SOURCE_DIR --tokenizer=... --seq_len=2048 --data_dir=...` prepares it
-and prints the `config.data.path` to train from with `config.data.format=array_record` (array_record.py).
-For users who prefer random access: every example is one window `{"tokens": int32[seq_len + 1]}` of the
-split's documents (sorted file order, BOS per tokenizer, joined by EOS, the last partial window dropped),
-written in order (`disable_shuffling`) as ArrayRecord. tensorflow-datasets writes ArrayRecord and
-serializes examples without TensorFlow installed. The trainer reads it with grain (array_record.py); by hand:
-
-  builder = build_tokenized(source_dir, tokenizer_path, seq_len, data_dir)
-  ds = grain_dataset(builder, "train")             # grain.MapDataset of {"tokens": np.int32[seq_len+1]}
+`python -m ssa_jax.data.tfds_builder SOURCE_DIR --tokenizer=... --seq_len=2048 --data_dir=...` prepares it and
+prints the `config.data.path` to train from with `config.data.format=array_record` (read with grain: array_record.py).
+Every example is one window `{"tokens": int32[seq_len + 1]}` of the split's documents (sorted file order, BOS per
+tokenizer, joined by EOS, the last partial window dropped), written in order (`disable_shuffling`);
+tensorflow-datasets writes ArrayRecord without TensorFlow installed. By hand: `grain_dataset(builder, "train")`.
 """
 
 from __future__ import annotations
@@ -21,14 +17,13 @@ import numpy as np
 import tensorflow_datasets as tfds
 from absl import flags
 
-from ssa_jax.data.readers import read_records
+from ssa_jax.data.corpus_scan import ScanResult, documents
 from ssa_jax.data.sources import list_files
 from ssa_jax.data.tokenizer import load_tokenizer
 from ssa_jax.runtime import cli_errors
 from ssa_jax.runtime.gcs import require_gcs
 
 _log = logging.getLogger(__name__)
-_DOCS_PER_BATCH = 256
 
 
 class SlimPajamaTokenized(tfds.core.GeneratorBasedBuilder):
@@ -64,40 +59,19 @@ class SlimPajamaTokenized(tfds.core.GeneratorBasedBuilder):
     return {split: self._generate_examples(split) for split in self._splits}
 
   def _generate_examples(self, split: str):
-    tok = load_tokenizer(self._tokenizer_path)
-    window, buffer, index, bad, texts = self._seq_len + 1, [], 0, 0, []
-
-    def flush():
-      nonlocal buffer, index
-      for ids in tok.encode_batch(texts):  # batched: the tokenizers library spreads it over the cores
-        buffer.extend(ids + [tok.eos_id])
-      texts.clear()
-      examples = []
-      while len(buffer) - len(examples) * window >= window:
-        start = len(examples) * window
-        examples.append((index + len(examples), {"tokens": np.asarray(buffer[start:start + window], np.int32)}))
-      buffer = buffer[len(examples) * window:]
-      index += len(examples)
-      return examples
-
-    for file in list_files(self._source_dir, split):
-      for rec in read_records(file):
-        if rec.bad is not None:
-          bad += 1
-          continue
-        texts.append(rec.text)
-        if len(texts) >= _DOCS_PER_BATCH:
-          yield from flush()
-    yield from flush()
-    if bad:
-      _log.warning("tfds %s/%s: skipped %d bad records", self.name, split, bad)
+    window, buffer, index, result = self._seq_len + 1, [], 0, ScanResult()
+    for _, _, ids in documents(self._source_dir, split, load_tokenizer(self._tokenizer_path), result):
+      buffer.extend(ids)
+      while len(buffer) >= window:
+        yield index, {"tokens": np.asarray(buffer[:window], np.int32)}
+        buffer, index = buffer[window:], index + 1
+    if result.bad:
+      _log.warning("tfds %s/%s: skipped %d bad records", self.name, split, sum(result.bad.values()))
 
 
 def build_tokenized(source_dir: str, tokenizer_path: str, seq_len: int, data_dir: str,
                     splits: tuple[str, ...] = ("train", "validation")) -> SlimPajamaTokenized:
-  """Prepare (once) the ArrayRecord dataset under `data_dir`; returns the builder.
-
-  The tokenizer, the sequence length and every split's files are checked before anything is written."""
+  """Prepare (once) the ArrayRecord dataset under `data_dir`, inputs checked before writing; returns the builder."""
   require_gcs(source_dir, "source_dir")
   require_gcs(data_dir, "data_dir")
   if seq_len < 1:

@@ -11,7 +11,7 @@ import numpy as np
 from absl import flags
 from etils import epath
 
-from ssa_jax.data.corpus_scan import scan
+from ssa_jax.data.corpus_scan import ScanResult, documents
 from ssa_jax.data.inspect import resolve_tokenizer
 from ssa_jax.data.tokenizer import load_tokenizer
 from ssa_jax.runtime import cli_errors
@@ -20,11 +20,8 @@ from ssa_jax.runtime import cli_errors
 def count_tokens(path: str, split: str, tokenizer, *, fmt: str = "auto", max_docs: int = 0) -> np.ndarray:
   """int64 [vocab_size] occurrence counts of every token id over the split's documents."""
   counts = np.zeros(tokenizer.vocab_size, np.int64)
-
-  def add(ids):
+  for _, _, ids in documents(path, split, tokenizer, ScanResult(), fmt=fmt, max_docs=max_docs):
     np.add.at(counts, np.asarray(ids, np.int64), 1)
-
-  scan(path, split, tokenizer, fmt=fmt, max_docs=max_docs, on_tokens=add)
   return counts
 
 
@@ -48,8 +45,7 @@ def load_token_feature(counts_path: str, vocab_size: int) -> np.ndarray:
 
 
 def define_flags() -> None:
-  """The command's flags (absl), defined only when it runs: the model imports this module, and eval.py and
-  data.inspect define --tokenizer too."""
+  """The command's flags, defined only when it runs (eval.py and data.inspect define --tokenizer too)."""
   flags.DEFINE_string("tokenizer", None, "tokenizer.json / SentencePiece .model / dir holding one (default: the "
                       "one in PATH).")
   flags.DEFINE_string("output", None, "Where to write the .npy of int64 counts [vocab_size].")
@@ -63,8 +59,6 @@ def main(argv):
   if len(argv) != 2 or not f.output:
     raise cli_errors.UsageError("usage: python -m ssa_jax.data.token_counts PATH --output=FILE.npy "
                                 "[--tokenizer=PATH]")
-  if not epath.Path(argv[1]).exists():
-    raise FileNotFoundError(f"{argv[1]}: does not exist (expected a corpus directory or file)")
   tok = load_tokenizer(resolve_tokenizer(argv[1], f.tokenizer)[0])
   counts = count_tokens(argv[1], f.split, tok, fmt=f.format, max_docs=f.max_docs)
   out = epath.Path(f.output)

@@ -1,9 +1,8 @@
 """Tokenizers from a path: a HF `tokenizer.json` (GPT-2, Pythia, ...) or a SentencePiece `.model` (Llama).
 
-One small interface for both, so the data pipeline and the evaluation code never branch on the kind:
-`encode(text, add_bos=None)`, `encode_batch(texts)`, `decode(ids)`, `eos_id`, `bos_id`, `vocab_size`,
-`adds_bos_by_default`, `path`. `add_bos=None` follows the tokenizer's own default (what `transformers`
-does with `add_special_tokens=True`): Llama's SentencePiece model adds BOS, GPT-2 / Pythia do not.
+One interface for both (`Tokenizer`), so the data pipeline and the evaluation code never branch on the kind.
+`add_bos=None` follows the tokenizer's own default (what `transformers` does with `add_special_tokens=True`):
+Llama's SentencePiece model adds BOS, GPT-2 / Pythia do not.
 Only BOS is ever added: EOS is the pipeline's document separator and is appended by the packer.
 """
 
@@ -44,6 +43,14 @@ def _special_name(value) -> str | None:
   return value if isinstance(value, str) else None
 
 
+def _wants_bos(tok: Tokenizer, add_bos: bool | None) -> bool:
+  """`add_bos`, or the tokenizer's default when None; a ValueError when it asks for a BOS the tokenizer lacks."""
+  add = tok.adds_bos_by_default if add_bos is None else add_bos
+  if add and tok.bos_id is None:
+    raise ValueError(f"tokenizer {tok.path}: add_bos=True but it has no BOS token")
+  return add
+
+
 class HFTokenizer:
   """A `tokenizers.Tokenizer` read from a tokenizer.json."""
 
@@ -68,41 +75,29 @@ class HFTokenizer:
     prepended = full[0] if len(full) > len(plain) and full[: len(plain)] != plain else None
     self.adds_bos_by_default = prepended is not None
 
-    eos_name = _special_name(special.get("eos_token")) or next(
-        (n for n in _EOS_NAMES if self._tok.token_to_id(n) is not None), None)
-    if eos_name is None or self._tok.token_to_id(eos_name) is None:
+    def token(key: str, names: tuple[str, ...]) -> tuple[str | None, int | None]:
+      """(name, id) of the special token tokenizer_config.json names under `key`, else of the first of `names` known."""
+      name = _special_name(special.get(key)) or next((n for n in names if self._tok.token_to_id(n) is not None), None)
+      return name, None if name is None else self._tok.token_to_id(name)
+
+    eos_name, self.eos_id = token("eos_token", _EOS_NAMES)
+    if self.eos_id is None:
       raise ValueError(f"tokenizer {self.path}: no EOS token found (tried tokenizer_config.json "
                        f"and {_EOS_NAMES}); documents cannot be separated")
-    self.eos_id = self._tok.token_to_id(eos_name)
-
-    bos_name = _special_name(special.get("bos_token")) or next(
-        (n for n in _BOS_NAMES if self._tok.token_to_id(n) is not None), None)
-    if prepended is not None:
-      self.bos_id = prepended
-    elif bos_name is not None and self._tok.token_to_id(bos_name) is not None:
-      self.bos_id = self._tok.token_to_id(bos_name)
-    elif eos_name == "<|endoftext|>":
+    self.bos_id = prepended if prepended is not None else token("bos_token", _BOS_NAMES)[1]
+    if self.bos_id is None and eos_name == "<|endoftext|>":
       # GPT-2 and GPT-NeoX have a single special token; their HF configs name it BOS as well.
       self.bos_id = self.eos_id
-    else:
-      self.bos_id = None
-
-  def _with_bos(self, ids: list[int], add_bos: bool | None) -> list[int]:
-    add = self.adds_bos_by_default if add_bos is None else add_bos
-    if add:
-      if self.bos_id is None:
-        raise ValueError(f"tokenizer {self.path}: add_bos=True but it has no BOS token")
-      return [self.bos_id] + ids
-    return ids
 
   def encode(self, text: str, add_bos: bool | None = None) -> list[int]:
     """Token ids of `text`; BOS in front per `add_bos` (None: the tokenizer's default)."""
-    return self._with_bos(self._tok.encode(text, add_special_tokens=False).ids, add_bos)
+    ids = self._tok.encode(text, add_special_tokens=False).ids
+    return [self.bos_id] + ids if _wants_bos(self, add_bos) else ids
 
   def encode_batch(self, texts: Sequence[str], add_bos: bool | None = None) -> list[list[int]]:
     """`encode` over many texts; the Rust side runs them in parallel and releases the GIL."""
-    encodings = self._tok.encode_batch(list(texts), add_special_tokens=False)
-    return [self._with_bos(e.ids, add_bos) for e in encodings]
+    bos = [self.bos_id] if _wants_bos(self, add_bos) else []
+    return [bos + e.ids for e in self._tok.encode_batch(list(texts), add_special_tokens=False)]
 
   def decode(self, ids: Sequence[int]) -> str:
     """Text of `ids`, special tokens included (as transformers' decode does by default)."""
@@ -127,19 +122,13 @@ class SentencePieceTokenizer:
     self.bos_id = self._sp.bos_id() if self._sp.bos_id() >= 0 else None
     self.adds_bos_by_default = self.bos_id is not None
 
-  def _add(self, add_bos: bool | None) -> bool:
-    add = self.adds_bos_by_default if add_bos is None else add_bos
-    if add and self.bos_id is None:
-      raise ValueError(f"tokenizer {self.path}: add_bos=True but it has no BOS token")
-    return add
-
   def encode(self, text: str, add_bos: bool | None = None) -> list[int]:
     """Token ids of `text`; BOS in front per `add_bos` (None: add, as Llama does)."""
-    return self._sp.encode(text, add_bos=self._add(add_bos))
+    return self._sp.encode(text, add_bos=_wants_bos(self, add_bos))
 
   def encode_batch(self, texts: Sequence[str], add_bos: bool | None = None) -> list[list[int]]:
     """`encode` over many texts (SentencePiece's C++ side releases the GIL)."""
-    return self._sp.encode(list(texts), add_bos=self._add(add_bos))
+    return self._sp.encode(list(texts), add_bos=_wants_bos(self, add_bos))
 
   def decode(self, ids: Sequence[int]) -> str:
     """Text of `ids`."""

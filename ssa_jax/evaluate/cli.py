@@ -61,20 +61,7 @@ def parse_lengths(text: str) -> tuple[int, ...]:
   return lengths
 
 
-def _tasks(tasks: str) -> list[str]:
-  names = parse_task_names(tasks)
-  if not names:
-    raise ValueError(f"--tasks: no task named; expected a comma-separated list of {sorted(TASKS) + [PASSKEY]}")
-  return names
-
-
-def _check_positive(**values: int) -> None:
-  for flag, (value, minimum) in values.items():
-    if value < minimum:
-      raise ValueError(f"--{flag}: expected an int >= {minimum}, got {value}")
-
-
-def _check_data_dir(names: list[str], data_dir: str) -> tuple[list[str], dict[str, str]]:
+def _check_data_dir(names: list[str], data_dir: str) -> dict[str, str]:
   if data_dir and not epath.Path(data_dir).is_dir():
     raise ValueError(f"--data_dir: {data_dir} is not a directory")
   runnable, missing = preflight.runnable_tasks(names, data_dir or None)
@@ -83,10 +70,10 @@ def _check_data_dir(names: list[str], data_dir: str) -> tuple[list[str], dict[st
     if not data_dir:
       raise ValueError(f"--data_dir: required for {', '.join(names)} (the directory holding {wanted})")
     raise ValueError(f"--data_dir: {data_dir} holds none of the files of the tasks asked for (expected {wanted})")
-  return runnable, missing
+  return missing
 
 
-def _tokenizer_path(source: loading.ModelSource, tokenizer: str) -> str:
+def tokenizer_path(source: loading.ModelSource, tokenizer: str) -> str:
   """--tokenizer, else the source's own tokenizer; ValueError with the fix when there is none."""
   path = tokenizer or loading.source_tokenizer(source)
   if not path:
@@ -119,14 +106,18 @@ def plan_eval(*, hf_dir: str = "", checkpoint: str = "", tokenizer: str = "", ta
               output: str = "", dtype: str = "", vocab_slack: int = 1024) -> EvalPlan:
   """Checks a request in the order of cost (flags, files, configs, tokenizer) without loading parameters."""
   source = loading.ModelSource(hf_dir=hf_dir, checkpoint=checkpoint).validate()
-  names = _tasks(tasks)
-  _check_positive(limit=(limit, 0), max_length=(max_length, 0), batch_size=(batch_size, 1),
-                  pack_length=(pack_length, 1), passkey_trials=(passkey_trials, 1))
+  names = parse_task_names(tasks)
+  if not names:
+    raise ValueError(f"--tasks: no task named; expected a comma-separated list of {sorted(TASKS) + [PASSKEY]}")
+  for flag, value, minimum in (("limit", limit, 0), ("max_length", max_length, 0), ("batch_size", batch_size, 1),
+                               ("pack_length", pack_length, 1), ("passkey_trials", passkey_trials, 1)):
+    if value < minimum:
+      raise ValueError(f"--{flag}: expected an int >= {minimum}, got {value}")
   passkey = eval_config().passkey
   if PASSKEY in names:
     passkey.lengths = parse_lengths(passkey_lengths)
   passkey.trials, passkey.seed = passkey_trials, passkey_seed
-  _, missing = _check_data_dir(names, data_dir)
+  missing = _check_data_dir(names, data_dir)
 
   model_config = loading.source_model_config(source)
   if dtype:
@@ -134,8 +125,8 @@ def plan_eval(*, hf_dir: str = "", checkpoint: str = "", tokenizer: str = "", ta
       model_config = dataclasses.replace(model_config, dtype=dtype).validate()
     except ConfigError as e:
       raise ValueError(f"--dtype: {e}") from e
-  tokenizer_path = _tokenizer_path(source, tokenizer)
-  tok = load_tokenizer(tokenizer_path)
+  tok_path = tokenizer_path(source, tokenizer)
+  tok = load_tokenizer(tok_path)
   window, window_note = default_window(source, model_config, max_length)
   effective_max_length = preflight.check_options(model_config, tok, names, limit, window, passkey, vocab_slack)
   output_is_default = not output
@@ -143,7 +134,7 @@ def plan_eval(*, hf_dir: str = "", checkpoint: str = "", tokenizer: str = "", ta
     output = loading.default_output(source)
   else:
     epath.Path(output).parent.mkdir(parents=True, exist_ok=True)  # an unwritable --output fails now
-  return EvalPlan(source, model_config, tok, str(tokenizer_path), names, passkey, effective_max_length, window_note,
+  return EvalPlan(source, model_config, tok, str(tok_path), names, passkey, effective_max_length, window_note,
                   output, output_is_default, missing)
 
 

@@ -19,10 +19,10 @@ from lm_eval.api.registry import register_model
 from tqdm import tqdm
 
 from ssa_jax.data.tokenizer import load_tokenizer
-from ssa_jax.evaluate.generate import greedy_generate
+from ssa_jax.evaluate.generate import generate
 from ssa_jax.evaluate.loading import ModelSource, load_model
-from ssa_jax.evaluate.requests import TokenRequest, prefix_token, rolling_windows
-from ssa_jax.evaluate.runner import parse_add_bos
+from ssa_jax.evaluate.requests import TokenRequest, prefix_token
+from ssa_jax.evaluate.runner import parse_add_bos, rolling_loglikelihoods
 from ssa_jax.evaluate.scoring import Scorer
 from ssa_jax.formats.tokenizer_files import check_vocab
 
@@ -33,22 +33,22 @@ class SSAJaxLM(TemplateLM):
 
   def __init__(self, hf_dir: str = "", checkpoint: str = "", tokenizer: str = "", batch_size: Any = 16,
                max_length: int | None = None, add_bos_token: Any = None, max_gen_toks: int = 256,
-               model=None, params=None, **kwargs):
+               model=None, variables=None, **kwargs):
     super().__init__()
     if model is None:
-      model, params, own = load_model(ModelSource(hf_dir=hf_dir, checkpoint=checkpoint))
+      model, variables, own = load_model(ModelSource(hf_dir=hf_dir, checkpoint=checkpoint))
       tokenizer = tokenizer or own
     if not tokenizer:
       raise ValueError("ssa_jax: the model names no tokenizer; pass tokenizer=PATH in model_args")
     self.tok = load_tokenizer(tokenizer) if isinstance(tokenizer, str) else tokenizer
     check_vocab(self.tok, model.config.vocab_size)
-    self.model, self.params = model, params
+    self.model, self.variables = model, variables
     self._max_length = int(max_length or model.config.max_seq_len)
     self.add_bos = parse_add_bos(add_bos_token)
     self._max_gen_toks = int(max_gen_toks)
     bs = 16 if str(batch_size).startswith("auto") else int(batch_size)
     self.batch_size_per_gpu = bs
-    self.scorer = Scorer(model, params, self._max_length, bs)
+    self.scorer = Scorer(model, variables, self._max_length, bs)
 
   @property
   def eot_token_id(self) -> int:
@@ -80,17 +80,9 @@ class SSAJaxLM(TemplateLM):
     return [(float(a), bool(b)) for a, b in zip(ll, greedy)]
 
   def loglikelihood_rolling(self, requests, disable_tqdm: bool = False) -> list[float]:
-    reqs = []
-    for i, req in enumerate(requests):
-      (text,) = req.args
-      for ctx, cont in rolling_windows(self.tok_encode(text), self.prefix_token_id, self._max_length):
-        reqs.append(TokenRequest(tuple(ctx), tuple(cont), i))
     self.scorer.show_progress = not disable_tqdm
-    ll, _ = self.scorer.score(reqs, desc="ssa_jax rolling")
-    totals = [0.0] * len(requests)
-    for r, v in zip(reqs, ll):
-      totals[r.owner] += float(v)
-    return totals
+    texts = [req.args[0] for req in requests]
+    return rolling_loglikelihoods(self.scorer, self.tok, texts, self._max_length, self.add_bos, "ssa_jax rolling")
 
   def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
     """Greedy decoding with the KV cache; the text is cut at the first `until` string."""
@@ -101,13 +93,11 @@ class SSAJaxLM(TemplateLM):
       until = gen_kwargs.get("until") or [self.tok.decode([self.eot_token_id])]
       until = [until] if isinstance(until, str) else list(until)
       max_new = int(gen_kwargs.get("max_gen_toks", self._max_gen_toks))
-      ids = self.tok_encode(context)[-(self._max_length - max_new):] if max_new < self._max_length else \
-          self.tok_encode(context)[-1:]
-      (new,) = greedy_generate(self.model, self.params, [ids], max_new, stop_ids=(self.eot_token_id,))
+      ids = self.tok_encode(context)[-max(self._max_length - max_new, 1):]  # room for max_new new tokens
+      (new,) = generate(self.model, self.variables, [ids], max_new, stop_ids=(self.eot_token_id,))
       text = self.tok.decode(new)
-      for stop in until:
-        if stop and stop in text:
-          text = text.split(stop)[0]
+      for stop in filter(None, until):
+        text = text.split(stop)[0]
       out.append(text)
     return out
 

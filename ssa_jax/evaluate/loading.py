@@ -94,13 +94,13 @@ def default_output(source: ModelSource) -> str:
 
 
 def load_model(source: ModelSource) -> tuple[Any, Any, str | None]:
-  """(model, params, tokenizer path or None) from `source`; a directory that is not one fails at once."""
+  """(model, variables, tokenizer path or None) from `source`; a directory that is not one fails at once."""
   source.validate()
   if source.hf_dir:
-    model, params = from_hf(source.hf_dir)
-    return model, params, tokenizer_in(source.hf_dir)
-  model, params, run_config = checkpoint.load_model(source.checkpoint)
-  return model, params, run_config_tokenizer(run_config)
+    model, variables = from_hf(source.hf_dir)
+    return model, variables, tokenizer_in(source.hf_dir)
+  model, variables, run_config = checkpoint.load_model(source.checkpoint)
+  return model, variables, run_config_tokenizer(run_config)
 
 
 def source_info(source: ModelSource) -> dict[str, Any]:

@@ -7,7 +7,7 @@ from typing import Sequence
 
 import numpy as np
 
-from ssa_jax.evaluate.tasks import LOGLIKELIHOOD, MULTIPLE_CHOICE, ROLLING, Doc, TaskSpec
+from ssa_jax.evaluate.tasks import LOGLIKELIHOOD, MULTIPLE_CHOICE, Doc, TaskSpec
 
 NA = "N/A"
 
@@ -17,26 +17,21 @@ def mean(xs: Sequence[float]) -> float:
   return sum(xs) / len(xs)
 
 
-def sample_stddev(xs: Sequence[float]) -> float:
-  """Standard deviation with Bessel's correction (n - 1)."""
-  mu = mean(xs)
-  return math.sqrt(sum((x - mu) ** 2 for x in xs) / (len(xs) - 1))
-
-
 def mean_stderr(xs: Sequence[float]) -> float | str:
-  """Standard error of a mean; "N/A" for fewer than two values (as lm-eval)."""
+  """Standard error of a mean (sample std, n - 1); "N/A" for fewer than two values (as lm-eval)."""
   if len(xs) < 2:
     return NA
-  return sample_stddev(xs) / math.sqrt(len(xs))
+  mu = mean(xs)
+  return math.sqrt(sum((x - mu) ** 2 for x in xs) / (len(xs) - 1)) / math.sqrt(len(xs))
 
 
 def bootstrap_perplexity_stderr(lls: Sequence[float], iters: int = 100_000) -> float | str:
   """Bootstrap stderr of exp(-mean(ll)) drawn exactly as lm-eval's `bootstrap_stderr`.
 
   lm-eval draws chunks of min(1000, iters) resamples; chunk i uses Python's `random.Random(i)` and
-  `rnd.choices(xs, k=n)`, i.e. index floor(random() * n). numpy's legacy MT19937 seeded with the array [i]
-  (a Python list: a numpy array seed is taken as a scalar) runs the same init_by_array and the same 53-bit random() formula, so the indices are identical; only
-  the float summation order of each resample's mean differs (pairwise vs sequential, ~1e-16 relative).
+  `rnd.choices(xs, k=n)`, i.e. index floor(random() * n). numpy's legacy MT19937 seeded with the list [i] (not
+  an array, which is taken as a scalar) runs the same init_by_array and 53-bit random(), so the indices are
+  identical; only each resample mean's float summation order differs (pairwise vs sequential, ~1e-16 relative).
   """
   xs = np.asarray(lls, np.float64)
   n = len(xs)
@@ -52,41 +47,27 @@ def bootstrap_perplexity_stderr(lls: Sequence[float], iters: int = 100_000) -> f
   return float(np.std(res, ddof=1))
 
 
-def multiple_choice_scores(doc: Doc, lls: np.ndarray) -> dict[str, float]:
-  """acc (argmax ll is gold) and acc_norm (argmax ll / characters of the choice is gold) for one document."""
-  lengths = np.array([float(len(c)) for c in doc.choices])
-  return {"acc": 1.0 if int(np.argmax(lls)) == doc.gold else 0.0,
-          "acc_norm": 1.0 if int(np.argmax(lls / lengths)) == doc.gold else 0.0}
-
-
 def aggregate(spec: TaskSpec, docs: Sequence[Doc], per_doc: list[dict], bootstrap_iters: int = 100_000
               ) -> dict[str, float | str]:
-  """{"metric,none": value, "metric_stderr,none": stderr} in the task's metric order.
-
-  per_doc[i]: multiple choice {"lls": [..]}; loglikelihood {"ll", "greedy"}; rolling {"ll"}.
-  """
-  out: dict[str, float | str] = {}
+  """{"metric,none": value, "metric_stderr,none": stderr} in the task's metric order (per_doc: see score_task)."""
   if spec.output_type == MULTIPLE_CHOICE:
-    scores = [multiple_choice_scores(d, np.asarray(p["lls"], np.float64)) for d, p in zip(docs, per_doc)]
-    for m in spec.metrics:
-      values = [s[m] for s in scores]
-      out[f"{m},none"], out[f"{m}_stderr,none"] = mean(values), mean_stderr(values)
+    lls = [np.asarray(p["lls"], np.float64) for p in per_doc]
+    lengths = [np.array([float(len(c)) for c in d.choices]) for d in docs]  # acc_norm: ll per character
+    scores = {"acc": [float(int(np.argmax(ll)) == d.gold) for d, ll in zip(docs, lls)],
+              "acc_norm": [float(int(np.argmax(ll / n)) == d.gold) for d, ll, n in zip(docs, lls, lengths)]}
+    values = {m: (mean(v), mean_stderr(v)) for m, v in scores.items()}
   elif spec.output_type == LOGLIKELIHOOD:
     lls = [float(p["ll"]) for p in per_doc]
-    for m in spec.metrics:
-      if m == "perplexity":
-        out["perplexity,none"] = math.exp(-mean(lls))
-        out["perplexity_stderr,none"] = bootstrap_perplexity_stderr(lls, bootstrap_iters)
-      elif m == "acc":
-        values = [int(p["greedy"]) for p in per_doc]
-        out["acc,none"], out["acc_stderr,none"] = mean(values), mean_stderr(values)
-  elif spec.output_type == ROLLING:
+    greedy = [int(p["greedy"]) for p in per_doc]
+    values = {"perplexity": (math.exp(-mean(lls)), bootstrap_perplexity_stderr(lls, bootstrap_iters)),
+              "acc": (mean(greedy), mean_stderr(greedy))}
+  else:  # ROLLING: corpus-level ratios, no stderr
     total_ll = sum(float(p["ll"]) for p in per_doc)
     words, nbytes = sum(d.words for d in docs), sum(d.bytes for d in docs)
-    values = {"word_perplexity": math.exp(-total_ll / words), "byte_perplexity": math.exp(-total_ll / nbytes),
-              "bits_per_byte": -total_ll / nbytes / math.log(2)}
-    for m in spec.metrics:
-      out[f"{m},none"], out[f"{m}_stderr,none"] = values[m], NA
-  else:
-    raise ValueError(f"task {spec.name}: unknown output type {spec.output_type!r}")
+    values = {"word_perplexity": (math.exp(-total_ll / words), NA),
+              "byte_perplexity": (math.exp(-total_ll / nbytes), NA),
+              "bits_per_byte": (-total_ll / nbytes / math.log(2), NA)}
+  out: dict[str, float | str] = {}
+  for m in spec.metrics:
+    out[f"{m},none"], out[f"{m}_stderr,none"] = values[m]
   return out

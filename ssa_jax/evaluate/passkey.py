@@ -11,14 +11,14 @@ model cannot run (prompt + new tokens past a learned position table) is skipped 
 from __future__ import annotations
 
 import dataclasses
-import math
 import re
 
 import ml_collections
 import numpy as np
 
 from ssa_jax.data.tokenizer import Tokenizer
-from ssa_jax.evaluate.generate import greedy_generate
+from ssa_jax.evaluate.generate import generate
+from ssa_jax.evaluate.metrics import mean_stderr
 
 _INTEGER = re.compile(r"\d+")
 
@@ -37,17 +37,12 @@ def _prompt(cfg: ml_collections.ConfigDict, n_fill: int, n_before: int, key: str
   return " ".join(parts)
 
 
-def length_rng(seed: int, length: int) -> np.random.Generator:
-  """The random stream of one prompt length: a function of (seed, length) only."""
-  return np.random.default_rng([int(seed), int(length)])
-
-
 def make_trials(cfg: ml_collections.ConfigDict, tokenizer: Tokenizer, add_bos: bool | None = None) -> list[Trial]:
   """`cfg.trials` prompts per length in `cfg.lengths`; each prompt (BOS per `add_bos`) is at most its length."""
   filler_tokens = len(tokenizer.encode(" " + cfg.filler, add_bos=False))
   trials = []
   for length in cfg.lengths:
-    rng = length_rng(cfg.seed, length)
+    rng = np.random.default_rng([int(cfg.seed), int(length)])  # the same prompts whatever the other lengths
     sample_key = "9" * cfg.digits
     fixed = len(tokenizer.encode(_prompt(cfg, 0, 0, sample_key), add_bos=add_bos))
     n_fill = max((int(length) - fixed) // max(filler_tokens, 1), 0)
@@ -69,20 +64,13 @@ def is_hit(output: str, key: str) -> bool:
   return match is not None and match.group() == key
 
 
-def lengths_that_do_not_fit(model_config, cfg: ml_collections.ConfigDict) -> dict[int, str]:
-  """{length: why} for the lengths past a learned position table (RoPE models extrapolate, so all run)."""
-  if not model_config.learned_positions:
-    return {}
-  limit = model_config.max_seq_len
-  return {int(L): (f"passkey length {L}: a prompt of up to {L} tokens + {cfg.max_new_tokens} new tokens does not "
-                   f"fit the model's {limit} learned positions")
-          for L in cfg.lengths if int(L) + int(cfg.max_new_tokens) > limit}
-
-
-def evaluate_passkey(model, params, tokenizer: Tokenizer, cfg: ml_collections.ConfigDict,
+def evaluate_passkey(model, variables, tokenizer: Tokenizer, cfg: ml_collections.ConfigDict,
                      add_bos: bool | None = None, batch_size: int = 16) -> dict:
   """Runs every trial; returns overall accuracy, its stderr, the breakdowns, the skipped lengths and each trial."""
-  skipped = lengths_that_do_not_fit(model.config, cfg)
+  limit = model.config.max_seq_len  # of a learned position table; RoPE models extrapolate, so every length runs
+  skipped = {int(L): (f"passkey length {L}: a prompt of up to {L} tokens + {cfg.max_new_tokens} new tokens does not "
+                      f"fit the model's {limit} learned positions")
+             for L in cfg.lengths if model.config.learned_positions and int(L) + int(cfg.max_new_tokens) > limit}
   run_cfg = ml_collections.ConfigDict(cfg.to_dict())
   run_cfg.lengths = tuple(L for L in cfg.lengths if int(L) not in skipped)
   trials = make_trials(run_cfg, tokenizer, add_bos)
@@ -94,7 +82,7 @@ def evaluate_passkey(model, params, tokenizer: Tokenizer, cfg: ml_collections.Co
                          f"({longest} tokens)")
   kept = [i for i, t in enumerate(trials) if t.length not in skipped]
   trials, prompts = [trials[i] for i in kept], [prompts[i] for i in kept]
-  outputs = greedy_generate(model, params, prompts, cfg.max_new_tokens, max_batch=batch_size) if prompts else []
+  outputs = generate(model, variables, prompts, cfg.max_new_tokens, max_batch=batch_size) if prompts else []
   correct, records = [], []
   for t, p, o in zip(trials, prompts, outputs):
     text = tokenizer.decode(o)
@@ -103,22 +91,20 @@ def evaluate_passkey(model, params, tokenizer: Tokenizer, cfg: ml_collections.Co
     records.append({"length": t.length, "prompt_tokens": len(p), "depth": round(t.depth, 4), "key": t.key,
                     "output": text, "correct": ok})
   buckets = int(cfg.depth_buckets)
-  bucket_of = lambda d: min(int(d * buckets), buckets - 1)
-  label = lambda b: f"{b / buckets:.2f}-{(b + 1) / buckets:.2f}"
-  by_length = {str(L): float(np.mean([c for t, c in zip(trials, correct) if t.length == L]))
-               for L in dict.fromkeys(t.length for t in trials)}
-  by_depth, table = {}, {}
-  for b in range(buckets):
-    sel = [c for t, c in zip(trials, correct) if bucket_of(t.depth) == b]
-    by_depth[label(b)] = float(np.mean(sel)) if sel else None
-  for L in dict.fromkeys(t.length for t in trials):
-    table[str(L)] = {}
-    for b in range(buckets):
-      sel = [c for t, c in zip(trials, correct) if t.length == L and bucket_of(t.depth) == b]
-      table[str(L)][label(b)] = float(np.mean(sel)) if sel else None
+  bucket_of = lambda d: min(int(d * buckets), buckets - 1)  # noqa: E731
+  labels = {b: f"{b / buckets:.2f}-{(b + 1) / buckets:.2f}" for b in range(buckets)}
+  lengths = list(dict.fromkeys(t.length for t in trials))
+
+  def accuracy(keep) -> float | None:
+    sel = [c for t, c in zip(trials, correct) if keep(t)]
+    return float(np.mean(sel)) if sel else None
+
+  by_length = {str(L): accuracy(lambda t, L=L: t.length == L) for L in lengths}
+  by_depth = {labels[b]: accuracy(lambda t, b=b: bucket_of(t.depth) == b) for b in range(buckets)}
+  table = {str(L): {labels[b]: accuracy(lambda t, L=L, b=b: t.length == L and bucket_of(t.depth) == b)
+                    for b in range(buckets)} for L in lengths}
   n = len(correct)
   acc = float(np.mean(correct)) if n else None  # None: every length skipped
-  stderr = math.sqrt(sum((c - acc) ** 2 for c in correct) / (n - 1)) / math.sqrt(n) if n > 1 else "N/A"
-  return {"acc": acc, "acc_stderr": stderr, "n": n, "by_length": by_length, "by_depth": by_depth,
+  return {"acc": acc, "acc_stderr": mean_stderr(correct), "n": n, "by_length": by_length, "by_depth": by_depth,
           "by_length_depth": table, "skipped_lengths": {str(L): skipped[L] for L in sorted(skipped)},
           "trials": records}

@@ -15,15 +15,10 @@ log = logging.getLogger(__name__)
 _MAX_LOGGED = 5  # malformed records logged one by one per task; the rest are counted
 
 
-class TaskFileMissing(FileNotFoundError):
-  """The task's file is not under --data_dir."""
-
-
 @dataclasses.dataclass
 class TaskDocs:
   """The documents of one task as read, plus what was skipped and why."""
 
-  spec: TaskSpec
   path: str
   docs: list[Doc]
   original: int  # valid documents in the file (lm-eval's n-samples "original")
@@ -49,8 +44,6 @@ def _records(spec: TaskSpec, path: epath.Path) -> list[tuple[int, object]]:
 def read_task(spec: TaskSpec, data_dir: str, limit: int | None = None) -> TaskDocs:
   """The first `limit` valid documents (all when None) of `spec`'s file under `data_dir`."""
   path = epath.Path(data_dir) / spec.filename
-  if not path.exists():
-    raise TaskFileMissing(f"task {spec.name}: file {path} not found (expected {spec.filename} under --data_dir)")
   docs, skipped = [], []
   for lineno, record in _records(spec, path):
     where = f"{path}:{lineno}" if lineno else f"{path} (page {len(docs) + len(skipped) + 1})"
@@ -70,7 +63,4 @@ def read_task(spec: TaskSpec, data_dir: str, limit: int | None = None) -> TaskDo
     log.warning("task %s: skipped malformed record %s", spec.name, message)
   if len(skipped) > _MAX_LOGGED:
     log.warning("task %s: ... %d malformed records skipped in all", spec.name, len(skipped))
-  original = len(docs)
-  if limit is not None and limit > 0:
-    docs = docs[:limit]
-  return TaskDocs(spec, str(path), docs, original, skipped)
+  return TaskDocs(str(path), docs[:limit] if limit and limit > 0 else docs, len(docs), skipped)

@@ -44,17 +44,16 @@ def encode_pairs(tokenizer: Tokenizer, pairs: Sequence[tuple[str, str]], add_bos
   whole_ids = tokenizer.encode_batch(wholes, add_bos=add_bos) if wholes else []
   context_ids = tokenizer.encode_batch(contexts, add_bos=add_bos) if contexts else []
   empty_ids = tokenizer.encode_batch(empties, add_bos=False) if empties else []
-  out, i, j = [], 0, 0
+  whole_it, context_it, empty_it = iter(whole_ids), iter(context_ids), iter(empty_ids)
+  out = []
   for context, _ in pairs:
     if context == "":
-      cont = list(empty_ids[j])
-      j += 1
+      cont = list(next(empty_it))
       # lm-eval: when the continuation itself starts with the prefix token, that token is the context.
       out.append(([prefix], cont) if not cont or cont[0] != prefix else (cont[:1], cont[1:]))
     else:
-      ctx = list(context_ids[i])
-      out.append((ctx, list(whole_ids[i])[len(ctx):]))
-      i += 1
+      ctx = list(next(context_it))
+      out.append((ctx, list(next(whole_it))[len(ctx):]))
   return out
 
 

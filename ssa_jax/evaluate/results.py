@@ -8,11 +8,14 @@ from typing import Any
 
 from etils import epath
 
-from ssa_jax.evaluate.tasks import HIGHER_IS_BETTER, PASSKEY, TaskSpec
+from ssa_jax.evaluate.tasks import PASSKEY, TaskSpec
 
+# lm-eval's aggregation and higher_is_better of each metric.
 AGGREGATION = {"acc": "mean", "acc_norm": "mean", "perplexity": "perplexity",
                "word_perplexity": "weighted_perplexity", "byte_perplexity": "weighted_perplexity",
                "bits_per_byte": "bits_per_byte"}
+HIGHER_IS_BETTER = {"acc": True, "acc_norm": True, "perplexity": False, "word_perplexity": False,
+                    "byte_perplexity": False, "bits_per_byte": False}
 
 
 def task_config(spec: TaskSpec, path: str) -> dict[str, Any]:
@@ -33,17 +36,12 @@ def task_entry(name: str, n: int, metrics: dict[str, Any]) -> dict[str, Any]:
   return {"name": name, "alias": name, "sample_len": n, **metrics}
 
 
-def _token(tokenizer, token_id: int | None):
-  if token_id is None:
-    return None
-  return [tokenizer.decode([token_id]), str(token_id)]
-
-
 def assemble(task_results: dict[str, dict], specs: dict[str, TaskSpec], paths: dict[str, str],
              samples: dict[str, dict[str, int]], config: dict[str, Any], tokenizer, max_length: int,
              date: float, own: dict[str, Any], passkey: dict | None = None) -> dict[str, Any]:
   """The whole results document."""
   names = list(task_results)
+  token = lambda i: None if i is None else [tokenizer.decode([i]), str(i)]  # noqa: E731  (lm-eval: [text, id])
   hib = {n: {m: HIGHER_IS_BETTER[m] for m in specs[n].metrics} for n in names if n in specs}
   if PASSKEY in task_results:
     hib[PASSKEY] = {"acc": True}
@@ -58,8 +56,8 @@ def assemble(task_results: dict[str, dict], specs: dict[str, TaskSpec], paths: d
       "config": config,
       "date": date,
       "tokenizer_pad_token": None,
-      "tokenizer_eos_token": _token(tokenizer, tokenizer.eos_id),
-      "tokenizer_bos_token": _token(tokenizer, tokenizer.bos_id),
+      "tokenizer_eos_token": token(tokenizer.eos_id),
+      "tokenizer_bos_token": token(tokenizer.bos_id),
       "eot_token_id": tokenizer.eos_id,
       "max_length": max_length,
   }
@@ -73,13 +71,7 @@ def write(results: dict[str, Any], path: str) -> None:
   """Writes the results JSON (local or gs://), creating the parent directory."""
   p = epath.Path(path)
   p.parent.mkdir(parents=True, exist_ok=True)
-  p.write_text(json.dumps(results, indent=2, default=_jsonable))
-
-
-def _jsonable(x):
-  if hasattr(x, "tolist"):
-    return x.tolist()
-  return str(x)
+  p.write_text(json.dumps(results, indent=2, default=lambda x: x.tolist() if hasattr(x, "tolist") else str(x)))
 
 
 def _fmt(v) -> str:

@@ -14,10 +14,10 @@ from ssa_jax.evaluate import metrics as metrics_lib
 from ssa_jax.evaluate import results as results_lib
 from ssa_jax.evaluate.config import eval_config
 from ssa_jax.evaluate.passkey import evaluate_passkey
-from ssa_jax.evaluate.preflight import check_options
-from ssa_jax.evaluate.readers import TaskFileMissing, read_task
+from ssa_jax.evaluate.preflight import check_options, missing_file
+from ssa_jax.evaluate.readers import read_task
 from ssa_jax.evaluate.requests import TokenRequest, encode_pairs, rolling_requests
-from ssa_jax.evaluate.scoring import Scorer
+from ssa_jax.evaluate.scoring import ScoreStats, Scorer
 from ssa_jax.evaluate.tasks import MULTIPLE_CHOICE, PASSKEY, ROLLING, TASKS, parse_task_names
 from ssa_jax.model.params import param_counts
 
@@ -26,14 +26,23 @@ def parse_add_bos(value: Any) -> bool | None:
   """'auto' / None -> None (the tokenizer's default); 'true' / 'false' or a bool -> that bool."""
   if value is None or isinstance(value, bool):
     return value
+  choices = {"auto": None, "": None, "none": None, "true": True, "1": True, "yes": True,
+             "false": False, "0": False, "no": False}
   v = str(value).strip().lower()
-  if v in ("auto", "", "none"):
-    return None
-  if v in ("true", "1", "yes"):
-    return True
-  if v in ("false", "0", "no"):
-    return False
-  raise ValueError(f"add_bos: expected auto, true or false, got {value!r}")
+  if v not in choices:
+    raise ValueError(f"add_bos: expected auto, true or false, got {value!r}")
+  return choices[v]
+
+
+def rolling_loglikelihoods(scorer: Scorer, tokenizer, texts: list[str], max_length: int, add_bos: bool | None,
+                           desc: str) -> list[float]:
+  """Each text's log-likelihood summed over its rolling windows (lm-eval's loglikelihood_rolling)."""
+  reqs = rolling_requests(tokenizer, texts, max_length, add_bos)
+  ll, _ = scorer.score(reqs, desc=desc)
+  totals = [0.0] * len(texts)
+  for r, v in zip(reqs, ll):
+    totals[r.owner] += float(v)
+  return totals
 
 
 def score_task(scorer: Scorer, tokenizer, spec, docs, max_length: int, add_bos: bool | None
@@ -44,11 +53,7 @@ def score_task(scorer: Scorer, tokenizer, spec, docs, max_length: int, add_bos: 
   scored (lm-eval stops with an assertion there); it is left out, reported, and the task goes on.
   """
   if spec.output_type == ROLLING:
-    reqs = rolling_requests(tokenizer, [d.text for d in docs], max_length, add_bos)
-    ll, _ = scorer.score(reqs, desc=spec.name)
-    totals = [0.0] * len(docs)
-    for r, v in zip(reqs, ll):
-      totals[r.owner] += float(v)
+    totals = rolling_loglikelihoods(scorer, tokenizer, [d.text for d in docs], max_length, add_bos, spec.name)
     return list(docs), [{"ll": t} for t in totals], []
   pairs, owners = [], []
   for i, d in enumerate(docs):
@@ -89,24 +94,14 @@ class _Outcome:
     self.missing[name] = why
     print(f"[eval] SKIPPED {why}", flush=True)
 
-  def note_left_out(self, name: str, left_out: list[str]) -> None:
-    """Adds documents of `name` that could not be scored to its skipped records (the first 20 kept)."""
-    print(f"[eval] {name}: {len(left_out)} document(s) left out, e.g. {left_out[0]}", flush=True)
-    entry = self.skipped.setdefault(name, {"count": 0, "records": []})
-    entry["count"] += len(left_out)
-    entry["records"] = (entry["records"] + left_out)[:20]
-
 
 def _read_task(name: str, data_dir: str | None, limit: int | None, out: _Outcome):
   """The task's documents, or None (recorded in `out`) when its file is missing or holds none."""
-  spec = TASKS[name]
-  try:
-    if not data_dir:
-      raise TaskFileMissing(f"task {name}: no --data_dir given (expected {spec.filename} under it)")
-    read = read_task(spec, data_dir, limit)
-  except TaskFileMissing as e:
-    out.skip(name, str(e))
+  why = missing_file(name, data_dir)
+  if why:
+    out.skip(name, why)
     return None
+  read = read_task(TASKS[name], data_dir, limit)
   if read.skipped:
     out.skipped[name] = {"count": len(read.skipped), "records": read.skipped[:20]}
   if not read.docs:
@@ -121,8 +116,11 @@ def _score_file_task(scorer: Scorer, tokenizer, name: str, read, max_length: int
   spec = TASKS[name]
   t0, r0, tok0 = time.time(), scorer.stats.requests, scorer.stats.tokens
   docs, per_doc, left_out = score_task(scorer, tokenizer, spec, read.docs, max_length, bos)
-  if left_out:
-    out.note_left_out(name, left_out)
+  if left_out:  # joins the task's skipped records (the first 20 kept)
+    print(f"[eval] {name}: {len(left_out)} document(s) left out, e.g. {left_out[0]}", flush=True)
+    entry = out.skipped.setdefault(name, {"count": 0, "records": []})
+    entry["count"] += len(left_out)
+    entry["records"] = (entry["records"] + left_out)[:20]
   if not docs:
     out.skip(name, f"task {name}: no document could be scored")
     return
@@ -136,11 +134,11 @@ def _score_file_task(scorer: Scorer, tokenizer, name: str, read, max_length: int
                       "tokens_per_s": (scorer.stats.tokens - tok0) / max(dt, 1e-9)}
 
 
-def _run_passkey(model, params, tokenizer, pk_cfg: ml_collections.ConfigDict, bos: bool | None, batch_size: int,
+def _run_passkey(model, variables, tokenizer, pk_cfg: ml_collections.ConfigDict, bos: bool | None, batch_size: int,
                  out: _Outcome) -> dict:
   """Passkey retrieval; its result joins `out` unless every length was skipped. Returns its own section."""
   t0 = time.time()
-  passkey_out = evaluate_passkey(model, params, tokenizer, pk_cfg, add_bos=bos, batch_size=batch_size)
+  passkey_out = evaluate_passkey(model, variables, tokenizer, pk_cfg, add_bos=bos, batch_size=batch_size)
   for why in passkey_out["skipped_lengths"].values():
     print(f"[eval] SKIPPED {why}", flush=True)
   passkey_out["config"] = pk_cfg.to_dict()
@@ -154,32 +152,31 @@ def _run_passkey(model, params, tokenizer, pk_cfg: ml_collections.ConfigDict, bo
   return passkey_out
 
 
-def _own_section(cfg, params, tokenizer, stats, wall: float, out: _Outcome) -> dict[str, Any]:
+def _own_section(cfg, tokenizer, stats: ScoreStats, wall: float, out: _Outcome) -> dict[str, Any]:
   """results["ssa_jax"]: the model's SSA settings and counts, throughput, what was skipped, the devices."""
   return {
       "checkpoint": None, "step": None,
       "ssa": dataclasses.asdict(cfg.ssa), "family": cfg.family,
       **param_counts(cfg), "wall_time_s": wall,
-      "scoring_seconds": stats.seconds if stats else 0.0,
-      "requests": stats.requests if stats else 0,
-      "requests_per_s": stats.requests / stats.seconds if stats and stats.seconds else None,
-      "tokens_per_s": stats.tokens / stats.seconds if stats and stats.seconds else None,
+      "scoring_seconds": stats.seconds, "requests": stats.requests,
+      "requests_per_s": stats.requests / stats.seconds if stats.seconds else None,
+      "tokens_per_s": stats.tokens / stats.seconds if stats.seconds else None,
       # tokens_per_s counts the tokens lm-eval would run; prefix sharing and packing compute fewer:
-      "computed_token_fraction": stats.computed_tokens / stats.tokens if stats and stats.tokens else None,
-      "padding_fraction": 1 - stats.computed_tokens / stats.padded_tokens if stats and stats.padded_tokens else None,
+      "computed_token_fraction": stats.computed_tokens / stats.tokens if stats.tokens else None,
+      "padding_fraction": 1 - stats.computed_tokens / stats.padded_tokens if stats.padded_tokens else None,
       "tasks": out.timing, "missing_tasks": out.missing, "skipped_records": out.skipped,
       "devices": [f"{d.platform}:{d.device_kind}" for d in jax.local_devices()],
       "tokenizer": tokenizer.path,
   }
 
 
-def run_eval(model, params, tokenizer, tasks, data_dir: str | None = None, limit: int | None = None,
+def run_eval(model, variables, tokenizer, tasks, data_dir: str | None = None, limit: int | None = None,
              batch_size: int = 16, max_length: int | None = None, output: str | None = None,
              extra: dict[str, Any] | None = None, add_bos: Any = None, bootstrap_iters: int = 100_000,
              passkey: ml_collections.ConfigDict | None = None, model_args: str = "",
              matmul_precision: str = "auto", vocab_slack: int = 1024, show_progress: bool = True,
              pack_length: int = 512) -> dict:
-  """Evaluates (model, params) on `tasks` ('a,b' or a list; 'passkey' included) and returns lm-eval's layout.
+  """Evaluates (model, variables) on `tasks` ('a,b' or a list; 'passkey' included) and returns lm-eval's layout.
 
   `tokenizer`: a Tokenizer or a path for load_tokenizer. A task whose file is missing, or passkey with every
   length skipped, is reported (console and results["ssa_jax"]["missing_tasks"]) and the others still run;
@@ -200,12 +197,12 @@ def run_eval(model, params, tokenizer, tasks, data_dir: str | None = None, limit
     if read is None:
       continue
     if scorer is None:  # built on the first task that has documents (compiling is the slow part)
-      scorer = Scorer(model, params, max_length, batch_size, matmul_precision=matmul_precision,
+      scorer = Scorer(model, variables, max_length, batch_size, matmul_precision=matmul_precision,
                       show_progress=show_progress, pack_length=pack_length)
     _score_file_task(scorer, tokenizer, name, read, max_length, bos, bootstrap_iters, out)
-  passkey_out = _run_passkey(model, params, tokenizer, pk_cfg, bos, batch_size, out) if PASSKEY in names else None
+  passkey_out = _run_passkey(model, variables, tokenizer, pk_cfg, bos, batch_size, out) if PASSKEY in names else None
 
-  own = _own_section(model.config, params, tokenizer, scorer.stats if scorer else None, time.time() - start, out)
+  own = _own_section(model.config, tokenizer, scorer.stats if scorer else ScoreStats(), time.time() - start, out)
   own.update(extra or {})
   config = {
       "model": "ssa_jax", "model_args": model_args, "batch_size": batch_size, "batch_sizes": [],

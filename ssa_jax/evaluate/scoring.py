@@ -208,7 +208,7 @@ class Scorer:
   `matmul_precision`: 'auto' = 'highest' for float32 models (no TF32 on GPU), else the JAX default.
   """
 
-  def __init__(self, model, params, max_length: int, batch_size: int = 16, devices=None,
+  def __init__(self, model, variables: dict, max_length: int, batch_size: int = 16, devices=None,
                matmul_precision: str | None = "auto", smallest_bucket: int = 32, show_progress: bool = True,
                pack_length: int = 512):
     self.model = model
@@ -219,7 +219,7 @@ class Scorer:
     self.batch_size = max(int(batch_size), 1)
     self.buckets = bucket_lengths(self.max_length, min(smallest_bucket, self.max_length))
     self.pack_length = min(int(pack_length), self.max_length)
-    self.params = jax.device_put(params, NamedSharding(self.mesh, P()))
+    self.variables = jax.device_put(variables, NamedSharding(self.mesh, P()))
     self._batch_sharding = NamedSharding(self.mesh, P("data"))
     if matmul_precision == "auto":
       matmul_precision = "highest" if model.config.dtype == "float32" else None
@@ -227,19 +227,19 @@ class Scorer:
     self.show_progress = show_progress
     self.stats = ScoreStats()
 
-    def score(params, tokens_BT, positions_BT, segment_BT, branch_BT, head_CN, head_of_CE, target_CE, slot_CE, Q,
+    def score(variables, tokens_BT, positions_BT, segment_BT, branch_BT, head_CN, head_of_CE, target_CE, slot_CE, Q,
               causal):
       # causal: every row holds one request from position 0, so the plain causal kernel (cuDNN flash attention
       # on GPU, no (B, T, T) mask) gives the same result; long rows (rolling windows) are all like that.
       mask_BTT = None if causal else tree_mask(segment_BT, branch_BT)
       # The LM head runs only at the head positions: the final norm's output is captured and the full
       # (B, T, V) logits, left unused, are removed by XLA.
-      _, state = model.apply({"params": params}, tokens_BT, None if causal else positions_BT, mask_BTT=mask_BTT,
+      _, state = model.apply(variables, tokens_BT, None if causal else positions_BT, mask_BTT=mask_BTT,
                              mutable=["intermediates"], capture_intermediates=lambda mdl, _: mdl.name == "final_norm")
       h_BTd = state["intermediates"]["final_norm"]["__call__"][0]
       C = head_CN.shape[0]
       h_CXd = h_BTd.reshape(C, -1, h_BTd.shape[-1])  # each device's rows, flattened
-      logits_CNV = lm_head(params, model.config, jnp.take_along_axis(h_CXd, head_CN[..., None], axis=1))
+      logits_CNV = lm_head(variables["params"], model.config, jnp.take_along_axis(h_CXd, head_CN[..., None], axis=1))
       V = logits_CNV.shape[-1]
       max_CN = jnp.max(logits_CNV, axis=-1)
       lse_CE = jnp.take_along_axis(jax.nn.logsumexp(logits_CNV, axis=-1), head_of_CE, axis=1)
@@ -301,7 +301,7 @@ class Scorer:
           arrays = (b.tokens_RT, b.positions_RT, b.segment_RT, b.branch_RT, b.head_CN, b.head_of_CE, b.target_CE,
                     b.slot_CE)
           causal = all(len(row) == 1 and len(row[0].branches) == 1 for row in chunk)
-          out = self._score(self.params, *(jax.device_put(a, self._batch_sharding) for a in arrays), Q=Q,
+          out = self._score(self.variables, *(jax.device_put(a, self._batch_sharding) for a in arrays), Q=Q,
                             causal=causal)
           pending.append((b.request_CQ, out))
           if len(pending) > 2:  # keep the device busy while the host prepares the next batch

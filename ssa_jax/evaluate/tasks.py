@@ -45,10 +45,6 @@ class TaskSpec:
   prompt: str = ""  # lm-eval's doc_to_text, for the record
 
 
-HIGHER_IS_BETTER = {"acc": True, "acc_norm": True, "perplexity": False, "word_perplexity": False,
-                    "byte_perplexity": False, "bits_per_byte": False}
-
-
 def _require_str(record: dict, field: str) -> str:
   value = record[field]
   if not isinstance(value, str):
@@ -119,7 +115,7 @@ def build_lambada(record: dict) -> Doc:
 def build_wikitext(record: dict) -> Doc:
   """WikiText page (record {'page': ...}): rolling log-likelihood of the detokenized page."""
   page = _require_str(record, "page")
-  return Doc(text=wikitext.detokenize(page), words=wikitext.count_words(page), bytes=wikitext.count_bytes(page))
+  return Doc(text=wikitext.detokenize(page), words=len(re.split(r"\s+", page)), bytes=len(page.encode("utf-8")))
 
 
 _MC = ("acc", "acc_norm")
@@ -144,8 +140,7 @@ TASKS: dict[str, TaskSpec] = {
                  hf_dataset="cimec/lambada", prompt="{{text.split(' ')[:-1]|join(' ')}}"),
         TaskSpec("wikitext", "wikitext-2-raw/wiki.test.raw", ROLLING,
                  ("word_perplexity", "byte_perplexity", "bits_per_byte"), build_wikitext, version=2.0,
-                 file_format="wikitext_raw", hf_dataset="EleutherAI/wikitext_document_level wikitext-2-raw-v1",
-                 prompt=""),
+                 file_format="wikitext_raw", hf_dataset="EleutherAI/wikitext_document_level wikitext-2-raw-v1"),
     )
 }
 PASSKEY = "passkey"

@@ -5,17 +5,13 @@ from __future__ import annotations
 import re
 
 
-def _is_page_title(line: str) -> bool:
-  """A top-level title line (' = Title = '); section titles (' = = Section = = ') are not."""
-  normalised = line.replace("= = =", "===").replace("= =", "==").strip()
-  return normalised.startswith("= ") and normalised.endswith(" =")
-
-
 def split_pages(raw: str) -> list[str]:
   """The pages of a wiki.*.raw file (EleutherAI/wikitext_document_level): each starts at a title line."""
   pages, lines = [], []
   for line in raw.split("\n"):
-    if _is_page_title(line) and lines:
+    # A top-level title line (' = Title = ') starts a page; section titles (' = = Section = = ') do not.
+    title = line.replace("= = =", "===").replace("= =", "==").strip()
+    if title.startswith("= ") and title.endswith(" =") and lines:
       pages.append("\n".join(lines))
       lines = []
     lines.append(line)
@@ -63,13 +59,3 @@ def detokenize(page: str) -> str:
   for kind, pattern, replacement in _DETOKENIZE_STEPS:
     page = page.replace(pattern, replacement) if kind == "str" else re.sub(pattern, replacement, page)
   return page
-
-
-def count_words(page: str) -> int:
-  """Words of the page before detokenization (lm-eval's word_perplexity denominator)."""
-  return len(re.split(r"\s+", page))
-
-
-def count_bytes(page: str) -> int:
-  """UTF-8 bytes of the page before detokenization (byte_perplexity / bits_per_byte denominator)."""
-  return len(page.encode("utf-8"))

@@ -65,40 +65,14 @@ def train(loss_fn: Callable[[Any, jax.Array], jax.Array], params: Any, optimizer
   return carry[0], np.concatenate(losses)
 
 
-def output_dir(path: str) -> Path:
-  """Creates (if needed) and returns the output directory."""
-  out = Path(path)
-  out.mkdir(parents=True, exist_ok=True)
-  return out
+def mean_std(values: list[float]) -> dict[str, float]:
+  """{'mean', 'std'} (population std, as numpy's default) of a metric over seeds."""
+  return {"mean": float(np.mean(values)), "std": float(np.std(values))}
 
 
 def write_json(path: Path, payload: dict) -> None:
   """Writes `payload` as indented JSON (numpy scalars/arrays converted)."""
-
-  def convert(obj):
-    if isinstance(obj, np.ndarray):
-      return obj.tolist()
-    if isinstance(obj, np.generic):
-      return obj.item()
-    raise TypeError(f"not JSON-serialisable: {type(obj)}")
-
-  path.write_text(json.dumps(payload, indent=2, default=convert) + "\n")
-
-
-def device_info() -> dict:
-  """Names the machine the numbers were measured on."""
-  dev = jax.devices()[0]
-  return {"platform": dev.platform, "device_kind": dev.device_kind, "cpu_count": os.cpu_count()}
-
-
-class Timer:
-  """Wall-clock seconds since construction."""
-
-  def __init__(self):
-    self.start = time.perf_counter()
-
-  def seconds(self) -> float:
-    return time.perf_counter() - self.start
+  path.write_text(json.dumps(payload, indent=2, default=lambda obj: obj.tolist()) + "\n")
 
 
 def pyplot():
@@ -117,8 +91,12 @@ def run_study(argv: list[str] | None, default: ml_collections.ConfigDict, descri
               plot: Callable[[Path, dict], None] | None = None, figure: str = "") -> dict:
   """A study's command: flags -> config, run, its table, OUT_DIR/<name>.json and (with `plot`) OUT_DIR/<figure>."""
   config = parse_config(default, description, argv)
-  out = output_dir(config.out_dir)
-  payload = run(config)
+  out = Path(config.out_dir)
+  out.mkdir(parents=True, exist_ok=True)
+  start = time.perf_counter()
+  dev = jax.devices()[0]
+  device = {"platform": dev.platform, "device_kind": dev.device_kind, "cpu_count": os.cpu_count()}
+  payload = {"config": config.to_dict(), "device": device, **run(config), "seconds": time.perf_counter() - start}
   print_table(payload)
   written = [out / f"{name}.json"]
   write_json(written[0], payload)

@@ -109,10 +109,10 @@ def run(workdir: str, pretrain_steps: int, variants: list[str], seeds: list[int]
   if finetune_batch:
     base.train.global_batch_size = finetune_batch
   finetune_batch = base.train.global_batch_size
-  vanilla_model, vanilla_params = hf.from_hf(root / "hf")
+  vanilla_model, vanilla_variables = hf.from_hf(root / "hf")
   run_config = checkpoint.read_config(root / "pretrain")
   test_NBT1 = split_batches(run_config, base.eval.heldout_split, base.train.seq_len, finetune_batch, None)
-  pretrained_ppl = float(np.exp(heldout_loss(vanilla_model, vanilla_params, test_NBT1)))
+  pretrained_ppl = float(np.exp(heldout_loss(vanilla_model, vanilla_variables, test_NBT1)))
   print(f"[finetune_demo] pretrained: test ppl {pretrained_ppl:.3f} over {test_NBT1.shape[0]} batches of "
         f"{finetune_batch} x {base.train.seq_len}", flush=True)
 
@@ -125,13 +125,13 @@ def run(workdir: str, pretrain_steps: int, variants: list[str], seeds: list[int]
       state = ensure_trained(run_dir, config, variant, seed)
       if not state["complete"]:
         return None
-      model, params, _ = checkpoint.load_model(run_dir)
-      start = vanilla_params
+      model, variables, _ = checkpoint.load_model(run_dir)
+      start = vanilla_variables
       if model.config.ssa.enabled:  # step 0 of the fine-tune: SSA added near identity, as the loop does it
         start = hf.from_hf(root / "hf", ssa=model.config.ssa, rng_seed=seed)[1]
       row = {"variant": variant, "seed": seed,
              "before_ppl": float(np.exp(heldout_loss(model, start, test_NBT1))),
-             "after_ppl": float(np.exp(heldout_loss(model, jax.device_get(params), test_NBT1))),
+             "after_ppl": float(np.exp(heldout_loss(model, jax.device_get(variables), test_NBT1))),
              "wall_s": round(state["sessions"][-1]["wall_s"], 1) if state["sessions"] else None}
       rows.append(row)
       print(f"[finetune_demo] {run_dir.name}: test ppl {row['before_ppl']:.3f} -> {row['after_ppl']:.3f}", flush=True)

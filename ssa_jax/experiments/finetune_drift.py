@@ -32,42 +32,44 @@ from ssa_jax.data.tokenizer import load_tokenizer
 from ssa_jax.formats import checkpoint
 from ssa_jax.model.config import ModelConfig, SSAConfig
 from ssa_jax.model.decoder import Decoder
-from ssa_jax.model.params import init_params, ssa_groups
+from ssa_jax.model.params import init_variables, ssa_groups
 from ssa_jax.runtime import cli_errors
 from ssa_jax.train.optim import make_optimizer
 from ssa_jax.train.step import next_token_loss
 
 
-def with_fresh_ssa(vanilla_params: dict, model_cfg: ModelConfig, seed: int) -> dict:
-  """The vanilla parameters plus SSA's freshly initialised ones for `model_cfg` (as a fine-tune from HF starts)."""
-  fresh = traverse_util.flatten_dict(jax.device_get(init_params(model_cfg, jax.random.PRNGKey(seed))))
-  for path, value in traverse_util.flatten_dict(jax.device_get(vanilla_params)).items():
-    if path not in fresh:
+def with_fresh_ssa(vanilla: dict, model_cfg: ModelConfig, seed: int) -> dict:
+  """The vanilla variables plus SSA's freshly initialised ones for `model_cfg` (as a fine-tune from HF starts)."""
+  fresh = jax.device_get(init_variables(model_cfg, jax.random.PRNGKey(seed)))
+  params = traverse_util.flatten_dict(fresh["params"])
+  for path, value in traverse_util.flatten_dict(jax.device_get(vanilla["params"])).items():
+    if path not in params:
       raise KeyError(f"{'/'.join(path)}: in the vanilla checkpoint but not in the SSA model")
-    fresh[path] = value
-  return traverse_util.unflatten_dict(fresh)
+    params[path] = value
+  return {**fresh, "params": traverse_util.unflatten_dict(params)}
 
 
-def finetune(model: Decoder, params: dict, train_cfg, batches_NBT1: Iterable[np.ndarray]) -> dict:
-  """`params` after one optimizer step (make_optimizer(train_cfg)) per batch of seq_len + 1 token windows."""
+def finetune(model: Decoder, variables: dict, train_cfg, batches_NBT1: Iterable[np.ndarray]) -> dict:
+  """`variables` after one optimizer step (make_optimizer(train_cfg)) per batch of seq_len + 1 token windows."""
+  params = variables["params"]
   tx = make_optimizer(train_cfg, params, model.config)
 
   @jax.jit
   def step(params, opt_state, tokens_BT1):
-    grads = jax.grad(lambda p: next_token_loss(model, p, tokens_BT1, 0)[0])(params)
+    grads = jax.grad(lambda p: next_token_loss(model, {**variables, "params": p}, tokens_BT1, 0)[0])(params)
     updates, opt_state = tx.update(grads, opt_state, params)
     return jax.tree_util.tree_map(lambda p, u: p + u, params, updates), opt_state
 
   opt_state = tx.init(params)
   for tokens_BT1 in batches_NBT1:
     params, opt_state = step(params, opt_state, jnp.asarray(tokens_BT1))
-  return params
+  return {**variables, "params": params}
 
 
-def heldout_loss(model: Decoder, params: dict, batches_NBT1: Iterable[np.ndarray]) -> float:
+def heldout_loss(model: Decoder, variables: dict, batches_NBT1: Iterable[np.ndarray]) -> float:
   """Mean next-token loss over the batches (all full, so the mean over tokens)."""
-  loss = jax.jit(lambda p, t: next_token_loss(model, p, t, 0)[0])
-  return float(np.mean([float(loss(params, jnp.asarray(t))) for t in batches_NBT1]))
+  loss = jax.jit(lambda v, t: next_token_loss(model, v, t, 0)[0])
+  return float(np.mean([float(loss(variables, jnp.asarray(t))) for t in batches_NBT1]))
 
 
 def drift(before: dict, after: dict, model_cfg: ModelConfig) -> dict[str, dict[str, float]]:
@@ -95,20 +97,20 @@ def drift(before: dict, after: dict, model_cfg: ModelConfig) -> dict[str, dict[s
   return out
 
 
-def tau_summary(model: Decoder, params: dict, tokens_BT: np.ndarray) -> dict[str, float]:
+def tau_summary(model: Decoder, variables: dict, tokens_BT: np.ndarray) -> dict[str, float]:
   """tau_q's range over every layer, head and position, and the share of (token, head) entries whose token term
   tau - tau_pos is in tanh's saturation (|tanh f| > 0.9); SSA's 'log' position term only."""
   cfg = model.config
   if "q" not in cfg.ssa.components:
     return {"tau_q_min": None, "tau_q_max": None, "saturated": None}
-  _, state = jax.jit(lambda p, t: model.apply({"params": p}, t, mutable=["intermediates"]))(params, tokens_BT)
+  _, state = jax.jit(lambda v, t: model.apply(v, t, mutable=["intermediates"]))(variables, tokens_BT)
   n_T1 = np.arange(1, tokens_BT.shape[1] + 1, dtype=np.float64)[:, None]
   taus, saturated = [], []
   for i in range(cfg.num_layers):
     tau_BTH = np.asarray(state["intermediates"][f"layers_{i}"]["attn"]["tau_q"][0], np.float64)
     taus.append(tau_BTH)
     if cfg.ssa.token and cfg.ssa.position and cfg.ssa.position_kind == "log":
-      alpha_H = np.asarray(params[f"layers_{i}"]["attn"]["ssa_q"]["alpha"], np.float64)
+      alpha_H = np.asarray(variables["params"][f"layers_{i}"]["attn"]["ssa_q"]["alpha"], np.float64)
       tok_BTH = tau_BTH - (1.0 + np.log(n_T1) / (1.0 + np.exp(-alpha_H)))[None]
       saturated.append(np.abs(tok_BTH) > 0.9)
   taus = np.concatenate([t.ravel() for t in taus])
@@ -116,20 +118,20 @@ def tau_summary(model: Decoder, params: dict, tokens_BT: np.ndarray) -> dict[str
           "saturated": float(np.mean(np.concatenate([s.ravel() for s in saturated]))) if saturated else None}
 
 
-def measure(vanilla_model: Decoder, vanilla_params: dict, ssa: SSAConfig, train_cfg, train_NBT1: np.ndarray,
+def measure(vanilla_model: Decoder, vanilla: dict, ssa: SSAConfig, train_cfg, train_NBT1: np.ndarray,
             heldout_NBT1: np.ndarray, seed: int = 0) -> dict[str, Any]:
   """One setting: SSA `ssa` added to the pretrained model, fine-tuned on `train_NBT1`; the figures above."""
   cfg = dataclasses.replace(vanilla_model.config, ssa=ssa).validate()
   model = Decoder(cfg)
-  start = with_fresh_ssa(vanilla_params, cfg, seed)
+  start = with_fresh_ssa(vanilla, cfg, seed)
   t0 = time.time()
   end = finetune(model, start, train_cfg, train_NBT1)
-  d = drift(start, end, cfg)
+  d = drift(start["params"], end["params"], cfg)
   return {
       "w1_relative_max": max((v for k, v in d["relative"].items() if "/w1/kernel" in k), default=None),
       "zero_init_absolute_max": max(d["absolute"].values(), default=None),
       "scalar_factor_range": [min(d["scalar"].values(), default=1.0), max(d["scalar"].values(), default=1.0)],
-      "heldout_loss_pretrained": heldout_loss(vanilla_model, vanilla_params, heldout_NBT1),
+      "heldout_loss_pretrained": heldout_loss(vanilla_model, vanilla, heldout_NBT1),
       "heldout_loss_step0": heldout_loss(model, start, heldout_NBT1),
       "heldout_loss_end": heldout_loss(model, end, heldout_NBT1),
       **tau_summary(model, end, heldout_NBT1[0][:, :-1]),
@@ -166,8 +168,8 @@ def main(argv: list[str] | None = None) -> None:
   p.add_argument("--seed", type=int, default=0)
   args = p.parse_args(argv)
 
-  vanilla_model, vanilla_params, run_config = checkpoint.load_model(args.checkpoint)
-  vanilla_params = jax.device_get(vanilla_params)
+  vanilla_model, vanilla, run_config = checkpoint.load_model(args.checkpoint)
+  vanilla = jax.device_get(vanilla)
   train_NBT1 = split_batches(run_config, "train", args.seq_len, args.batch, args.steps)
   heldout_NBT1 = split_batches(run_config, "test", args.seq_len, args.batch, args.heldout_batches)
   train_cfg = ml_collections.ConfigDict({**base.get_config("tiny", "ssa", mode="finetune").train.to_dict(),
@@ -178,7 +180,7 @@ def main(argv: list[str] | None = None) -> None:
     for mult in (float(m) for m in args.matrix_multipliers.split(",")):
       train_cfg.temperature_scalar_lr_multiplier = args.scalar_multiplier
       train_cfg.temperature_matrix_lr_multiplier = mult
-      row = measure(vanilla_model, vanilla_params, ssa, train_cfg, train_NBT1, heldout_NBT1, args.seed)
+      row = measure(vanilla_model, vanilla, ssa, train_cfg, train_NBT1, heldout_NBT1, args.seed)
       print(json.dumps({"variant": variant, "lr": args.lr, "scalar_multiplier": args.scalar_multiplier,
                         "matrix_multiplier": mult, **row}), flush=True)
 

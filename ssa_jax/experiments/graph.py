@@ -71,27 +71,16 @@ def init_params(key: jax.Array, config: ml_collections.ConfigDict, ssa: bool) ->
   return params
 
 
-def _unit_embeddings(params: dict) -> jax.Array:
-  e_Nd = params["embed"]
-  return e_Nd / jnp.linalg.norm(e_Nd, axis=-1, keepdims=True)
-
-
-def query_tau(params: dict, query_B: jax.Array) -> jax.Array:
-  """Inverse temperature of each query token (1 for vanilla)."""
-  if "log_tau" not in params:
-    return jnp.ones(query_B.shape)
-  group_N = jnp.asarray(neighbourhood_sizes() - 1)
-  return jnp.exp(params["log_tau"])[group_N[query_B]]
-
-
 def attention_logprobs(params: dict, tokens_BL: jax.Array) -> jax.Array:
   """Log attention weights (B, L) of the last token over the whole sequence (itself included)."""
-  e_Nd = _unit_embeddings(params)
+  e_Nd = params["embed"] / jnp.linalg.norm(params["embed"], axis=-1, keepdims=True)
   x_BLd = e_Nd[tokens_BL]
   q_Bd = x_BLd[:, -1] @ params["wq"]
   k_BLd = x_BLd @ params["wk"]
   scores_BL = jnp.einsum("bd,bld->bl", q_Bd, k_BLd) / np.sqrt(q_Bd.shape[-1])
-  scores_BL = query_tau(params, tokens_BL[:, -1])[:, None] * scores_BL
+  if "log_tau" in params:  # SSA: the query token's inverse temperature, one per neighbourhood-size group
+    group_N = jnp.asarray(neighbourhood_sizes() - 1)
+    scores_BL = jnp.exp(params["log_tau"])[group_N[tokens_BL[:, -1]]][:, None] * scores_BL
   return jax.nn.log_softmax(scores_BL, axis=-1)
 
 
@@ -156,11 +145,8 @@ def run_one(config: ml_collections.ConfigDict, seed: int, ssa: bool) -> dict:
 
 def summarize(runs: list[dict]) -> dict:
   """Mean/std of the metrics per model and the geometric-mean temperature per neighbourhood size."""
-  summary = {}
-  for model in ("vanilla", "ssa"):
-    rows = [r for r in runs if r["model"] == model]
-    summary[model] = {m: {"mean": float(np.mean([r[m] for r in rows])), "std": float(np.std([r[m] for r in rows]))}
-                      for m in ("cross_entropy", "excess_cross_entropy", "err_map")}
+  summary = {model: {m: common.mean_std([r[m] for r in runs if r["model"] == model])
+                     for m in ("cross_entropy", "excess_cross_entropy", "err_map")} for model in ("vanilla", "ssa")}
   ssa_rows = [r for r in runs if r["model"] == "ssa"]
   sizes = sorted(ssa_rows[0]["temperature_by_size"], key=int)
   summary["ssa"]["temperature_by_size_geomean"] = {
@@ -193,16 +179,14 @@ def plot(path: Path, payload: dict) -> None:
 
 
 def run(config: ml_collections.ConfigDict) -> dict:
-  """Runs vanilla and SSA over all seeds; returns the JSON payload."""
-  timer = common.Timer()
+  """Runs vanilla and SSA over all seeds; returns the runs and their summary."""
   runs = []
   for seed in config.seeds:
     for ssa in (False, True):
       runs.append(run_one(config, seed, ssa))
       r = runs[-1]
       print(f"seed {seed} {r['model']:8s} CE {r['cross_entropy']:.4f} err_map {r['err_map']:.3f}", flush=True)
-  return {"config": config.to_dict(), "device": common.device_info(), "runs": runs, "summary": summarize(runs),
-          "seconds": timer.seconds()}
+  return {"runs": runs, "summary": summarize(runs)}
 
 
 def print_table(payload: dict) -> None:

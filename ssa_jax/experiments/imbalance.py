@@ -94,26 +94,17 @@ def flat_lower_bound(is_a_L: np.ndarray, alpha: float, grid: int = 20001) -> flo
   return float((2.0 * (alpha - w) ** 2).sum(1).min() / is_a_L.size)
 
 
-def tokens(key: jax.Array, dim: int) -> jax.Array:
-  """Two orthonormal token embeddings a, b as rows (2, d)."""
-  q, _ = jnp.linalg.qr(jax.random.normal(key, (dim, 2)))
-  return q.T
-
-
 def tau_of(params: dict, variant: str, flat_tau: float, seq_len: int) -> jax.Array:
   """tau_n (L,) for one temperature variant."""
   if variant == "flat":
     return jnp.full((seq_len,), flat_tau)
   if variant == "log_position":
     return params["b0"] + params["b1"] * jnp.log(jnp.arange(1, seq_len + 1))
-  if variant == "free_position":
-    return params["tau"]
-  raise ValueError(f"variant: expected one of {VARIANTS}, got {variant!r}")
+  return params["tau"]  # free_position
 
 
-def attention_outputs(params: dict, ab_2d: jax.Array, is_a_L: np.ndarray, tau_L: jax.Array) -> jax.Array:
+def attention_outputs(params: dict, x_Ld: jax.Array, tau_L: jax.Array) -> jax.Array:
   """Causal attention output (L, d) at every position with per-position inverse temperature tau_L."""
-  x_Ld = ab_2d[jnp.where(jnp.asarray(is_a_L), 0, 1)]
   L = x_Ld.shape[0]
   scores_LL = tau_L[:, None] * (x_Ld @ params["w"] @ x_Ld.T)  # row n: query x_n, column i: key x_i
   scores_LL = jnp.where(jnp.tril(jnp.ones((L, L), bool)), scores_LL, -jnp.inf)
@@ -127,10 +118,10 @@ def loss_and_gap(params: dict, ab_2d: jax.Array, is_a_L: np.ndarray, variant: st
   _, n0 = imbalance(is_a_L)
   tau_L = tau_of(params, variant, flat_tau, L)
   y_d = alpha * ab_2d[0] + (1.0 - alpha) * ab_2d[1]
-  out_Ld = attention_outputs(params, ab_2d, is_a_L, tau_L)
+  x_Ld = ab_2d[jnp.where(jnp.asarray(is_a_L), 0, 1)]
+  out_Ld = attention_outputs(params, x_Ld, tau_L)
   mask_L = jnp.arange(1, L + 1) >= n0
   loss = jnp.sum(mask_L * jnp.sum((y_d - out_Ld) ** 2, -1)) / L
-  x_Ld = ab_2d[jnp.where(jnp.asarray(is_a_L), 0, 1)]
   gap_L = tau_L * (x_Ld @ params["w"] @ (ab_2d[0] - ab_2d[1]))
   return loss, gap_L
 
@@ -138,7 +129,7 @@ def loss_and_gap(params: dict, ab_2d: jax.Array, is_a_L: np.ndarray, variant: st
 def fit(config: ml_collections.ConfigDict, is_a_L: np.ndarray, variant: str, flat_tau: float = 1.0) -> dict:
   """Trains W (and the temperature parameters) on one sequence; returns final loss and effective gaps."""
   k_tok, k_w = jax.random.split(jax.random.PRNGKey(config.seed))
-  ab_2d = tokens(k_tok, config.dim)
+  ab_2d = jnp.linalg.qr(jax.random.normal(k_tok, (config.dim, 2)))[0].T  # orthonormal token embeddings a, b
   params = {"w": 0.1 * jax.random.normal(k_w, (config.dim, config.dim))}
   if variant == "log_position":
     params |= {"b0": jnp.ones(()), "b1": jnp.zeros(())}
@@ -180,12 +171,10 @@ def run_setting(config: ml_collections.ConfigDict, name: str, is_a_L: np.ndarray
 
 
 def run(config: ml_collections.ConfigDict) -> dict:
-  """Every power-law setting plus the quadrant instance; returns the JSON payload."""
-  timer = common.Timer()
+  """Every power-law setting plus the quadrant instance; returns their rows."""
   settings = [(f"power_{p:g}", power_sequence(config.seq_len, p)) for p in config.powers]
   settings.append(("quadrant", quadrant_sequence(config.seq_len)))
-  rows = [run_setting(config, name, seq) for name, seq in settings]
-  return {"config": config.to_dict(), "device": common.device_info(), "settings": rows, "seconds": timer.seconds()}
+  return {"settings": [run_setting(config, name, seq) for name, seq in settings]}
 
 
 def print_table(payload: dict) -> None:

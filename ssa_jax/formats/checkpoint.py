@@ -1,9 +1,9 @@
-"""Orbax checkpoints: one layout for training runs and imported models (items `params`, `config`, ...).
+"""Orbax checkpoints: one layout for training runs and imported models (items `variables`, `config`, ...).
 
 A checkpoint directory holds numbered step directories (orbax CheckpointManager). Every step carries the
-`params` item and a `config` JSON item (the full run config, whose `model` section rebuilds the Decoder);
-training steps add `opt_state` and the data iterator state. Restores go against an abstract target carrying
-shardings, so a checkpoint written on N devices restores onto M devices, or onto one CPU.
+`variables` item (the model's {'params', 'buffers'}) and a `config` JSON item (the full run config, whose `model`
+section rebuilds the Decoder); training steps add `opt_state` and the data iterator state. Restores go against an
+abstract target carrying shardings, so a checkpoint written on N devices restores onto M devices, or onto one CPU.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from jax.experimental import multihost_utils
 from ssa_jax.errors import ConfigError
 from ssa_jax.model.config import ModelConfig, model_config_from_dict
 from ssa_jax.model.decoder import Decoder
-from ssa_jax.model.params import param_shapes
+from ssa_jax.model.params import variable_shapes
 
 
 class NotACheckpointError(FileNotFoundError):
@@ -33,15 +33,15 @@ def resolve_step_dir(path: epath.PathLike) -> tuple[epath.Path, int]:
   path = epath.Path(path)
   if not path.exists():
     raise NotACheckpointError(f"{path}: does not exist")
-  if path.name.isdigit() and (path / "params").exists():
+  if path.name.isdigit() and (path / "variables").exists():
     return path.parent, int(path.name)
-  steps = sorted(int(p.name) for p in path.iterdir() if p.name.isdigit() and (p / "params").exists())
+  steps = sorted(int(p.name) for p in path.iterdir() if p.name.isdigit() and (p / "variables").exists())
   if not steps:
     ckpt = path / "checkpoints"
     if ckpt.exists():  # a training workdir
       return resolve_step_dir(ckpt)
     raise NotACheckpointError(
-        f"{path}: not an ssa-jax checkpoint (expected numbered step directories holding `params`, "
+        f"{path}: not an ssa-jax checkpoint (expected numbered step directories holding `variables`, "
         "or a training workdir with checkpoints/)")
   return path, steps[-1]
 
@@ -55,34 +55,30 @@ def read_config(path: epath.PathLike) -> dict[str, Any]:
     return dict(mngr.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"])
 
 
-def save_model(directory: epath.PathLike, model_cfg: ModelConfig, params, step: int = 0,
+def save_model(directory: epath.PathLike, model_cfg: ModelConfig, variables: dict, step: int = 0,
                run_config: dict | None = None) -> epath.Path:
-  """Writes params + config as checkpoint `step` of `directory` (synchronously)."""
+  """Writes variables + config as checkpoint `step` of `directory` (synchronously)."""
   run_config = dict(run_config or {})
   run_config["model"] = dataclasses.asdict(model_cfg)
   with ocp.CheckpointManager(epath.Path(directory).absolute()) as mngr:
     mngr.save(step, args=ocp.args.Composite(
-        params=ocp.args.StandardSave(params), config=ocp.args.JsonSave(run_config)), force=True)
+        variables=ocp.args.StandardSave(variables), config=ocp.args.JsonSave(run_config)), force=True)
     mngr.wait_until_finished()
   return epath.Path(directory)
 
 
-def load_model(path: epath.PathLike, shardings=None) -> tuple[Decoder, Any, dict]:
-  """(Decoder, params, run config) from a checkpoint root, step directory or training workdir.
-
-  `shardings`: a pytree of jax.sharding.Sharding matching the params (default: all on the first device).
-  """
+def load_model(path: epath.PathLike) -> tuple[Decoder, Any, dict]:
+  """(Decoder, variables, run config) from a checkpoint root, step directory or training workdir, restored onto
+  the first local device."""
   root, step = resolve_step_dir(path)
   run_config = read_config(path)
   cfg = model_config_from_dict(run_config["model"], where=f"{root}/{step}/config")
-  shapes = param_shapes(cfg)
-  if shardings is None:
-    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-    shardings = jax.tree_util.tree_map(lambda _: device, shapes)
-  abstract = jax.tree_util.tree_map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, shardings)
+  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  abstract = jax.tree_util.tree_map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=device),
+                                    variable_shapes(cfg))
   with ocp.CheckpointManager(root.absolute()) as mngr:
-    restored = mngr.restore(step, args=ocp.args.Composite(params=ocp.args.StandardRestore(abstract)))
-  return Decoder(cfg), restored["params"], run_config
+    restored = mngr.restore(step, args=ocp.args.Composite(variables=ocp.args.StandardRestore(abstract)))
+  return Decoder(cfg), restored["variables"], run_config
 
 
 # ------------------------------------------------------------------------------------------ training runs
@@ -94,14 +90,14 @@ def train_manager(workdir: epath.Path, keep: int, async_save: bool = True) -> oc
 
 def save_train_state(mngr: ocp.CheckpointManager, state, data_states: list[dict], run_config: dict,
                      force: bool = False, step: int | None = None) -> bool:
-  """Saves params, optimizer state, every process's data-iterator state and the run config at `step`.
+  """Saves the variables, optimizer state, every process's data-iterator state and the run config at `step`.
 
   `step`: the training loop's own count (= state.step); None reads state.step, which waits for the device
   to finish the step (the loop passes its count so that only orbax's copy to the host waits)."""
   if step is None:
     step = int(jax.device_get(state.step))
   return mngr.save(step, force=force, args=ocp.args.Composite(
-      params=ocp.args.StandardSave(state.params),
+      variables=ocp.args.StandardSave(state.variables),
       opt_state=ocp.args.StandardSave(state.opt_state),
       data=ocp.args.JsonSave({"processes": data_states}),
       config=ocp.args.JsonSave(run_config),
@@ -121,16 +117,16 @@ def check_layer_layout(mngr: ocp.CheckpointManager, step: int, abstract_params) 
 
 
 def restore_train_state(mngr: ocp.CheckpointManager, step: int, abstract_state, shardings):
-  """(params, opt_state, data states per process) restored onto `shardings` (any device count)."""
+  """(variables, opt_state, data states per process) restored onto `shardings` (any device count)."""
   check_layer_layout(mngr, step, abstract_state.params)
   target = jax.tree_util.tree_map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
                                   abstract_state, shardings)
   restored = mngr.restore(step, args=ocp.args.Composite(
-      params=ocp.args.StandardRestore(target.params),
+      variables=ocp.args.StandardRestore(target.variables),
       opt_state=ocp.args.StandardRestore(target.opt_state),
       data=ocp.args.JsonRestore(),
   ))
-  return restored["params"], restored["opt_state"], list(restored["data"]["processes"])
+  return restored["variables"], restored["opt_state"], list(restored["data"]["processes"])
 
 
 def gather_json(obj: Any) -> list[Any]:

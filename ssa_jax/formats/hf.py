@@ -33,14 +33,14 @@ from ssa_jax.formats import checkpoint
 from ssa_jax.formats.safetensors_io import read_safetensors
 from ssa_jax.formats.tokenizer_files import check_vocab, copy_tokenizer, run_config_tokenizer
 from ssa_jax.model.config import ModelConfig, RopeScaling, SSAConfig, ssa_config_from_dict
-from ssa_jax.model.decoder import Decoder
-from ssa_jax.model.params import init_params, param_shapes, ssa_groups, stack_layers, unstack_layers
+from ssa_jax.model.decoder import BUFFERS, Decoder
+from ssa_jax.model.params import init_variables, ssa_groups, stack_layers, unstack_layers, variable_shapes
 from ssa_jax.runtime import cli_errors
 
 ARCHITECTURES = {"GPT2LMHeadModel": "gpt2", "GPTNeoXForCausalLM": "neox", "LlamaForCausalLM": "llama"}
 _HF_ACTIVATIONS = {"gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu": "gelu", "silu": "silu"}
 # Non-parameter buffers some checkpoints carry.
-_BUFFERS = re.compile(r"(\.attn\.(masked_)?bias|\.attention\.(masked_)?bias|rotary_emb\.inv_freq)$")
+_HF_BUFFERS = re.compile(r"(\.attn\.(masked_)?bias|\.attention\.(masked_)?bias|rotary_emb\.inv_freq)$")
 SSA_PREFIX = "ssa."
 SSA_FILE = "ssa.safetensors"  # beside model.safetensors; transformers reads only model.safetensors / its index
 
@@ -319,8 +319,14 @@ def _normalise_key(key: str, family: str) -> str:
   return key
 
 
+def _ssa_file_paths(cfg: ModelConfig) -> list[tuple[str, ...]]:
+  """The variables SSA_FILE holds, by path (collection first): SSA's parameters and the buffers (phi)."""
+  buffers = traverse_util.flatten_dict(variable_shapes(cfg)[BUFFERS])
+  return [("params", *p) for p in ssa_groups(cfg)] + [(BUFFERS, *p) for p in buffers]
+
+
 def from_hf(hf_dir: epath.PathLike, ssa: SSAConfig | None = None, rng_seed: int = 0, **overrides):
-  """(Decoder, params) from a Hugging Face directory (config.json + safetensors), params in float32.
+  """(Decoder, variables) from a Hugging Face directory (config.json + safetensors), in float32.
 
   A checkpoint exported by `to_hf` from an SSA model restores its temperatures exactly. `ssa` adds SSA to a
   vanilla checkpoint (fine-tuning): its parameters are freshly initialised with seed `rng_seed`.
@@ -334,7 +340,7 @@ def from_hf(hf_dir: epath.PathLike, ssa: SSAConfig | None = None, rng_seed: int 
   cfg = dataclasses.replace(cfg, **overrides).validate()
   scanned, cfg = cfg.scan_layers, dataclasses.replace(cfg, scan_layers=False)  # converted in the unrolled layout
   tensors = {_normalise_key(k, cfg.family): v for k, v in read_hf_tensors(hf_dir).items()}
-  expected = traverse_util.flatten_dict(param_shapes(cfg))
+  expected = traverse_util.flatten_dict(variable_shapes(cfg))  # paths start with the collection
   flat: dict[tuple[str, ...], np.ndarray] = {}
   used = set()
   for m in tensor_maps(cfg):
@@ -347,19 +353,19 @@ def from_hf(hf_dir: epath.PathLike, ssa: SSAConfig | None = None, rng_seed: int 
     except ValueError as e:
       raise ValueError(f"{hf_dir}: tensor {m.hf_key!r} has shape {hf_arr.shape}, which does not fit the config: {e}")
     for path, arr in zip(m.paths, arrays):
-      if arr.shape != expected[path].shape:
+      if arr.shape != expected["params", *path].shape:
         raise ValueError(f"{hf_dir}: tensor {m.hf_key!r} gives shape {arr.shape} for {'/'.join(path)}, "
-                         f"expected {expected[path].shape}")
-      flat[path] = arr
+                         f"expected {expected['params', *path].shape}")
+      flat["params", *path] = arr
     used.add(m.hf_key)
 
-  ssa_paths = list(ssa_groups(cfg))
+  ssa_paths = _ssa_file_paths(cfg)
   stored_ssa = read_ssa_tensors(hf_dir)
   if stored_ssa:
     if not cfg.ssa.enabled:
       raise ValueError(f"{hf_dir}: {SSA_FILE} present but config.json has no `ssa` block")
     for path in ssa_paths:
-      key = SSA_PREFIX + ".".join(path)
+      key = SSA_PREFIX + ".".join(path[1:])
       if key not in stored_ssa:
         raise KeyError(f"{hf_dir}: missing SSA tensor {key!r} in {SSA_FILE}")
       flat[path] = np.asarray(stored_ssa[key], np.float32).reshape(expected[path].shape)
@@ -369,34 +375,35 @@ def from_hf(hf_dir: epath.PathLike, ssa: SSAConfig | None = None, rng_seed: int 
     if ssa is None:
       raise KeyError(f"{hf_dir}: config.json has an `ssa` block but there is no {SSA_FILE} with its tensors")
     # A full init is cheap next to reading the checkpoint.
-    fresh = traverse_util.flatten_dict(jax.device_get(init_params(cfg, jax.random.PRNGKey(rng_seed))))
+    fresh = traverse_util.flatten_dict(jax.device_get(init_variables(cfg, jax.random.PRNGKey(rng_seed))))
     flat.update({p: np.asarray(fresh[p]) for p in ssa_paths})
 
-  leftover = sorted(k for k in tensors if k not in used and not _BUFFERS.search(k))
+  leftover = sorted(k for k in tensors if k not in used and not _HF_BUFFERS.search(k))
   if leftover:
     print(f"[ssa_jax.formats.hf] warning: {len(leftover)} tensor(s) in {hf_dir} not used: {leftover[:8]}", file=sys.stderr)
-  params = traverse_util.unflatten_dict(flat)
+  variables = {BUFFERS: {}, **traverse_util.unflatten_dict(flat)}
   if scanned:
-    params = jax.device_get(stack_layers(params, cfg.num_layers))
-  return Decoder(dataclasses.replace(cfg, scan_layers=scanned)), params
+    variables["params"] = jax.device_get(stack_layers(variables["params"], cfg.num_layers))
+  return Decoder(dataclasses.replace(cfg, scan_layers=scanned)), variables
 
 
 # -------------------------------------------------------------------------------------------------- export
-def to_hf(model: Decoder | ModelConfig, params: dict, out_dir: epath.PathLike) -> epath.Path:
+def to_hf(model: Decoder | ModelConfig, variables: dict, out_dir: epath.PathLike) -> epath.Path:
   """Writes config.json + model.safetensors that `transformers.AutoModelForCausalLM.from_pretrained` loads (and
   ssa.safetensors for an SSA model, which from_hf reads and transformers does not)."""
   cfg = model.config if isinstance(model, Decoder) else model
-  params = unstack_layers(params, cfg.num_layers)  # transformers' layout is one module per layer
-  ssa_paths = ssa_groups(dataclasses.replace(cfg, scan_layers=False))
-  flat = {p: np.asarray(jax.device_get(v), np.float32) for p, v in traverse_util.flatten_dict(params).items()}
+  # transformers' layout is one module per layer
+  variables = {**variables, "params": unstack_layers(variables["params"], cfg.num_layers)}
+  ssa_paths = _ssa_file_paths(dataclasses.replace(cfg, scan_layers=False))
+  flat = {p: np.asarray(jax.device_get(v), np.float32) for p, v in traverse_util.flatten_dict(variables).items()}
   tensors = {}
   for m in tensor_maps(cfg):
-    absent = ["/".join(p) for p in m.paths if p not in flat]
+    absent = ["/".join(p) for p in m.paths if ("params", *p) not in flat]
     if absent:  # e.g. a GPT-NeoX config without biases: transformers' GPTNeoX always has them
       raise ValueError(f"to_hf: {cfg.family} checkpoint needs {m.hf_key}, but the params have no {absent[0]}; "
                        "the model config does not match what transformers' architecture expects")
-    tensors[m.hf_key] = np.ascontiguousarray(m.to_hf([flat[p] for p in m.paths]))
-  ssa = {SSA_PREFIX + ".".join(p): v for p, v in flat.items() if p in ssa_paths}
+    tensors[m.hf_key] = np.ascontiguousarray(m.to_hf([flat["params", *p] for p in m.paths]))
+  ssa = {SSA_PREFIX + ".".join(p[1:]): v for p, v in flat.items() if p in ssa_paths}
   out_dir = epath.Path(out_dir)
   out_dir.mkdir(parents=True, exist_ok=True)
   (out_dir / "config.json").write_text(json.dumps(config_to_hf(cfg), indent=2))
@@ -459,17 +466,17 @@ def main(argv: list[str]) -> int:
   try:
     args = _parser().parse_args(argv)
     if args.command == "import":
-      model, params = from_hf(args.hf_dir)
+      model, variables = from_hf(args.hf_dir)
       run_config = {"init": {"hf_dir": str(args.hf_dir)}}
       tokenizer = tokenizer_in(epath.Path(args.hf_dir).absolute())
       if tokenizer:  # eval.py --checkpoint=OUT_DIR then finds it
         run_config["data"] = {"tokenizer_path": tokenizer}
-      checkpoint.save_model(args.out_dir, model.config, params, run_config=run_config)
+      checkpoint.save_model(args.out_dir, model.config, variables, run_config=run_config)
       print(f"imported {args.hf_dir} ({model.config.family}) -> {args.out_dir}")
     else:
-      model, params, run_config = checkpoint.load_model(args.ckpt_dir)
+      model, variables, run_config = checkpoint.load_model(args.ckpt_dir)
       what = _export_tokenizer(run_config, args.ckpt_dir, args.hf_dir, model.config.vocab_size, args.tokenizer)
-      to_hf(model, params, args.hf_dir)
+      to_hf(model, variables, args.hf_dir)
       print(f"exported {args.ckpt_dir} ({model.config.family}, {what}) -> {args.hf_dir}")
   except (cli_errors.UsageError, *cli_errors.PATH_AND_VALUE_ERRORS) as e:  # a user's mistake: one line
     if cli_errors.verbose_in_argv(argv):

@@ -10,12 +10,12 @@ import jax.numpy as jnp
 from ssa_jax.model.attention import LayerCache, SelectiveSelfAttention
 from ssa_jax.model.config import ModelConfig
 from ssa_jax.model.layers import Mlp, Norm, compute_dtype
-from ssa_jax.model.temperature import ssa_param
 
 Array = jax.Array
 
 
-TOKEN_FEATURE = "token_feature"  # the params key of the frequency token term's fixed phi table
+BUFFERS = "buffers"  # the variable collection of fixed arrays that are never trained
+TOKEN_FEATURE = "token_feature"  # the frequency token term's phi table, in BUFFERS
 
 
 def uses_token_feature(cfg: ModelConfig) -> bool:
@@ -107,12 +107,12 @@ class Decoder(nn.Module):
 
     feature_BT = None
     if uses_token_feature(cfg):
-      # phi is a fixed corpus statistic (a buffer), stored with the params so checkpoints and exports carry it;
-      # never trained. It starts at 0 here: the training side fills it from config.model.ssa.feature_path
-      # (ssa_jax.train.state.create_state), a checkpoint or an export restores it.
-      phi_V = self.param(TOKEN_FEATURE, ssa_param(nn.initializers.zeros, ("vocab",), "buffer"), (cfg.vocab_size,),
-                         jnp.float32)
-      feature_BT = jax.lax.stop_gradient(phi_V)[tokens_BT]
+      # phi is a fixed corpus statistic: a buffer, outside the trained params. It starts at 0 here: the training
+      # side fills it from config.model.ssa.feature_path (ssa_jax.train.state.create_state), a checkpoint or an
+      # export restores it.
+      phi_V = self.variable(BUFFERS, TOKEN_FEATURE, lambda: nn.LogicallyPartitioned(
+          jnp.zeros((cfg.vocab_size,), jnp.float32), ("vocab",))).value
+      feature_BT = phi_V[tokens_BT]
 
     block_cls = Block
     if cfg.remat != "none" and cache is None:

@@ -4,18 +4,16 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import traverse_util
 from jax.sharding import Mesh
 
 from ssa_jax.errors import ConfigError
 from ssa_jax.model.config import ModelConfig
-from ssa_jax.model.decoder import Decoder
+from ssa_jax.model.decoder import BUFFERS, Decoder
 from ssa_jax.model.temperature import SSAParam
 
 Array = jax.Array
@@ -41,12 +39,12 @@ def stack_layers(tree: dict, num_layers: int) -> dict:
   return out
 
 
-def unrolled(model: "Decoder", params: dict) -> tuple["Decoder", dict]:
-  """The same model and parameters in the unrolled layer layout (for analyses that read layer by layer)."""
+def unrolled(model: "Decoder", variables: dict) -> tuple["Decoder", dict]:
+  """The same model and variables in the unrolled layer layout (for analyses that read layer by layer)."""
   if not model.config.scan_layers:
-    return model, params
+    return model, variables
   cfg = dataclasses.replace(model.config, scan_layers=False)
-  return Decoder(cfg), unstack_layers(params, cfg.num_layers)
+  return Decoder(cfg), {**variables, "params": unstack_layers(variables["params"], cfg.num_layers)}
 
 
 def lm_head_kernel(params, cfg: ModelConfig) -> Array:
@@ -61,59 +59,57 @@ def lm_head(params, cfg: ModelConfig, h_Xd: Array) -> Array:
   return jnp.dot(h_Xd, lm_head_kernel(params, cfg).astype(h_Xd.dtype)).astype(jnp.float32)
 
 
-def init_params(cfg: ModelConfig, rng: Array, seq_len: int = 8) -> dict:
-  """Fresh parameters (logical-partitioning boxes removed)."""
-  tokens = jnp.zeros((1, min(seq_len, cfg.max_seq_len)), jnp.int32)
-  variables = Decoder(cfg).init(rng, tokens)
-  return nn.meta.unbox(variables["params"])
+def _boxed_init(cfg: ModelConfig, rng: Array) -> dict:
+  """{'params', 'buffers'} as the modules declare them, in their boxes ('buffers' empty for a model without phi)."""
+  return {BUFFERS: {}, **Decoder(cfg).init(rng, jnp.zeros((1, min(8, cfg.max_seq_len)), jnp.int32))}
+
+
+def init_variables(cfg: ModelConfig, rng: Array) -> dict:
+  """Fresh {'params': ..., 'buffers': ...} (logical-partitioning boxes removed; phi, the one buffer, is 0)."""
+  return nn.meta.unbox(_boxed_init(cfg, rng))
+
+
+def boxed_variable_shapes(cfg: ModelConfig) -> dict:
+  """{'params', 'buffers'} as ShapeDtypeStructs inside their boxes (logical axes; for SSA's parameters, an
+  SSAParam naming the group), without allocating."""
+  return jax.eval_shape(lambda r: _boxed_init(cfg, r), jax.random.PRNGKey(0))
+
+
+def variable_shapes(cfg: ModelConfig) -> dict:
+  """{'params', 'buffers'} as ShapeDtypeStructs, without allocating (restore targets, import checks)."""
+  return nn.meta.unbox(boxed_variable_shapes(cfg))
 
 
 def param_shapes(cfg: ModelConfig) -> dict:
-  """The parameter tree as ShapeDtypeStructs, without allocating (used to check imports)."""
-  return jax.eval_shape(lambda r: init_params(cfg, r), jax.random.PRNGKey(0))
-
-
-def boxed_param_shapes(cfg: ModelConfig) -> dict:
-  """The parameter tree as ShapeDtypeStructs inside the boxes the modules declare them with (logical axes; for
-  SSA's, an SSAParam naming the group), without allocating."""
-  tokens = np.zeros((1, min(8, cfg.max_seq_len)), np.int32)
-  return jax.eval_shape(lambda r: Decoder(cfg).init(r, tokens)["params"], jax.random.PRNGKey(0))
+  """The parameter tree as ShapeDtypeStructs, without allocating."""
+  return variable_shapes(cfg)["params"]
 
 
 def ssa_groups(cfg: ModelConfig) -> dict[tuple[str, ...], str]:
-  """Every variable SSA adds, by its path in cfg's parameter layout, with its group: 'scalar' / 'matrix' (the
-  learned temperatures, by learning-rate group) or 'buffer' (phi, never trained); read from the SSAParam boxes
-  of an abstract init, not from names. Optimizer labels, HF export / import and counts use it."""
-  flat = traverse_util.flatten_dict(boxed_param_shapes(cfg))
+  """Every parameter SSA adds, by its path in cfg's parameter layout, with its learning-rate group ('scalar' /
+  'matrix'); read from the SSAParam boxes of an abstract init, not from names. Optimizer labels, HF export /
+  import and counts use it."""
+  flat = traverse_util.flatten_dict(boxed_variable_shapes(cfg)["params"])
   return {path: box.group for path, box in flat.items() if isinstance(box, SSAParam)}
 
 
 def param_counts(cfg: ModelConfig) -> dict[str, int]:
-  """{'params': every scalar, 'ssa_params': SSA's trained ones, 'ssa_buffers': SSA's fixed ones (phi)}."""
-  flat = traverse_util.flatten_dict(boxed_param_shapes(cfg))
-  sizes = {path: math.prod(getattr(leaf, "value", leaf).shape) for path, leaf in flat.items()}
-  groups = {path: box.group for path, box in flat.items() if isinstance(box, SSAParam)}
-  return {"params": sum(sizes.values()),
-          "ssa_params": sum(sizes[p] for p, group in groups.items() if group != "buffer"),
-          "ssa_buffers": sum(sizes[p] for p, group in groups.items() if group == "buffer")}
+  """{'params': every scalar (buffers included), 'ssa_params': SSA's trained ones, 'ssa_buffers': the buffers'}."""
+  boxed = boxed_variable_shapes(cfg)
+  ssa = [box for box in traverse_util.flatten_dict(boxed["params"]).values() if isinstance(box, SSAParam)]
+  buffers = count_params(boxed[BUFFERS])
+  return {"params": count_params(boxed["params"]) + buffers, "ssa_params": count_params(ssa), "ssa_buffers": buffers}
 
 
-def count_params(params, where=lambda path: True) -> int:
-  """Number of scalars in the leaves whose '/'-joined path satisfies `where`."""
-  total = 0
-  for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
-    name = "/".join(str(getattr(p, "key", p)) for p in path)
-    if where(name):
-      total += int(np.prod(leaf.shape))
-  return total
+def count_params(tree) -> int:
+  """Number of scalars in the leaves of `tree` (arrays or ShapeDtypeStructs, boxed or not)."""
+  return sum(math.prod(leaf.shape) for leaf in jax.tree_util.tree_leaves(tree))
 
 
-def param_shardings(model_cfg: ModelConfig, mesh: Mesh, rules) -> Any:
-  """NamedSharding for every parameter, from its logical axis names; checks divisibility up front."""
-  boxed = boxed_param_shapes(model_cfg)
-  specs = nn.get_partition_spec(boxed)
-  shardings = nn.logical_to_mesh_sharding(specs, mesh, rules)
-  shapes = nn.meta.unbox(boxed)
+def variable_shardings(boxed: dict, mesh: Mesh, rules) -> dict:
+  """NamedSharding for every parameter and buffer of `boxed` (boxed_variable_shapes), from its logical axis names;
+  checks divisibility up front."""
+  shardings = nn.logical_to_mesh_sharding(nn.get_partition_spec(boxed), mesh, rules)
 
   def check(path, shape, sharding):
     for dim, axes in zip(shape.shape, sharding.spec):
@@ -121,9 +117,9 @@ def param_shardings(model_cfg: ModelConfig, mesh: Mesh, rules) -> Any:
         continue
       size = math.prod(mesh.shape[a] for a in ((axes,) if isinstance(axes, str) else axes))
       if dim % size:
-        name = "/".join(str(getattr(p, "key", p)) for p in path)
+        name = "/".join(str(getattr(p, "key", p)) for p in path[1:])  # without the collection's name
         raise ConfigError(f"config.sharding.rules: parameter {name} dim {dim} is split over {axes} "
                           f"({size} devices), which does not divide it")
 
-  jax.tree_util.tree_map_with_path(check, shapes, shardings)
+  jax.tree_util.tree_map_with_path(check, nn.meta.unbox(boxed), shardings)
   return shardings

@@ -25,14 +25,14 @@ from ssa_jax.model.config import SSAConfig
 
 Array = jax.Array
 
-GROUPS = ("scalar", "matrix", "buffer")
+GROUPS = ("scalar", "matrix")
 
 
 class SSAParam(nn.LogicallyPartitioned):
   """A variable SSA adds, boxed with its logical axes and its group: 'scalar' (a single learned scalar per head:
-  position 'log' alpha, 'constant' log_tau, 'ssmax' ssmax_s, the frequency term's beta), 'matrix' (the token
-  MLP's w1 / w2 and their biases, weight sharing's w) or 'buffer' (fixed, never trained: the frequency term's
-  phi). ssa_jax.model.params.ssa_groups reads the groups from an abstract init."""
+  position 'log' alpha, 'constant' log_tau, 'ssmax' ssmax_s, the frequency term's beta) or 'matrix' (the token
+  MLP's w1 / w2 and their biases, weight sharing's w). ssa_jax.model.params.ssa_groups reads the groups from an
+  abstract init."""
 
   group: str = flax.struct.field(pytree_node=False, default="matrix")
 

@@ -10,20 +10,13 @@ import sys
 import jax
 
 
-def visible_nvidia_gpu() -> str | None:
-  """What shows an NVIDIA GPU on this machine (a /dev/nvidia* device or nvidia-smi on PATH), or None."""
-  devices = sorted(glob.glob("/dev/nvidia[0-9]*"))
-  if devices:
-    return devices[0]
-  return shutil.which("nvidia-smi")
-
-
 def cpu_jax_on_gpu_machine_warning(backend: str | None = None, gpu: str | None = None) -> str | None:
-  """The warning text when an NVIDIA GPU is visible (`gpu`, default: looked up) but jax's default backend
-  (`backend`, default: jax's) is the CPU; None otherwise, or when JAX_PLATFORMS asks for the CPU on purpose."""
+  """The warning text when an NVIDIA GPU is visible (`gpu`, default: a /dev/nvidia* device or nvidia-smi on PATH)
+  but jax's default backend (`backend`, default: jax's) is the CPU; None otherwise, or when JAX_PLATFORMS asks
+  for the CPU on purpose."""
   if (backend or jax.default_backend()) != "cpu" or os.environ.get("JAX_PLATFORMS", "").strip() == "cpu":
     return None
-  seen = gpu or visible_nvidia_gpu()
+  seen = gpu or min(glob.glob("/dev/nvidia[0-9]*"), default=None) or shutil.which("nvidia-smi")
   if seen is None:
     return None
   return (f"warning: an NVIDIA GPU is visible on this machine ({seen}) but jax runs on the CPU (jax "

@@ -1,15 +1,10 @@
 """Command-line entry points that report user mistakes as one line (`error: ...`, exit 2), not a traceback.
 
-What counts as a user mistake: a flag that does not parse, a config file that does not exist or does not
-load, a misspelled `--config.a.b` field (ml_collections' "Did you mean" suggestion is kept), and the error
-types the entry point names (ConfigError and the like) raised by main. `--verbosity=1` shows the full
-traceback instead. Ctrl-C outside a training loop's own handling prints `interrupted` and exits 130. The
-project's own log warnings (a skipped record, a bad task line) print as plain `warning: ...` lines.
-
-Two kinds of entry point: absl ones (train.py, eval.py, `python -m ssa_jax.data.inspect`, ...) go through
-`run`; argparse ones (`python -m ssa_jax.analysis.*`, `ssa_jax.formats.hf`, `ssa_jax.experiments.*`) build their
-parser with `ArgumentParser` (an argparse mistake is one line too, and it accepts --verbosity) and go
-through `run_argv`.
+A user mistake: a flag that does not parse, a config file that does not exist or does not load, a misspelled
+`--config.a.b` field (ml_collections' "Did you mean" is kept), or an error type the entry point names raised by
+main. `--verbosity=1` shows the traceback instead; Ctrl-C prints `interrupted` and exits 130; the project's own
+log warnings print as plain `warning: ...` lines. absl entry points (train.py, eval.py, ...) go through `run`,
+argparse ones (`python -m ssa_jax.analysis.*`, ...) build `ArgumentParser` and go through `run_argv`.
 """
 
 from __future__ import annotations
@@ -17,6 +12,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import difflib
+import functools
+import glob
 import logging
 import os
 import sys
@@ -34,21 +31,14 @@ INTERRUPTED_EXIT_CODE = 130
 PATH_AND_VALUE_ERRORS = (ValueError, KeyError, OSError)
 
 
-class _UserError(Exception):
-  """A mistake already described in one line."""
-
-
 class UsageError(Exception):
   """A command-line mistake (a missing argument, two that exclude each other), described in one line."""
 
 
 def _module_prog() -> str | None:
   """`python -m ssa_jax.x.y` for a module run with -m (argparse would say `y.py`); None otherwise."""
-  parts = os.path.normpath(os.path.abspath(sys.argv[0])).split(os.sep)
-  if "ssa_jax" not in parts or not parts[-1].endswith(".py"):
-    return None
-  dotted = parts[len(parts) - 1 - parts[::-1].index("ssa_jax"):]
-  return "python -m " + ".".join(dotted)[:-3]
+  spec = getattr(sys.modules["__main__"], "__spec__", None)  # None for a script, set by `python -m`
+  return f"python -m {spec.name}" if spec is not None and spec.name.startswith("ssa_jax.") else None
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -63,26 +53,21 @@ class ArgumentParser(argparse.ArgumentParser):
     raise UsageError(f"{self.prog}: {message} (see --help)")
 
 
-class _PlainLineHandler(logging.Handler):
-  """A project log record as one plain line on the current sys.stderr: `warning: ...` (`error: ...`), INFO bare."""
+class _PlainLineFormatter(logging.Formatter):
+  """A project log record as one plain line: `warning: ...` (`error: ...`), INFO bare."""
 
-  def emit(self, record: logging.LogRecord) -> None:
-    try:
-      text = record.getMessage()
-      if record.levelno >= logging.WARNING:
-        text = f"{record.levelname.lower()}: {text}"
-      print(text, file=sys.stderr, flush=True)
-    except Exception:  # pylint: disable=broad-except
-      self.handleError(record)
+  def format(self, record: logging.LogRecord) -> str:
+    text = record.getMessage()
+    return f"{record.levelname.lower()}: {text}" if record.levelno >= logging.WARNING else text
 
 
 @contextlib.contextmanager
 def plain_project_logging() -> Iterator[None]:
-  """Within: the project's loggers (`ssa_jax.*`: skipped records, bad task lines) print `warning: ...` lines, not
-  absl's `W1206 12:00:00.000 123 packing.py:227] ...`; their level still follows --verbosity (the root logger's).
-  Restored on the way out, so that an entry point run in-process (tests) leaves logging as it found it."""
+  """Within: the project's loggers (`ssa_jax.*`) print `warning: ...` lines, not absl's `W1206 12:00:00.000 123
+  packing.py:227] ...`, at the level --verbosity sets; restored after (an entry point run in-process, by tests)."""
   logger = logging.getLogger("ssa_jax")
-  handler, propagate = _PlainLineHandler(), logger.propagate
+  handler, propagate = logging.StreamHandler(sys.stderr), logger.propagate
+  handler.setFormatter(_PlainLineFormatter())
   logger.addHandler(handler)
   logger.propagate = False  # absl's handler sits on the root logger
   try:
@@ -94,25 +79,14 @@ def plain_project_logging() -> Iterator[None]:
 
 def verbose_in_argv(argv: Sequence[str]) -> bool:
   """--verbosity=N / -v N and friends with N >= 1, read from the raw arguments (when parsing itself failed)."""
-  names = ("--verbosity", "-verbosity", "--v", "-v")
   for i, arg in enumerate(argv):
     name, eq, value = arg.partition("=")
-    if name not in names:
-      continue
-    if not eq and i + 1 < len(argv):
-      value = argv[i + 1]
-    try:
-      return int(value) >= 1
-    except ValueError:
-      return False
+    if name in ("--verbosity", "-verbosity", "--v", "-v"):
+      try:
+        return int(value if eq or i + 1 == len(argv) else argv[i + 1]) >= 1
+      except ValueError:
+        return False
   return False
-
-
-def _verbose(argv: Sequence[str]) -> bool:
-  try:
-    return flags.FLAGS.is_parsed() and flags.FLAGS.verbosity >= 1
-  except Exception:  # pylint: disable=broad-except
-    return verbose_in_argv(argv)
 
 
 def _chain(e: BaseException):
@@ -133,60 +107,45 @@ def _config_file_message(flag_name: str, e: BaseException) -> str:
   path = config_flags.get_config_filename(flags.FLAGS[flag_name])
   if not os.path.exists(path):
     folder = os.path.dirname(path) or "."
-    near = []
-    if os.path.isdir(folder):
-      names = sorted(n for n in os.listdir(folder) if n.endswith(".py") and not n.startswith("_"))
-      near = difflib.get_close_matches(os.path.basename(path), names, n=3)
+    names = sorted(os.path.basename(p) for p in glob.glob(os.path.join(glob.escape(folder), "[!_]*.py")))
+    near = difflib.get_close_matches(os.path.basename(path), names, n=3)
     hint = f"; did you mean {', '.join(os.path.join(folder, n) for n in near)}?" if near else ""
     return f"--{flag_name}: config file {path} does not exist{hint}"
   root = _chain(e)[-1]
   return f"--{flag_name}: {path} failed to load: {type(root).__name__}: {_one_line(root)}"
 
 
-def _config_has(config, path: list[str]) -> bool:
-  """Whether `config` (a ConfigDict) holds the field at `path` (['model', 'num_layers'])."""
-  node = config
-  for part in path:
-    try:
-      if part not in node:
-        return False
-      node = node[part]
-    except TypeError:  # a leaf (int, str, ...) where the path goes on
-      return False
-  return True
-
-
-def _loaded_config(head: str, argv: Sequence[str]):
-  """The config of flag --head as its file defines it (no overrides), or None when it cannot be loaded."""
-  prefix = f"{head}="
-  for arg in argv:
-    if arg.lstrip("-").startswith(prefix):
-      try:
-        return flags.FLAGS[head].parser.parse(arg.lstrip("-")[len(prefix):])
-      except Exception:  # pylint: disable=broad-except
-        return None
-  return None
+def _config_lacks(head: str, config_file: str | None, path: list[str]) -> bool:
+  """Whether `config_file` of flag --head, as the file defines it, lacks the field at `path` (['model', 'x']);
+  False when it does not load."""
+  try:
+    config = flags.FLAGS[head].parser.parse(config_file)
+  except Exception:  # pylint: disable=broad-except
+    return False
+  try:
+    functools.reduce(lambda node, part: node[part], path, config)
+  except (KeyError, TypeError):  # TypeError: a leaf (int, str, ...) where the path goes on
+    return True
+  return False
 
 
 def _override_message(e: BaseException, argv: Sequence[str], config_flag_names: Sequence[str]) -> str | None:
   """A misspelled `--config.a.b=...` field: ml_collections raises a KeyError carrying 'Did you mean'."""
+  given = dict(arg.lstrip("-").partition("=")[::2] for arg in argv)  # flag name -> value
   for err in _chain(e):
     if not isinstance(err, KeyError) or not err.args or not isinstance(err.args[0], str):
       continue
     key, _, suggestion = err.args[0].partition("\n")
     key = key.strip("'\"")
     candidates = []  # (flag name, config flag, field path) of every override naming `key`
-    for arg in argv:
-      name = arg.lstrip("-").partition("=")[0]
+    for name in given:
       head, _, path = name.partition(".")
       if head in config_flag_names and key in path.split("."):
         candidates.append((name, head, path.split(".")))
     if len(candidates) > 1:
       # Several overrides name the key (--config.model.num_layers, --config.train.num_layers): blame the one
       # whose field the config lacks, not the first.
-      configs = {head: _loaded_config(head, argv) for _, head, _ in candidates}
-      missing = [c for c in candidates if configs[c[1]] is not None and not _config_has(configs[c[1]], c[2])]
-      candidates = missing or candidates
+      candidates = [c for c in candidates if _config_lacks(c[1], given.get(c[1]), c[2])] or candidates
     if candidates:
       name, head, path = candidates[0]
       section = ".".join([head] + path[:path.index(key)])
@@ -223,17 +182,17 @@ def message_of(e: BaseException) -> str:
 
 
 def _call_main(main: Callable[[list[str]], object], argv: list[str],
-               user_errors: tuple[type[BaseException], ...], verbose: Callable[[Sequence[str]], bool]) -> object:
+               user_errors: tuple[type[BaseException], ...], verbose: bool) -> object:
   """main(argv), with UsageError and `user_errors` as one `error:` line and exit 2, Ctrl-C as `interrupted` and
-  130; `verbose(argv)` true re-raises instead (the traceback)."""
+  130; `verbose` re-raises instead (the traceback)."""
   try:
     return main(argv)
   except (UsageError, *user_errors) as e:
-    if verbose(argv):
+    if verbose:
       raise
     fail(message_of(e))
   except KeyboardInterrupt:
-    if verbose(argv):
+    if verbose:
       raise
     print("interrupted", file=sys.stderr, flush=True)
     sys.exit(INTERRUPTED_EXIT_CODE)
@@ -241,12 +200,11 @@ def _call_main(main: Callable[[list[str]], object], argv: list[str],
 
 def run_argv(main: Callable[[list[str]], object], argv: Sequence[str] | None = None,
              user_errors: tuple[type[BaseException], ...] = PATH_AND_VALUE_ERRORS) -> NoReturn:
-  """Exits with main(argv) (argv: sys.argv[1:]) of an argparse entry point; UsageError and `user_errors` as one
-  `error:` line and exit 2 (a traceback with --verbosity=1), Ctrl-C as `interrupted` and 130. An int that main
-  returns is the exit code, anything else exits 0."""
+  """Exits with main(argv) (argv: sys.argv[1:]) of an argparse entry point, as `_call_main` says; an int that
+  main returns is the exit code, anything else exits 0."""
   argv = list(sys.argv[1:] if argv is None else argv)
   with plain_project_logging():
-    result = _call_main(main, argv, user_errors, verbose_in_argv)
+    result = _call_main(main, argv, user_errors, verbose_in_argv(argv))
   sys.exit(result if isinstance(result, int) and not isinstance(result, bool) else 0)
 
 
@@ -257,24 +215,21 @@ def run(main: Callable[[list[str]], object], user_errors: tuple[type[BaseExcepti
   def parse(argv: list[str]) -> list[str]:
     try:
       rest = flags.FLAGS(argv)
-      for name in config_flag_names:
-        if flags.FLAGS[name].default is None and not flags.FLAGS[name].present:
-          continue  # an optional --config that was not given
-        try:
-          # Config files load lazily (a failed load raises at first use): surface a missing or broken one now.
-          getattr(getattr(flags.FLAGS, name), "keys")
-        except Exception as e:  # pylint: disable=broad-except
-          if _verbose(argv):
-            raise
-          raise _UserError(_config_file_message(name, e)) from e
-      return rest
-    except _UserError as e:
-      fail(str(e))
     except Exception as e:  # pylint: disable=broad-except
       if verbose_in_argv(argv):
         raise
       fail(_describe_parse_error(e, argv, config_flag_names))
-    raise AssertionError("unreachable")
+    for name in config_flag_names:
+      if flags.FLAGS[name].default is None and not flags.FLAGS[name].present:
+        continue  # an optional --config that was not given
+      try:
+        # Config files load lazily (a failed load raises at first use): surface a missing or broken one now.
+        getattr(getattr(flags.FLAGS, name), "keys")
+      except Exception as e:  # pylint: disable=broad-except
+        if flags.FLAGS.verbosity >= 1:
+          raise
+        fail(_config_file_message(name, e))
+    return rest
 
   with plain_project_logging():
-    app.run(lambda argv: _call_main(main, argv, user_errors, _verbose), flags_parser=parse)
+    app.run(lambda argv: _call_main(main, argv, user_errors, flags.FLAGS.verbosity >= 1), flags_parser=parse)

@@ -44,14 +44,13 @@ def _fields(cfg: Any) -> tuple[str, dict[str, Any]]:
   """(mode, the jax.distributed.initialize keyword arguments that are set) from the section."""
   if not isinstance(cfg, (Mapping, ml_collections.ConfigDict)):
     raise ConfigError(f"config.distributed: expected a section ({', '.join(_FIELDS)}), got {cfg!r}")
-  get = cfg.get
   unknown = set(dict(cfg)) - set(_FIELDS)
   if unknown:
     raise ConfigError(f"config.distributed: unknown fields {sorted(unknown)}")
-  mode = get("mode", "auto")
+  mode = cfg.get("mode", "auto")
   if mode not in MODES:
     raise ConfigError(f"config.distributed.mode: expected one of {MODES}, got {mode!r}")
-  address, num, pid = get("coordinator_address", "") or "", get("num_processes", 0), get("process_id", -1)
+  address, num, pid = cfg.get("coordinator_address", "") or "", cfg.get("num_processes", 0), cfg.get("process_id", -1)
   if not isinstance(address, str):
     raise ConfigError(f"config.distributed.coordinator_address: expected 'host:port', got {address!r}")
   if not isinstance(num, int) or num < 0:
@@ -59,25 +58,8 @@ def _fields(cfg: Any) -> tuple[str, dict[str, Any]]:
   if not isinstance(pid, int) or pid < -1 or (num and pid >= num):
     raise ConfigError(f"config.distributed.process_id: expected an int in [0, num_processes) (-1 = detected), "
                       f"got {pid!r}")
-  kwargs = {k: v for k, v, unset in (("coordinator_address", address, ""), ("num_processes", num, 0),
-                                     ("process_id", pid, -1)) if v != unset}
-  return mode, kwargs
-
-
-def _detected_cluster():
-  """The cluster environment jax.distributed.initialize() would use, as it picks it; None when none."""
-  return next((env for env in clusters.ClusterEnv._cluster_types  # pylint: disable=protected-access
-               if not env.opt_in_only_method and env.is_env_present()), None)
-
-
-def _process_count(cluster) -> int:
-  try:
-    return int(cluster.get_process_count())
-  except Exception as e:  # pylint: disable=broad-except
-    raise ConfigError(
-        f"config.distributed.mode: 'auto' detected a {cluster.__name__} environment but could not read its "
-        f"process count ({type(e).__name__}: {e}); set config.distributed.mode='off' for one process, or "
-        "'on' with num_processes / process_id / coordinator_address") from e
+  return mode, {k: v for k, v, unset in (("coordinator_address", address, ""), ("num_processes", num, 0),
+                                        ("process_id", pid, -1)) if v != unset}
 
 
 def initialize_kwargs(cfg: Any, environ: Mapping[str, str] | None = None) -> dict[str, Any] | None:
@@ -86,12 +68,20 @@ def initialize_kwargs(cfg: Any, environ: Mapping[str, str] | None = None) -> dic
   mode, kwargs = _fields(cfg)
   if mode == "off":
     return None
-  cluster = _detected_cluster()
+  # The cluster environment jax.distributed.initialize() would use, as it picks it; None when none.
+  cluster = next((env for env in clusters.ClusterEnv._cluster_types  # pylint: disable=protected-access
+                  if not env.opt_in_only_method and env.is_env_present()), None)
   if mode == "auto":
     if "num_processes" in kwargs:
       count = kwargs["num_processes"]
     elif cluster is not None:
-      count = _process_count(cluster)
+      try:
+        count = int(cluster.get_process_count())
+      except Exception as e:  # pylint: disable=broad-except
+        raise ConfigError(
+            f"config.distributed.mode: 'auto' detected a {cluster.__name__} environment but could not read its "
+            f"process count ({type(e).__name__}: {e}); set config.distributed.mode='off' for one process, or "
+            "'on' with num_processes / process_id / coordinator_address") from e
       _log.info("distributed: %s detected with %d processes", cluster.__name__, count)
     elif kwargs.get("coordinator_address") or environ.get("JAX_COORDINATOR_ADDRESS"):
       count = 2  # Several processes meant; the check below names the missing fields.

@@ -13,7 +13,6 @@ from ssa_jax.errors import ConfigError
 
 EPATH = ("gcsfs",)  # data, tokenizers, checkpoints, config.json / results.json (etils.epath)
 TENSORBOARD = ("google.cloud.storage",)  # tensorboardX's gs:// event writer
-_PIP_NAMES = {"gcsfs": "gcsfs", "google.cloud.storage": "google-cloud-storage"}
 
 
 class GcsSupportMissing(ConfigError, ImportError):
@@ -33,6 +32,6 @@ def require_gcs(path: str, what: str, modules: Sequence[str] = EPATH) -> None:
     return
   missing = [m for m in modules if not _installed(m)]
   if missing:
-    names = ", ".join(_PIP_NAMES.get(m, m) for m in missing)
+    names = ", ".join(m.replace(".", "-") for m in missing)  # their pip names
     raise GcsSupportMissing(f"{what}: {path!r} is a gs:// path, which needs {names} (not installed); "
                             "install it with: pip install 'ssa-jax[gcs]'")

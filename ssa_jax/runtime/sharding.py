@@ -54,13 +54,8 @@ def make_mesh(mesh_cfg, devices: Sequence[jax.Device] | None = None, where: str 
 
 def rules_from_config(rules: Sequence[Sequence[Any]]) -> tuple[tuple[str, Any], ...]:
   """Logical-axis rules from config data: [[logical, mesh axis | [axes] | None], ...]."""
-  out = []
-  for item in rules:
-    logical, target = item[0], item[1]
-    if isinstance(target, (list, tuple)):
-      target = tuple(target)
-    out.append((str(logical), target))
-  return tuple(out)
+  return tuple((str(logical), tuple(target) if isinstance(target, (list, tuple)) else target)
+               for logical, target, *_ in rules)
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:

@@ -3,161 +3,63 @@
   python -m ssa_jax.train.config_table > docs/config.md
 
 The fields and defaults come from `configs/base.py:get_config` (run from the repository root) and, for
-`config.model`, from the ModelConfig / SSAConfig / RopeScaling dataclasses; each meaning is the comment beside or
-right above the line that defines the field (in the dataclass, in get_config, or in the section builder that
-get_config calls, such as data_config). tests/test_config_table.py fails when docs/config.md is stale.
+`config.model`, from the ModelConfig / RopeScaling / SSAConfig dataclasses. A field's meaning is the comment on the
+line that defines it (`name: type = ...` in a dataclass; `config.x = ...`, `c.x = ...` or a `dict(x=...)` keyword in
+get_config or a section builder it calls, such as data_config), else the full-line comments right above that line.
+tests/test_config_table.py fails when docs/config.md is stale.
 """
 
 from __future__ import annotations
 
-import ast
 import dataclasses
 import inspect
-import io
+import re
 import sys
-import textwrap
-import tokenize
-from collections import Counter
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import ml_collections
 
 from configs import base
-from ssa_jax.model.config import ModelConfig
+from ssa_jax.model.config import ModelConfig, RopeScaling, SSAConfig
 from ssa_jax.runtime import cli_errors
 
 MODES = ("pretrain", "finetune", "demo")
 PRESET = ("pythia160m", "ssa")  # the model and SSA preset whose get_config values the table shows
-_CODE_TOKENS = frozenset(set(tokenize.tok_name) - {tokenize.COMMENT, tokenize.NL, tokenize.NEWLINE,
-                                                    tokenize.INDENT, tokenize.DEDENT, tokenize.ENDMARKER})
+DATACLASSES = ((ModelConfig, "model"), (RopeScaling, "model.rope_scaling"), (SSAConfig, "model.ssa"))
+_ASSIGN = re.compile(r"^\s*\w+((?:\.\w+)*) = ")  # `config.train.lr = ` -> '.train.lr'; `train = ` -> ''
+_ANNOTATED = re.compile(r"^\s*(\w+): \w")  # a dataclass field
+_KEYWORD = re.compile(r"(?:^|[(,])\s*(\w+)=(?!=)")  # a field of `dict(k=v, ...)`
+_BUILDER = re.compile(r"^\s*config\.(\w+) = (\w+)\(", re.MULTILINE)  # `config.data = data_config()`
 
 
-def _comments(source: str) -> tuple[dict[int, str], dict[int, str]]:
-  """({line: its inline comment}, {line: the block of full-line comments right above it}) of `source`."""
-  tokens = list(tokenize.generate_tokens(io.StringIO(source).readline))
-  code_lines = {t.start[0] for t in tokens if t.type in _CODE_TOKENS}
-  inline, full = {}, {}
-  for t in tokens:
-    if t.type == tokenize.COMMENT:
-      (inline if t.start[0] in code_lines else full)[t.start[0]] = t.string.lstrip("#").strip()
-  above = {}
-  for line in sorted(full):
-    if line - 1 not in full:  # the start of a block: it belongs to the line right after its end
-      end, texts = line, []
-      while end in full:
-        texts.append(full[end])
-        end += 1
-      above[end] = " ".join(texts)
-  return inline, above
-
-
-def _attr_path(node: ast.AST) -> str | None:
-  """'config.train.lr' -> 'train.lr' (the root variable dropped); None for anything but an attribute chain."""
-  parts = []
-  while isinstance(node, ast.Attribute):
-    parts.append(node.attr)
-    node = node.value
-  return ".".join(reversed(parts)) if parts and isinstance(node, ast.Name) else None
-
-
-def _dict_keywords(value: ast.AST) -> list[ast.keyword]:
-  """The keywords of `ConfigDict(dict(k=...))` or `dict(k=...)`; none for any other expression."""
-  if isinstance(value, ast.Call) and value.args and isinstance(value.args[0], ast.Call):
-    value = value.args[0]
-  if isinstance(value, ast.Call) and isinstance(value.func, ast.Name) and value.func.id == "dict":
-    return [kw for kw in value.keywords if kw.arg]
-  return []
-
-
-def _sites(tree: ast.AST) -> Iterator[tuple[str, int, ast.AST]]:
-  """(field path, line, value) of every field a dataclass body or a config-building function defines."""
-  body = tree.body if isinstance(tree, ast.ClassDef) else list(ast.walk(tree))
-  for stmt in body:
-    if isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name):
-      yield stmt.target.id, stmt.lineno, stmt.value
-    elif isinstance(stmt, ast.Assign) and len(stmt.targets) == 1:
-      if isinstance(stmt.targets[0], ast.Name):  # `train = ConfigDict(dict(...))`: a builder's own section
-        yield from ((kw.arg, kw.lineno, kw.value) for kw in _dict_keywords(stmt.value))
-        continue
-      path = _attr_path(stmt.targets[0])
-      if path is None:
-        continue
-      yield path, stmt.lineno, stmt.value
-      for kw in _dict_keywords(stmt.value):
-        yield f"{path}.{kw.arg}", kw.lineno, kw.value
-
-
-def _parsed(obj: Callable | type) -> tuple[ast.AST, str]:
-  source = textwrap.dedent(inspect.getsource(obj))
-  return ast.parse(source).body[0], source
-
-
-def meanings(obj: Callable | type, prefix: str = "") -> dict[str, str]:
-  """{field path: the comment that explains it} for a dataclass or a function that builds a ConfigDict. A comment
-  beside a line that defines several fields belongs to one only when it starts with that field's name."""
-  tree, source = _parsed(obj)
-  inline, above = _comments(source)
-  sites = list(_sites(tree))
-  per_line = Counter(line for _, line, _ in sites)
-  # A comment above `config.mesh = ConfigDict(dict(data=-1, ...))` describes the section, not each field.
-  section_lines = {line for path, line, value in sites if _dict_keywords(value)}
-  out: dict[str, str] = {}
-  for path, line, value in sites:
-    name = path.rsplit(".", 1)[-1]
-    text = inline.get(line, "")
-    if text.startswith(name + ":"):
-      text = text[len(name) + 1:].strip()
-    elif per_line[line] > 1:
-      text = ""
-    if not text and (line not in section_lines or _dict_keywords(value)):
-      text = above.get(line, "")
-    if text and prefix + path not in out:
-      out[prefix + path] = text
+def _definitions(obj: Callable | type) -> list[tuple[str, str]]:
+  """(field path, its comment) of each field that `obj`'s source defines, in source order. On a line defining
+  several fields an inline comment belongs to the one it starts with (`name: ...`); the comments above a line that
+  opens a section (`config.mesh = ConfigDict(dict(data=-1, ...))`) describe the section, not its fields."""
+  out, above, section = [], [], None
+  for line in inspect.getsource(obj).splitlines():
+    code, _, inline = (part.strip() for part in line.partition("#"))  # these sources hold no '#' in a string
+    if not code:
+      above = above + [inline] if inline else []
+      continue
+    assign, field = _ASSIGN.match(code), _ANNOTATED.match(code)
+    if assign:
+      path = assign[1][1:]
+      owners = [path] if path else []
+      section = (path + "." if path else "") if "dict(" in code else None
+      names = owners + [section + k for k in _KEYWORD.findall(code)] if section is not None else owners
+    elif field:
+      section, names, owners = None, [field[1]], [field[1]]
+    elif section is not None and re.match(r"\w+=(?!=)", code):  # a line continuing the open dict(...)
+      names = owners = [section + k for k in _KEYWORD.findall(code)]
+    else:
+      section, names, owners = None, [], []
+    for name in names:
+      leaf = name.rsplit(".", 1)[-1]
+      text = inline[len(leaf) + 1:].strip() if inline.startswith(leaf + ":") else inline if len(names) == 1 else ""
+      out.append((name, text or (" ".join(above) if name in owners else "")))
+    above = []
   return out
-
-
-def _builders() -> dict[str, Callable]:
-  """{section: the function of configs/base.py's namespace that get_config calls to build it}
-  (`config.data = data_config()` -> data_config, `config.train = _train_config(mode, ...)` -> _train_config)."""
-  tree, _ = _parsed(base.get_config)
-  found = {}
-  for path, _, value in _sites(tree):
-    if isinstance(value, ast.Call) and "." not in path:
-      name = value.func.id if isinstance(value.func, ast.Name) else None
-      if name and callable(base.__dict__.get(name)):
-        found[path] = base.__dict__[name]
-  return found
-
-
-def _all_meanings() -> dict[str, str]:
-  """Every field's meaning: the dataclasses' comments first, then get_config's and its section builders'."""
-  out: dict[str, str] = {}
-  for cls, prefix in _dataclasses():
-    for path, text in meanings(cls, prefix + ".").items():
-      out.setdefault(path, text)
-  for path, text in meanings(base.get_config).items():
-    out.setdefault(path, text)
-  for section, builder in _builders().items():
-    for path, text in meanings(builder, section + ".").items():
-      out.setdefault(path, text)
-  return out
-
-
-def _dataclasses() -> list[tuple[type, str]]:
-  """(dataclass, its section path) for config.model and its nested dataclass fields, in declaration order."""
-  out = [(ModelConfig, "model")]
-  for f in dataclasses.fields(ModelConfig):
-    nested = f.default_factory() if f.default_factory is not dataclasses.MISSING else None
-    if dataclasses.is_dataclass(nested):
-      out.append((type(nested), f"model.{f.name}"))
-    elif f.name == "rope_scaling":  # Optional[RopeScaling]: the dataclass named in its annotation
-      out.append((_annotation_class(ModelConfig, f), f"model.{f.name}"))
-  return out
-
-
-def _annotation_class(cls: type, f: dataclasses.Field) -> type:
-  namespace = sys.modules[cls.__module__].__dict__
-  return namespace[str(f.type).split("|")[0].strip()]
 
 
 def _code(value: Any) -> str:
@@ -167,7 +69,7 @@ def _code(value: Any) -> str:
 
 
 def _lookup(cfg: ml_collections.ConfigDict, path: str) -> Any:
-  for part in path.split("."):
+  for part in filter(None, path.split(".")):
     cfg = cfg[part]
   return cfg
 
@@ -180,15 +82,6 @@ def _by_mode(configs: dict[str, ml_collections.ConfigDict], path: str) -> str:
   return _code(first) + (f" ({'; '.join(others)})" if others else "")
 
 
-def _type_name(section: ml_collections.ConfigDict, key: str) -> str:
-  value = section[key]
-  if isinstance(value, ml_collections.ConfigDict):
-    return "dict"
-  if value is None:
-    return getattr(section.get_ref(key).get_type(), "__name__", "None")
-  return type(value).__name__
-
-
 def _row(path: str, type_name: str, default: str, meaning: str) -> str:
   cells = (f"`{path}`", type_name, default, meaning)
   return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
@@ -199,66 +92,46 @@ def _model_rows(cls: type, section: str, configs: dict, meaning: dict[str, str],
   rows = []
   for f in dataclasses.fields(cls):
     path = f"{section}.{f.name}"
+    factory = f.default_factory if f.default_factory is not dataclasses.MISSING else None
     if f.default is not dataclasses.MISSING:
       default = _code(f.default)
-    elif f.default_factory is not dataclasses.MISSING:
+    elif factory:
       default = f"see `{path}.*`"
     else:
       default = "required (a preset of configs/models.py sets it)"
     if path in set_in_base and any(_lookup(c, path) != f.default for c in configs.values()):
       default += f"; get_config sets {_by_mode(configs, path)}"
-    nested_doc = (inspect.getdoc(f.default_factory) or "").split("\n")[0] if f.default_factory is not \
-        dataclasses.MISSING else ""
+    nested_doc = (inspect.getdoc(factory) or "").split("\n")[0] if factory else ""
     rows.append(_row(path, str(f.type), default, meaning.get(path, nested_doc)))
   return rows
 
 
-def _section_order(configs: dict) -> list[str]:
-  """Sections (ConfigDicts) in the order get_config builds them; '' is the top level."""
-  tree, _ = _parsed(base.get_config)
-  order = [""]
-  for path, _, _ in _sites(tree):
-    head = path.split(".")[0]
-    if head not in order and isinstance(configs[MODES[0]].get(head), ml_collections.ConfigDict):
-      order.append(head)
-  return order + sorted(k for k, v in configs[MODES[0]].items()
-                        if isinstance(v, ml_collections.ConfigDict) and k not in order)
-
-
-def _config_rows(section: str, configs: dict, meaning: dict[str, str], source_order: list[str]) -> list[str]:
-  """Rows of a ConfigDict section (nested non-empty sections included), fields in the order they are defined."""
-  cfg = _lookup(configs[MODES[0]], section) if section else configs[MODES[0]]
-  rank: dict[str, int] = {}
-  for i, p in enumerate(source_order):
-    rank.setdefault(p, i)
-  rows = []
+def _config_rows(section: str, configs: dict, meaning: dict[str, str], rank: dict[str, int]) -> list[str]:
+  """Rows of a ConfigDict section's fields (the top level's sections aside), in the order they are defined."""
+  cfg = _lookup(configs[MODES[0]], section)
   prefix = section + "." if section else ""
+  rows = []
   for key in sorted(cfg.keys(), key=lambda k: (rank.get(prefix + k, len(rank)), k)):
-    value = cfg[key]
-    if isinstance(value, ml_collections.ConfigDict) and len(value):
-      if section:  # a sub-section (the top level's sections have their own tables)
-        rows += _config_rows(prefix + key, configs, meaning, source_order)
-      continue
-    rows.append(_row(prefix + key, _type_name(cfg, key), _by_mode(configs, prefix + key),
-                     meaning.get(prefix + key, "")))
+    is_dict = isinstance(cfg[key], ml_collections.ConfigDict)
+    if section or not is_dict:
+      rows.append(_row(prefix + key, "dict" if is_dict else type(cfg[key]).__name__, _by_mode(configs, prefix + key),
+                       meaning.get(prefix + key, "")))
   return rows
-
-
-def _source_order() -> list[str]:
-  """Field paths in the order their definitions appear (get_config's, then each section builder's)."""
-  tree, _ = _parsed(base.get_config)
-  order = [p for p, _, _ in _sites(tree)]
-  for section, builder in _builders().items():
-    order += [f"{section}.{p}" for p, _, _ in _sites(_parsed(builder)[0])]
-  return order
 
 
 def table() -> str:
   """docs/config.md's text."""
   configs = {m: base.get_config(*PRESET, mode=m) for m in MODES}
-  meaning = _all_meanings()
-  tree, _ = _parsed(base.get_config)
-  set_in_base = {p for p, _, _ in _sites(tree) if p.startswith("model.")}
+  builders = [(vars(base)[fn], section + ".") for section, fn in _BUILDER.findall(inspect.getsource(base.get_config))
+              if callable(vars(base).get(fn))]
+  meaning, rank = {}, {}
+  # The dataclasses first: their meanings win over get_config's (`config.model.dtype = ...`).
+  for obj, prefix in [*((cls, section + ".") for cls, section in DATACLASSES), (base.get_config, ""), *builders]:
+    for path, text in _definitions(obj):
+      rank.setdefault(prefix + path, len(rank))
+      if text:
+        meaning.setdefault(prefix + path, text)
+  set_in_base = {p for p, _ in _definitions(base.get_config) if p.startswith("model.")}
   header = ["| field | type | default | meaning |", "|---|---|---|---|"]
   out = [
       "# Config fields",
@@ -272,16 +145,18 @@ def table() -> str:
       "the 'finetune' and 'demo' values in brackets where they differ; `config.model` lists the defaults of the "
       "ModelConfig dataclasses (ssa_jax/model/config.py), whose architecture fields each preset sets.",
   ]
-  order = _source_order()
-  for section in _section_order(configs):
+  top = configs[MODES[0]]
+  sections = sorted((k for k, v in top.items() if isinstance(v, ml_collections.ConfigDict)),
+                    key=lambda k: (rank.get(k, len(rank)), k))
+  for section in ["", *sections]:
     if section == "model":
-      for cls, path in _dataclasses():
+      for cls, path in DATACLASSES:
         out += ["", f"## config.{path}", "", (inspect.getdoc(cls) or "").split("\n")[0], "", *header]
         out += _model_rows(cls, path, configs, meaning, set_in_base)
       continue
     title = f"config.{section}" if section else "config (top level)"
     out += ["", f"## {title}", ""] + ([meaning[section], ""] if meaning.get(section) else []) + header
-    out += _config_rows(section, configs, meaning, order)
+    out += _config_rows(section, configs, meaning, rank)
   return "\n".join(out) + "\n"
 
 

@@ -1,22 +1,11 @@
 """`train.py --dry_run`: a config's whole start without data or parameters.
 
-Validates the config (as a real run does, except checks that need files a dry run does not require: these
-are listed under "unchecked"), builds the abstract train state with its shardings on the configured mesh,
-and lowers the jitted train step on abstract inputs (jax.ShapeDtypeStruct with shardings: nothing is
-allocated, no corpus is read), then compiles it and reads the executable's memory analysis.
-
-Data: the corpus is never opened, and a config.data.path that does not exist here is listed, not fatal.
-The tokenizer's vocab size is compared with the model's when config.data.tokenizer_path names a file that
-exists (it is loaded) or is '' (the demo BPE, by config.data.demo_vocab_size, without training it); a named
-file that is absent is listed under "unchecked". A fine-tune config without config.init.hf_dir is listed
-too (a real run refuses it); one with an hf_dir that exists is compared with its config.json.
-
---target=NAME (ssa_jax/train/targets.py): the same step compiled for an accelerator this host does not have,
-by that accelerator's own compiler (libtpu for TPU slices, jax's CUDA plugin for GPU hosts), with the config's
-mesh laid over its devices; the memory is then the target compiler's, and the step traced under that mesh
-picks the target's attention kernel ('auto': splash on TPU, cuDNN for bf16 on GPU). A TPU target also gives
-the compiler's roofline estimate of the step time (see `estimate`), a lower bound, not a measurement.
-A step needing more memory per device than the largest chip of targets.CHIPS gets a hint (`dry_run_memory_hint`).
+Validates the config as a real run does (checks needing files a dry run does not require, such as an absent
+corpus or tokenizer file, are listed under "unchecked"), builds the abstract train state with its shardings on
+the configured mesh, lowers the jitted train step on abstract inputs (nothing is allocated, no corpus is read),
+then compiles it and reads the executable's memory analysis. --target=NAME (targets.py) compiles the same step
+for that accelerator's devices with its own compiler: the memory and the attention kernel are then the target's,
+and a TPU target adds the compiler's roofline estimate of the step time (`estimate`).
 """
 
 from __future__ import annotations
@@ -51,44 +40,21 @@ ESTIMATE_NOTE = ("estimate: the TPU compiler's roofline (per instruction max(FLO
                  "step time, for ranking variants of a step, not a measurement")
 
 
-def abstract_inputs(abstract_state, state_shardings_, batch_shape: tuple[int, int], mesh):
-  """(state, batch) as ShapeDtypeStructs carrying the shardings the train step is jitted with."""
-  state = jax.tree_util.tree_map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                                 abstract_state, state_shardings_)
-  batch = {"tokens": jax.ShapeDtypeStruct(batch_shape, jnp.int32, sharding=sharding.batch_sharding(mesh))}
-  return state, batch
-
-
 def _step_program(cfg: ModelConfig, t, mesh, rules, microbatches: int, loss_chunk_size: int, rows: int):
-  """(parameter shapes, the jitted train step, its abstract (state, batch)) for `rows` windows a step."""
-  shapes = param_shapes(cfg)
-  tx = make_optimizer(t, shapes, cfg)
-  abstract, shardings = state_shardings(cfg, tx, mesh, rules, shapes)
-  args = abstract_inputs(abstract, shardings, (rows, t.seq_len + 1), mesh)
+  """(the jitted train step, its (state, batch) as ShapeDtypeStructs with the shardings it is jitted with)."""
+  tx = make_optimizer(t, param_shapes(cfg), cfg)
+  abstract, shardings = state_shardings(cfg, tx, mesh, rules)
+  state = jax.tree_util.tree_map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
+  batch = {"tokens": jax.ShapeDtypeStruct((rows, t.seq_len + 1), jnp.int32, sharding=sharding.batch_sharding(mesh))}
   step_fn = jit_train_step(Decoder(cfg), tx, learning_rate_schedule(t), microbatches, shardings, mesh,
                            loss_chunk_size)
-  return shapes, step_fn, args
+  return step_fn, (state, batch)
 
 
 def _lower(step_fn, args, mesh):
   """The step lowered under its mesh: the attention kernel (and splash's shard_map) follow the mesh's platform."""
   with jax.set_mesh(mesh):
     return step_fn.lower(*args)
-
-
-def _on_one_host_device(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  """The config with a one-device mesh, for the checks this host runs; the target's mesh is built apart."""
-  config = ml_collections.ConfigDict(config.to_dict())
-  config.mesh.update(dict(data=1, fsdp=1, tensor=1, num_devices=1))
-  return config
-
-
-def _check_target_batch(t, mesh, target: targets_lib.Target, hosts: int) -> None:
-  """The global batch splits over the target's data axes (and microbatches) and over its hosts."""
-  sharding.check_batch_divisible(t.global_batch_size, mesh, t.microbatches)
-  if t.global_batch_size % hosts:
-    raise ConfigError(f"config.train.global_batch_size: {t.global_batch_size} is not divisible by the {hosts} "
-                      f"hosts of {target.name}" + (f" x {target.slices}" if target.slices > 1 else ""))
 
 
 def estimate(cfg: ModelConfig, t, mesh, rules, peak_flops: float | None, slices: int = 1) -> dict[str, Any]:
@@ -111,7 +77,7 @@ def estimate(cfg: ModelConfig, t, mesh, rules, peak_flops: float | None, slices:
 
   def probe(layers: int, chunk_size: int):
     probe_cfg = dataclasses.replace(cfg, num_layers=layers, scan_layers=False)
-    _, step_fn, args = _step_program(probe_cfg, t, mesh, rules, 1, chunk_size, rows)
+    step_fn, args = _step_program(probe_cfg, t, mesh, rules, 1, chunk_size, rows)
     compiled = _lower(step_fn, args, mesh).compile()
     return compiled_lib.roofline(compiled), compiled_lib.splash_calls(compiled.as_text())
 
@@ -140,54 +106,30 @@ def estimate(cfg: ModelConfig, t, mesh, rules, peak_flops: float | None, slices:
   return {**out, "estimated_step_s": step_s, "estimate": ESTIMATE_NOTE}
 
 
-def _target_fields(target: targets_lib.Target, devices: list, memory_bytes: int | None,
-                   oom: dict[str, Any] | None) -> dict[str, Any]:
-  """The target's part of the report: chips, the chip's memory, and whether the step fits it."""
-  hbm = target.chip.hbm_bytes
-  fits = None if memory_bytes is None and oom is None else (
-      oom is None and memory_bytes <= targets_lib.FIT_FRACTION * hbm)
-  fields = {"target": target.name, "target_slices": target.slices, "chips": len(devices),
-            "hosts": targets_lib.num_hosts(devices), "device_kind": devices[0].device_kind,
-            "hbm_bytes_per_device": hbm, "fits": fits, "fits_rule": targets_lib.FIT_RULE}
-  if oom is not None:
-    fields.update(out_of_memory=True, compiler_hbm_bytes=oom["compiler_hbm_bytes"],
-                  compiler_error=oom["compiler_error"])
-  return fields
-
-
-@dataclasses.dataclass
-class _Built:
-  """The step lowered (and compiled, unless stage 'lower'), with timings; `oom`: a target's out-of-memory."""
-
-  lowered: Any
-  lower_s: float
-  compiled: Any = None
-  compile_s: float | None = None
-  oom: dict[str, Any] | None = None
-  memory: dict[str, Any] = dataclasses.field(default_factory=lambda: {"memory_bytes_per_device": None})
-
-
-def _build(step_fn, args, mesh, stage: str, on_target: bool) -> _Built:
-  """Lowers the step, then compiles it at stage 'compile' and reads its memory; on a target, an out-of-memory
-  compile is a finding (fits: false), anything else a failure."""
+def _build(step_fn, args, mesh, stage: str, on_target: bool) -> tuple[Any, dict | None, dict[str, Any]]:
+  """(the compiled step or None, a target's out-of-memory figures or None, the report's fields of the build).
+  On a target an out-of-memory compile is a finding (fits: false), anything else a failure."""
   t0 = time.time()
-  built = _Built(_lower(step_fn, args, mesh), time.time() - t0)
+  lowered = _lower(step_fn, args, mesh)
+  fields = {"stage": stage, "lower_s": round(time.time() - t0, 3)}
   if stage != "compile":
-    return built
+    return None, None, {**fields, "compile_s": None, "memory_bytes_per_device": None, "attention_kernel": None}
   t0 = time.time()
+  compiled = oom = None
   try:
-    built.compiled = built.lowered.compile()
+    compiled = lowered.compile()
   except Exception as e:
-    built.oom = compiled_lib.out_of_memory(e) if on_target else None
-    if built.oom is None:
+    oom = compiled_lib.out_of_memory(e) if on_target else None
+    if oom is None:
       raise
-  built.compile_s = time.time() - t0
-  built.memory = (compiled_lib.memory(built.compiled) if built.compiled
-                  else {"memory_bytes_per_device": built.oom["memory_bytes_per_device"]})
-  return built
+  fields["compile_s"] = round(time.time() - t0, 3)
+  memory = compiled_lib.memory(compiled) if compiled else {"memory_bytes_per_device": oom["memory_bytes_per_device"]}
+  # The causal attention kernel in the program: 'splash' / 'cudnn' custom calls, else XLA's own.
+  kernel = compiled_lib.attention_kernel((compiled or lowered).as_text())
+  return compiled, oom, {**fields, **memory, "attention_kernel": kernel}
 
 
-def _report(run, shapes, mesh, devices: list, stage: str, built: _Built) -> dict[str, Any]:
+def _report(run, mesh, devices: list, build: dict[str, Any]) -> dict[str, Any]:
   """The report of the step on `mesh` (this host's or the target's), before any target fields."""
   t, cfg = run.config.train, run.model_cfg
   tokens_per_step = t.global_batch_size * t.seq_len
@@ -204,19 +146,26 @@ def _report(run, shapes, mesh, devices: list, stage: str, built: _Built) -> dict
       "seq_len": t.seq_len,
       "microbatches": t.microbatches,
       "tokens_per_step": tokens_per_step,
-      # Model FLOPs of one step (6 x weights + causal attention, SSA's temperature matmuls included).
       "flops_per_step": metrics_lib.training_flops_per_token(cfg, t.seq_len) * tokens_per_step,
       "ssa_flops_per_step": metrics_lib.ssa_flops_per_token(cfg, t.seq_len) * tokens_per_step,
-      "stage": stage,
-      "lower_s": round(built.lower_s, 3),
-      "compile_s": None if built.compile_s is None else round(built.compile_s, 3),
-      **built.memory,
-      # The causal attention kernel in the program: 'splash' / 'cudnn' custom calls, else XLA's own.
-      "attention_kernel": compiled_lib.attention_kernel(
-          built.compiled.as_text() if built.compiled else built.lowered.as_text()) if stage == "compile" else None,
+      **build,
       "tokenizer_checked": run.tokenizer_checked,  # its vocab size against the model's (see unchecked if not)
       "unchecked": run.unchecked,
   }
+
+
+def _target_fields(target: targets_lib.Target, devices: list, memory_bytes: int | None,
+                   oom: dict[str, Any] | None) -> dict[str, Any]:
+  """The target's part of the report: chips, the chip's memory, and whether the step fits it."""
+  hbm = target.chip.hbm_bytes
+  fits = False if oom else None if memory_bytes is None else memory_bytes <= targets_lib.FIT_FRACTION * hbm
+  fields = {"target": target.name, "target_slices": target.slices, "chips": len(devices),
+            "hosts": targets_lib.num_hosts(devices), "device_kind": devices[0].device_kind,
+            "hbm_bytes_per_device": hbm, "fits": fits, "fits_rule": targets_lib.FIT_RULE}
+  if oom is not None:
+    fields.update(out_of_memory=True, compiler_hbm_bytes=oom["compiler_hbm_bytes"],
+                  compiler_error=oom["compiler_error"])
+  return fields
 
 
 def _target_estimate(config: ml_collections.ConfigDict, spec: targets_lib.Target, run, mesh, devices: list,
@@ -234,57 +183,52 @@ def _target_estimate(config: ml_collections.ConfigDict, spec: targets_lib.Target
   slice_mesh = mesh if spec.slices == 1 else targets_lib.target_mesh(
       config.mesh, one_slice, targets_lib.target_devices(one_slice))
   est = estimate(run.model_cfg, run.config.train, slice_mesh, run.rules, peak, spec.slices)
-  step_s = est.get("estimated_step_s")
-  tokens_per_step, flops_per_step = report["tokens_per_step"], report["flops_per_step"]
+  step_s, tokens_per_step = est.get("estimated_step_s"), report["tokens_per_step"]
   est["estimated_tokens_per_s"] = tokens_per_step / step_s if step_s else None
-  est["estimated_mfu"] = metrics_lib.mfu(est["estimated_tokens_per_s"], flops_per_step / tokens_per_step,
+  est["estimated_mfu"] = metrics_lib.mfu(est["estimated_tokens_per_s"], report["flops_per_step"] / tokens_per_step,
                                          peak, mesh.size) if step_s else None
   return est
 
 
-def _parse_target(target: str | None, target_slices: int) -> targets_lib.Target | None:
-  """--target / --target_slices -> the target (its compiler checked first: the first thing to fix), or None."""
-  if target is None:
-    if target_slices != 1:
-      raise ConfigError(f"--target_slices={target_slices}: needs --target")
-    return None
-  spec = targets_lib.parse_target(target, target_slices)
-  targets_lib.require_compiler(spec)
-  return spec
-
-
 def dry_run(config: ml_collections.ConfigDict, stage: str = "compile", target: str | None = None,
             target_slices: int = 1, target_estimate: bool = True) -> dict[str, Any]:
-  """Runs the checks and the `stage` ('lower' or 'compile'); returns the report printed as JSON.
-
-  `target` (and `target_slices`): compile for that accelerator instead of this host's devices (targets.py).
-  `target_estimate`: on a TPU target, also the roofline step estimate (three more, smaller compiles; see
-  `estimate`); off, the report says so and only the memory and kernel are read.
-  """
+  """Runs the checks and the `stage` ('lower' or 'compile') on this host's devices or on `target`'s (and
+  `target_slices`'); returns the report printed as JSON. `target_estimate`: a TPU target's `estimate` too."""
   if stage not in STAGES:
     raise ValueError(f"stage: expected one of {STAGES}, got {stage!r}")
-  spec = _parse_target(target, target_slices)
-  run = prepare(_on_one_host_device(config) if spec else config, None, dry_run=True)
+  if target is None and target_slices != 1:
+    raise ConfigError(f"--target_slices={target_slices}: needs --target")
+  spec = targets_lib.parse_target(target, target_slices) if target is not None else None
+  host_config = config
+  if spec:
+    targets_lib.require_compiler(spec)  # before the config's checks: the first thing to fix
+    # This host's checks run on one device; the target's mesh is laid over the target's devices below.
+    host_config = ml_collections.ConfigDict(config.to_dict())
+    host_config.mesh.update(dict(data=1, fsdp=1, tensor=1, num_devices=1))
+  run = prepare(host_config, None, dry_run=True)
   t, mesh = run.config.train, run.mesh
   devices = list(mesh.devices.flat)
   if spec:
     devices = targets_lib.target_devices(spec)
     mesh = targets_lib.target_mesh(config.mesh, spec, devices)
-    _check_target_batch(t, mesh, spec, targets_lib.num_hosts(devices))
-  shapes, step_fn, args = _step_program(run.model_cfg, t, mesh, run.rules, t.microbatches,
-                                        int(t.loss_chunk_size), t.global_batch_size)
-  built = _build(step_fn, args, mesh, stage, on_target=spec is not None)
-  report = _report(run, shapes, mesh, devices, stage, built)
+    sharding.check_batch_divisible(t.global_batch_size, mesh, t.microbatches)
+    hosts = targets_lib.num_hosts(devices)
+    if t.global_batch_size % hosts:
+      raise ConfigError(f"config.train.global_batch_size: {t.global_batch_size} is not divisible by the {hosts} "
+                        f"hosts of {spec.name}" + (f" x {spec.slices}" if spec.slices > 1 else ""))
+  step_fn, args = _step_program(run.model_cfg, t, mesh, run.rules, t.microbatches, int(t.loss_chunk_size),
+                                t.global_batch_size)
+  compiled, oom, build = _build(step_fn, args, mesh, stage, on_target=spec is not None)
+  report = _report(run, mesh, devices, build)
   if spec:
-    report.update(_target_fields(spec, devices, built.memory["memory_bytes_per_device"], built.oom))
-    if built.compiled is not None:
+    report.update(_target_fields(spec, devices, build["memory_bytes_per_device"], oom))
+    if compiled is not None:
       report.update(_target_estimate(config, spec, run, mesh, devices, report, target_estimate))
   return report
 
 
 def dry_run_memory_hint(memory_bytes_per_device: int | None, target: str | None) -> str | None:
-  """A hint for a dry run whose step needs more memory per device than any listed chip has (targets.CHIPS),
-  else None."""
+  """A hint when the step needs more memory per device than any chip of targets.CHIPS has, else None."""
   largest = max(targets_lib.CHIPS.values(), key=lambda chip: chip.hbm_bytes)
   if not memory_bytes_per_device or memory_bytes_per_device <= largest.hbm_bytes:
     return None

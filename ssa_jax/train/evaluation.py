@@ -16,7 +16,7 @@ from ssa_jax.data.pipeline import make_lm_iterator
 from ssa_jax.runtime import sharding
 from ssa_jax.train.context import RunContext
 
-EvalStep = Callable[..., jax.Array]  # eval_step(params, batch) -> the batch's mean next-token loss
+EvalStep = Callable[..., jax.Array]  # eval_step(variables, batch) -> the batch's mean next-token loss
 # Evaluation steps dispatched ahead of the devices, at most. Unbounded, a held-out split of hundreds of batches
 # queues hundreds of programs (and their input batches) at once; on a loaded CPU host with a forced multi-device
 # mesh, XLA's collective rendezvous then timed out and aborted the process (seen in CI under two test workers).
@@ -35,7 +35,7 @@ def data_iterator(ctx: RunContext, split: str, repeat: bool, max_batches: int | 
                           tokenizer=ctx.tokenizer, repeat=repeat, max_batches=max_batches)
 
 
-def split_loss(ctx: RunContext, eval_step: EvalStep, params, split: str,
+def split_loss(ctx: RunContext, eval_step: EvalStep, variables: dict, split: str,
                max_batches: int | None = None) -> tuple[float | None, int]:
   """(mean next-token loss, batches) over `split`: its first `max_batches` batches, or all of it (None).
   Every batch is full, so the mean over batches is the mean over tokens."""
@@ -43,7 +43,7 @@ def split_loss(ctx: RunContext, eval_step: EvalStep, params, split: str,
   losses = []
   try:
     for batch in it:  # read back once at the end: no host-device sync per batch ...
-      losses.append(eval_step(params, sharding.global_batch(batch, ctx.mesh)))
+      losses.append(eval_step(variables, sharding.global_batch(batch, ctx.mesh)))
       if len(losses) > MAX_BATCHES_IN_FLIGHT:  # ... but a bounded queue of dispatched steps (see the constant)
         losses[-MAX_BATCHES_IN_FLIGHT - 1].block_until_ready()
   finally:
@@ -51,11 +51,11 @@ def split_loss(ctx: RunContext, eval_step: EvalStep, params, split: str,
   return (float(np.mean(jax.device_get(losses))) if losses else None), len(losses)
 
 
-def validation_loss(ctx: RunContext, eval_step: EvalStep, params) -> float | None:
+def validation_loss(ctx: RunContext, eval_step: EvalStep, variables: dict) -> float | None:
   """Mean next-token loss over the first `eval_batches` batches of the validation split."""
   if ctx.train.eval_batches <= 0:
     return None
-  return split_loss(ctx, eval_step, params, ctx.data.validation_split, ctx.train.eval_batches)[0]
+  return split_loss(ctx, eval_step, variables, ctx.data.validation_split, ctx.train.eval_batches)[0]
 
 
 def has_a_batch(ctx: RunContext, split: str, num_streams: int | None = None) -> bool:

@@ -53,7 +53,7 @@ def _heldout_split_is_separate(ctx: RunContext, split: str) -> str | None:
   return None
 
 
-def heldout_perplexity(ctx: RunContext, eval_step: EvalStep, params) -> dict[str, Any] | None:
+def heldout_perplexity(ctx: RunContext, eval_step: EvalStep, variables: dict) -> dict[str, Any] | None:
   """{"split", "loss", "perplexity", "tokens", "windows"} over the whole held-out split; None when there is
   none (config.eval.heldout_split '' or a corpus without a separate split: the console says which)."""
   split = ctx.eval.heldout_split
@@ -63,7 +63,7 @@ def heldout_perplexity(ctx: RunContext, eval_step: EvalStep, params) -> dict[str
   if why_not:
     log(f"held-out perplexity: not measured ({why_not})")
     return None
-  loss, batches = split_loss(ctx, eval_step, params, split)
+  loss, batches = split_loss(ctx, eval_step, variables, split)
   if loss is None:
     log(f"held-out perplexity: not measured (the {split!r} split holds less than one batch)")
     return None
@@ -125,9 +125,9 @@ def explain(out: dict[str, Any], ctx: RunContext) -> list[str]:
   return lines
 
 
-def evaluate_at_end(ctx: RunContext, model: Decoder, params, summary: dict[str, Any],
+def evaluate_at_end(ctx: RunContext, model: Decoder, variables: dict, summary: dict[str, Any],
                     eval_step: EvalStep) -> epath.Path:
-  """Runs config.eval's tasks (and passkey when config.eval.passkey) on `params`, adds the held-out
+  """Runs config.eval's tasks (and passkey when config.eval.passkey) on `variables`, adds the held-out
   perplexity; writes and returns the results path."""
   ev, seq_len = ctx.eval, ctx.train.seq_len
   tasks = ev.task_names
@@ -140,10 +140,10 @@ def evaluate_at_end(ctx: RunContext, model: Decoder, params, summary: dict[str, 
     else:
       log(f"passkey: not run (its shortest prompt does not fit train.seq_len={seq_len} with "
           f"{passkey.max_new_tokens} generated tokens)")
-  heldout = heldout_perplexity(ctx, eval_step, params)
+  heldout = heldout_perplexity(ctx, eval_step, variables)
   output = ctx.workdir / "results.json"
   out = run_eval(
-      model, params, ctx.tokenizer, tasks=tasks, data_dir=ev.data_dir or None, limit=ev.limit or None,
+      model, variables, ctx.tokenizer, tasks=tasks, data_dir=ev.data_dir or None, limit=ev.limit or None,
       batch_size=ev.batch_size, max_length=seq_len, output=None, passkey=passkey,
       extra={
           "checkpoint": str(ctx.workdir / "checkpoints"),

@@ -1,5 +1,6 @@
 """What the training loop does besides the step, one object each: the loop's own state between steps
-(`LoopState`), the log step's record (`MetricLog`), validation (`Validation`) and saving (`Checkpointer`).
+(`LoopState`), the log step's record (`MetricLog`: metrics.jsonl, TensorBoard, W&B), validation (`Validation`)
+and saving (`Checkpointer`); profiling.py's `Profiler` traces a few steps.
 loop.py calls them in order, as clu's periodic actions are called from a flax example's loop."""
 
 from __future__ import annotations
@@ -17,7 +18,9 @@ from ssa_jax.train import metrics as metrics_lib
 from ssa_jax.train.context import RunContext
 from ssa_jax.train.evaluation import EvalStep, validation_loss
 from ssa_jax.train.metrics import log, perplexity
+from ssa_jax.train.preflight import run_config_json
 from ssa_jax.train.state import TrainState
+from ssa_jax.train.wandb_run import WandbRun
 
 
 @dataclasses.dataclass
@@ -41,7 +44,10 @@ class MetricLog:
 
   def __init__(self, ctx: RunContext, start: int):
     t = ctx.train
-    self.writer = metrics_lib.MetricsWriter(ctx.workdir, t.tensorboard, resume_step=start)
+    wandb_run = None
+    if t.wandb and jax.process_index() == 0:
+      wandb_run = WandbRun(ctx.workdir, t.wandb_project, t.wandb_name, t.wandb_entity, run_config_json(ctx))
+    self.writer = metrics_lib.MetricsWriter(ctx.workdir, t.tensorboard, resume_step=start, wandb_run=wandb_run)
     self.progress = metrics_lib.ConsoleProgress(t.steps, start)
     self._tokens_per_step, self._max_nonfinite = t.tokens_per_step, t.max_nonfinite_steps
     self._devices = ctx.mesh.size
@@ -58,7 +64,7 @@ class MetricLog:
               "tokens_per_s": tps, "tokens_per_s_per_device": tps / self._devices,
               "mfu": metrics_lib.mfu(tps, self._flops_per_token, self._peak, self._devices),
               "nonfinite_total": int(c["total"]),
-              **{k: v for k, v in m.items() if k.startswith("tau_")},
+              **{k: v for k, v in m.items() if k.startswith("tau_") or "_norm/" in k},
               # a collective, at the same steps on every process
               **{f"data/{k}": v for k, v in sum_over_processes(data_stats).items()}}
     self.writer.write(record)
@@ -84,9 +90,9 @@ class Validation:
   eval_step: EvalStep
   writer: metrics_lib.MetricsWriter
 
-  def __call__(self, step: int, params, say: bool = True) -> dict[str, float]:
+  def __call__(self, step: int, variables, say: bool = True) -> dict[str, float]:
     """{'val_loss', 'val_ppl'} at `step` (written to metrics.jsonl; `say`: and to the console); {} when off."""
-    val = validation_loss(self.ctx, self.eval_step, params)
+    val = validation_loss(self.ctx, self.eval_step, variables)
     if val is None:
       return {}
     out = {"val_loss": val, "val_ppl": perplexity(val)}

@@ -18,7 +18,7 @@ import optax
 from ssa_jax.errors import ConfigError
 from ssa_jax.formats import checkpoint
 from ssa_jax.formats.hf import from_hf
-from ssa_jax.model.decoder import Decoder
+from ssa_jax.model.decoder import BUFFERS, Decoder
 from ssa_jax.model.params import param_shapes
 from ssa_jax.runtime import sharding
 from ssa_jax.train.context import RunContext
@@ -31,6 +31,7 @@ from ssa_jax.train.preemption import StopRequests
 from ssa_jax.train.preflight import (SUMMARY_NAME, attach_data, check_against_hf, check_config, check_validation,
                                      check_workdir, describe_ssa, run_config_json)
 from ssa_jax.train.prefetch import DevicePrefetcher
+from ssa_jax.train.profiling import Profiler
 from ssa_jax.train.state import TrainState, create_state, state_shardings
 from ssa_jax.train.step import jit_loop_step, make_eval_step, nonfinite_counts, under_mesh
 from ssa_jax.train.workdir_lock import workdir_lock
@@ -77,17 +78,19 @@ class Hooks:
   validate: Validation
   stop: StopRequests
   checkpoint: Checkpointer
+  profile: Profiler  # around the steps it traces
 
 
 def _programs(ctx: RunContext) -> Programs:
   """The model, the optimizer, the state's shardings and the jitted steps of the run."""
   t, mesh = ctx.train, ctx.mesh
-  model, shapes = Decoder(ctx.model_cfg), param_shapes(ctx.model_cfg)
-  tx = make_optimizer(t, shapes, ctx.model_cfg)
-  abstract, shardings = state_shardings(ctx.model_cfg, tx, mesh, ctx.rules, shapes)
-  loop_step = jit_loop_step(model, tx, learning_rate_schedule(t), t.microbatches, shardings, mesh, t.loss_chunk_size)
+  model = Decoder(ctx.model_cfg)
+  tx = make_optimizer(t, param_shapes(ctx.model_cfg), ctx.model_cfg)
+  abstract, shardings = state_shardings(ctx.model_cfg, tx, mesh, ctx.rules)
+  loop_step = jit_loop_step(model, tx, learning_rate_schedule(t), t.microbatches, shardings, mesh, t.loss_chunk_size,
+                            t.layer_norms)
   eval_step = jax.jit(make_eval_step(model, t.loss_chunk_size),
-                      in_shardings=(shardings.params, {"tokens": sharding.batch_sharding(mesh)}),
+                      in_shardings=(shardings.variables, {"tokens": sharding.batch_sharding(mesh)}),
                       out_shardings=sharding.replicated(mesh))
   return Programs(model, tx, abstract, shardings, under_mesh(loop_step, mesh), under_mesh(eval_step, mesh))
 
@@ -95,7 +98,7 @@ def _programs(ctx: RunContext) -> Programs:
 def _train(ctx: RunContext, started: float) -> dict[str, Any]:
   """Opens what the run needs, trains, saves, and ends (final validation, evaluation, summary)."""
   t, programs, run_config = ctx.train, _programs(ctx), run_config_json(ctx)
-  with contextlib.ExitStack() as stack:  # closed in reverse: prefetcher, log, iterator, signal handlers
+  with contextlib.ExitStack() as stack:  # closed in reverse: profiler, prefetcher, log, iterator, signals
     # From here on a stop signal ends the run after the step under way, with a checkpoint.
     stop = stack.enter_context(contextlib.closing(StopRequests(t.preemption_deadline_s)))
     mngr = checkpoint.train_manager(ctx.workdir, t.keep_checkpoints, async_save=t.async_checkpoints)
@@ -107,8 +110,10 @@ def _train(ctx: RunContext, started: float) -> dict[str, Any]:
     s.last_loss = metric_log.writer.logged(s.step, "loss")
     batches = stack.enter_context(contextlib.closing(
         DevicePrefetcher(train_it, lambda b: sharding.global_batch(b, ctx.mesh))))
+    profiler = stack.enter_context(contextlib.closing(
+        Profiler(ctx.workdir, t.profile_start_step, t.profile_num_steps)))
     hooks = Hooks(metric_log, Validation(ctx, programs.eval_step, metric_log.writer), stop,
-                  Checkpointer(mngr, run_config))
+                  Checkpointer(mngr, run_config), profiler)
     _say_start(ctx, s.step)
     stopped = _steps(ctx, programs, s, batches, hooks)
     hooks.checkpoint.save(s, force=True)
@@ -119,7 +124,7 @@ def _train(ctx: RunContext, started: float) -> dict[str, Any]:
     summary = {"step": s.step, "loss": s.final_loss(), "workdir": str(ctx.workdir), "stopped": stopped,
                "nonfinite_steps": int(jax.device_get(s.counts["total"]))}
     if not stopped:
-      summary.update(hooks.validate(s.step, s.state.params, say=False))
+      summary.update(hooks.validate(s.step, s.state.variables, say=False))
   return _end(ctx, programs, s, summary, started)
 
 
@@ -137,18 +142,20 @@ def _steps(ctx: RunContext, programs: Programs, s: LoopState, batches: DevicePre
   t = ctx.train
   while s.step < t.steps:
     item = next(batches)
+    hooks.profile.before_step(s.step)
     s.state, s.counts, metrics = programs.loop_step(s.state, s.counts, item.batch)
     if s.previous_loss is not None:
       jax.block_until_ready(s.previous_loss)  # at most one step ahead of the devices
       hooks.log.progress.first_step_done()
     s.previous_loss = s.last_loss = metrics["loss"]
     s.step, s.data_state = s.step + 1, item.data_state
+    hooks.profile.after_step(s.step, metrics["loss"])
     if s.step % t.log_every == 0 or s.step == t.steps:
       nonfinite = hooks.log(s.step, metrics, s.counts, item.data_stats)
       if nonfinite:
         return nonfinite
     if t.eval_every and s.step % t.eval_every == 0 and s.step != t.steps:
-      hooks.validate(s.step, s.state.params)
+      hooks.validate(s.step, s.state.variables)
     signal_name = hooks.stop.check(s.step)
     if signal_name:
       return signal_name
@@ -157,16 +164,16 @@ def _steps(ctx: RunContext, programs: Programs, s: LoopState, batches: DevicePre
   return None
 
 
-def _initial_params(ctx: RunContext):
-  """Host params for fine-tuning from a HF checkpoint (SSA freshly initialised), else None (fresh init)."""
+def _initial_variables(ctx: RunContext):
+  """Host variables for fine-tuning from a HF checkpoint (SSA freshly initialised), else None (fresh init)."""
   hf_dir = ctx.config.init.hf_dir
   if not hf_dir:
     return None
   ssa = ctx.model_cfg.ssa if ctx.model_cfg.ssa.enabled else None
-  model, params = from_hf(hf_dir, ssa=ssa, rng_seed=ctx.config.seed,
-                          scan_layers=ctx.model_cfg.scan_layers)  # params in the layout this run trains
+  model, variables = from_hf(hf_dir, ssa=ssa, rng_seed=ctx.config.seed,
+                             scan_layers=ctx.model_cfg.scan_layers)  # in the layout this run trains
   check_against_hf(dataclasses.replace(ctx.model_cfg, ssa=model.config.ssa), model.config, hf_dir)
-  return params
+  return variables
 
 
 def _initial_state(ctx: RunContext, programs: Programs, mngr, train_it) -> LoopState:
@@ -175,11 +182,12 @@ def _initial_state(ctx: RunContext, programs: Programs, mngr, train_it) -> LoopS
   latest = mngr.latest_step()
   if latest is None:
     state = create_state(ctx.model_cfg, programs.tx, programs.shardings, jax.random.PRNGKey(ctx.config.seed),
-                         _initial_params(ctx))
+                         _initial_variables(ctx))
     return LoopState(state=state, counts=counts, step=0, data_state=train_it.get_state())
   shardings = programs.shardings
-  params, opt_state, data_states = checkpoint.restore_train_state(mngr, latest, programs.abstract, shardings)
-  state = TrainState(step=jax.device_put(np.int32(latest), shardings.step), params=params, opt_state=opt_state)
+  variables, opt_state, data_states = checkpoint.restore_train_state(mngr, latest, programs.abstract, shardings)
+  state = TrainState(step=jax.device_put(np.int32(latest), shardings.step), params=variables["params"],
+                     buffers=variables[BUFFERS], opt_state=opt_state)
   # Every process's streams, merged: the data layer restores its own streams from them whatever the new
   # process count (the global batch layout depends on config.data.num_streams, not on the process count).
   merged = dict(data_states[0], streams={k: v for st in data_states for k, v in st["streams"].items()})
@@ -221,7 +229,7 @@ def _end(ctx: RunContext, programs: Programs, s: LoopState, summary: dict[str, A
     raise FloatingPointError(f"training stopped: {stopped}; the parameters after the last finite update are "
                              f"checkpointed at step {s.step} in {ctx.workdir}/checkpoints")
   if ctx.eval.at_end:
-    summary["results"] = str(evaluate_at_end(ctx, programs.model, s.state.params, summary, programs.eval_step))
+    summary["results"] = str(evaluate_at_end(ctx, programs.model, s.state.variables, summary, programs.eval_step))
   summary = _finish(ctx, summary, started)
   results = f", results {summary['results']}" if summary.get("results") else ""
   log(f"done: step {s.step}, {format_duration(summary['wall_s'])} from start to end; checkpoint "

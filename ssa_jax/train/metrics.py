@@ -6,7 +6,7 @@ import json
 import math
 import sys
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import jax
 import numpy as np
@@ -19,17 +19,15 @@ from ssa_jax.runtime.gcs import TENSORBOARD, require_gcs
 # a device not listed reports MFU as null rather than a guess.
 PEAK_FLOPS_BF16 = {
     "NVIDIA H200": 989e12,
-    "NVIDIA H100 80GB HBM3": 989e12,  # SXM
     "NVIDIA H100 PCIe": 756e12,
-    "NVIDIA H100": 989e12,
+    "NVIDIA H100": 989e12,  # SXM ('NVIDIA H100 80GB HBM3')
     "NVIDIA A100": 312e12,
     "NVIDIA L4": 121e12,
     "NVIDIA A10G": 125e12,
     "TPU v4": 275e12,
     "TPU v5 lite": 197e12,  # v5e
     "TPU v5e": 197e12,
-    "TPU v5p": 459e12,
-    "TPU v5": 459e12,
+    "TPU v5": 459e12,  # v5p
     "TPU v6 lite": 918e12,  # Trillium
     "TPU v6e": 918e12,
 }
@@ -37,10 +35,8 @@ PEAK_FLOPS_BF16 = {
 
 def peak_flops_per_device(device_kind: str) -> float | None:
   """The chip's dense bf16 peak FLOP/s from PEAK_FLOPS_BF16 (longest matching prefix), None when unlisted."""
-  for prefix in sorted(PEAK_FLOPS_BF16, key=len, reverse=True):
-    if device_kind.startswith(prefix):
-      return PEAK_FLOPS_BF16[prefix]
-  return None
+  prefix = max(filter(device_kind.startswith, PEAK_FLOPS_BF16), key=len, default=None)
+  return PEAK_FLOPS_BF16.get(prefix)
 
 
 def decoder_flops_per_token(cfg: ModelConfig, seq_len: int) -> float:
@@ -97,18 +93,18 @@ def perplexity(loss: float) -> float:
 
 def mfu(tokens_per_s: float, flops_token: float, peak_per_device: float | None, num_devices: int) -> float | None:
   """Model FLOPs utilisation: achieved FLOP/s over the devices' peak; None where the peak is unknown."""
-  if not peak_per_device:
-    return None
-  return tokens_per_s * flops_token / (peak_per_device * num_devices)
+  return tokens_per_s * flops_token / (peak_per_device * num_devices) if peak_per_device else None
 
 
 class MetricsWriter:
-  """Appends one JSON object a line to WORKDIR/metrics.jsonl; mirrors scalars to TensorBoard (primary host)."""
+  """Appends one JSON object a line to WORKDIR/metrics.jsonl; mirrors scalars to TensorBoard and W&B (primary
+  host)."""
 
-  def __init__(self, workdir: epath.Path, tensorboard: bool, resume_step: int):
+  def __init__(self, workdir: epath.Path, tensorboard: bool, resume_step: int, wandb_run: Any = None):
     self.primary = jax.process_index() == 0
     self.path = workdir / "metrics.jsonl"
     self.tb = None
+    self.wandb = wandb_run  # a train.wandb_run.WandbRun (primary host), or None
     self._kept: list[dict[str, Any]] = []  # the records up to resume_step (primary host)
     if not self.primary:
       return
@@ -133,25 +129,33 @@ class MetricsWriter:
     record = {k: _plain(v) for k, v in record.items()}
     with self.path.open("a") as f:
       f.write(json.dumps(record) + "\n")
+    scalars = dict(_scalars(record))
     if self.tb is not None:
-      for k, v in record.items():
-        if isinstance(v, (int, float)) and k != "step":
-          self.tb.add_scalar(k, v, record["step"])
-        elif isinstance(v, list) and v and isinstance(v[0], (int, float)):
-          for i, x in enumerate(v):
-            self.tb.add_scalar(f"{k}/layer_{i}", x, record["step"])
+      for k, v in scalars.items():
+        self.tb.add_scalar(k, v, record["step"])
+    if self.wandb is not None:
+      self.wandb.log(scalars, record["step"])
 
   def close(self) -> None:
     if self.tb is not None:
       self.tb.close()
+    if self.wandb is not None:
+      self.wandb.close()
+
+
+def _scalars(record: dict[str, Any]) -> Iterator[tuple[str, float]]:
+  """A record's numbers as (name, value); a per-layer list [x0, x1, ...] as 'name/layer_i'."""
+  for k, v in record.items():
+    if isinstance(v, (int, float)) and k != "step":
+      yield k, v
+    elif isinstance(v, list) and v and isinstance(v[0], (int, float)):
+      yield from ((f"{k}/layer_{i}", x) for i, x in enumerate(v))
 
 
 def _plain(v):
-  if isinstance(v, (np.ndarray, jax.Array)):
+  if isinstance(v, (np.ndarray, jax.Array, np.generic)):
     v = np.asarray(v)
     return v.item() if v.ndim == 0 else v.tolist()
-  if isinstance(v, (np.floating, np.integer, np.bool_)):
-    return v.item()
   return v
 
 

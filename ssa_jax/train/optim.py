@@ -27,15 +27,13 @@ def learning_rate_schedule(train: TrainSection | OptimSection | ml_collections.C
 
 def param_labels(params, model_cfg: ModelConfig, temperatures_only: bool) -> dict:
   """'temp_scalar' / 'temp_matrix' (SSA temperatures: single learned scalars / matrices and their biases),
-  'decay' (matrices, embeddings), 'no_decay' (norms, biases), 'frozen' (SSA's fixed buffers; with
-  temperatures_only everything that is not a temperature). SSA's groups come from the model's declarations
-  (model.params.ssa_groups), not from names."""
+  'decay' (matrices, embeddings), 'no_decay' (norms, biases), 'frozen' (with temperatures_only, everything that
+  is not a temperature). SSA's groups come from the model's declarations (model.params.ssa_groups), not from
+  names."""
   groups = ssa_groups(model_cfg)
 
   def label(path: tuple[str, ...], leaf) -> str:
     group = groups.get(path)
-    if group == "buffer":
-      return "frozen"  # the feature variant's fixed corpus statistic
     if group is not None:
       return f"temp_{group}"
     if temperatures_only:

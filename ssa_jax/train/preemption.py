@@ -1,13 +1,11 @@
 """Stop requests (SIGTERM, Ctrl-C) that every process of a run obeys at the same step.
 
 A signal reaches one process (a preempted host, a user's Ctrl-C) or several at different moments; every
-process must still save the same step and exit, or the checkpoint's collectives deadlock. The protocol is
-the one of jax's preemption sync manager (`multihost_utils.reached_preemption_sync_point`), here in Python
-over the same coordination service, for two reasons: jax's handles SIGTERM only (not Ctrl-C), and its C++
-handler swallows every later SIGTERM, so `timeout` or a second signal could never end the process.
+process must still save the same step and exit, or the checkpoint's collectives deadlock. The protocol is jax's
+preemption sync manager's, in Python over the same coordination service: jax's handles SIGTERM only, and its
+C++ handler swallows every later SIGTERM, so `timeout` or a second signal could never end the process.
 
-  1. The process that gets the first signal writes a request key in the coordination service's key-value
-     store (`jax.distributed`'s client).
+  1. The process that gets the first signal writes a request key in the coordination service's key-value store.
   2. In every process a watcher thread long-polls that key. On seeing it, it publishes the last step its
      training loop has finished, S_p, reads every other process's S_q, and sets the stop step to
      max_q S_q + 1. Meanwhile the loop may not finish another step (`check` waits): the exchange involves
@@ -15,13 +13,9 @@ handler swallows every later SIGTERM, so `timeout` or a second signal could neve
      before the stop step when it learns it.
   3. Each loop stops after that step, saves it, and exits.
 
-Per step the loop only reads a lock-protected field: no collective, no remote call. The step it passes is the
-host's; the loop keeps its host at most one step ahead of its devices (loop.py waits for the step before the
-one it has just dispatched), so a stop comes after the step the devices are running, or the one queued behind
-it, not after every step a free-running host would have dispatched ahead (tens, up to the next log step).
-A second signal ends the process at once (the default action: the steps since the last checkpoint are
-lost), and so does the deadline (`config.train.preemption_deadline_s` after the first signal, 0 = none),
-so that a process whose peers are gone does not wait forever for an agreement or a collective.
+Per step the loop only reads a lock-protected field: no collective, no remote call. A second signal ends the
+process at once (the default action), and so does `config.train.preemption_deadline_s` after the first, so
+that a process whose peers are gone does not wait forever for an agreement or a collective.
 """
 
 from __future__ import annotations
@@ -40,16 +34,10 @@ _runs = itertools.count()  # one key namespace per run: a process may train seve
 HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGINT)  # the signals StopSignals handles
 
 
-def _is_timeout(error: Exception) -> bool:
-  return "DEADLINE_EXCEEDED" in str(error)
-
-
 class StopAgreement:
-  """Agrees on the step after which every process stops, once any process requests a stop.
-
-  `client`: jax.distributed's key-value client (None with one process: a request stops at once).
-  `namespace`: the prefix of this run's keys, the same on every process.
-  """
+  """Agrees on the step after which every process stops, once any process requests a stop. `client`:
+  jax.distributed's key-value client (None with one process: a request stops at once); `namespace`: the prefix
+  of this run's keys, the same on every process."""
 
   def __init__(self, client: Any | None, process_index: int, process_count: int, namespace: str):
     self._client, self._index, self._count = client, process_index, process_count
@@ -96,9 +84,7 @@ class StopAgreement:
 
   def final(self) -> str | None:
     """After the loop, on every process: the name of any stop requested so far (the same on all), else None.
-
-    A collective over the key-value store: every process must call it once, after its loop.
-    """
+    A collective over the key-value store: every process must call it once, after its loop."""
     if self._watcher is None:
       return self._local
     mine = self._local or self._try_get(self._prefix + "request") or "-"
@@ -127,7 +113,7 @@ class StopAgreement:
       try:
         return self._client.blocking_key_value_get(key, _POLL_MS)
       except Exception as e:  # pylint: disable=broad-except
-        if not _is_timeout(e):
+        if "DEADLINE_EXCEEDED" not in str(e):  # the poll's timeout: poll again
           raise
     return None
 
@@ -165,9 +151,8 @@ class StopSignals:
     self._who = f"process {process_index}: " if process_count > 1 else ""
     self._when = "at a step all processes agree on" if process_count > 1 else "after the step under way"
     self._timer: threading.Timer | None = None
-    self._previous: dict[int, Any] = {}
-    if threading.current_thread() is threading.main_thread():  # signal handlers live in the main thread only
-      self._previous = {s: signal.signal(s, self._handle) for s in HANDLED_SIGNALS}
+    main = threading.current_thread() is threading.main_thread()  # signal handlers live in the main thread only
+    self._previous: dict[int, Any] = {s: signal.signal(s, self._handle) for s in HANDLED_SIGNALS} if main else {}
 
   def _handle(self, signum, frame):
     del frame
@@ -192,9 +177,8 @@ class StopSignals:
     os.kill(os.getpid(), self.signum)  # the handler set the default action
 
   def restore(self, redeliver: bool = False) -> None:
-    """Puts the previous handlers back and cancels the deadline. `redeliver`: a signal received so far is
-    sent again to the restored handler (one that came after the processes agreed there was none must not
-    be swallowed)."""
+    """Puts the previous handlers back and cancels the deadline. `redeliver`: a signal received so far is sent
+    again to the restored handler (one that came after the processes agreed there was none is not swallowed)."""
     if self._timer is not None:
       self._timer.cancel()
     for s, previous in self._previous.items():
@@ -205,41 +189,26 @@ class StopSignals:
       os.kill(os.getpid(), self.signum)
 
 
-def coordination_client():
-  """jax.distributed's key-value client, None when this is not a multi-process run."""
-  if jax.process_count() == 1:
-    return None
-  client = distributed.global_state.client
-  if client is None:
-    raise RuntimeError("a multi-process run without jax.distributed's client: the processes cannot agree on a "
-                       "stop step (start them through config.distributed)")
-  return client
-
-
-class StopRequests:
-  """The loop's view: signal handlers + the agreement. `check(step)` after each step, `finish()` after the
-  loop (on every process), `close()` at the end (restores the handlers)."""
+class StopRequests(StopAgreement):
+  """The loop's view: the agreement, requested by the signal handlers. `check(step)` after each step, `finish()`
+  after the loop (on every process), `close()` at the end (restores the handlers)."""
 
   def __init__(self, deadline_s: float):
-    self.agreement = StopAgreement(coordination_client(), jax.process_index(), jax.process_count(),
-                                   namespace=f"ssa_jax/stop/{next(_runs)}")
-    self.signals = StopSignals(self.agreement.request, deadline_s, jax.process_index(), jax.process_count())
-    self._closed = False
-
-  def check(self, step: int) -> str | None:
-    """The agreed stop request's name when every process stops after `step`, else None."""
-    return self.agreement.check(step)
+    index, count = jax.process_index(), jax.process_count()
+    client = distributed.global_state.client if count > 1 else None
+    if count > 1 and client is None:
+      raise RuntimeError("a multi-process run without jax.distributed's client: the processes cannot agree on a "
+                         "stop step (start them through config.distributed)")
+    super().__init__(client, index, count, namespace=f"ssa_jax/stop/{next(_runs)}")
+    self.signals = StopSignals(self.request, deadline_s, index, count)
 
   def finish(self) -> str | None:
     """After the loop, on every process: any stop request so far (the same on all); handlers restored."""
-    agreed = self.agreement.final()
+    agreed = self.final()
     self.close(redeliver=agreed is None)
     return agreed
 
   def close(self, redeliver: bool = False) -> None:
-    """Stops the watcher and restores the signal handlers (idempotent)."""
-    if self._closed:
-      return
-    self._closed = True
-    self.agreement.close()
+    """Stops the watcher and restores the signal handlers (idempotent: `finish` closes, so does the loop's exit)."""
+    super().close()
     self.signals.restore(redeliver)

@@ -1,9 +1,7 @@
-"""Batches put on the devices ahead of the step, in a background thread.
-
-While the devices run step k, the thread takes batch k+1 from the host iterator and transfers it
-(`sharding.global_batch`), so the loop's host time per step is a queue get. Each batch comes with the
-iterator's state and counters right after it: the host iterator runs ahead, so the loop checkpoints and logs
-what belongs to the batches it has actually trained on.
+"""Batches put on the devices ahead of the step, in a background thread: while the devices run step k, the
+thread takes batch k+1 from the host iterator and transfers it, so the loop's host time per step is a queue get.
+The host iterator runs ahead, so each batch carries its state and counters: the loop checkpoints and logs what
+belongs to the batches it has actually trained on.
 """
 
 from __future__ import annotations
@@ -32,41 +30,27 @@ class DevicePrefetcher:
   (the host iterator is closed by its owner)."""
 
   def __init__(self, it, to_device: Callable[[dict], dict], depth: int = 2):
-    if depth < 1:
-      raise ValueError(f"depth: expected >= 1, got {depth}")
     self._it, self._to_device = it, to_device
     self._queue: queue.Queue = queue.Queue(depth)
     self._stop = threading.Event()
     self._thread = threading.Thread(target=self._produce, daemon=True, name="ssa_device_prefetch")
     self._thread.start()
 
-  def _put(self, item) -> bool:
-    return put_until_stopped(self._queue, item, self._stop)
-
   def _produce(self) -> None:
     try:
       while not self._stop.is_set():
-        try:
-          host = next(self._it)
-        except StopIteration:
-          self._put(_END)
-          return
-        item = Prefetched(self._to_device(host), self._it.get_state(), self._it.stats())
-        if not self._put(item):
+        host = next(self._it, _END)
+        item = host if host is _END else Prefetched(self._to_device(host), self._it.get_state(), self._it.stats())
+        if not put_until_stopped(self._queue, item, self._stop) or item is _END:
           return
     except BaseException as e:  # pylint: disable=broad-except
-      self._put(e)  # re-raised in the consumer's thread
-
-  def __iter__(self):
-    return self
+      put_until_stopped(self._queue, e, self._stop)  # re-raised in the consumer's thread
 
   def __next__(self) -> Prefetched:
     item = self._queue.get()
     if item is _END or isinstance(item, BaseException):
       self._queue.put(item)  # stay exhausted / failed
-      if item is _END:
-        raise StopIteration
-      raise item
+      raise StopIteration if item is _END else item
     return item
 
   def close(self, timeout_s: float = 10.0) -> None:

@@ -1,17 +1,8 @@
 """A training run's start-up checks: everything that can be refused before the first compile, in one line
-naming the field (`ConfigError`), and nothing written to the workdir before a refusal.
-
-  check_config    the typed train / eval sections (sections.py), the mesh, the data fields (a run outside
-                  demo mode names its corpus and its tokenizer), the HF checkpoint of a fine-tune, the SSA
-                  feature file; each cadence longer than the run is said in one line
-  attach_data     the tokenizer loaded (the demo corpus / BPE made when the demo asks for them)
-  check_workdir   a workdir with a checkpoint: made by the same config (up to RESUMABLE_FIELDS), not past
-                  config.train.steps, or already complete (WORKDIR/summary.json at config.train.steps)
-  check_validation  the validation split yields a batch when the config asks for validation (and when it does
-                  not, whether fewer reader streams would: config.data.num_streams)
-
-A dry run (`train.py --dry_run`) runs check_config without the files it does not need, listing what it
-could not check in RunContext.unchecked; given the corpus and its tokenizer, it runs check_validation too.
+naming the field (`ConfigError`), and nothing written to the workdir before a refusal. In order: check_config
+(the config's fields and files), attach_data (the tokenizer), check_workdir (resume, refuse, or complete),
+check_validation (the validation split yields a batch). A dry run (`train.py --dry_run`) runs check_config
+without the files it does not need, listing what it could not check in RunContext.unchecked.
 """
 
 from __future__ import annotations
@@ -27,7 +18,7 @@ from etils import epath
 from ssa_jax.data.config import resolve_paths, validate_data_config
 from ssa_jax.data.demo_counts import DEMO_FEATURE_PATH, ensure_demo_token_counts
 from ssa_jax.data.pipeline import resolve_num_streams
-from ssa_jax.data.tokenizer import Tokenizer, load_tokenizer
+from ssa_jax.data.tokenizer import load_tokenizer
 from ssa_jax.errors import ConfigError
 from ssa_jax.formats import checkpoint
 from ssa_jax.formats.hf import config_from_hf, read_hf_config
@@ -43,19 +34,17 @@ from ssa_jax.train.sections import eval_section, schedule_warnings, train_sectio
 
 SUMMARY_NAME = "summary.json"  # WORKDIR/summary.json: the summary of the run's last session (train.py prints it)
 
-# Fields a run may change when it resumes from a workdir's checkpoint (a dotted name, or a section: every
-# field under it). They change how the run proceeds, is logged, evaluated or placed on devices, not what it
-# trains: the cadences and the length (steps: extend a finished run), the evaluation, the corpus's location
-# (data.path: the same corpus moved, or a new epoch of files in the same layout; the data iterator refuses a
-# layout that does not fit its state), reader threads and prefetch, the hosts and the mesh (a checkpoint
-# restores onto any device count), memory and speed knobs whose step computes the same update (microbatches,
-# loss_chunk_size, remat, attention kernel and its blocks, compute dtype), and init (read at step 0 only).
-# Every other field (the architecture, SSA, optimizer, schedule shape, batch, data layout, tokenizer, seeds)
-# must be the checkpoint's: a run with another value is another run (another --workdir).
+# Fields a run may change when it resumes from a workdir's checkpoint (a dotted name, or a whole section): how
+# the run proceeds, is logged, evaluated or placed on devices, not what it trains (steps: extend a finished run;
+# data.path: the same corpus moved, the data iterator refusing a layout that does not fit its state; the mesh: a
+# checkpoint restores onto any device count; init: read at step 0 only). Every other field must be the
+# checkpoint's: a run with another value is another run (another --workdir).
 RESUMABLE_FIELDS = (
     "train.steps", "train.log_every", "train.eval_every", "train.eval_batches", "train.checkpoint_every",
     "train.keep_checkpoints", "train.async_checkpoints", "train.tensorboard", "train.preemption_deadline_s",
-    "train.max_nonfinite_steps", "train.microbatches", "train.loss_chunk_size",
+    "train.max_nonfinite_steps", "train.microbatches", "train.loss_chunk_size", "train.layer_norms",
+    "train.profile_start_step", "train.profile_num_steps", "train.wandb", "train.wandb_project",
+    "train.wandb_entity", "train.wandb_name",
     "model.dtype", "model.remat", "model.attention_impl", "model.splash_block_q", "model.splash_block_kv",
     "data.path", "data.cache_dir", "data.num_threads", "data.prefetch", "data.validation_split",
     "eval", "distributed", "mesh", "sharding", "init",
@@ -100,40 +89,6 @@ def check_tokenizer_fits(tokenizer_vocab: int, model_cfg: ModelConfig, field: st
                       f"config.model.vocab_size={model_cfg.vocab_size}")
 
 
-def resolve_data(config: ml_collections.ConfigDict, model_cfg: ModelConfig) -> Tokenizer:
-  """Fills in the demo corpus / tokenizer where a demo run gives no path; returns the tokenizer. Checks vocab
-  sizes. (check_config has made sure that a run outside demo mode names both.)"""
-  data = config.data
-  validate_data_config(data)
-  data.path, data.tokenizer_path = resolve_paths(data)
-  tokenizer = load_tokenizer(data.tokenizer_path)
-  check_tokenizer_fits(tokenizer.vocab_size, model_cfg, "config.data.tokenizer_path")
-  return tokenizer
-
-
-def _dry_run_data(config: ml_collections.ConfigDict, model_cfg: ModelConfig,
-                  unchecked: list[str]) -> tuple[Tokenizer | None, bool]:
-  """The data checks that need no corpus: every field's value; the tokenizer only when its file exists
-  (the demo BPE, not yet trained, is checked by its configured size). Returns (tokenizer or None, whether
-  the tokenizer's vocab size was compared with the model's)."""
-  data = ml_collections.ConfigDict(config.data.to_dict())
-  if data.path and not epath.Path(data.path).exists():
-    unchecked.append(f"config.data.path: {data.path} does not exist here (a real run reads it)")
-    data.path = ""
-  if data.tokenizer_path and not epath.Path(data.tokenizer_path).exists():
-    unchecked.append(f"config.data.tokenizer_path: {data.tokenizer_path} does not exist here (vocab size unchecked)")
-    data.tokenizer_path = ""
-  validate_data_config(data)
-  if data.tokenizer_path:
-    tokenizer = load_tokenizer(data.tokenizer_path)
-    check_tokenizer_fits(tokenizer.vocab_size, model_cfg, "config.data.tokenizer_path")
-    return tokenizer, True
-  if not config.data.tokenizer_path and config.data.demo:  # the demo BPE: its size is configured
-    check_tokenizer_fits(int(data.demo_vocab_size), model_cfg, "config.data.demo_vocab_size")
-    return None, True
-  return None, False
-
-
 # -- the model's start: a HF checkpoint, the SSA feature file ---------------------------------------------
 def check_against_hf(model_cfg: ModelConfig, hf_cfg: ModelConfig, hf_dir: str) -> None:
   """The architecture fields of config.model must be those of the HF checkpoint it starts from."""
@@ -166,9 +121,8 @@ def _check_init(config: ml_collections.ConfigDict, model_cfg: ModelConfig, dry_r
 
 
 def _check_ssa_inputs(model_cfg: ModelConfig, config: ml_collections.ConfigDict) -> None:
-  """The frequency token term reads its fixed feature from a counts file; without one it would be 0 everywhere
-  (HF checkpoints carry no feature, so config.init.hf_dir does not provide it either). 'demo': the demo
-  corpus's counts, made at start (demo runs only)."""
+  """The frequency token term reads its fixed feature from a counts file (HF checkpoints carry none); 'demo':
+  the demo corpus's counts, made at start (demo runs only)."""
   path = model_cfg.ssa.feature_path
   if not uses_token_feature(model_cfg):
     return
@@ -188,13 +142,6 @@ def _check_ssa_inputs(model_cfg: ModelConfig, config: ml_collections.ConfigDict)
 
 def _with_feature_path(model_cfg: ModelConfig, path: str) -> ModelConfig:
   return dataclasses.replace(model_cfg, ssa=dataclasses.replace(model_cfg.ssa, feature_path=path))
-
-
-def _resolve_demo_feature(data: ml_collections.ConfigDict, model_cfg: ModelConfig) -> ModelConfig:
-  """feature_path 'demo' -> the demo corpus's token-count file (counted once, cached)."""
-  if not uses_token_feature(model_cfg) or model_cfg.ssa.feature_path != DEMO_FEATURE_PATH:
-    return model_cfg
-  return _with_feature_path(model_cfg, ensure_demo_token_counts(data.cache_dir, data.path, data.tokenizer_path))
 
 
 def describe_ssa(ssa) -> str:
@@ -222,10 +169,7 @@ def _start_runtime(config: ml_collections.ConfigDict, workdir: str | None, tenso
 
 def check_config(config: ml_collections.ConfigDict, workdir: str | None, dry_run: bool = False) -> RunContext:
   """Validates every field that can be checked before reading data or compiling; names the field on failure.
-
-  The returned context has no tokenizer yet (attach_data reads it). `dry_run`: also checks the data section
-  as far as it can without the corpus (and the validation split when the corpus and tokenizer are at hand);
-  checks needing files that are absent are listed in RunContext.unchecked."""
+  The context has no tokenizer yet (attach_data reads it); a dry run also makes `_dry_run_checks`."""
   config = ml_collections.ConfigDict(config.to_dict())  # a private copy (attach_data resolves its data paths)
   t, ev = train_section(config.train), eval_section(config.eval)
   _start_runtime(config, workdir, t.tensorboard, dry_run)
@@ -248,10 +192,24 @@ def check_config(config: ml_collections.ConfigDict, workdir: str | None, dry_run
 
 
 def _dry_run_checks(ctx: RunContext) -> RunContext:
-  """A dry run's data checks: the tokenizer when its file is here, the validation split when the corpus is
-  too (the check a run makes before its first step); a demo feature file is left for the run to count."""
-  tokenizer, tokenizer_checked = _dry_run_data(ctx.config, ctx.model_cfg, ctx.unchecked)
-  ctx = dataclasses.replace(ctx, tokenizer=tokenizer, tokenizer_checked=tokenizer_checked)
+  """A dry run's data checks, as far as the files at hand allow: every data field's value; the tokenizer when
+  its file is here; the validation split when the corpus is here too (the check a run makes before its first
+  step); a demo feature file is left for the run to count."""
+  data, unchecked = ml_collections.ConfigDict(ctx.data.to_dict()), ctx.unchecked
+  if data.path and not epath.Path(data.path).exists():
+    unchecked.append(f"config.data.path: {data.path} does not exist here (a real run reads it)")
+    data.path = ""
+  if data.tokenizer_path and not epath.Path(data.tokenizer_path).exists():
+    unchecked.append(f"config.data.tokenizer_path: {data.tokenizer_path} does not exist here (vocab size unchecked)")
+    data.tokenizer_path = ""
+  validate_data_config(data)
+  demo_bpe = not ctx.data.tokenizer_path and ctx.data.demo  # not yet trained: its size is configured
+  tokenizer = load_tokenizer(data.tokenizer_path) if data.tokenizer_path else None
+  if tokenizer is not None:
+    check_tokenizer_fits(tokenizer.vocab_size, ctx.model_cfg, "config.data.tokenizer_path")
+  elif demo_bpe:
+    check_tokenizer_fits(int(data.demo_vocab_size), ctx.model_cfg, "config.data.demo_vocab_size")
+  ctx = dataclasses.replace(ctx, tokenizer=tokenizer, tokenizer_checked=tokenizer is not None or bool(demo_bpe))
   if tokenizer is not None and ctx.data.path and epath.Path(ctx.data.path).exists():
     check_validation(ctx)
   if uses_token_feature(ctx.model_cfg) and ctx.model_cfg.ssa.feature_path == DEMO_FEATURE_PATH:
@@ -263,9 +221,16 @@ def _dry_run_checks(ctx: RunContext) -> RunContext:
 
 def attach_data(ctx: RunContext) -> RunContext:
   """The context with its tokenizer (the demo corpus / BPE made if needed, vocab sizes checked) and the demo
-  token counts resolved. Writes nothing in the workdir."""
-  tokenizer = resolve_data(ctx.config, ctx.model_cfg)
-  return dataclasses.replace(ctx, tokenizer=tokenizer, model_cfg=_resolve_demo_feature(ctx.data, ctx.model_cfg))
+  token counts resolved (counted once, cached). Writes nothing in the workdir."""
+  data, model_cfg = ctx.data, ctx.model_cfg
+  validate_data_config(data)
+  data.path, data.tokenizer_path = resolve_paths(data)  # check_config made sure a non-demo run names both
+  tokenizer = load_tokenizer(data.tokenizer_path)
+  check_tokenizer_fits(tokenizer.vocab_size, model_cfg, "config.data.tokenizer_path")
+  if uses_token_feature(model_cfg) and model_cfg.ssa.feature_path == DEMO_FEATURE_PATH:
+    counts = ensure_demo_token_counts(data.cache_dir, data.path, data.tokenizer_path)
+    model_cfg = _with_feature_path(model_cfg, counts)
+  return dataclasses.replace(ctx, tokenizer=tokenizer, model_cfg=model_cfg)
 
 
 def prepare(config: ml_collections.ConfigDict, workdir: str | None, dry_run: bool = False) -> RunContext:
@@ -292,15 +257,12 @@ def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
   return out
 
 
-def _resumable(name: str) -> bool:
-  return any(name == f or name.startswith(f + ".") for f in RESUMABLE_FIELDS)
-
-
 def config_differences(saved: dict[str, Any], wanted: dict[str, Any]) -> list[tuple[str, Any, Any]]:
   """(field, saved value, wanted value) of every field that differs and may not change on resume
   (RESUMABLE_FIELDS). A field only one side has (the code gained or lost a config field) is no difference."""
   a, b = _flatten(saved), _flatten(wanted)
-  return [(k, a[k], b[k]) for k in sorted(set(a) & set(b)) if a[k] != b[k] and not _resumable(k)]
+  return [(k, a[k], b[k]) for k in sorted(set(a) & set(b))
+          if a[k] != b[k] and not any(k == f or k.startswith(f + ".") for f in RESUMABLE_FIELDS)]
 
 
 def _short(v: Any) -> str:
@@ -313,27 +275,15 @@ def _fields_differ(n: int) -> str:
   return f"{n} field differs" if n == 1 else f"{n} fields differ"
 
 
-def _read_summary(workdir: epath.Path) -> dict[str, Any] | None:
-  path = workdir / SUMMARY_NAME
-  try:
-    return json.loads(path.read_text()) if path.exists() else None
-  except (OSError, json.JSONDecodeError):
-    return None  # unreadable (a crash mid-write): as if absent, the run's end is done again
-
-
 def check_workdir(ctx: RunContext) -> dict[str, Any] | None:
-  """A workdir with a checkpoint: refuses (ConfigError, one line naming the fields) one made by another config
-  or past config.train.steps; returns the stored summary, marked `already_complete`, when the run is complete
-  (its checkpoint and WORKDIR/summary.json at config.train.steps, not stopped); else None (start or resume).
-  Reads only."""
-  ckpt = ctx.workdir / "checkpoints"
-  if not ckpt.exists():
-    return None
+  """Refuses (ConfigError naming the fields) a workdir whose checkpoint another config made or is past
+  config.train.steps; returns WORKDIR/summary.json, marked `already_complete`, when the run is complete (its
+  checkpoint and summary at config.train.steps, not stopped); else None (start or resume). Reads only."""
   try:
-    root, latest = checkpoint.resolve_step_dir(ckpt)
+    root, latest = checkpoint.resolve_step_dir(ctx.workdir / "checkpoints")
     saved = checkpoint.read_config(root / str(latest))
   except checkpoint.NotACheckpointError:
-    return None  # no finished checkpoint yet: the run starts from step 0
+    return None  # no (finished) checkpoint yet: the run starts from step 0
   diffs = config_differences(saved, run_config_json(ctx))
   if diffs:
     shown = "; ".join(f"config.{k}: {_short(old)} there, {_short(new)} here" for k, old, new in diffs[:4])
@@ -346,25 +296,16 @@ def check_workdir(ctx: RunContext) -> dict[str, Any] | None:
   if latest > steps:
     raise ConfigError(f"config.train.steps: {steps}, but {ctx.workdir} holds checkpoint {latest}, past it: "
                       f"pass --config.train.steps={latest} or more to continue that run, or another --workdir")
-  summary = _read_summary(ctx.workdir)
+  try:
+    summary = json.loads((ctx.workdir / SUMMARY_NAME).read_text())
+  except (OSError, json.JSONDecodeError):
+    summary = None  # absent, or unreadable (a crash mid-write): the run's end is done again
   if latest == steps and summary and summary.get("step") == steps and not summary.get("stopped"):
     return dict(summary, already_complete=True)
   return None
 
 
 # -- the validation split --------------------------------------------------------------------------------
-def _fewer_streams_with_a_batch(ctx: RunContext, split: str) -> tuple[int, int | None]:
-  """(the run's reader stream count, the largest smaller count with which `split` yields a batch, or None).
-  A non-repeating split ends at the first stream that runs out: a split of fewer documents than streams ends
-  before its first batch, however many tokens it holds."""
-  batch, processes = ctx.train.global_batch_size, jax.process_count()
-  streams = resolve_num_streams(ctx.data.num_streams, batch, processes)
-  for fewer in range(streams - processes, 0, -processes):
-    if batch % fewer == 0 and has_a_batch(ctx, split, num_streams=fewer):
-      return streams, fewer
-  return streams, None
-
-
 def _why_no_validation_batch(ctx: RunContext) -> str | None:
   """None when the validation split yields a batch; else the cause, naming the field to change."""
   t, data = ctx.train, ctx.data
@@ -375,21 +316,24 @@ def _why_no_validation_batch(ctx: RunContext) -> str | None:
       return None
   except FileNotFoundError:
     return f"config.data.validation_split: {where} has no files"
-  streams, fewer = _fewer_streams_with_a_batch(ctx, split)
+  # A non-repeating split ends at the first stream that runs out: a split of fewer documents than streams ends
+  # before its first batch, however many tokens it holds. The largest smaller stream count that reads a batch:
+  batch, processes = t.global_batch_size, jax.process_count()
+  streams = resolve_num_streams(data.num_streams, batch, processes)
+  fewer = next((n for n in range(streams - processes, 0, -processes)
+                if batch % n == 0 and has_a_batch(ctx, split, num_streams=n)), None)
   if fewer is not None:
     return (f"config.data.num_streams: {where} yields no batch with {streams} reader streams (a stream without "
             f"enough documents of its own ends the split; config.data.num_streams={data.num_streams}"
             f"{' picks ' + str(streams) if not data.num_streams else ''}), and does with {fewer}: pass "
             f"--config.data.num_streams={fewer}")
-  return (f"config.data.validation_split: {where} holds less than one batch ({t.global_batch_size} windows of "
+  return (f"config.data.validation_split: {where} holds less than one batch ({batch} windows of "
           f"{t.seq_len + 1} tokens)")
 
 
 def check_validation(ctx: RunContext) -> None:
-  """Validation needs a batch of config.data.validation_split: asked for during training (eval_every > 0,
-  eval_batches > 0) a split without one is refused; asked for at the end only (eval_every 0), it is said in
-  one line. The message names the cause: no files, too few documents for the reader streams (with the
-  stream count that reads a batch), or less than one batch. Reads at most one batch per stream count tried."""
+  """Validation needs a batch of config.data.validation_split: a split without one is refused when validation
+  runs during training (eval_every > 0), said in one line when it runs at the end only."""
   t = ctx.train
   if t.eval_batches <= 0:
     return  # validation off by the config

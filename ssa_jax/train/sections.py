@@ -1,9 +1,7 @@
-"""The run config's train and eval sections as typed, frozen values: built once from the ConfigDict and
-validated here, each error naming the field (`config.train.warmup_steps: expected an int >= 0, got -1`).
-
-Each field's type and bounds are declared on the dataclass (`_at_least`, `_in`) and checked by `_parse`. The
-ConfigDict stays the run's record (WORKDIR/config.json, the resume comparison); the loop, the optimizer and
-the evaluation read these sections. The data section is validated by ssa_jax.data.config (its owner).
+"""The run config's train and eval sections as typed, frozen values, built and validated once, each error naming
+the field (`config.train.warmup_steps: expected an int >= 0, got -1`); a field's type and bounds are declared on
+the dataclass. The ConfigDict stays the run's record (WORKDIR/config.json, the resume comparison); the loop, the
+optimizer and the evaluation read these sections. ssa_jax.data.config validates the data section.
 """
 
 from __future__ import annotations
@@ -16,12 +14,8 @@ from ssa_jax.errors import ConfigError
 SCHEDULES = ("cosine", "constant")
 
 
-def _at_least(minimum: float) -> Any:
-  return dataclasses.field(metadata={"min": minimum})
-
-
-def _in(low: float, below: float) -> Any:
-  return dataclasses.field(metadata={"min": low, "below": below})
+def _at_least(minimum: float, below: float | None = None) -> Any:
+  return dataclasses.field(metadata={"min": minimum, "below": below})
 
 
 def _checked(where: str, kind: str, value: Any, bounds: Mapping[str, float]) -> Any:
@@ -64,8 +58,8 @@ class OptimSection:
   steps: int = _at_least(1)
   schedule: str = dataclasses.field()  # one of SCHEDULES
   min_lr_ratio: float = _at_least(0.0)
-  b1: float = _in(0.0, 1.0)  # Adam's decay rates
-  b2: float = _in(0.0, 1.0)
+  b1: float = _at_least(0.0, below=1.0)  # Adam's decay rates
+  b2: float = _at_least(0.0, below=1.0)
   eps: float = _at_least(1e-30)
   weight_decay: float = _at_least(0.0)
   grad_clip: float = _at_least(0.0)  # 0 = no clipping
@@ -95,15 +89,22 @@ class TrainSection(OptimSection):
   max_nonfinite_steps: int = _at_least(1)
   tensorboard: bool = dataclasses.field()
   preemption_deadline_s: float = _at_least(0.0)  # 0 = none
+  layer_norms: bool = dataclasses.field()
+  profile_start_step: int = _at_least(0)
+  profile_num_steps: int = _at_least(0)  # 0 = no profile
+  wandb: bool = dataclasses.field()
+  wandb_project: str = dataclasses.field()
+  wandb_entity: str = dataclasses.field()
+  wandb_name: str = dataclasses.field()
 
   @property
   def tokens_per_step(self) -> int:
     return self.global_batch_size * self.seq_len
 
 
-def train_section(train: Mapping[str, Any] | TrainSection) -> TrainSection:
-  """config.train as a TrainSection, every field checked (a TrainSection is returned as it is)."""
-  return train if isinstance(train, TrainSection) else TrainSection(**_parse(TrainSection, "train", train))
+def train_section(train: Mapping[str, Any]) -> TrainSection:
+  """config.train as a TrainSection, every field checked."""
+  return TrainSection(**_parse(TrainSection, "train", train))
 
 
 def optim_section(train: Mapping[str, Any] | OptimSection) -> OptimSection:
@@ -143,10 +144,9 @@ def schedule_warnings(t: TrainSection) -> list[str]:
   if t.warmup_steps >= t.steps and t.warmup_steps > 0:
     out.append(f"config.train.warmup_steps: {t.warmup_steps} >= config.train.steps={t.steps}: the learning rate "
                f"never reaches config.train.lr={t.lr:g} (pass --config.train.warmup_steps=N with N < {t.steps})")
-  if t.eval_every > t.steps:
-    out.append(f"config.train.eval_every: {t.eval_every} > config.train.steps={t.steps}: no validation before the "
-               f"end (pass --config.train.eval_every=N with N <= {t.steps})")
-  if t.checkpoint_every > t.steps:
-    out.append(f"config.train.checkpoint_every: {t.checkpoint_every} > config.train.steps={t.steps}: no checkpoint "
-               f"before the last step (pass --config.train.checkpoint_every=N with N <= {t.steps})")
+  cadences = {"eval_every": "validation before the end", "checkpoint_every": "checkpoint before the last step"}
+  for field, missed in cadences.items():
+    if getattr(t, field) > t.steps:
+      out.append(f"config.train.{field}: {getattr(t, field)} > config.train.steps={t.steps}: no {missed} (pass "
+                 f"--config.train.{field}=N with N <= {t.steps})")
   return out

@@ -1,10 +1,12 @@
-"""TrainState and its shardings: parameters by logical-axis rules, optimizer moments like their parameters."""
+"""TrainState and its shardings: parameters and buffers by logical-axis rules, optimizer moments like their
+parameters."""
 
 from __future__ import annotations
 
 import warnings
 from typing import Any
 
+import flax.linen as nn
 import flax.struct
 import jax
 import jax.numpy as jnp
@@ -14,15 +16,21 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from ssa_jax.data.token_counts import load_token_feature
 from ssa_jax.errors import ConfigError
 from ssa_jax.model.config import ModelConfig
-from ssa_jax.model.decoder import TOKEN_FEATURE, uses_token_feature
-from ssa_jax.model.params import init_params, param_shapes, param_shardings
+from ssa_jax.model.decoder import BUFFERS, TOKEN_FEATURE, uses_token_feature
+from ssa_jax.model.params import boxed_variable_shapes, init_variables, variable_shardings
 
 
 @flax.struct.dataclass
 class TrainState:
   step: jax.Array  # int32: optimizer steps taken (= batches consumed)
   params: Any
+  buffers: Any  # the model's fixed arrays (the frequency term's phi); {} when it has none
   opt_state: Any
+
+  @property
+  def variables(self) -> dict:
+    """The Flax variables the model is applied with."""
+    return {"params": self.params, BUFFERS: self.buffers}
 
 
 def _key_path(path) -> tuple[str, ...]:
@@ -45,16 +53,14 @@ def opt_state_shardings(opt_shapes, params_shardings, mesh: Mesh):
   return jax.tree_util.tree_map_with_path(pick, opt_shapes)
 
 
-def state_shardings(model_cfg: ModelConfig, tx: optax.GradientTransformation, mesh: Mesh, rules, params=None):
-  """(abstract TrainState, its shardings). `params`: the parameter ShapeDtypeStructs if already at hand
-  (model.param_shapes), which saves tracing the model's init again (seconds for 7B models)."""
-  p_shard = param_shardings(model_cfg, mesh, rules)
-  if params is None:
-    params = param_shapes(model_cfg)
-  abstract = TrainState(step=jax.ShapeDtypeStruct((), jnp.int32), params=params,
-                        opt_state=jax.eval_shape(tx.init, params))
-  shardings = TrainState(step=NamedSharding(mesh, P()), params=p_shard,
-                         opt_state=opt_state_shardings(abstract.opt_state, p_shard, mesh))
+def state_shardings(model_cfg: ModelConfig, tx: optax.GradientTransformation, mesh: Mesh, rules):
+  """(abstract TrainState, its shardings)."""
+  boxed = boxed_variable_shapes(model_cfg)
+  shapes, shards = nn.meta.unbox(boxed), variable_shardings(boxed, mesh, rules)
+  abstract = TrainState(step=jax.ShapeDtypeStruct((), jnp.int32), params=shapes["params"], buffers=shapes[BUFFERS],
+                        opt_state=jax.eval_shape(tx.init, shapes["params"]))
+  shardings = TrainState(step=NamedSharding(mesh, P()), params=shards["params"], buffers=shards[BUFFERS],
+                         opt_state=opt_state_shardings(abstract.opt_state, shards["params"], mesh))
   return abstract, shardings
 
 
@@ -81,25 +87,18 @@ def warn_if_ssmax_from_pretrained(model_cfg: ModelConfig) -> None:
                 stacklevel=2)
 
 
-def _with_feature(params, phi):
-  if phi is None:
-    return params
-  return {**params, TOKEN_FEATURE: jnp.asarray(phi, jnp.float32)}
-
-
-def _fresh_state(model_cfg, tx, rng, phi=None) -> TrainState:
-  params = _with_feature(init_params(model_cfg, rng), phi)
-  return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
-
-
-def create_state(model_cfg: ModelConfig, tx, shardings: TrainState, rng, params=None) -> TrainState:
-  """A new state laid out by `shardings`: fresh parameters from `rng`, or the given (host) `params` (a
+def create_state(model_cfg: ModelConfig, tx, shardings: TrainState, rng, variables=None) -> TrainState:
+  """A new state laid out by `shardings`: fresh variables from `rng`, or the given (host) `variables` (a
   pretrained checkpoint: a fine-tune). The frequency token term's phi is read from config.model.ssa.feature_path
   here, on the training side (the model initialises it to 0; checkpoints restore it)."""
+  if variables is None:  # initialised where each shard lives
+    variables = jax.jit(lambda r: init_variables(model_cfg, r), out_shardings=shardings.variables)(rng)
+  else:
+    warn_if_ssmax_from_pretrained(model_cfg)
   phi = token_feature(model_cfg)
-  if params is None:
-    return jax.jit(lambda r, f: _fresh_state(model_cfg, tx, r, f), out_shardings=shardings)(rng, phi)
-  warn_if_ssmax_from_pretrained(model_cfg)
-  params = jax.device_put(_with_feature(params, phi), shardings.params)
-  opt_state = jax.jit(tx.init, out_shardings=shardings.opt_state)(params)
-  return TrainState(step=jax.device_put(jnp.zeros((), jnp.int32), shardings.step), params=params, opt_state=opt_state)
+  if phi is not None:
+    variables = {**variables, BUFFERS: {**variables[BUFFERS], TOKEN_FEATURE: jnp.asarray(phi, jnp.float32)}}
+  variables = jax.device_put(variables, shardings.variables)
+  return TrainState(step=jax.device_put(jnp.zeros((), jnp.int32), shardings.step), params=variables["params"],
+                    buffers=variables[BUFFERS],
+                    opt_state=jax.jit(tx.init, out_shardings=shardings.opt_state)(variables["params"]))

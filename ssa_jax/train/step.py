@@ -13,12 +13,13 @@ from ssa_jax.model.decoder import Decoder
 from ssa_jax.runtime import sharding
 from ssa_jax.train.loss import DEFAULT_LOSS_CHUNK_SIZE, next_token_cross_entropy
 from ssa_jax.train.state import TrainState
+from ssa_jax.train.tree_norms import tree_norms
 
 
-def next_token_loss(model: Decoder, params, tokens_BT1: jax.Array,
+def next_token_loss(model: Decoder, variables: dict, tokens_BT1: jax.Array,
                     loss_chunk_size: int = DEFAULT_LOSS_CHUNK_SIZE):
   """(mean cross-entropy in float32, per-layer temperature statistics) for windows of seq_len + 1 tokens."""
-  loss, intermediates = next_token_cross_entropy(model, params, tokens_BT1, loss_chunk_size)
+  loss, intermediates = next_token_cross_entropy(model, variables, tokens_BT1, loss_chunk_size)
   return loss, temperature_stats(intermediates, model.config.num_layers)
 
 
@@ -52,32 +53,34 @@ def strided_microbatches(tokens_BX: jax.Array, microbatches: int) -> jax.Array:
 
 
 def make_train_step(model: Decoder, tx: optax.GradientTransformation, schedule: Callable, microbatches: int,
-                    loss_chunk_size: int = DEFAULT_LOSS_CHUNK_SIZE):
+                    loss_chunk_size: int = DEFAULT_LOSS_CHUNK_SIZE, layer_norms: bool = False):
   """train_step(state, batch) -> (state, metrics). A non-finite loss or gradient leaves params and optimizer
   moments untouched (`skip_update`); the step count and the learning-rate schedule still advance.
 
   `microbatches` M > 1 accumulates the gradient over M strided microbatches (see `strided_microbatches`) in a
   scan, one microbatch's activations alive at a time; the update is that of the whole batch.
   `loss_chunk_size`: positions per LM-head chunk of the loss (config.train.loss_chunk_size; 0 = whole logits).
+  `layer_norms`: the metrics also hold the gradient, parameter and update norms by layer (tree_norms.py).
   """
-  def grads_of(params, tokens_BT1):
-    loss_fn = lambda p: next_token_loss(model, p, tokens_BT1, loss_chunk_size)
-    (loss, stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+  def grads_of(state: TrainState, tokens_BT1):
+    # Only the params are differentiated: the buffers (phi) get no gradient and no update.
+    loss_fn = lambda p: next_token_loss(model, {**state.variables, "params": p}, tokens_BT1, loss_chunk_size)
+    (loss, stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     return loss, stats, grads
 
   def train_step(state: TrainState, batch: dict[str, jax.Array]):
     tokens = batch["tokens"]
     if microbatches == 1:
-      loss, stats, grads = grads_of(state.params, tokens)
+      loss, stats, grads = grads_of(state, tokens)
     else:
       tokens_MBT = strided_microbatches(tokens, microbatches)
 
       def accumulate(carry, mb_tokens):
-        loss, stats, grads = grads_of(state.params, mb_tokens)
+        loss, stats, grads = grads_of(state, mb_tokens)
         return jax.tree_util.tree_map(jnp.add, carry, (loss, stats, grads)), None
 
       zero = jax.tree_util.tree_map(
-          lambda s: jnp.zeros(s.shape, s.dtype), jax.eval_shape(lambda: grads_of(state.params, tokens_MBT[0])))
+          lambda s: jnp.zeros(s.shape, s.dtype), jax.eval_shape(lambda: grads_of(state, tokens_MBT[0])))
       total, _ = jax.lax.scan(accumulate, zero, tokens_MBT)
       # Equal-sized microbatches: the mean of their mean losses (and gradients) is the whole batch's.
       loss, stats, grads = jax.tree_util.tree_map(lambda x: x / microbatches, total)
@@ -87,9 +90,12 @@ def make_train_step(model: Decoder, tx: optax.GradientTransformation, schedule: 
     params = optax.apply_updates(state.params, updates)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
     keep = lambda new, old: jax.tree_util.tree_map(lambda n, o: jnp.where(finite, n, o), new, old)
-    new_state = TrainState(step=state.step + 1, params=keep(params, state.params),
-                           opt_state=skip_update(finite, opt_state, state.opt_state))
+    new_state = state.replace(step=state.step + 1, params=keep(params, state.params),
+                              opt_state=skip_update(finite, opt_state, state.opt_state))
     metrics = {"loss": loss, "grad_norm": grad_norm, "lr": schedule(state.step), "nonfinite": ~finite, **stats}
+    if layer_norms:
+      for kind, tree in (("grad", grads), ("param", new_state.params), ("update", updates)):
+        metrics.update(tree_norms(tree, model.config, kind))
     return new_state, metrics
 
   return train_step
@@ -125,28 +131,28 @@ def count_nonfinite(counts: dict[str, jax.Array], nonfinite: jax.Array) -> dict[
 
 
 def make_eval_step(model: Decoder, loss_chunk_size: int = DEFAULT_LOSS_CHUNK_SIZE):
-  """eval_step(params, batch) -> the batch's mean next-token cross-entropy (float32)."""
+  """eval_step(variables, batch) -> the batch's mean next-token cross-entropy (float32)."""
 
-  def eval_step(params, batch):
-    loss, _ = next_token_loss(model, params, batch["tokens"], loss_chunk_size)
+  def eval_step(variables, batch):
+    loss, _ = next_token_loss(model, variables, batch["tokens"], loss_chunk_size)
     return loss
 
   return eval_step
 
 
 def jit_train_step(model: Decoder, tx, schedule, microbatches: int, shardings: TrainState, mesh,
-                   loss_chunk_size: int = DEFAULT_LOSS_CHUNK_SIZE):
+                   loss_chunk_size: int = DEFAULT_LOSS_CHUNK_SIZE, layer_norms: bool = False):
   """The train step jitted with the state's NamedShardings in and out (state donated), batches over data x fsdp."""
-  return jax.jit(make_train_step(model, tx, schedule, microbatches, loss_chunk_size),
+  return jax.jit(make_train_step(model, tx, schedule, microbatches, loss_chunk_size, layer_norms),
                  in_shardings=(shardings, {"tokens": sharding.batch_sharding(mesh)}),
                  out_shardings=(shardings, sharding.replicated(mesh)), donate_argnums=(0,))
 
 
 def jit_loop_step(model: Decoder, tx, schedule, microbatches: int, shardings: TrainState, mesh,
-                  loss_chunk_size: int = DEFAULT_LOSS_CHUNK_SIZE):
+                  loss_chunk_size: int = DEFAULT_LOSS_CHUNK_SIZE, layer_norms: bool = False):
   """The training loop's step: loop_step(state, counts, batch) -> (state, counts, metrics), the train step
   plus the non-finite counters (`nonfinite_counts`), so that the loop reads the device only at log steps."""
-  train_step = make_train_step(model, tx, schedule, microbatches, loss_chunk_size)
+  train_step = make_train_step(model, tx, schedule, microbatches, loss_chunk_size, layer_norms)
 
   def loop_step(state, counts, batch):
     state, metrics = train_step(state, batch)

@@ -8,9 +8,9 @@ NAME is a Cloud TPU accelerator type or a GPU count:
 Each TPU accelerator type maps to the slice shape Google provisions for it (cloud.google.com/tpu/docs/v4, v5e,
 v5p, v6e); `--target_slices=K` joins K such slices over the data-center network (DCN).
 
-The devices come from `jax.experimental.topologies.get_topology_desc`: libtpu (`pip install -e '.[tpu]'`)
-describes a TPU slice, jax's CUDA plugin (`pip install -e '.[cuda]'`) a GPU host from a GpuTargetConfigProto
-written here from the chip's published specifications (no driver or GPU is needed; nothing is autotuned).
+The devices come from `jax.experimental.topologies.get_topology_desc`: libtpu describes a TPU slice, jax's CUDA
+plugin a GPU host from a GpuTargetConfigProto written here from the chip's published specifications (no driver
+or GPU is needed; nothing is autotuned). `require_compiler` names the extra that installs each.
 """
 
 from __future__ import annotations
@@ -66,11 +66,8 @@ CHIPS = {
     "h200": Chip("h200", "gpu", 141 * GiB, 4.8e12, gpu_info=_H100_SM, compute_capability=(9, 0),
                  description="NVIDIA H200"),
     "a100": Chip("a100", "gpu", 80 * GiB, 2.039e12, compute_capability=(8, 0), description="NVIDIA A100-SXM4-80GB",
-                 gpu_info=dict(threads_per_block_limit=1024, threads_per_warp=32, shared_memory_per_block=48 * 1024,
-                               shared_memory_per_core=164 * 1024, shared_memory_per_block_optin=163 * 1024,
-                               threads_per_core_limit=2048, core_count=108, fpus_per_core=64,
-                               registers_per_core_limit=65536, registers_per_block_limit=65536,
-                               l2_cache_size=40 * 2**20, clock_rate_ghz=1.41)),
+                 gpu_info=dict(_H100_SM, shared_memory_per_core=164 * 1024, shared_memory_per_block_optin=163 * 1024,
+                               core_count=108, fpus_per_core=64, l2_cache_size=40 * 2**20, clock_rate_ghz=1.41)),
 }
 _ALIASES = {"v5litepod": "v5e"}
 GPUS_PER_HOST = 8
@@ -93,14 +90,9 @@ class Target:
   shape: tuple[int, ...]  # TPU: the slice's chip grid; GPU: (hosts, 1, GPUs a host)
   slices: int = 1
 
-  @property
-  def num_devices(self) -> int:
-    return self.chips * self.slices
 
-
-def _valid_names() -> str:
-  return ("v4-8 ... v4-8192, v5p-8 ... v5p-12288 (TensorCores), v5e-1 / v5litepod-1 ... v5e-256, "
-          "v6e-1 ... v6e-256 (chips), h100-N / h200-N / a100-N (GPUs, 8 a host)")
+_VALID_NAMES = ("v4-8 ... v4-8192, v5p-8 ... v5p-12288 (TensorCores), v5e-1 / v5litepod-1 ... v5e-256, "
+                "v6e-1 ... v6e-256 (chips), h100-N / h200-N / a100-N (GPUs, 8 a host)")
 
 
 def parse_target(name: str, slices: int = 1) -> Target:
@@ -109,7 +101,7 @@ def parse_target(name: str, slices: int = 1) -> Target:
   match = re.fullmatch(r"([a-z0-9]+?)-(\d+)", name.strip().lower())
   family = _ALIASES.get(match.group(1), match.group(1)) if match else None
   if family not in CHIPS:
-    raise ConfigError(f"{where}: unknown accelerator; expected one of {_valid_names()}")
+    raise ConfigError(f"{where}: unknown accelerator; expected one of {_VALID_NAMES}")
   chip, count = CHIPS[family], int(match.group(2))
   if not isinstance(slices, int) or slices < 1:
     raise ConfigError(f"--target_slices: expected a positive int, got {slices!r}")
@@ -133,11 +125,8 @@ def parse_target(name: str, slices: int = 1) -> Target:
 
 def require_compiler(target: Target) -> None:
   """Fails in one line, naming the extra to install, when the target's compiler is not installed here."""
-  module = "libtpu" if target.chip.platform == "tpu" else "jax_cuda12_plugin"
-  found = importlib.util.find_spec(module) is not None
-  if target.chip.platform == "gpu" and not found:
-    found = importlib.util.find_spec("jax_cuda13_plugin") is not None
-  if not found:
+  modules = ("libtpu",) if target.chip.platform == "tpu" else ("jax_cuda12_plugin", "jax_cuda13_plugin")
+  if all(importlib.util.find_spec(m) is None for m in modules):
     raise ConfigError(f"--target={target.name}: the {target.chip.platform.upper()} compiler is not installed "
                       f"here: {_INSTALL[target.chip.platform]}")
 
@@ -157,14 +146,12 @@ def gpu_target_config(chip: Chip) -> str:
 
 def target_devices(target: Target) -> list:
   """The target's devices, described by its own compiler (an abstract topology: nothing runs on them)."""
-  require_compiler(target)
   chip = target.chip
   if chip.platform == "gpu":
     hosts, _, per_host = target.shape
     topology = topologies.get_topology_desc(platform="cuda", topology=f"{hosts}x1x{per_host}",
                                             target_config=gpu_target_config(chip))
     return list(topology.devices)
-  shape = tuple(target.shape) + (1,) * (3 - len(target.shape))
   # Hosts: 4 chips (2x2x1) on v4 / v5p; v5e / v6e VMs of 1, 4 or 8 chips (2x4 in slices of 8 and more).
   per_host = (2, 2, 1) if chip.topology_dims == 3 or target.chips == 4 else (
       (1, 1, 1) if target.chips == 1 else (2, 4, 1))
@@ -173,7 +160,7 @@ def target_devices(target: Target) -> list:
     kwargs["chip_config_name"] = "megacore"  # one device per chip, both TensorCores
   if target.slices > 1:
     kwargs["num_slices"] = target.slices
-  name = f"{chip.name}:{'x'.join(map(str, shape[:chip.topology_dims]))}"
+  name = f"{chip.name}:{'x'.join(map(str, target.shape))}"
   return list(topologies.get_topology_desc(platform="tpu", topology_name=name, **kwargs).devices)
 
 

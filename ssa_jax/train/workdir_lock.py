@@ -1,12 +1,10 @@
 """One training run per workdir: WORKDIR/train.lock names the holder (host, pid); process 0 takes it.
 
-A second run on a locked workdir stops at once, naming the holder. A lock left by a process that died
-without cleaning up (SIGKILL, a second Ctrl-C, a crash of the machine) is detected on the same host (the
-pid is gone, or now belongs to a process started later) and taken over. A lock from another host cannot
-be checked from here: the message says which file to delete once that run is known to be gone.
-
-Local workdirs are locked atomically (O_EXCL); on object stores (gs://) creation is check-then-write, which
-still catches a second run started after the first one began.
+A second run on a locked workdir stops at once, naming the holder. A lock left by a process that died without
+cleaning up (SIGKILL, a second Ctrl-C, a machine crash) is detected on the same host (the pid is gone, or now
+belongs to a process started later) and taken over; one from another host cannot be checked from here: the
+message says which file to delete. Local workdirs are locked atomically (O_EXCL); on object stores (gs://)
+creation is check-then-write, which still catches a second run started after the first one began.
 """
 
 from __future__ import annotations
@@ -41,23 +39,19 @@ def _process_start_ticks(pid: int) -> int | None:
   return int(stat[stat.rindex(")") + 2:].split()[19])
 
 
-def _pid_alive(pid: int) -> bool:
-  try:
-    os.kill(pid, 0)
-  except ProcessLookupError:
-    return False
-  except PermissionError:
-    return True  # exists, owned by someone else
-  return True
-
-
 def _holder_is_gone(holder: dict) -> bool:
   """True when the lock's process certainly no longer runs (same host only)."""
   if holder.get("host") != socket.gethostname():
     return False
   pid = holder.get("pid")
-  if not isinstance(pid, int) or not _pid_alive(pid):
+  if not isinstance(pid, int):
     return True
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return True
+  except PermissionError:
+    pass  # alive, owned by someone else
   started = holder.get("pid_start")
   return started is not None and _process_start_ticks(pid) not in (None, started)
 
@@ -99,11 +93,10 @@ class WorkdirLock:
       self.path.write_text(data)
       return True
     try:
-      fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+      with open(self.path, "x", encoding="utf-8") as f:  # O_EXCL: of two runs creating it, one wins
+        f.write(data)
     except FileExistsError:
       return False
-    with os.fdopen(fd, "w") as f:
-      f.write(data)
     return True
 
   def _remove_stale(self, seen: str) -> None:
@@ -133,10 +126,9 @@ class WorkdirLock:
       except FileNotFoundError:
         continue  # released meanwhile
       if not _holder_is_gone(holder):
-        where = self.path.parent
         raise WorkdirLockedError(
-            f"workdir {where} is in use by another training run ({_describe(holder)}); wait for it, stop it, "
-            f"or pass another --workdir (if that run is gone, delete {self.path})")
+            f"workdir {self.path.parent} is in use by another training run ({_describe(holder)}); wait for it, "
+            f"stop it, or pass another --workdir (if that run is gone, delete {self.path})")
       print(f"taking over the stale lock {self.path} ({_describe(holder)}: that process is gone)",
             file=sys.stderr, flush=True)
       self._remove_stale(text)

@@ -30,11 +30,11 @@ PERCENTILES = (5, 95)
 
 @functools.lru_cache(maxsize=8)
 def _sown_taus(model):
-  """A jitted (params, tokens_BT) -> {tau_*: (B, T, layers, heads)}, one per model (the seeds of a variant share it)."""
+  """A jitted (variables, tokens_BT) -> {tau_*: (B, T, layers, heads)}, one per model (a variant's seeds share it)."""
 
   @jax.jit
-  def taus(params, tokens_BT):
-    _, state = model.apply({"params": params}, tokens_BT, mutable=["intermediates"])
+  def taus(variables, tokens_BT):
+    _, state = model.apply(variables, tokens_BT, mutable=["intermediates"])
     # Vanilla sows nothing; scan_layers sows one stacked tau per module.
     inter = unstack_layers(state.get("intermediates", {}), model.config.num_layers)
     attn = [inter.get(f"layers_{i}", {}).get("attn", {}) for i in range(model.config.num_layers)]
@@ -43,11 +43,11 @@ def _sown_taus(model):
   return taus
 
 
-def temperature_stats(model, params, windows_NT: np.ndarray, batch_size: int = 8) -> dict[str, dict[str, list]]:
+def temperature_stats(model, variables, windows_NT: np.ndarray, batch_size: int = 8) -> dict[str, dict[str, list]]:
   """Per sown temperature (tau_q, tau_v, ...): per-layer mean, std and 5th / 95th percentiles over tokens x heads."""
   cfg = model.config
   taus = _sown_taus(model)
-  parts = [jax.device_get(taus(params, jnp.asarray(windows_NT[i:i + batch_size])))
+  parts = [jax.device_get(taus(variables, jnp.asarray(windows_NT[i:i + batch_size])))
            for i in range(0, len(windows_NT), batch_size)]
   out = {}
   for name in parts[0] if parts else ():
@@ -59,19 +59,19 @@ def temperature_stats(model, params, windows_NT: np.ndarray, batch_size: int = 8
   return out
 
 
-def figure2(model, params, windows_NT: np.ndarray) -> dict[str, Any]:
+def figure2(model, variables: dict, windows_NT: np.ndarray) -> dict[str, Any]:
   """ssa_jax.analysis.norms on the windows: means of spec_raw / spec_eff / opnorm(_eff) / tau_q / spikiness,
   per-layer means, and the per-token values (for the violins)."""
   analysed = type(model)(norms.analysis_config(model.config))
   seq_len = windows_NT.shape[1]
-  arrays = norms.analyse(analysed, params, windows_NT.reshape(-1).tolist(), seq_len)
+  arrays = norms.analyse(analysed, variables, windows_NT.reshape(-1).tolist(), seq_len)
   return norms.summarise(arrays)
 
 
-def zero_shot(model, params, tokenizer_path: str, run_dir: Path, step: int, seq_len: int, tasks: str,
+def zero_shot(model, variables: dict, tokenizer_path: str, run_dir: Path, step: int, seq_len: int, tasks: str,
               data_dir: str, limit: int, batch_size: int) -> dict[str, Any]:
   """ssa_jax.evaluate.run_eval on the final checkpoint: {task: {metric: value}} and the tasks that could not run."""
-  results = run_eval(model, params, tokenizer_path, tasks=tasks, data_dir=data_dir or None, limit=limit or None,
+  results = run_eval(model, variables, tokenizer_path, tasks=tasks, data_dir=data_dir or None, limit=limit or None,
                      batch_size=batch_size, max_length=seq_len, output=str(run_dir / EVAL_RESULTS),
                      extra={"checkpoint": str(run_dir / "checkpoints"), "step": step}, show_progress=False)
   scores = {task: {k.split(",")[0]: v for k, v in entry.items()
@@ -96,7 +96,7 @@ def analyse_run(run_dir: Path, num_tokens: int, eval_tasks: str = "", eval_data_
       return cached
   print(f"[compare] analysing {run_dir.name} (step {step})", flush=True)
   start = time.time()
-  model, params, tokenizer_path = load_model(ModelSource(checkpoint=str(run_dir)))
+  model, variables, tokenizer_path = load_model(ModelSource(checkpoint=str(run_dir)))
   run_config = checkpoint.read_config(run_dir)
   if not tokenizer_path:
     raise ValueError(f"{run_dir}: the run's config names no tokenizer (config.data.tokenizer_path)")
@@ -105,12 +105,12 @@ def analyse_run(run_dir: Path, num_tokens: int, eval_tasks: str = "", eval_data_
   out: dict[str, Any] = {
       "key": key, "step": step, "tokens_analysed": int(windows_NT.size), "window": int(windows_NT.shape[1]),
       **param_counts(model.config),
-      "temperatures": temperature_stats(model, params, windows_NT),
-      "figure2": figure2(model, params, windows_NT),
+      "temperatures": temperature_stats(model, variables, windows_NT),
+      "figure2": figure2(model, variables, windows_NT),
       "zero_shot": None,
   }
   if eval_tasks:
-    out["zero_shot"] = zero_shot(model, params, tokenizer_path, run_dir, step, int(run_config["train"]["seq_len"]),
+    out["zero_shot"] = zero_shot(model, variables, tokenizer_path, run_dir, step, int(run_config["train"]["seq_len"]),
                                  eval_tasks, eval_data_dir, limit, eval_batch_size)
   cache.write_text(json.dumps(out) + "\n")
   print(f"[compare] {run_dir.name}: analysed in {time.time() - start:.1f} s", flush=True)

@@ -68,16 +68,9 @@ def variant_config(base: ml_collections.ConfigDict, variant: str, seed: int) -> 
   return config
 
 
-def config_json(config: ml_collections.ConfigDict) -> dict:
-  """The config as plain JSON values (tuples become lists), the form it is stored and compared in."""
-  return json.loads(config.to_json_best_effort())
-
-
 def first_difference(a: Any, b: Any, path: str = "config") -> str | None:
-  """The first field present in both JSON values where they differ, as 'config.a.b: x vs y', or None.
-
-  A field only one side has (the code gained or lost a config field between two sessions) is not a difference.
-  """
+  """The first field present in both JSON values where they differ, as 'config.a.b: x vs y', or None (a field
+  only one side has, as when the code gained or lost a config field between two sessions, is no difference)."""
   if isinstance(a, dict) and isinstance(b, dict):
     for key in sorted(set(a) & set(b)):
       found = first_difference(a[key], b[key], f"{path}.{key}")
@@ -86,12 +79,6 @@ def first_difference(a: Any, b: Any, path: str = "config") -> str | None:
     return None
   short = lambda v: repr(v) if len(repr(v)) <= 60 else repr(v)[:57] + "..."  # noqa: E731
   return None if a == b else f"{path}: {short(a)} vs {short(b)}"
-
-
-def read_state(run_dir: Path) -> dict | None:
-  """The run directory's RUN_STATE, or None when there is none."""
-  path = run_dir / RUN_STATE
-  return json.loads(path.read_text()) if path.is_file() else None
 
 
 def write_state(run_dir: Path, state: dict) -> None:
@@ -104,8 +91,9 @@ def write_state(run_dir: Path, state: dict) -> None:
 
 def ensure_trained(run_dir: Path, config: ml_collections.ConfigDict, variant: str, seed: int) -> dict:
   """Trains (or resumes) one run unless it is complete; returns its state. A requested stop leaves it incomplete."""
-  wanted = config_json(config)
-  state = read_state(run_dir)
+  wanted = json.loads(config.to_json_best_effort())  # plain JSON values (tuples become lists), as stored
+  path = run_dir / RUN_STATE
+  state = json.loads(path.read_text()) if path.is_file() else None
   if state is not None:
     diff = first_difference(state["config"], wanted)
     if diff:
@@ -127,14 +115,6 @@ def ensure_trained(run_dir: Path, config: ml_collections.ConfigDict, variant: st
   write_state(run_dir, state)
   print(f"[compare] {run_dir.name}: step {summary['step']} after {state['sessions'][-1]['wall_s']:.1f} s", flush=True)
   return state
-
-
-def write_report(root: Path, report: dict[str, Any], runs: list[dict]) -> None:
-  """report.json, report.md and the PNGs into `root`."""
-  root.mkdir(parents=True, exist_ok=True)
-  (root / "report.json").write_text(json.dumps(report, indent=1) + "\n")
-  figures = compare_figures.write_all(root, report, runs)
-  (root / "report.md").write_text(markdown(report, figures))
 
 
 def compare(base: ml_collections.ConfigDict, variants: list[str], seeds: list[int], workdir: str,
@@ -161,7 +141,8 @@ def compare(base: ml_collections.ConfigDict, variants: list[str], seeds: list[in
     run["analysis"] = compare_analysis.analyse_run(
         Path(run["dir"]), analysis_tokens, eval_tasks, eval_data_dir, limit, eval_batch_size)
   report = compare_report.build(runs, variants, seeds, config_name)
-  write_report(root, report, runs)
+  (root / "report.json").write_text(json.dumps(report, indent=1) + "\n")
+  (root / "report.md").write_text(markdown(report, compare_figures.write_all(root, report, runs)))
   print(compare_report.console_summary(report), flush=True)
   print(f"[compare] wrote {root / 'report.md'}, {root / 'report.json'} and the figures beside them", flush=True)
   return report

@@ -22,50 +22,25 @@ def _band(ax, steps, values_SX: np.ndarray, label: str) -> None:
     ax.fill_between(steps, mean - std, mean + std, color=line.get_color(), alpha=0.2, lw=0)
 
 
-def _runs_of(report: dict, variant: str) -> list[dict]:
-  return [r for r in report["runs"].values() if r["variant"] == variant]
-
-
-def validation_figure(path: Path, report: dict) -> None:
-  """Validation perplexity per variant at each evaluation point (log axis, plain tick labels)."""
+def _curves_figure(path: Path, report: dict, metric: str) -> None:
+  """Validation perplexity (log axis, plain tick labels) or training loss (each run EMA-smoothed) per variant, at
+  the steps every seed logged: mean ± std over seeds."""
   plt = pyplot()
   fig, ax = plt.subplots(figsize=(6.5, 4.2))
+  steps_key, smoothing = ("val_steps", 0.0) if metric == "val_ppl" else ("loss_steps", LOSS_SMOOTHING)
   lo, hi = np.inf, 0.0
   for v in report["variants"]:
-    runs = _runs_of(report, v)
-    steps = sorted(set.intersection(*(set(r["val_steps"]) for r in runs)))
-    values = np.array([[r["val_ppl"][r["val_steps"].index(s)] for s in steps] for r in runs])
+    runs = [r for r in report["runs"].values() if r["variant"] == v]
+    steps = sorted(set.intersection(*(set(r[steps_key]) for r in runs)))
+    by_step = [dict(zip(r[steps_key], curves.ema(r[metric], smoothing))) for r in runs]
+    values = np.array([[b[s] for s in steps] for b in by_step])
     _band(ax, steps, values, v)
     lo, hi = min(lo, values.min()), max(hi, values.max())
-  ax.set_yscale("log")
-  ax.set_ylim(lo / 1.03, hi * 1.03)
-  ax.yaxis.set_major_locator(ticker.FixedLocator(curves.log_ticks(lo / 1.03, hi * 1.03)))
-  ax.yaxis.set_major_formatter(ticker.FuncFormatter(lambda y, _: f"{y:g}"))
-  ax.yaxis.set_minor_formatter(ticker.NullFormatter())
-  ax.xaxis.set_major_locator(ticker.MaxNLocator(integer=True))
+  if metric == "val_ppl":
+    curves.log_y_axis(ax, lo / 1.03, hi * 1.03)
+    ax.xaxis.set_major_locator(ticker.MaxNLocator(integer=True))
   ax.set_xlabel("step")
-  ax.set_ylabel("validation perplexity")
-  ax.set_title(f"mean ± std over seeds {report['seeds']}", fontsize=9)
-  ax.legend()
-  fig.tight_layout()
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
-
-
-def loss_figure(path: Path, report: dict) -> None:
-  """Training loss per variant, each run EMA-smoothed, then mean ± std over seeds."""
-  plt = pyplot()
-  fig, ax = plt.subplots(figsize=(6.5, 4.2))
-  for v in report["variants"]:
-    runs = _runs_of(report, v)
-    steps = sorted(set.intersection(*(set(r["loss_steps"]) for r in runs)))
-    smoothed = []
-    for r in runs:
-      by_step = dict(zip(r["loss_steps"], curves.ema(r["loss"], LOSS_SMOOTHING)))
-      smoothed.append([by_step[s] for s in steps])
-    _band(ax, steps, np.array(smoothed), v)
-  ax.set_xlabel("step")
-  ax.set_ylabel(f"training loss (EMA {LOSS_SMOOTHING})")
+  ax.set_ylabel("validation perplexity" if metric == "val_ppl" else f"training loss (EMA {LOSS_SMOOTHING})")
   ax.set_title(f"mean ± std over seeds {report['seeds']}", fontsize=9)
   ax.legend()
   fig.tight_layout()
@@ -118,8 +93,8 @@ def temperatures_figure(path: Path, report: dict) -> bool:
 def write_all(root: Path, report: dict, runs: list[dict]) -> dict[str, str]:
   """Writes every figure into `root`; returns {what: file name} of those written."""
   written = {"validation": "curves_val_ppl.png", "loss": "curves_loss.png", "figure2": "norms.png"}
-  validation_figure(root / written["validation"], report)
-  loss_figure(root / written["loss"], report)
+  _curves_figure(root / written["validation"], report, "val_ppl")
+  _curves_figure(root / written["loss"], report, "loss")
   figure2_figure(root / written["figure2"], report, runs)
   if temperatures_figure(root / "temperatures.png", report):
     written["temperatures"] = "temperatures.png"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from ssa_jax.experiments.compare.report import fmt
+from ssa_jax.experiments.compare.report import FIGURE2_KEYS, fmt
 
 
 def _table(header: list[str], rows: list[list[str]]) -> str:
@@ -74,11 +74,10 @@ def _zero_shot(report: dict[str, Any]) -> str:
 
 
 def _figure2(report: dict[str, Any]) -> str:
-  ref, rows = report["reference"], []
-  for v in report["variants"]:
-    f = report["figure2"][v]
-    rows.append([v] + [fmt(f[k], 3) for k in ("spec_raw", "spec_eff", "opnorm", "opnorm_eff", "tau_q", "spikiness")]
-                + [f"{f['spec_raw_ref_over_this']:.2f}x", f"{f['spec_eff_ref_over_this']:.2f}x"])
+  ref, f2 = report["reference"], report["figure2"]
+  rows = [[v] + [fmt(f2[v][k], 3) for k in FIGURE2_KEYS]
+          + [f"{f2[v]['spec_raw_ref_over_this']:.2f}x", f"{f2[v]['spec_eff_ref_over_this']:.2f}x"]
+          for v in report["variants"]]
   return _table(["variant", "spec_raw ‖W^T x‖", "spec_eff tau_q ‖W^T x‖", "‖W‖_2", "tau_q ‖W‖_2", "tau_q",
                  "spikiness", f"{ref}/this raw", f"{ref}/this eff"], rows)
 
@@ -99,11 +98,8 @@ def _temperatures(report: dict[str, Any]) -> str:
 
 
 def _cost(report: dict[str, Any]) -> str:
-  rows = []
-  for v in report["variants"]:
-    c = report["cost"][v]
-    rows.append([v, f"{c['params']:,}", f"{c['ssa_params']:,}", f"{c['tokens_trained']:,}", fmt(c["wall_s"], 0),
-                 fmt(c["tokens_per_s"], 0)])
+  rows = [[v, f"{c['params']:,}", f"{c['ssa_params']:,}", f"{c['tokens_trained']:,}", fmt(c["wall_s"], 0),
+           fmt(c["tokens_per_s"], 0)] for v, c in report["cost"].items()]
   return _table(["variant", "parameters", "of which SSA", "tokens trained", "wall time (s)", "tokens/s"], rows)
 
 
@@ -112,12 +108,10 @@ def _configs(report: dict[str, Any]) -> str:
   ref_name = next(n for n in names if report["runs"][n]["variant"] == report["reference"])
   parts = [f"The reference run's whole config ({ref_name}):", "```json",
            json.dumps(report["configs"][ref_name], indent=1), "```", "", "Each variant's `model.ssa` section:"]
-  seen = set()
+  first_config = {}
   for name in names:
-    v = report["runs"][name]["variant"]
-    if v not in seen:
-      seen.add(v)
-      parts += [f"- {v}: `{json.dumps(report['configs'][name]['model']['ssa'], sort_keys=True)}`"]
+    first_config.setdefault(report["runs"][name]["variant"], report["configs"][name])
+  parts += [f"- {v}: `{json.dumps(c['model']['ssa'], sort_keys=True)}`" for v, c in first_config.items()]
   parts += ["", "Every run's exact config: `report.json` (`configs`) and `runs/<variant>_seed<seed>/config.json`."]
   return "\n".join(parts)
 
@@ -143,8 +137,8 @@ def markdown(report: dict[str, Any], figures: dict[str, str]) -> str:
       "## Figure 2: query-key norms and attention spikiness\n\n"
       "`ssa_jax.analysis.norms` on the first validation windows (the same tokens for every run), each number the "
       "mean over tokens, layers and heads, then mean ± std over seeds. spec = ‖W^T x‖ with W = W_q W_k^T "
-      "(eff: times tau_q), ‖W‖_2 its operator norm; spikiness = ‖s‖_1 / (‖s‖_2^2 L), lower = spikier.\n\n" + _figure2(report)
-      + image("figure2", "Figure 2"),
+      "(eff: times tau_q), ‖W‖_2 its operator norm; spikiness = ‖s‖_1 / (‖s‖_2^2 L), lower = spikier.\n\n"
+      + _figure2(report) + image("figure2", "Figure 2"),
       "## Temperatures per layer\n\n"
       "Each layer's mean over validation tokens and heads (mean ± std over seeds) and, in brackets, the 5th and "
       "95th percentiles (mean over seeds). tau multiplies q (tau_q, an inverse temperature of the attention "

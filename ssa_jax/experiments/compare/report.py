@@ -37,11 +37,6 @@ def fmt(ms: dict[str, Any] | None, digits: int = 2) -> str:
   return f"{ms['mean']:.{digits}f}" + (f" ± {ms['std']:.{digits}f}" if ms["std"] is not None else "")
 
 
-def reference_variant(variants: list[str]) -> str:
-  """'vanilla' when compared, else the first variant named."""
-  return "vanilla" if "vanilla" in variants else variants[0]
-
-
 def read_run(run: dict) -> dict[str, Any]:
   """One run's own numbers, read back from its metrics.jsonl, its compare state and its analysis."""
   run_dir, state, analysis = run["dir"], run["state"], run["analysis"]
@@ -65,10 +60,7 @@ def read_run(run: dict) -> dict[str, Any]:
 def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
   if not isinstance(d, dict):
     return {prefix: d}
-  out = {}
-  for k, v in d.items():
-    out.update(_flatten(v, f"{prefix}.{k}" if prefix else k))
-  return out
+  return {key: leaf for k, v in d.items() for key, leaf in _flatten(v, f"{prefix}.{k}" if prefix else k).items()}
 
 
 def differing_fields(configs: list[dict]) -> list[str]:
@@ -112,10 +104,6 @@ def _steps_to_target(ref_run: dict, run: dict, metric: str) -> dict[str, Any]:
           "step": res["runs"][1]["step_at_target"], "ratio": res["runs"][1]["steps_ratio_vs_first"]}
 
 
-def _device() -> dict[str, Any]:
-  return {"platform": jax.default_backend(), "kind": jax.devices()[0].device_kind, "count": jax.device_count()}
-
-
 def _temperature_summary(stats: list[dict]) -> dict[str, Any]:
   """One variant's temperatures over its seeds: per layer mean ± std of the seed means, mean 5th / 95th percentile."""
   return {name: {"mean": [mean_std([st[name]["mean"][layer] for st in stats])
@@ -138,7 +126,7 @@ def _zero_shot_summary(results: list[dict | None]) -> dict[str, Any] | None:
 
 def build(runs: list[dict], variants: list[str], seeds: list[int], config_name: str = "") -> dict[str, Any]:
   """The report's numbers (report.json), from runs [{name, variant, seed, dir, state, analysis}]."""
-  ref = reference_variant(variants)
+  ref = "vanilla" if "vanilla" in variants else variants[0]
   per_run = {r["name"]: read_run(r) for r in runs}
   by = {(r["variant"], r["seed"]): r["name"] for r in runs}
   of = lambda v: [per_run[by[(v, s)]] for s in seeds]  # noqa: E731  the runs of one variant, in seed order
@@ -151,11 +139,8 @@ def build(runs: list[dict], variants: list[str], seeds: list[int], config_name: 
                "val_loss": mean_std([r["final_val_loss"] for r in of(v)]),
                "step": sorted({r["final_step"] for r in of(v)})} for v in variants}
 
-  targets: dict[str, Any] = {}
-  for v in variants:
-    if v == ref:
-      continue
-    targets[v] = {}
+  targets: dict[str, Any] = {v: {} for v in variants if v != ref}
+  for v in targets:
     for metric in ("loss", "val_ppl"):
       per_seed = [_steps_to_target(per_run[by[(ref, s)]], per_run[by[(v, s)]], metric) for s in seeds]
       ratios = [p["ratio"] for p in per_seed if p["ratio"] is not None]
@@ -180,7 +165,8 @@ def build(runs: list[dict], variants: list[str], seeds: list[int], config_name: 
   verdicts = [verdict(v, ref, [r["final_val_ppl"] for r in of(v)], [r["final_val_ppl"] for r in of(ref)])
               for v in variants if v != ref]
   return {
-      "config_file": config_name, "variants": variants, "seeds": seeds, "reference": ref, "device": _device(),
+      "config_file": config_name, "variants": variants, "seeds": seeds, "reference": ref,
+      "device": {"platform": jax.default_backend(), "kind": jax.devices()[0].device_kind, "count": jax.device_count()},
       "runs": per_run, "validation_ppl": validation, "final": final, "steps_to_target": targets,
       "figure2": figure2, "temperatures": temperatures, "zero_shot": zero_shot, "cost": cost,
       "differing_fields": differing_fields(list(configs.values())), "configs": configs,
@@ -191,7 +177,5 @@ def build(runs: list[dict], variants: list[str], seeds: list[int], config_name: 
 def console_summary(report: dict[str, Any]) -> str:
   """A few lines for the terminal: final perplexity per variant and the verdicts."""
   lines = [f"final validation perplexity (mean ± std over seeds {report['seeds']}):"]
-  for v in report["variants"]:
-    lines.append(f"  {v:12s} {fmt(report['final'][v]['val_ppl'])}")
-  lines += [v["line"] for v in report["verdicts"]]
-  return "\n".join(lines)
+  lines += [f"  {v:12s} {fmt(report['final'][v]['val_ppl'])}" for v in report["variants"]]
+  return "\n".join(lines + [v["line"] for v in report["verdicts"]])
