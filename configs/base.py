@@ -83,6 +83,9 @@ def get_config(model: str = "tiny", ssa: str = "ssa", mode: str = "pretrain") ->
 
   # Mesh axis sizes; -1 takes the remaining devices. num_devices -1 uses all of them.
   config.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1, num_devices=-1))
+  # Over several TPU slices the sizes above are one slice's; the data axis also spans the slices (-1: every slice
+  # the devices belong to), so only the gradient reduction crosses the data-center network.
+  config.mesh.dcn_data = -1
   # Logical parameter axes -> mesh axes (flax lm1b / MaxText vocabulary). Batches split over data x fsdp.
   config.sharding = ml_collections.ConfigDict()
   config.sharding.rules = [

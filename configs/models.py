@@ -6,29 +6,27 @@ import ml_collections
 
 from ssa_jax.model.config import ModelConfig, SSAConfig
 
-# Field names are those of ssa_jax.model.config.ModelConfig.
+# Field names are those of ssa_jax.model.config.ModelConfig; a field not named keeps its default.
+NEOX = dict(family="neox", rotary_pct=0.25, parallel_residual=True, qkv_bias=True, out_bias=True, mlp_bias=True,
+            activation="gelu")
+LLAMA = dict(family="llama", activation="silu")
 MODELS = {
     # The embedded demo: a Pythia-shaped (GPT-NeoX) model small enough to train on a laptop CPU in minutes.
-    "tiny": dict(family="neox", vocab_size=2048, d_model=128, num_layers=4, num_heads=4, mlp_dim=512,
-                 max_seq_len=256, rotary_pct=0.25, parallel_residual=True, qkv_bias=True, out_bias=True,
-                 mlp_bias=True, activation="gelu", norm_eps=1e-5),
+    "tiny": dict(NEOX, vocab_size=2048, d_model=128, num_layers=4, num_heads=4, mlp_dim=512, max_seq_len=256),
     "gpt2": dict(family="gpt2", vocab_size=50257, d_model=768, num_layers=12, num_heads=12, mlp_dim=3072,
-                 max_seq_len=1024, tie_embeddings=True, qkv_bias=True, out_bias=True, mlp_bias=True,
-                 activation="gelu_tanh", norm_eps=1e-5),
-    "pythia160m": dict(family="neox", vocab_size=50304, d_model=768, num_layers=12, num_heads=12, mlp_dim=3072,
-                       max_seq_len=2048, rotary_pct=0.25, parallel_residual=True, qkv_bias=True, out_bias=True,
-                       mlp_bias=True, activation="gelu", norm_eps=1e-5),
-    "pythia410m": dict(family="neox", vocab_size=50304, d_model=1024, num_layers=24, num_heads=16, mlp_dim=4096,
-                       max_seq_len=2048, rotary_pct=0.25, parallel_residual=True, qkv_bias=True, out_bias=True,
-                       mlp_bias=True, activation="gelu", norm_eps=1e-5),
-    "llama2_7b": dict(family="llama", vocab_size=32000, d_model=4096, num_layers=32, num_heads=32, num_kv_heads=32,
-                      mlp_dim=11008, max_seq_len=4096, rope_theta=10000.0, activation="silu", norm_eps=1e-5),
+                 max_seq_len=1024, tie_embeddings=True, qkv_bias=True, out_bias=True, mlp_bias=True),
+    "pythia160m": dict(NEOX, vocab_size=50304, d_model=768, num_layers=12, num_heads=12, mlp_dim=3072,
+                       max_seq_len=2048),
+    "pythia410m": dict(NEOX, vocab_size=50304, d_model=1024, num_layers=24, num_heads=16, mlp_dim=4096,
+                       max_seq_len=2048),
+    "llama2_7b": dict(LLAMA, vocab_size=32000, d_model=4096, num_layers=32, num_heads=32, num_kv_heads=32,
+                      mlp_dim=11008, max_seq_len=4096),
     # Meta-Llama-3-8B exactly (8192 positions, rope theta 500000, no rope scaling).
-    "llama3_8b": dict(family="llama", vocab_size=128256, d_model=4096, num_layers=32, num_heads=32, num_kv_heads=8,
-                      mlp_dim=14336, max_seq_len=8192, rope_theta=500000.0, activation="silu", norm_eps=1e-5),
+    "llama3_8b": dict(LLAMA, vocab_size=128256, d_model=4096, num_layers=32, num_heads=32, num_kv_heads=8,
+                      mlp_dim=14336, max_seq_len=8192, rope_theta=500000.0),
     # Llama-3.1-8B: Llama-3's shapes with 131072 positions through the 'llama3' rope scaling.
-    "llama31_8b": dict(family="llama", vocab_size=128256, d_model=4096, num_layers=32, num_heads=32, num_kv_heads=8,
-                       mlp_dim=14336, max_seq_len=131072, rope_theta=500000.0, activation="silu", norm_eps=1e-5,
+    "llama31_8b": dict(LLAMA, vocab_size=128256, d_model=4096, num_layers=32, num_heads=32, num_kv_heads=8,
+                       mlp_dim=14336, max_seq_len=131072, rope_theta=500000.0,
                        rope_scaling=dict(factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0,
                                          original_max_position_embeddings=8192)),
 }

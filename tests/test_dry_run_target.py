@@ -158,6 +158,7 @@ def test_two_slice_tpu_compile():
   report = dry_run(tiny(num_layers=1), target="v5p-8", target_slices=2)
   assert (report["chips"], report["hosts"], report["target_slices"]) == (8, 2, 2)
   assert report["mesh"] == {"data": 8, "fsdp": 1, "tensor": 1} and report["fits"] is True
+  assert report["slices"] == 2 and report["mesh_per_slice"] == {"data": 4, "fsdp": 1, "tensor": 1}
   assert report["attention_kernel"] == "splash" and report["estimated_step_s"] > 0
 
 

@@ -18,11 +18,9 @@ windows its validation reads; --text_file: a plain text file), per token, layer 
               It lies in [1/L, 1]: 1 for a uniform row, 1/L for a one-hot row; lower = spikier. The first
               query of a window (L = 1) always scores 1; --min_keys drops the queries with fewer keys.
 
-The attention rows come from the model's own forward (flax capture_intermediates: the q / k projections,
-the sown temperatures) through the model's own attention functions (ssa_jax.model.attention: temperatures,
-RoPE, GQA grouping, mask). Outputs: norms.json (every number, and the text analysed), norms.png
-(distributions over tokens, each token's value averaged over layers and heads, side by side per checkpoint)
-and a table on the console; the first checkpoint is the reference for the ratios.
+The attention rows are the model's own (its forward and ssa_jax.model.attention's functions). Outputs:
+norms.json (every number, and the text analysed), norms.png (distributions over tokens, each token's value
+averaged over layers and heads, per checkpoint) and a console table; the first checkpoint is the reference.
 
   python -m ssa_jax.analysis.norms /tmp/study/vanilla /tmp/study/ssa --labels=vanilla,ssa --tokens=1000
 """
@@ -59,25 +57,19 @@ def analysis_config(cfg: ModelConfig) -> ModelConfig:
   return dataclasses.replace(cfg, dtype="float32", remat="none", attention_impl="xla")
 
 
-def _capture_filter(module, method_name: str) -> bool:
-  """Capture the attention norms' outputs and the attention projections' / attention modules' outputs."""
-  return method_name == "__call__" and module.name in ("attn_norm", "q", "k", "v", "attn")
-
-
 def capture_layers(model, variables: dict, tokens_BT: Array) -> list[dict[str, Array]]:
   """Per layer: x_BTd (attention input after the norm), q/k/v before temperatures and RoPE, tau_* (B, T, heads), attn_out_BTd."""
   model, variables = unrolled(model, variables)
-  _, state = model.apply(variables, tokens_BT, capture_intermediates=_capture_filter,
-                         mutable=["intermediates"])
+  _, state = model.apply(variables, tokens_BT, mutable=["intermediates"], capture_intermediates=lambda module, method:
+                         method == "__call__" and module.name in ("attn_norm", "q", "k", "v", "attn"))
   inter = state["intermediates"]
   cfg = model.config
   B, T = tokens_BT.shape
   layers = []
   for i in range(cfg.num_layers):
-    blk = inter[f"layers_{i}"]
-    attn = blk["attn"]
+    attn = inter[f"layers_{i}"]["attn"]
     out = {
-        "x_BTd": blk["attn_norm"]["__call__"][0],
+        "x_BTd": inter[f"layers_{i}"]["attn_norm"]["__call__"][0],
         "q_BTHD": attn["q"]["__call__"][0],
         "k_BTKD": attn["k"]["__call__"][0],
         "v_BTKD": attn["v"]["__call__"][0],
@@ -118,19 +110,15 @@ def spikiness(probs_BHTS: Array) -> Array:
   """||s||_1 / (||s||_2^2 L) per query row, (B, H, T); L = number of keys the causal query sees (t + 1)."""
   T = probs_BHTS.shape[-2]
   keys_T = jnp.arange(1, T + 1, dtype=jnp.float32)
-  l1_BHT = jnp.sum(jnp.abs(probs_BHTS), axis=-1)
-  l2sq_BHT = jnp.sum(jnp.square(probs_BHTS), axis=-1)
-  return l1_BHT / (l2sq_BHT * keys_T)
+  return jnp.sum(jnp.abs(probs_BHTS), axis=-1) / (jnp.sum(jnp.square(probs_BHTS), axis=-1) * keys_T)
 
 
 def spec_norms(cfg: ModelConfig, attn_params, x_BTd: Array) -> Array:
   """spec_W(x) = ||W^T x||_2 = ||W_k,h (W_q,h^T x)||_2 per head, (B, T, H), with W = W_q,h W_k,h^T (no bias)."""
   H, K = cfg.num_heads, cfg.num_kv_heads
-  wq_dHD = attn_params["q"]["kernel"]
-  wk_dKD = attn_params["k"]["kernel"]
-  qx_BTHD = jnp.einsum("btd,dhe->bthe", x_BTd.astype(jnp.float32), wq_dHD)
+  qx_BTHD = jnp.einsum("btd,dhe->bthe", x_BTd.astype(jnp.float32), attn_params["q"]["kernel"])
   B, T, _, D = qx_BTHD.shape
-  wtx_BTKGd = jnp.einsum("btkge,dke->btkgd", qx_BTHD.reshape(B, T, K, H // K, D), wk_dKD)
+  wtx_BTKGd = jnp.einsum("btkge,dke->btkgd", qx_BTHD.reshape(B, T, K, H // K, D), attn_params["k"]["kernel"])
   return jnp.linalg.norm(wtx_BTKGd, axis=-1).reshape(B, T, H)
 
 
@@ -171,10 +159,8 @@ def analyse_tokens(model, variables: dict, tokens_NT: np.ndarray, min_keys: int 
     return jnp.stack(spec, 2), jnp.stack(tau, 2), jnp.stack(spiky, 2)  # (B, T, layers, H)
 
   spec_NTLH, tau_NTLH, spiky_NTLH = (np.asarray(a, np.float64) for a in per_layer(variables, tokens_NT))
-  spec_raw = spec_NTLH.reshape(N * T, *spec_NTLH.shape[2:])
-  tau_q = tau_NTLH.reshape(N * T, *tau_NTLH.shape[2:])
-  keep_T = np.arange(T) + 1 >= min_keys
-  spiky = spiky_NTLH[:, keep_T].reshape(-1, *spiky_NTLH.shape[2:])
+  spec_raw, tau_q = (a.reshape(N * T, *a.shape[2:]) for a in (spec_NTLH, tau_NTLH))
+  spiky = spiky_NTLH[:, np.arange(T) + 1 >= min_keys].reshape(-1, *spiky_NTLH.shape[2:])
   return {"spec_raw": spec_raw, "spec_eff": tau_q * spec_raw, "tau_q": tau_q, "spikiness": spiky,
           "opnorm": opnorm_LH, "opnorm_eff": tau_q * opnorm_LH[None]}
 
@@ -185,14 +171,12 @@ def analyse(model, variables: dict, tokens: list[int], window: int, min_keys: in
   if window <= 0 or window > model.config.max_seq_len:
     raise ValueError(f"--window: expected 1..max_seq_len={model.config.max_seq_len}, got {window}")
   full = len(tokens) // window
-  chunks = [np.asarray(tokens[: full * window], np.int32).reshape(full, window)] if full else []
-  chunks = [c[i:i + batch_size] for c in chunks for i in range(0, len(c), batch_size)]
+  full_NT = np.asarray(tokens[: full * window], np.int32).reshape(full, window)
+  chunks = [full_NT[i:i + batch_size] for i in range(0, full, batch_size)]
   if len(tokens) % window:
     chunks.append(np.asarray(tokens[full * window:], np.int32)[None])
   parts = [analyse_tokens(model, variables, c, min_keys) for c in chunks]
-  merged = {k: np.concatenate([p[k] for p in parts]) for k in parts[0] if k != "opnorm"}
-  merged["opnorm"] = parts[0]["opnorm"]
-  return merged
+  return {k: parts[0][k] if k == "opnorm" else np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
 
 # ------------------------------------------------------------------------------------------ text and tokens
@@ -238,14 +222,6 @@ def text_tokens(tokenizer, run_config: dict, num_tokens: int, text_file: str = "
   return tokens[:num_tokens], source
 
 
-def checkpoint_tokenizer(run_config: dict, override: str = ""):
-  """The tokenizer given by --tokenizer, else the one the run trained with (tokenizer_files.run_config_tokenizer)."""
-  path = override or run_config_tokenizer(run_config)
-  if not path:
-    raise ValueError("--tokenizer: required, the checkpoint's config names no tokenizer (config.data.tokenizer_path)")
-  return load_tokenizer(path)
-
-
 # ------------------------------------------------------------------------------------------ summaries
 def summarise(arrays: dict[str, np.ndarray]) -> dict[str, Any]:
   """Means (over tokens, layers, heads), per-layer means and the per-token values plotted."""
@@ -257,19 +233,6 @@ def summarise(arrays: dict[str, np.ndarray]) -> dict[str, Any]:
               "per_token": [float(v) for v in a.mean(axis=(1, 2))]}
   s["opnorm"] = {"mean": float(arrays["opnorm"].mean()), "per_layer_head": arrays["opnorm"].tolist()}
   return s
-
-
-def add_ratios(results: list[dict]) -> None:
-  """reference / run for the norms (the paper's '~3x smaller with SSA') and the spikiness of each run."""
-  ref = results[0]["summary"]
-  for r in results:
-    s = r["summary"]
-    r["ratios_vs_first"] = {
-        "spec_raw": ref["spec_raw"]["mean"] / s["spec_raw"]["mean"],
-        "spec_eff": ref["spec_eff"]["mean"] / s["spec_eff"]["mean"],
-        "opnorm": ref["opnorm"]["mean"] / s["opnorm"]["mean"],
-        "opnorm_eff": ref["opnorm_eff"]["mean"] / s["opnorm_eff"]["mean"],
-    }
 
 
 def plot(path: Path, results: list[dict]) -> None:
@@ -297,8 +260,7 @@ def plot(path: Path, results: list[dict]) -> None:
 
 def run(checkpoints: list[str], labels: list[str], num_tokens: int = 1000, text_file: str = "",
         tokenizer: str = "", window: int = 0, min_keys: int = 1, output_dir: str = "runs/norms") -> list[dict]:
-  """Analyses every checkpoint (on `text_file`, else on its own validation split); writes norms.json and
-  norms.png; returns the results, each naming the text it was analysed on."""
+  """Analyses every checkpoint (on `text_file`, else its validation split) as main does; returns the results."""
   if len(labels) != len(checkpoints):
     raise ValueError(f"--labels: expected {len(checkpoints)} labels, got {len(labels)}")
   if num_tokens <= 0:
@@ -311,16 +273,20 @@ def run(checkpoints: list[str], labels: list[str], num_tokens: int = 1000, text_
   for path, label in zip(checkpoints, labels):
     model, variables, run_config = load_model(path)
     model = type(model)(analysis_config(model.config))
-    tokens, source = text_tokens(checkpoint_tokenizer(run_config, tokenizer), run_config, num_tokens, text_file)
-    print(f"{label}: {len(tokens)} tokens of {source}")
-    win = window or int((run_config.get("train") or {}).get("seq_len") or model.config.max_seq_len)
-    win = min(win, model.config.max_seq_len)
-    arrays = analyse(model, variables, tokens, win, min_keys)
     cfg = model.config
+    tok_path = tokenizer or run_config_tokenizer(run_config)
+    if not tok_path:
+      raise ValueError("--tokenizer: required, the checkpoint's config names no tokenizer (config.data.tokenizer_path)")
+    tokens, source = text_tokens(load_tokenizer(tok_path), run_config, num_tokens, text_file)
+    print(f"{label}: {len(tokens)} tokens of {source}")
+    win = min(window or int((run_config.get("train") or {}).get("seq_len") or cfg.max_seq_len), cfg.max_seq_len)
+    arrays = analyse(model, variables, tokens, win, min_keys)
     results.append({"label": label, "checkpoint": str(path), "text": source, "num_tokens": len(tokens),
                     "window": win, "min_keys": min_keys, "ssa": dataclasses.asdict(cfg.ssa),
                     "num_layers": cfg.num_layers, "num_heads": cfg.num_heads, "summary": summarise(arrays)})
-  add_ratios(results)
+  for r in results:  # reference / run: the paper's '~3x smaller with SSA'
+    r["ratios_vs_first"] = {k: results[0]["summary"][k]["mean"] / r["summary"][k]["mean"]
+                            for k in ("spec_raw", "spec_eff", "opnorm", "opnorm_eff")}
   out = Path(output_dir)
   out.mkdir(parents=True, exist_ok=True)
   (out / "norms.json").write_text(json.dumps(results, indent=1) + "\n")
@@ -328,19 +294,8 @@ def run(checkpoints: list[str], labels: list[str], num_tokens: int = 1000, text_
   return results
 
 
-def print_table(results: list[dict]) -> None:
-  """One line per checkpoint: mean raw / effective spec, operator norms, tau_q, spikiness, ratios."""
-  head = (f"{'run':12s} {'spec_raw':>9s} {'spec_eff':>9s} {'||W||':>8s} {'tau||W||':>9s} {'tau_q':>6s} "
-          f"{'spiky':>6s} {'ref/raw':>8s} {'ref/eff':>8s}")
-  print(head)
-  for r in results:
-    s, q = r["summary"], r["ratios_vs_first"]
-    print(f"{r['label']:12s} {s['spec_raw']['mean']:9.4f} {s['spec_eff']['mean']:9.4f} {s['opnorm']['mean']:8.4f} "
-          f"{s['opnorm_eff']['mean']:9.4f} {s['tau_q']['mean']:6.3f} {s['spikiness']['mean']:6.3f} "
-          f"{q['spec_raw']:7.2f}x {q['spec_eff']:7.2f}x")
-
-
 def main(argv: list[str] | None = None) -> list[dict]:
+  """The command line: runs the analysis and prints one line per checkpoint."""
   parser = cli_errors.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("checkpoints", nargs="+", help="training workdirs, checkpoint roots or step dirs")
   parser.add_argument("--labels", default="", help="comma-separated, one per checkpoint (default: dir names)")
@@ -356,7 +311,13 @@ def main(argv: list[str] | None = None) -> list[dict]:
   labels = args.labels.split(",") if args.labels else [Path(c.rstrip("/")).name for c in args.checkpoints]
   results = run(args.checkpoints, labels, args.tokens, args.text_file, args.tokenizer, args.window, args.min_keys,
                 args.output_dir)
-  print_table(results)
+  print(f"{'run':12s} {'spec_raw':>9s} {'spec_eff':>9s} {'||W||':>8s} {'tau||W||':>9s} {'tau_q':>6s} "
+        f"{'spiky':>6s} {'ref/raw':>8s} {'ref/eff':>8s}")
+  for r in results:
+    s, q = r["summary"], r["ratios_vs_first"]
+    print(f"{r['label']:12s} {s['spec_raw']['mean']:9.4f} {s['spec_eff']['mean']:9.4f} {s['opnorm']['mean']:8.4f} "
+          f"{s['opnorm_eff']['mean']:9.4f} {s['tau_q']['mean']:6.3f} {s['spikiness']['mean']:6.3f} "
+          f"{q['spec_raw']:7.2f}x {q['spec_eff']:7.2f}x")
   print("spec_* = ||W^T x|| per token/layer/head (raw: W = W_q W_k^T; eff: tau_q(x) W); ||W||: operator norm; "
         "ref/x: first run's mean / this run's")
   print(f"wrote {Path(args.output_dir) / 'norms.json'} and {Path(args.output_dir) / 'norms.png'}")

@@ -4,17 +4,16 @@
   python -m ssa_jax.analysis.temperatures --checkpoint=WORKDIR --demo_sample --out=tau
 
 tau_q multiplies the queries, so it scales a token's attention logits: a higher tau_q (red in the default
-colour map) means sharper, more selective attention; a lower one (blue) flatter attention. Per chosen layer,
-tau_q is read from the model's sown `intermediates` ((B, T, H), averaged over heads); the colour scale is
-shared by the layers of one rendering. Tokens are laid out as running text: each token's text is the piece the
-tokenizer adds when decoding the sequence up to it, so subword pieces join into words and a character split
-over several byte tokens is shown whole. Writes OUT/temperatures.html, OUT/temperatures.png and .json.
+colour map) means sharper, more selective attention; a lower one (blue) flatter attention. The layers of one
+rendering share the colour scale; tokens are laid out as running text. Writes OUT/temperatures.html,
+OUT/temperatures.png and .json.
 """
 
 from __future__ import annotations
 
 import html
 import json
+import os
 from typing import NamedTuple, Sequence
 
 import jax.numpy as jnp
@@ -54,12 +53,7 @@ def decoded_pieces(decode, ids: Sequence[int]) -> list[str]:
   full = decode(list(ids))
   bounds = [0]
   for t in range(1, len(ids)):
-    prefix = decode(list(ids[:t]))
-    common = 0
-    for a, b in zip(prefix, full):
-      if a != b:
-        break
-      common += 1
+    common = len(os.path.commonprefix([decode(list(ids[:t])), full]))
     bounds.append(max(bounds[-1], common))  # a prefix ending in a partial character stops before it
   bounds.append(len(full))
   return [full[bounds[t]:bounds[t + 1]] for t in range(len(ids))]
@@ -82,14 +76,18 @@ def layout_running_text(pieces: Sequence[str], width: int) -> list[Segment]:
   if width < 1:
     raise ValueError(f"width: expected >= 1 character, got {width}")
   chars = [(ch, k) for k, piece in enumerate(pieces) for ch in piece.replace("\t", " ").replace("\r", "")]
-  placed: list[tuple[int, int, str, int]] = []  # (line, col, character, token)
+  segments: list[Segment] = []
   line, col = 0, 0
 
   def put(ch: str, tok: int) -> None:
     nonlocal line, col
     if col >= width:
       line, col = line + 1, 0
-    placed.append((line, col, ch, tok))
+    last = segments[-1] if segments else None
+    if last and last.token == tok and last.line == line and last.col + len(last.text) == col:
+      segments[-1] = last._replace(text=last.text + ch)
+    else:
+      segments.append(Segment(tok, line, col, ch))
     col += 1
 
   i = 0
@@ -111,13 +109,6 @@ def layout_running_text(pieces: Sequence[str], width: int) -> list[Segment]:
       for ch, tok in chars[i:j]:
         put(ch, tok)
       i = j
-  segments: list[Segment] = []
-  for ln, c, ch, tok in placed:
-    last = segments[-1] if segments else None
-    if last and last.token == tok and last.line == ln and last.col + len(last.text) == c:
-      segments[-1] = last._replace(text=last.text + ch)
-    else:
-      segments.append(Segment(tok, ln, c, ch))
   return segments
 
 
@@ -125,13 +116,12 @@ def parse_layers(spec: str, num_layers: int) -> list[int]:
   """'all' or comma-separated indices (negative from the end) -> sorted unique layer indices."""
   if spec.strip() == "all":
     return list(range(num_layers))
-  out = []
-  for part in spec.split(","):
-    i = int(part)
+  layers = set()
+  for i in map(int, spec.split(",")):
     if not -num_layers <= i < num_layers:
       raise ValueError(f"--layers: {i} is outside the model's {num_layers} layers")
-    out.append(i % num_layers)
-  return sorted(set(out))
+    layers.add(i % num_layers)
+  return sorted(layers)
 
 
 def _scale(tau_LT: np.ndarray, layers: list[int], cmap: str):
@@ -143,40 +133,29 @@ def _scale(tau_LT: np.ndarray, layers: list[int], cmap: str):
   return matplotlib.colormaps[cmap], colors.Normalize(lo, hi if hi > lo else lo + 1e-6), lo, hi
 
 
-def html_legend(cmap: str, lo: float, hi: float) -> str:
-  """A colour bar (CSS gradient sampled from `cmap`) labelled with the low and high tau_q and their meaning."""
-  import matplotlib  # optional heavy dependency, needed only for rendering
-  from matplotlib import colors
-
-  cm = matplotlib.colormaps[cmap]
-  stops = ", ".join(f"{colors.to_hex(cm(x))} {100 * x:.0f}%" for x in np.linspace(0, 1, 11))
-  return ("<div class='legend' style='font-family:sans-serif;margin:0.5em 0 1em 0'>"
-          f"<div>{html.escape(MEANING)}</div>"
-          "<div style='display:flex;align-items:center;gap:0.5em'>"
-          f"<div>{lo:.4f}<br><small>flatter</small></div>"
-          f"<div style='width:24em;height:1.1em;background:linear-gradient(to right, {stops})'></div>"
-          f"<div>{hi:.4f}<br><small>sharper</small></div></div></div>")
-
-
 def render_html(pieces: list[str], tau_LT: np.ndarray, layers: list[int], cmap: str) -> str:
   """One paragraph of running text per layer, each token's background its tau_q; a colour legend on top."""
   from matplotlib import colors  # optional heavy dependency, needed only for rendering
 
   cm, norm, lo, hi = _scale(tau_LT, layers, cmap)
+  stops = ", ".join(f"{colors.to_hex(cm(x))} {100 * x:.0f}%" for x in np.linspace(0, 1, 11))  # the legend's bar
   parts = ["<html><head><meta charset='utf-8'><title>tau_q: inverse query temperature per token</title></head>",
            "<body style='font-family:monospace;line-height:1.9;max-width:60em'>",
            "<h2 style='font-family:sans-serif'>tau_q per token: the inverse query temperature</h2>",
            "<p style='font-family:sans-serif'>tau_q multiplies the token's query, so it scales the token's "
            "attention logits: a higher tau_q means sharper attention, a lower one flatter attention. Hover a "
            "token for its value.</p>",
-           html_legend(cmap, lo, hi)]
+           "<div class='legend' style='font-family:sans-serif;margin:0.5em 0 1em 0'>"
+           f"<div>{html.escape(MEANING)}</div>"
+           "<div style='display:flex;align-items:center;gap:0.5em'>"
+           f"<div>{lo:.4f}<br><small>flatter</small></div>"
+           f"<div style='width:24em;height:1.1em;background:linear-gradient(to right, {stops})'></div>"
+           f"<div>{hi:.4f}<br><small>sharper</small></div></div></div>"]
   for layer in layers:
-    spans = []
-    for piece, tau in zip(pieces, tau_LT[layer]):
-      spans.append(f"<span title='tau_q {tau:.4f}' style='background:{colors.to_hex(cm(norm(tau)))}'>"
-                   f"{html.escape(piece).replace(chr(10), NEWLINE_MARK + '<br>')}</span>")
-    parts.append(f"<h3 style='font-family:sans-serif'>layer {layer}</h3>"
-                 f"<p style='white-space:pre-wrap'>{''.join(spans)}</p>")
+    spans = "".join(f"<span title='tau_q {tau:.4f}' style='background:{colors.to_hex(cm(norm(tau)))}'>"
+                    f"{html.escape(piece).replace(chr(10), NEWLINE_MARK + '<br>')}</span>"
+                    for piece, tau in zip(pieces, tau_LT[layer]))
+    parts.append(f"<h3 style='font-family:sans-serif'>layer {layer}</h3><p style='white-space:pre-wrap'>{spans}</p>")
   return "\n".join(parts + ["</body></html>"])
 
 
@@ -208,8 +187,7 @@ def figure(pieces: list[str], tau_LT: np.ndarray, layers: list[int], cmap: str, 
                              edgecolor="none"))
       ax.text(seg.col, seg.line + 0.5, seg.text, ha="left", va="center", family="DejaVu Sans Mono",
               fontsize=fontsize)
-    ax.set_xlim(0, used)
-    ax.set_ylim(n_lines, 0)
+    ax.set(xlim=(0, used), ylim=(n_lines, 0))
     ax.axis("off")
     ax.set_title(f"layer {layer}: tau_q, inverse query temperature (mean over heads)", fontsize=9, loc="left")
     top -= text_h

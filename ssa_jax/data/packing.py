@@ -39,6 +39,8 @@ _log = logging.getLogger(__name__)
 # epoch or rebuilt (validation) iterator.
 _EMPTY_FILES_WARNED: set[str] = set()
 _EMPTY_FILES_LOCK = threading.Lock()
+_POS_KEYS = ("epoch", "file_pos", "record", "repeat")  # a stream position, as Doc.pos and the saved state
+_STAT_NAMES = {"documents": "documents", "tokens": "tokens", "filtered": "filtered", "empty_file": "empty_files"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -132,14 +134,13 @@ class Stream:
     self._mixture, self._exclude = dict(mixture), set(exclude)
     self._chunk, self._executor = docs_per_chunk, executor
     self._logged = logged if logged is not None else set()
-    state = state or {"epoch": 0, "file_pos": 0, "record": 0, "repeat": 0, "offset": 0, "stats": {}}
-    self._pos = (state["epoch"], state["file_pos"], state["record"], state["repeat"])
+    state = state or {**dict.fromkeys(_POS_KEYS, 0), "offset": 0, "stats": {}}
+    self._pos = tuple(state[k] for k in _POS_KEYS)
     self._offset = state["offset"]
     self._stats = collections.Counter(state["stats"])
     self._docs = self._doc_iter()
     self._doc: Doc | None = None
 
-  # -- reading ------------------------------------------------------------------------------------
   def _reads(self, plan: StreamPlan, epoch: int) -> list[tuple[int, tuple[int, int]]]:
     """(file index, part) of every file position of an epoch: the stream's share, then its fallback: every
     other file of the epoch, whole, in the epoch's order rotated by the stream id (so they do not read in step)."""
@@ -247,9 +248,8 @@ class Stream:
   def count_windows(self, max_windows: int | None = None) -> int:
     """Windows this non-repeating stream yields from its saved position, at most `max_windows` (read in this thread)."""
     tokens = -self._offset  # The current document is read again from its start; its first tokens were emitted.
-    bound = None if max_windows is None else max_windows * self._window
     records = self._records()
-    while bound is None or tokens < bound:
+    while max_windows is None or tokens < max_windows * self._window:
       chunk = self._next_chunk(records)
       if chunk is None:
         break
@@ -257,7 +257,6 @@ class Stream:
     windows = max(tokens, 0) // self._window
     return windows if max_windows is None else min(windows, max_windows)
 
-  # -- packing ------------------------------------------------------------------------------------
   def _pull(self) -> bool:
     """Advance to the next kept document (counting what was skipped); False at the end of the data."""
     resumed_inside = self._doc is None and self._offset > 0
@@ -295,18 +294,13 @@ class Stream:
       pos, offset = self._doc.pos, self._offset
     else:
       pos, offset = self._doc.next_pos, 0
-    epoch, file_pos, record, repeat = pos
-    return {"epoch": epoch, "file_pos": file_pos, "record": record, "repeat": repeat, "offset": offset,
-            "stats": dict(self._stats)}
+    return {**dict(zip(_POS_KEYS, pos)), "offset": offset, "stats": dict(self._stats)}
 
   def stats(self) -> dict[str, int]:
     """Counters of this stream: documents, tokens, filtered, empty_files (whole-file reads without a usable
     document), and one per bad-record kind with their sum bad_records."""
     out = {"documents": 0, "tokens": 0, "filtered": 0, "empty_files": 0, **{f"bad_{k}": 0 for k in BAD_KINDS}}
     for key, value in self._stats.items():
-      if key == "empty_file":
-        out["empty_files"] = value
-      else:
-        out[key if key in ("documents", "tokens", "filtered") else f"bad_{key}"] = value
-    out["bad_records"] = sum(v for k, v in out.items() if k.startswith("bad_") and k != "bad_records")
+      out[_STAT_NAMES.get(key, f"bad_{key}")] = value
+    out["bad_records"] = sum(v for k, v in out.items() if k.startswith("bad_"))
     return out

@@ -48,7 +48,6 @@ _END = object()
 # Window counts of non-repeating streams, keyed by everything they depend on: validation iterators are
 # rebuilt at every evaluation, the count is needed once per run.
 _WINDOW_COUNTS: dict[tuple, int] = {}
-_WINDOW_COUNTS_LOCK = threading.Lock()
 
 
 def resolve_num_streams(requested: int, global_batch_size: int, process_count: int) -> int:
@@ -94,13 +93,11 @@ class LMIterator:
     self.num_batches = self._global_end()  # None: no end known in advance (a repeating iterator).
     self._start({"step": 0, "streams": {}})
 
-  # -- state --------------------------------------------------------------------------------------
   def _layout(self) -> dict:
     return {"version": _STATE_VERSION, "split": self._split, "seed": self._cfg.seed,
             "num_streams": self.num_streams, "window": self._window, "global_batch_size": self._batch,
             "num_files": len(self._files)}
 
-  # -- end of a non-repeating iterator ------------------------------------------------------------
   def _new_stream(self, stream_id: int, executor, state: dict | None, repeat: bool) -> Stream:
     cfg = self._cfg
     return Stream(stream_id=stream_id, files=self._files, fmt=cfg.format, num_streams=self.num_streams,
@@ -113,13 +110,9 @@ class LMIterator:
     key = (tuple(self._files), cfg.format, self.num_streams, cfg.seed, self._window,
            tuple(sorted(dict(cfg.mixture).items())), tuple(sorted(cfg.exclude)), type(self._tok).__name__,
            getattr(self._tok, "path", None) or id(self._tok), stream_id, max_windows)
-    with _WINDOW_COUNTS_LOCK:
-      if key in _WINDOW_COUNTS:
-        return _WINDOW_COUNTS[key]
-    count = self._new_stream(stream_id, None, None, repeat=False).count_windows(max_windows)
-    with _WINDOW_COUNTS_LOCK:
-      _WINDOW_COUNTS[key] = count
-    return count
+    if key not in _WINDOW_COUNTS:  # a race only counts twice (dict reads and writes are atomic)
+      _WINDOW_COUNTS[key] = self._new_stream(stream_id, None, None, repeat=False).count_windows(max_windows)
+    return _WINDOW_COUNTS[key]
 
   def _global_end(self) -> int | None:
     """The batch count at which every process stops (see the module docstring); None = no end known."""
@@ -139,8 +132,7 @@ class LMIterator:
 
   def set_state(self, state: dict) -> None:
     """Continue right after the batch whose `get_state()` this is (also one merged across processes)."""
-    layout = self._layout()
-    for key, value in layout.items():
+    for key, value in self._layout().items():
       if state.get(key) != value:
         raise ValueError(f"data iterator state: {key}={state.get(key)!r} does not match this iterator's "
                          f"{value!r} (was it saved with another data config, split or batch layout?)")
@@ -154,16 +146,14 @@ class LMIterator:
     """Counters after the last batch returned: documents, tokens, filtered, empty_files, bad_<kind>, bad_records."""
     return dict(self._stats)
 
-  # -- producer -----------------------------------------------------------------------------------
   def _start(self, state: dict) -> None:
-    cfg = self._cfg
-    self._executor = concurrent.futures.ThreadPoolExecutor(cfg.num_threads, thread_name_prefix="ssa_data")
+    self._executor = concurrent.futures.ThreadPoolExecutor(self._cfg.num_threads, thread_name_prefix="ssa_data")
     self._streams = [self._new_stream(s, self._executor, state["streams"].get(str(s)), self._repeat)
                      for s in self._local]
     self._state = {**self._layout(), "step": state["step"],
                    "streams": {str(s.stream_id): s.state() for s in self._streams}}
     self._stats = self._sum_stats()
-    self._queue: queue.Queue = queue.Queue(cfg.prefetch)
+    self._queue: queue.Queue = queue.Queue(self._cfg.prefetch)
     self._stop_event = threading.Event()
     self._thread = threading.Thread(target=self._produce, args=(state["step"],), daemon=True,
                                     name="ssa_data_producer")
@@ -175,14 +165,11 @@ class LMIterator:
       total.update(s.stats())
     return dict(total)
 
-  def _put(self, item) -> bool:
-    return put_until_stopped(self._queue, item, self._stop_event)
-
   def _produce(self, step: int) -> None:
     try:
       while not self._stop_event.is_set():
         if self.num_batches is not None and step >= self.num_batches:
-          self._put((_END, self._sum_stats()))
+          put_until_stopped(self._queue, (_END, self._sum_stats()), self._stop_event)
           return
         rows = []
         for stream in self._streams:
@@ -190,15 +177,16 @@ class LMIterator:
             window = stream.next_window()
             if window is None:
               # The stats include what was read past the last whole batch (e.g. a final bad record).
-              self._put((_END, self._sum_stats()))
+              put_until_stopped(self._queue, (_END, self._sum_stats()), self._stop_event)
               return
             rows.append(window)
         step += 1
         state = {**self._layout(), "step": step, "streams": {str(s.stream_id): s.state() for s in self._streams}}
-        if not self._put((np.asarray(rows, dtype=np.int32), state, self._sum_stats())):
+        batch = (np.asarray(rows, dtype=np.int32), state, self._sum_stats())
+        if not put_until_stopped(self._queue, batch, self._stop_event):
           return
     except BaseException as e:  # pylint: disable=broad-except
-      self._put(e)  # Re-raised in the consumer's thread.
+      put_until_stopped(self._queue, e, self._stop_event)  # Re-raised in the consumer's thread.
 
   def close(self) -> None:
     """Stop the background threads."""

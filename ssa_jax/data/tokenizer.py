@@ -103,6 +103,10 @@ class HFTokenizer:
     """Text of `ids`, special tokens included (as transformers' decode does by default)."""
     return self._tok.decode([int(i) for i in ids], skip_special_tokens=False)
 
+  def token_name(self, token_id: int) -> str:
+    """The vocabulary entry of `token_id` (e.g. '<|endoftext|>')."""
+    return self._tok.id_to_token(token_id)
+
 
 class SentencePieceTokenizer:
   """A SentencePiece `.model` (Llama); adds BOS by default like transformers' LlamaTokenizer."""

@@ -34,17 +34,12 @@ def encode_pairs(tokenizer: Tokenizer, pairs: Sequence[tuple[str, str]], add_bos
   for context, continuation in pairs:
     if context == "":
       empties.append(continuation)
-      continue
-    n_spaces = len(context) - len(context.rstrip())
-    if n_spaces:
-      continuation = context[-n_spaces:] + continuation
-      context = context[:-n_spaces]
-    wholes.append(context + continuation)
-    contexts.append(context)
-  whole_ids = tokenizer.encode_batch(wholes, add_bos=add_bos) if wholes else []
-  context_ids = tokenizer.encode_batch(contexts, add_bos=add_bos) if contexts else []
-  empty_ids = tokenizer.encode_batch(empties, add_bos=False) if empties else []
-  whole_it, context_it, empty_it = iter(whole_ids), iter(context_ids), iter(empty_ids)
+    else:  # the context's trailing whitespace is encoded with the continuation
+      wholes.append(context + continuation)
+      contexts.append(context.rstrip())
+  whole_it = iter(tokenizer.encode_batch(wholes, add_bos=add_bos) if wholes else [])
+  context_it = iter(tokenizer.encode_batch(contexts, add_bos=add_bos) if contexts else [])
+  empty_it = iter(tokenizer.encode_batch(empties, add_bos=False) if empties else [])
   out = []
   for context, _ in pairs:
     if context == "":
@@ -66,15 +61,10 @@ def rolling_windows(tokens: Sequence[int], prefix: int, max_length: int) -> list
   tokens = list(tokens)
   if not tokens:
     return []
-  first = min(max_length, len(tokens))
-  windows = [([prefix], tokens[:first])]
-  predicted = first
-  while predicted < len(tokens):
-    n = min(len(tokens) - predicted, max_length)
-    end = predicted + n
-    window = tokens[end - max_length - 1:end - 1]
-    windows.append((window[:len(window) - (n - 1)], tokens[end - n:end]))
-    predicted = end
+  windows = [([prefix], tokens[:max_length])]
+  for start in range(max_length, len(tokens), max_length):
+    end = min(start + max_length, len(tokens))
+    windows.append((tokens[end - max_length - 1:start], tokens[start:end]))
   return windows
 
 
@@ -82,11 +72,9 @@ def rolling_requests(tokenizer: Tokenizer, texts: Sequence[str], max_length: int
                      add_bos: bool | None = None) -> list[TokenRequest]:
   """Every rolling window of every text (owner = index of the text)."""
   prefix = prefix_token(tokenizer)
-  out = []
-  for owner, ids in enumerate(tokenizer.encode_batch(list(texts), add_bos=add_bos)):
-    for ctx, cont in rolling_windows(ids, prefix, max_length):
-      out.append(TokenRequest(tuple(ctx), tuple(cont), owner))
-  return out
+  return [TokenRequest(tuple(ctx), tuple(cont), owner)
+          for owner, ids in enumerate(tokenizer.encode_batch(list(texts), add_bos=add_bos))
+          for ctx, cont in rolling_windows(ids, prefix, max_length)]
 
 
 def pair_requests(tokenizer: Tokenizer, pairs: Sequence[tuple[str, str]], max_length: int,

@@ -49,16 +49,13 @@ def score_task(scorer: Scorer, tokenizer, spec, docs, max_length: int, add_bos: 
                ) -> tuple[list, list[dict], list[str]]:
   """(scored docs, their raw scores ({"lls"} / {"ll", "greedy"} / {"ll"}), messages of the docs left out).
 
-  A document with a continuation that encodes to no tokens or to more than max_length tokens cannot be
-  scored (lm-eval stops with an assertion there); it is left out, reported, and the task goes on.
-  """
+  A continuation of no tokens or more than max_length cannot be scored (lm-eval asserts): its document is left
+  out, reported, and the task goes on."""
   if spec.output_type == ROLLING:
     totals = rolling_loglikelihoods(scorer, tokenizer, [d.text for d in docs], max_length, add_bos, spec.name)
     return list(docs), [{"ll": t} for t in totals], []
-  pairs, owners = [], []
-  for i, d in enumerate(docs):
-    pairs.extend(d.pairs)
-    owners.extend([i] * len(d.pairs))
+  pairs = [p for d in docs for p in d.pairs]
+  owners = [i for i, d in enumerate(docs) for _ in d.pairs]
   encoded = encode_pairs(tokenizer, pairs, add_bos)
   bad = {}
   for (_, cont), owner in zip(encoded, owners):
@@ -180,8 +177,7 @@ def run_eval(model, variables, tokenizer, tasks, data_dir: str | None = None, li
 
   `tokenizer`: a Tokenizer or a path for load_tokenizer. A task whose file is missing, or passkey with every
   length skipped, is reported (console and results["ssa_jax"]["missing_tasks"]) and the others still run;
-  results["results"] holds the tasks that ran (possibly none). `output`: where the JSON goes (None: nowhere).
-  """
+  results["results"] holds the tasks that ran (possibly none). `output`: where the JSON goes (None: nowhere)."""
   start = time.time()
   if isinstance(tokenizer, str):
     tokenizer = load_tokenizer(tokenizer)
@@ -212,9 +208,8 @@ def run_eval(model, variables, tokenizer, tasks, data_dir: str | None = None, li
   }
   results = results_lib.assemble(out.results, TASKS, out.paths, out.samples, config, tokenizer, max_length, start,
                                  own, passkey_out)
-  if output:
-    results_lib.write(results, output)
   print(results_lib.summary_table(results), flush=True)
   if output:
+    results_lib.write(results, output)
     print(f"[eval] results -> {output}", flush=True)
   return results

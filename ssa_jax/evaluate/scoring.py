@@ -46,12 +46,6 @@ def _pow2(n: int) -> int:
   return 1 << max(int(n) - 1, 0).bit_length()
 
 
-def model_input(req: TokenRequest, max_length: int) -> tuple[list[int], int]:
-  """(input ids, number of scored positions): (ctx + cont)[-(max_length + 1):][:-1], the last len(cont) scored."""
-  whole = (list(req.context) + list(req.continuation))[-(max_length + 1):]
-  return whole[:-1], len(req.continuation)
-
-
 @dataclasses.dataclass
 class Unit:
   """A shared context and the requests continuing it: one contiguous, self-contained piece of a row.
@@ -79,7 +73,8 @@ def make_units(requests: Sequence[TokenRequest], max_length: int) -> list[Unit]:
   by_context: dict[tuple[int, ...], Unit] = {}
   units = []
   for k, req in enumerate(requests):
-    inp, n_cont = model_input(req, max_length)
+    # lm-eval's input: (ctx + cont)[-(max_length + 1):][:-1], its last len(cont) positions scored
+    inp, n_cont = (list(req.context) + list(req.continuation))[-(max_length + 1):][:-1], len(req.continuation)
     split = len(inp) - (n_cont - 1)
     context, branch = tuple(inp[:split]), inp[split:]
     unit = by_context.get(context)
@@ -208,16 +203,14 @@ class Scorer:
   `matmul_precision`: 'auto' = 'highest' for float32 models (no TF32 on GPU), else the JAX default.
   """
 
-  def __init__(self, model, variables: dict, max_length: int, batch_size: int = 16, devices=None,
-               matmul_precision: str | None = "auto", smallest_bucket: int = 32, show_progress: bool = True,
-               pack_length: int = 512):
+  def __init__(self, model, variables: dict, max_length: int, batch_size: int = 16,
+               matmul_precision: str | None = "auto", show_progress: bool = True, pack_length: int = 512):
     self.model = model
     self.max_length = int(max_length)
-    devices = list(devices or jax.local_devices())
-    self.mesh = make_mesh(dict(data=-1, fsdp=1, tensor=1), devices=devices)  # batches split over 'data' only
-    self.n_devices = len(devices)
+    self.mesh = make_mesh(dict(data=-1, fsdp=1, tensor=1), devices=jax.local_devices())  # batches over 'data' only
+    self.n_devices = self.mesh.size
     self.batch_size = max(int(batch_size), 1)
-    self.buckets = bucket_lengths(self.max_length, min(smallest_bucket, self.max_length))
+    self.buckets = bucket_lengths(self.max_length, min(32, self.max_length))
     self.pack_length = min(int(pack_length), self.max_length)
     self.variables = jax.device_put(variables, NamedSharding(self.mesh, P()))
     self._batch_sharding = NamedSharding(self.mesh, P("data"))
@@ -269,8 +262,7 @@ class Scorer:
   def score(self, requests: Sequence[TokenRequest], desc: str = "scoring") -> tuple[np.ndarray, np.ndarray]:
     """(log-likelihood float64 [n], is_greedy bool [n]) of every request, in the given order."""
     n = len(requests)
-    ll = np.zeros(n, np.float64)
-    greedy = np.zeros(n, bool)
+    ll, greedy = np.zeros(n, np.float64), np.zeros(n, bool)
     if n == 0:
       return ll, greedy
     start = time.perf_counter()

@@ -42,8 +42,7 @@ def pretrain_config(steps: int, cache_dir: str = ""):
   if cache_dir:
     config.data.cache_dir = cache_dir
   config.train.update(dict(steps=steps, eval_every=steps, checkpoint_every=steps, warmup_steps=min(30, steps // 10)))
-  config.eval.at_end = False
-  config.eval.passkey = False
+  config.eval.update(dict(at_end=False, passkey=False))
   return config
 
 

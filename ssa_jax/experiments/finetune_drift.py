@@ -15,6 +15,7 @@ loss of the pretrained model, of the SSA model at step 0 and after the fine-tune
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import time
@@ -31,11 +32,12 @@ from ssa_jax.data.pipeline import make_lm_iterator
 from ssa_jax.data.tokenizer import load_tokenizer
 from ssa_jax.formats import checkpoint
 from ssa_jax.model.config import ModelConfig, SSAConfig
-from ssa_jax.model.decoder import Decoder
+from ssa_jax.model.decoder import BUFFERS, Decoder
 from ssa_jax.model.params import init_variables, ssa_groups
 from ssa_jax.runtime import cli_errors
-from ssa_jax.train.optim import make_optimizer
-from ssa_jax.train.step import next_token_loss
+from ssa_jax.train.optim import learning_rate_schedule, make_optimizer
+from ssa_jax.train.state import TrainState
+from ssa_jax.train.step import make_train_step, next_token_loss
 
 
 def with_fresh_ssa(vanilla: dict, model_cfg: ModelConfig, seed: int) -> dict:
@@ -51,19 +53,13 @@ def with_fresh_ssa(vanilla: dict, model_cfg: ModelConfig, seed: int) -> dict:
 
 def finetune(model: Decoder, variables: dict, train_cfg, batches_NBT1: Iterable[np.ndarray]) -> dict:
   """`variables` after one optimizer step (make_optimizer(train_cfg)) per batch of seq_len + 1 token windows."""
-  params = variables["params"]
-  tx = make_optimizer(train_cfg, params, model.config)
-
-  @jax.jit
-  def step(params, opt_state, tokens_BT1):
-    grads = jax.grad(lambda p: next_token_loss(model, {**variables, "params": p}, tokens_BT1, 0)[0])(params)
-    updates, opt_state = tx.update(grads, opt_state, params)
-    return jax.tree_util.tree_map(lambda p, u: p + u, params, updates), opt_state
-
-  opt_state = tx.init(params)
+  tx = make_optimizer(train_cfg, variables["params"], model.config)
+  step = jax.jit(make_train_step(model, tx, learning_rate_schedule(train_cfg), 1, loss_chunk_size=0))
+  state = TrainState(step=jnp.zeros((), jnp.int32), params=variables["params"], buffers=variables[BUFFERS],
+                     opt_state=tx.init(variables["params"]))
   for tokens_BT1 in batches_NBT1:
-    params, opt_state = step(params, opt_state, jnp.asarray(tokens_BT1))
-  return {**variables, "params": params}
+    state, _ = step(state, {"tokens": jnp.asarray(tokens_BT1)})
+  return {**variables, "params": state.params}
 
 
 def heldout_loss(model: Decoder, variables: dict, batches_NBT1: Iterable[np.ndarray]) -> float:
@@ -79,13 +75,9 @@ def drift(before: dict, after: dict, model_cfg: ModelConfig) -> dict[str, dict[s
   positive = {"alpha": jax.nn.sigmoid, "log_tau": jnp.exp, "ssmax_s": jax.nn.softplus}
   out: dict[str, dict[str, float]] = {"relative": {}, "absolute": {}, "scalar": {}}
   b_flat, a_flat = traverse_util.flatten_dict(before), traverse_util.flatten_dict(after)
-  groups = ssa_groups(model_cfg)
-  for path, b in b_flat.items():
+  for path, group in ssa_groups(model_cfg).items():  # every group is 'scalar' or 'matrix'
     name = "/".join(path)
-    group = groups.get(path)
-    if group not in ("scalar", "matrix"):
-      continue
-    b, a = np.asarray(b, np.float64), np.asarray(a_flat[path], np.float64)
+    b, a = np.asarray(b_flat[path], np.float64), np.asarray(a_flat[path], np.float64)
     if group == "scalar" and path[-1] in positive:
       fn = positive[path[-1]]
       ratio = np.asarray(fn(a)) / np.asarray(fn(b))
@@ -105,17 +97,14 @@ def tau_summary(model: Decoder, variables: dict, tokens_BT: np.ndarray) -> dict[
     return {"tau_q_min": None, "tau_q_max": None, "saturated": None}
   _, state = jax.jit(lambda v, t: model.apply(v, t, mutable=["intermediates"]))(variables, tokens_BT)
   n_T1 = np.arange(1, tokens_BT.shape[1] + 1, dtype=np.float64)[:, None]
-  taus, saturated = [], []
-  for i in range(cfg.num_layers):
-    tau_BTH = np.asarray(state["intermediates"][f"layers_{i}"]["attn"]["tau_q"][0], np.float64)
-    taus.append(tau_BTH)
-    if cfg.ssa.token and cfg.ssa.position and cfg.ssa.position_kind == "log":
-      alpha_H = np.asarray(variables["params"][f"layers_{i}"]["attn"]["ssa_q"]["alpha"], np.float64)
-      tok_BTH = tau_BTH - (1.0 + np.log(n_T1) / (1.0 + np.exp(-alpha_H)))[None]
-      saturated.append(np.abs(tok_BTH) > 0.9)
-  taus = np.concatenate([t.ravel() for t in taus])
-  return {"tau_q_min": float(taus.min()), "tau_q_max": float(taus.max()),
-          "saturated": float(np.mean(np.concatenate([s.ravel() for s in saturated]))) if saturated else None}
+  layers = range(cfg.num_layers)
+  tau_LBTH = np.stack([state["intermediates"][f"layers_{i}"]["attn"]["tau_q"][0] for i in layers]).astype(np.float64)
+  saturated = None
+  if cfg.ssa.token and cfg.ssa.position and cfg.ssa.position_kind == "log":
+    alpha_L1H = np.stack([variables["params"][f"layers_{i}"]["attn"]["ssa_q"]["alpha"] for i in layers])[:, None]
+    tok_LBTH = tau_LBTH - (1.0 + np.log(n_T1) / (1.0 + np.exp(-alpha_L1H.astype(np.float64))))[:, None]
+    saturated = float(np.mean(np.abs(tok_LBTH) > 0.9))
+  return {"tau_q_min": float(tau_LBTH.min()), "tau_q_max": float(tau_LBTH.max()), "saturated": saturated}
 
 
 def measure(vanilla_model: Decoder, vanilla: dict, ssa: SSAConfig, train_cfg, train_NBT1: np.ndarray,
@@ -146,10 +135,8 @@ def split_batches(run_config: dict, split: str, seq_len: int, batch: int, count:
   it = make_lm_iterator(data, split=split, seq_len=seq_len, global_batch_size=batch, process_index=0,
                         process_count=1, tokenizer=load_tokenizer(data.tokenizer_path), repeat=split == "train",
                         max_batches=count)
-  try:
+  with contextlib.closing(it):
     return np.stack([np.asarray(b["tokens"]) for b in it])
-  finally:
-    it.close()
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -173,12 +160,12 @@ def main(argv: list[str] | None = None) -> None:
   train_NBT1 = split_batches(run_config, "train", args.seq_len, args.batch, args.steps)
   heldout_NBT1 = split_batches(run_config, "test", args.seq_len, args.batch, args.heldout_batches)
   train_cfg = ml_collections.ConfigDict({**base.get_config("tiny", "ssa", mode="finetune").train.to_dict(),
-                                         "lr": args.lr, "steps": args.steps})
+                                         "lr": args.lr, "steps": args.steps,
+                                         "temperature_scalar_lr_multiplier": args.scalar_multiplier})
   for variant in args.variants.split(","):
     ssa = SSAConfig(**{**models.SSA_DEFAULTS, **models.SSA_VARIANTS[variant], "position_tau_at_end": 1.001,
                        "position_reference_len": args.seq_len})
     for mult in (float(m) for m in args.matrix_multipliers.split(",")):
-      train_cfg.temperature_scalar_lr_multiplier = args.scalar_multiplier
       train_cfg.temperature_matrix_lr_multiplier = mult
       row = measure(vanilla_model, vanilla, ssa, train_cfg, train_NBT1, heldout_NBT1, args.seed)
       print(json.dumps({"variant": variant, "lr": args.lr, "scalar_multiplier": args.scalar_multiplier,

@@ -135,7 +135,6 @@ def gather_json(obj: Any) -> list[Any]:
     return [obj]
   data = np.frombuffer(json.dumps(obj).encode(), np.uint8)
   lengths = multihost_utils.process_allgather(np.array([data.size], np.int32)).reshape(-1)
-  padded = np.zeros(int(lengths.max()), np.uint8)
-  padded[: data.size] = data
+  padded = np.pad(data, (0, int(lengths.max()) - data.size))
   everything = multihost_utils.process_allgather(padded)
   return [json.loads(bytes(everything[i][: lengths[i]])) for i in range(len(lengths))]

@@ -19,7 +19,7 @@ import json
 import re
 import sys
 import tempfile
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import jax
 import numpy as np
@@ -81,20 +81,19 @@ def config_from_hf(hf: dict, where: str = "config.json") -> ModelConfig:
   else:
     theta, pct, scaling = _rope_fields(hf)
     act = hf.get("hidden_act", "gelu" if family == "neox" else "silu")
+    bias = bool(hf.get("attention_bias", family == "neox"))
     kw = dict(
         vocab_size=hf["vocab_size"], d_model=hf["hidden_size"], num_layers=hf["num_hidden_layers"],
         num_heads=hf["num_attention_heads"], mlp_dim=hf["intermediate_size"],
         max_seq_len=hf.get("max_position_embeddings", 2048), rope_theta=theta, rotary_pct=pct, rope_scaling=scaling,
-        tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
+        tie_embeddings=bool(hf.get("tie_word_embeddings", False)), qkv_bias=bias, out_bias=bias,
     )
     if family == "neox":
-      bias = bool(hf.get("attention_bias", True))
       kw.update(norm_eps=hf.get("layer_norm_eps", 1e-5), parallel_residual=bool(hf.get("use_parallel_residual", True)),
-                qkv_bias=bias, out_bias=bias, mlp_bias=True)
+                mlp_bias=True)
     else:
       kw.update(norm_eps=hf.get("rms_norm_eps", 1e-6), num_kv_heads=hf.get("num_key_value_heads") or 0,
-                head_dim=hf.get("head_dim") or 0, qkv_bias=bool(hf.get("attention_bias", False)),
-                out_bias=bool(hf.get("attention_bias", False)), mlp_bias=bool(hf.get("mlp_bias", False)))
+                head_dim=hf.get("head_dim") or 0, mlp_bias=bool(hf.get("mlp_bias", False)))
   if act not in _HF_ACTIVATIONS:
     raise ConfigError(f"{where}: activation {act!r} is not supported; expected one of {sorted(_HF_ACTIVATIONS)}")
   return ModelConfig(family=family, activation=_HF_ACTIVATIONS[act], ssa=ssa, **kw).validate(where)
@@ -115,15 +114,16 @@ def config_to_hf(cfg: ModelConfig) -> dict:
     hf = dict(vocab_size=cfg.vocab_size, hidden_size=cfg.d_model, num_hidden_layers=cfg.num_layers,
               num_attention_heads=cfg.num_heads, intermediate_size=cfg.mlp_dim, max_position_embeddings=cfg.max_seq_len,
               hidden_act=act[cfg.activation], tie_word_embeddings=cfg.tie_embeddings, rope_theta=cfg.rope_theta,
-              rope_scaling=rope if cfg.rope_scaling is not None else None, rope_parameters=rope)
+              rope_scaling=rope if cfg.rope_scaling is not None else None, rope_parameters=rope,
+              attention_bias=cfg.qkv_bias)
     if cfg.family == "neox":
       rope["partial_rotary_factor"] = cfg.rotary_pct
       hf.update(architectures=["GPTNeoXForCausalLM"], model_type="gpt_neox", rotary_pct=cfg.rotary_pct,
                 rotary_emb_base=cfg.rope_theta, layer_norm_eps=cfg.norm_eps, use_parallel_residual=cfg.parallel_residual,
-                attention_bias=cfg.qkv_bias, hidden_dropout=0.0, attention_dropout=0.0)
+                hidden_dropout=0.0, attention_dropout=0.0)
     else:
       hf.update(architectures=["LlamaForCausalLM"], model_type="llama", num_key_value_heads=cfg.num_kv_heads,
-                head_dim=cfg.head_dim, rms_norm_eps=cfg.norm_eps, attention_bias=cfg.qkv_bias, mlp_bias=cfg.mlp_bias)
+                head_dim=cfg.head_dim, rms_norm_eps=cfg.norm_eps, mlp_bias=cfg.mlp_bias)
   hf["torch_dtype"] = "float32"
   if cfg.ssa.enabled:
     hf["ssa"] = dataclasses.asdict(cfg.ssa)
@@ -131,8 +131,7 @@ def config_to_hf(cfg: ModelConfig) -> dict:
 
 
 # -------------------------------------------------------------------------------------------- tensor mapping
-@dataclasses.dataclass(frozen=True)
-class TensorMap:
+class TensorMap(NamedTuple):
   """One HF tensor <-> one or more of our params. `to_ours(hf) -> [arrays]`, `to_hf([arrays]) -> hf`."""
 
   hf_key: str
@@ -141,9 +140,9 @@ class TensorMap:
   to_hf: Callable[[list[np.ndarray]], np.ndarray]
 
 
-def _copy(key, path, shape):
-  """Same layout on both sides (embeddings, norms)."""
-  return TensorMap(key, (path,), lambda w: [w.reshape(shape)], lambda a: a[0])
+def _reshape(key, path, shape, hf_shape=None):
+  """Same values on both sides (embeddings, norms, biases, GPT-2's Conv1D weights), reshaped; hf_shape: `shape`."""
+  return TensorMap(key, (path,), lambda w: [w.reshape(shape)], lambda a: a[0].reshape(hf_shape or shape))
 
 
 def _linear(key, path, shape, n_in_dims=1):
@@ -152,71 +151,61 @@ def _linear(key, path, shape, n_in_dims=1):
   return TensorMap(key, (path,), lambda w: [w.T.reshape(shape)], lambda a: a[0].reshape(n_in, -1).T)
 
 
-def _conv1d(key, path, shape, hf_shape):
-  """GPT-2's Conv1D weight (in, out) <-> our kernel."""
-  return TensorMap(key, (path,), lambda w: [w.reshape(shape)], lambda a: a[0].reshape(hf_shape))
-
-
-def _bias(key, path, shape):
-  return TensorMap(key, (path,), lambda w: [w.reshape(shape)], lambda a: a[0].reshape(-1))
+def _norm(key, path, d, bias=True):
+  """A norm's `key`.weight (and .bias) <-> our `path` scale (and bias)."""
+  parts = (("weight", "scale"), ("bias", "bias")) if bias else (("weight", "scale"),)
+  return [_reshape(f"{key}.{theirs}", (*path, ours), (d,)) for theirs, ours in parts]
 
 
 def _gpt2_maps(cfg: ModelConfig) -> list[TensorMap]:
-  d, H, D = cfg.d_model, cfg.num_heads, cfg.head_dim
-  maps = [_copy("transformer.wte.weight", ("embed", "embedding"), (cfg.vocab_size, d)),
-          _copy("transformer.wpe.weight", ("pos_embed", "embedding"), (cfg.max_seq_len, d))]
+  d, H, D, F = cfg.d_model, cfg.num_heads, cfg.head_dim, cfg.mlp_dim
+  maps = [_reshape("transformer.wte.weight", ("embed", "embedding"), (cfg.vocab_size, d)),
+          _reshape("transformer.wpe.weight", ("pos_embed", "embedding"), (cfg.max_seq_len, d))]
   for i in range(cfg.num_layers):
     h, L = f"transformer.h.{i}.", f"layers_{i}"
-    qkv = tuple((L, "attn", c, "kernel") for c in "qkv")
-    qkv_b = tuple((L, "attn", c, "bias") for c in "qkv")
     maps += [
-        _copy(h + "ln_1.weight", (L, "attn_norm", "scale"), (d,)), _copy(h + "ln_1.bias", (L, "attn_norm", "bias"), (d,)),
-        TensorMap(h + "attn.c_attn.weight", qkv, lambda w: [x.reshape(d, H, D) for x in np.split(w, 3, axis=1)],
+        *_norm(h + "ln_1", (L, "attn_norm"), d),
+        TensorMap(h + "attn.c_attn.weight", tuple((L, "attn", c, "kernel") for c in "qkv"),
+                  lambda w: [x.reshape(d, H, D) for x in np.split(w, 3, axis=1)],
                   lambda a: np.concatenate([x.reshape(d, d) for x in a], axis=1)),
-        TensorMap(h + "attn.c_attn.bias", qkv_b, lambda w: [x.reshape(H, D) for x in np.split(w, 3)],
+        TensorMap(h + "attn.c_attn.bias", tuple((L, "attn", c, "bias") for c in "qkv"),
+                  lambda w: [x.reshape(H, D) for x in np.split(w, 3)],
                   lambda a: np.concatenate([x.reshape(-1) for x in a])),
-        _conv1d(h + "attn.c_proj.weight", (L, "attn", "o", "kernel"), (H, D, d), (d, d)),
-        _bias(h + "attn.c_proj.bias", (L, "attn", "o", "bias"), (d,)),
-        _copy(h + "ln_2.weight", (L, "mlp_norm", "scale"), (d,)), _copy(h + "ln_2.bias", (L, "mlp_norm", "bias"), (d,)),
-        _conv1d(h + "mlp.c_fc.weight", (L, "mlp", "up", "kernel"), (d, cfg.mlp_dim), (d, cfg.mlp_dim)),
-        _bias(h + "mlp.c_fc.bias", (L, "mlp", "up", "bias"), (cfg.mlp_dim,)),
-        _conv1d(h + "mlp.c_proj.weight", (L, "mlp", "down", "kernel"), (cfg.mlp_dim, d), (cfg.mlp_dim, d)),
-        _bias(h + "mlp.c_proj.bias", (L, "mlp", "down", "bias"), (d,)),
+        _reshape(h + "attn.c_proj.weight", (L, "attn", "o", "kernel"), (H, D, d), (d, d)),
+        _reshape(h + "attn.c_proj.bias", (L, "attn", "o", "bias"), (d,)),
+        *_norm(h + "ln_2", (L, "mlp_norm"), d),
+        _reshape(h + "mlp.c_fc.weight", (L, "mlp", "up", "kernel"), (d, F)),
+        _reshape(h + "mlp.c_fc.bias", (L, "mlp", "up", "bias"), (F,)),
+        _reshape(h + "mlp.c_proj.weight", (L, "mlp", "down", "kernel"), (F, d)),
+        _reshape(h + "mlp.c_proj.bias", (L, "mlp", "down", "bias"), (d,)),
     ]
-  maps += [_copy("transformer.ln_f.weight", ("final_norm", "scale"), (d,)),
-           _copy("transformer.ln_f.bias", ("final_norm", "bias"), (d,))]
-  return maps
+  return maps + _norm("transformer.ln_f", ("final_norm",), d)
 
 
 def _neox_maps(cfg: ModelConfig) -> list[TensorMap]:
   d, H, D, F = cfg.d_model, cfg.num_heads, cfg.head_dim, cfg.mlp_dim
-  maps = [_copy("gpt_neox.embed_in.weight", ("embed", "embedding"), (cfg.vocab_size, d))]
+  maps = [_reshape("gpt_neox.embed_in.weight", ("embed", "embedding"), (cfg.vocab_size, d))]
   for i in range(cfg.num_layers):
     h, L = f"gpt_neox.layers.{i}.", f"layers_{i}"
-    qkv = tuple((L, "attn", c, "kernel") for c in "qkv")
-    qkv_b = tuple((L, "attn", c, "bias") for c in "qkv")
     maps += [
-        _copy(h + "input_layernorm.weight", (L, "attn_norm", "scale"), (d,)),
-        _copy(h + "input_layernorm.bias", (L, "attn_norm", "bias"), (d,)),
-        _copy(h + "post_attention_layernorm.weight", (L, "mlp_norm", "scale"), (d,)),
-        _copy(h + "post_attention_layernorm.bias", (L, "mlp_norm", "bias"), (d,)),
+        *_norm(h + "input_layernorm", (L, "attn_norm"), d),
+        *_norm(h + "post_attention_layernorm", (L, "mlp_norm"), d),
         # The fused projection's outputs are laid out (head, [q|k|v], head_dim).
-        TensorMap(h + "attention.query_key_value.weight", qkv,
+        TensorMap(h + "attention.query_key_value.weight", tuple((L, "attn", c, "kernel") for c in "qkv"),
                   lambda w: [w.T.reshape(d, H, 3, D)[:, :, j] for j in range(3)],
                   lambda a: np.stack(a, axis=2).reshape(d, 3 * d).T),
         _linear(h + "attention.dense.weight", (L, "attn", "o", "kernel"), (H, D, d), 2),
         _linear(h + "mlp.dense_h_to_4h.weight", (L, "mlp", "up", "kernel"), (d, F)),
-        _bias(h + "mlp.dense_h_to_4h.bias", (L, "mlp", "up", "bias"), (F,)),
+        _reshape(h + "mlp.dense_h_to_4h.bias", (L, "mlp", "up", "bias"), (F,)),
         _linear(h + "mlp.dense_4h_to_h.weight", (L, "mlp", "down", "kernel"), (F, d)),
-        _bias(h + "mlp.dense_4h_to_h.bias", (L, "mlp", "down", "bias"), (d,)),
+        _reshape(h + "mlp.dense_4h_to_h.bias", (L, "mlp", "down", "bias"), (d,)),
     ]
     if cfg.qkv_bias:
-      maps += [TensorMap(h + "attention.query_key_value.bias", qkv_b,
+      maps += [TensorMap(h + "attention.query_key_value.bias", tuple((L, "attn", c, "bias") for c in "qkv"),
                          lambda w: [w.reshape(H, 3, D)[:, j] for j in range(3)],
                          lambda a: np.stack(a, axis=1).reshape(-1)),
-               _bias(h + "attention.dense.bias", (L, "attn", "o", "bias"), (d,))]
-  maps += [_copy("gpt_neox.final_layer_norm.weight", ("final_norm", "scale"), (d,)),
-           _copy("gpt_neox.final_layer_norm.bias", ("final_norm", "bias"), (d,))]
+               _reshape(h + "attention.dense.bias", (L, "attn", "o", "bias"), (d,))]
+  maps += _norm("gpt_neox.final_layer_norm", ("final_norm",), d)
   if not cfg.tie_embeddings:
     maps.append(_linear("embed_out.weight", ("lm_head", "kernel"), (d, cfg.vocab_size)))
   return maps
@@ -224,28 +213,26 @@ def _neox_maps(cfg: ModelConfig) -> list[TensorMap]:
 
 def _llama_maps(cfg: ModelConfig) -> list[TensorMap]:
   d, H, K, D, F = cfg.d_model, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.mlp_dim
-  maps = [_copy("model.embed_tokens.weight", ("embed", "embedding"), (cfg.vocab_size, d))]
+  maps = [_reshape("model.embed_tokens.weight", ("embed", "embedding"), (cfg.vocab_size, d))]
   for i in range(cfg.num_layers):
     h, L = f"model.layers.{i}.", f"layers_{i}"
     maps += [
-        _copy(h + "input_layernorm.weight", (L, "attn_norm", "scale"), (d,)),
-        _copy(h + "post_attention_layernorm.weight", (L, "mlp_norm", "scale"), (d,)),
-        _linear(h + "self_attn.q_proj.weight", (L, "attn", "q", "kernel"), (d, H, D)),
-        _linear(h + "self_attn.k_proj.weight", (L, "attn", "k", "kernel"), (d, K, D)),
-        _linear(h + "self_attn.v_proj.weight", (L, "attn", "v", "kernel"), (d, K, D)),
+        *_norm(h + "input_layernorm", (L, "attn_norm"), d, bias=False),
+        *_norm(h + "post_attention_layernorm", (L, "mlp_norm"), d, bias=False),
+        *[_linear(h + f"self_attn.{c}_proj.weight", (L, "attn", c, "kernel"), (d, n, D))
+          for c, n in (("q", H), ("k", K), ("v", K))],
         _linear(h + "self_attn.o_proj.weight", (L, "attn", "o", "kernel"), (H, D, d), 2),
-        _linear(h + "mlp.gate_proj.weight", (L, "mlp", "gate", "kernel"), (d, F)),
-        _linear(h + "mlp.up_proj.weight", (L, "mlp", "up", "kernel"), (d, F)),
-        _linear(h + "mlp.down_proj.weight", (L, "mlp", "down", "kernel"), (F, d)),
+        *[_linear(h + f"mlp.{c}_proj.weight", (L, "mlp", c, "kernel"), (F, d) if c == "down" else (d, F))
+          for c in ("gate", "up", "down")],
     ]
     if cfg.qkv_bias:
-      maps += [_bias(h + f"self_attn.{c}_proj.bias", (L, "attn", c, "bias"), (n, D))
+      maps += [_reshape(h + f"self_attn.{c}_proj.bias", (L, "attn", c, "bias"), (n, D), (-1,))
                for c, n in (("q", H), ("k", K), ("v", K))]
-      maps.append(_bias(h + "self_attn.o_proj.bias", (L, "attn", "o", "bias"), (d,)))
+      maps.append(_reshape(h + "self_attn.o_proj.bias", (L, "attn", "o", "bias"), (d,)))
     if cfg.mlp_bias:
-      maps += [_bias(h + f"mlp.{c}_proj.bias", (L, "mlp", n, "bias"), (F if c != "down" else d,))
-               for c, n in (("gate", "gate"), ("up", "up"), ("down", "down"))]
-  maps.append(_copy("model.norm.weight", ("final_norm", "scale"), (d,)))
+      maps += [_reshape(h + f"mlp.{c}_proj.bias", (L, "mlp", c, "bias"), (d if c == "down" else F,))
+               for c in ("gate", "up", "down")]
+  maps += _norm("model.norm", ("final_norm",), d, bias=False)
   if not cfg.tie_embeddings:
     maps.append(_linear("lm_head.weight", ("lm_head", "kernel"), (d, cfg.vocab_size)))
   return maps
@@ -300,23 +287,7 @@ def read_hf_tensors(hf_dir: epath.PathLike) -> dict[str, np.ndarray]:
     raise FileNotFoundError(
         f"{hf_dir}: no model.safetensors or model.safetensors.index.json (PyTorch .bin files are not read; "
         "convert them with transformers' save_pretrained(safe_serialization=True))")
-  tensors = {}
-  for name in files:
-    tensors.update(read_safetensors(hf_dir / name))
-  return tensors
-
-
-def read_ssa_tensors(hf_dir: epath.PathLike) -> dict[str, np.ndarray]:
-  """The `ssa.*` tensors of ssa.safetensors; none when the directory has no such file."""
-  path = epath.Path(hf_dir) / SSA_FILE
-  return dict(read_safetensors(path)) if path.exists() else {}
-
-
-def _normalise_key(key: str, family: str) -> str:
-  # The original OpenAI GPT-2 checkpoints store GPT2Model keys without the `transformer.` prefix.
-  if family == "gpt2" and not key.startswith(("transformer.", "lm_head.")):
-    return "transformer." + key
-  return key
+  return {key: array for name in files for key, array in read_safetensors(hf_dir / name)}
 
 
 def _ssa_file_paths(cfg: ModelConfig) -> list[tuple[str, ...]]:
@@ -339,7 +310,9 @@ def from_hf(hf_dir: epath.PathLike, ssa: SSAConfig | None = None, rng_seed: int 
     overrides["ssa"] = ssa
   cfg = dataclasses.replace(cfg, **overrides).validate()
   scanned, cfg = cfg.scan_layers, dataclasses.replace(cfg, scan_layers=False)  # converted in the unrolled layout
-  tensors = {_normalise_key(k, cfg.family): v for k, v in read_hf_tensors(hf_dir).items()}
+  tensors = read_hf_tensors(hf_dir)
+  if cfg.family == "gpt2":  # the original OpenAI GPT-2 checkpoints store GPT2Model keys without `transformer.`
+    tensors = {k if k.startswith(("transformer.", "lm_head.")) else "transformer." + k: v for k, v in tensors.items()}
   expected = traverse_util.flatten_dict(variable_shapes(cfg))  # paths start with the collection
   flat: dict[tuple[str, ...], np.ndarray] = {}
   used = set()
@@ -360,7 +333,8 @@ def from_hf(hf_dir: epath.PathLike, ssa: SSAConfig | None = None, rng_seed: int 
     used.add(m.hf_key)
 
   ssa_paths = _ssa_file_paths(cfg)
-  stored_ssa = read_ssa_tensors(hf_dir)
+  ssa_file = epath.Path(hf_dir) / SSA_FILE
+  stored_ssa = dict(read_safetensors(ssa_file)) if ssa_file.exists() else {}
   if stored_ssa:
     if not cfg.ssa.enabled:
       raise ValueError(f"{hf_dir}: {SSA_FILE} present but config.json has no `ssa` block")
@@ -389,8 +363,7 @@ def from_hf(hf_dir: epath.PathLike, ssa: SSAConfig | None = None, rng_seed: int 
 
 # -------------------------------------------------------------------------------------------------- export
 def to_hf(model: Decoder | ModelConfig, variables: dict, out_dir: epath.PathLike) -> epath.Path:
-  """Writes config.json + model.safetensors that `transformers.AutoModelForCausalLM.from_pretrained` loads (and
-  ssa.safetensors for an SSA model, which from_hf reads and transformers does not)."""
+  """Writes the Hugging Face directory of the module docstring; returns `out_dir`."""
   cfg = model.config if isinstance(model, Decoder) else model
   # transformers' layout is one module per layer
   variables = {**variables, "params": unstack_layers(variables["params"], cfg.num_layers)}
@@ -437,18 +410,17 @@ def _export_tokenizer(run_config: dict, ckpt_dir: str, hf_dir: epath.PathLike, m
   if override:  # a tokenizer that does not fit the model fails here, not at evaluation
     check_vocab(load_tokenizer(override), model_vocab)
   source = override or run_config_tokenizer(run_config)
-  if not source:
-    print(f"[ssa_jax.formats.hf] warning: {ckpt_dir}'s run config names no tokenizer (config.data.tokenizer_path), so "
-          f"none was exported: pass --tokenizer=PATH here, or to eval.py", file=sys.stderr)
-    return "no tokenizer"
-  if not override and not epath.Path(source).exists():
-    print(f"[ssa_jax.formats.hf] warning: the tokenizer {ckpt_dir} was trained with, {source}, does not exist here, so "
-          f"none was exported: pass --tokenizer=PATH", file=sys.stderr)
+  if not source or not epath.Path(source).exists():
+    why = (f"the tokenizer {ckpt_dir} was trained with, {source}, does not exist here" if source else
+           f"{ckpt_dir}'s run config names no tokenizer (config.data.tokenizer_path)")
+    print(f"[ssa_jax.formats.hf] warning: {why}, so none was exported: pass --tokenizer=PATH here, or to eval.py",
+          file=sys.stderr)
     return "no tokenizer"
   return f"tokenizer {', '.join(copy_tokenizer(source, hf_dir))} from {source}"
 
 
-def _parser():
+def main(argv: list[str]) -> int:
+  """The command line; a user's mistake is one `error:` line and returns 2 (--verbosity=1: the traceback)."""
   parser = cli_errors.ArgumentParser(prog="python -m ssa_jax.formats.hf", description=__doc__.split("\n\n")[0])
   sub = parser.add_subparsers(dest="command", required=True, parser_class=cli_errors.ArgumentParser)
   imp = sub.add_parser("import", help="HF checkpoint directory -> ssa-jax checkpoint directory")
@@ -458,13 +430,8 @@ def _parser():
   exp.add_argument("ckpt_dir")
   exp.add_argument("hf_dir")
   exp.add_argument("--tokenizer", default="", help="tokenizer to export (default: the run config's)")
-  return parser
-
-
-def main(argv: list[str]) -> int:
-  """The command line; a user's mistake is one `error:` line and returns 2 (--verbosity=1: the traceback)."""
   try:
-    args = _parser().parse_args(argv)
+    args = parser.parse_args(argv)
     if args.command == "import":
       model, variables = from_hf(args.hf_dir)
       run_config = {"init": {"hf_dir": str(args.hf_dir)}}

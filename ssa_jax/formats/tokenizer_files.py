@@ -7,12 +7,13 @@ there) and by evaluation and the analyses (ssa_jax/evaluate/loading.py), which b
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from etils import epath
 
 from ssa_jax.data import demo
-from ssa_jax.data.tokenizer import TOKENIZER_FILES, tokenizer_file, tokenizer_in
+from ssa_jax.data.tokenizer import TOKENIZER_FILES, HFTokenizer, tokenizer_file, tokenizer_in
 
 # Read beside tokenizer.json for the EOS / BOS names (ssa_jax.data.tokenizer, transformers).
 SIDE_FILES = ("tokenizer_config.json", "special_tokens_map.json", "added_tokens.json")
@@ -60,10 +61,25 @@ def tokenizer_files(path: epath.PathLike) -> dict[str, epath.Path]:
 
 
 def copy_tokenizer(path: epath.PathLike, out_dir: epath.PathLike) -> list[str]:
-  """Copies the tokenizer at `path` into `out_dir` (standard names); returns the names written."""
+  """Copies the tokenizer at `path` into `out_dir` (standard names); returns the names written. A tokenizer.json
+  without a tokenizer_config.json of its own gets one (`fast_tokenizer_config`)."""
   out_dir = epath.Path(out_dir)
   out_dir.mkdir(parents=True, exist_ok=True)
   files = tokenizer_files(path)
   for name, src in files.items():
     (out_dir / name).write_bytes(src.read_bytes())
+  if TOKENIZER_FILES[0] in files and SIDE_FILES[0] not in files:
+    config = fast_tokenizer_config(HFTokenizer(str(files[TOKENIZER_FILES[0]])))
+    (out_dir / SIDE_FILES[0]).write_text(json.dumps(config, indent=2) + "\n")
+    return sorted([*files, SIDE_FILES[0]])
   return sorted(files)
+
+
+def fast_tokenizer_config(tokenizer: HFTokenizer) -> dict[str, str]:
+  """A tokenizer_config.json that makes `transformers.AutoTokenizer` load a bare tokenizer.json as it is: without
+  one it picks the class of the directory's model family, which may add tokens of its own (GPT-NeoX's
+  `<|padding|>`: 50,258 tokens for GPT-2's 50,257) or lose the EOS name (Llama's)."""
+  config = {"tokenizer_class": "PreTrainedTokenizerFast", "eos_token": tokenizer.token_name(tokenizer.eos_id)}
+  if tokenizer.bos_id is not None:
+    config["bos_token"] = tokenizer.token_name(tokenizer.bos_id)
+  return config

@@ -27,12 +27,10 @@ class LayerCache:
 
 
 def kernel_implementation(cfg: ModelConfig, backend: str | None = None) -> str:
-  """The attention kernel of the causal full forward: 'splash', 'cudnn' or 'xla'.
+  """The attention kernel of the causal full forward: 'splash', 'cudnn' or 'xla' ('auto': see the config field).
 
-  'auto': splash (Pallas) on TPU, cuDNN (flash) on GPU when the compute dtype is bfloat16 / float16 (cuDNN
-  takes nothing else), XLA otherwise (CPU, float32 on GPU). `backend` defaults to the platform of the mesh
-  the computation is traced under (`jax.set_mesh`; so a TPU program compiled ahead of time on a CPU host
-  gets TPU's kernel), else jax's default backend.
+  `backend` defaults to traced_platform(), so that a TPU program compiled ahead of time on a CPU host gets TPU's
+  kernel.
   """
   backend = backend or traced_platform()
   if cfg.attention_impl == "splash" and backend in ("gpu", "cuda", "rocm"):
@@ -95,24 +93,15 @@ def weighted_values(probs_BHTS: Array, v_BSKD: Array) -> Array:
 
 
 class SelectiveSelfAttention(nn.Module):
-  """Causal multi-head (GQA) attention whose q / k / v are multiplied by per-token, per-head temperatures.
-
-  tau is a scalar per token and head, so scaling the projections equals scaling the attention logits row-wise
-  (tau_q) and the values (tau_v); and it commutes with RoPE. The kernel therefore runs unchanged (docs/ssa.md).
-  """
+  """Causal multi-head (GQA) attention whose q / k / v are multiplied by per-token, per-head temperatures; the
+  kernel runs unchanged (temper_and_rotate)."""
 
   cfg: ModelConfig
 
   @nn.compact
-  def __call__(
-      self,
-      x_BTd: Array,
-      positions_BT: Array,
-      feature_BT: Array | None = None,
-      cache: LayerCache | None = None,
-      cache_index: Array | None = None,
-      mask_BTT: Array | None = None,
-  ) -> tuple[Array, LayerCache | None]:
+  def __call__(self, x_BTd: Array, positions_BT: Array, feature_BT: Array | None = None,
+               cache: LayerCache | None = None, cache_index: Array | None = None, mask_BTT: Array | None = None
+               ) -> tuple[Array, LayerCache | None]:
     """`mask_BTT` (bool, True = query t may see key s) replaces the causal mask: packed or tree-shaped rows.
 
     The one attention computation: temper_and_rotate, then the causal kernel or, under an explicit mask,
@@ -127,15 +116,9 @@ class SelectiveSelfAttention(nn.Module):
     taus = {}
     for comp in cfg.ssa.components:
       taus[comp] = Temperature(
-          cfg.ssa,
-          num_heads=H if comp == "q" else K,
-          d_model=cfg.d_model,
-          max_seq_len=cfg.max_seq_len,
-          component=comp,
-          head_axis="heads" if comp == "q" else "kv_heads",
-          dtype=compute_dtype(cfg),
-          name=f"ssa_{comp}",
-      )(x_BTd, positions_BT, projections[comp], feature_BT)
+          cfg.ssa, num_heads=H if comp == "q" else K, d_model=cfg.d_model, max_seq_len=cfg.max_seq_len,
+          component=comp, head_axis="heads" if comp == "q" else "kv_heads", dtype=compute_dtype(cfg),
+          name=f"ssa_{comp}")(x_BTd, positions_BT, projections[comp], feature_BT)
       self.sow("intermediates", f"tau_{comp}", taus[comp])
     q_BTHD, k_BSKD, v_BSKD = temper_and_rotate(projections, taus, positions_BT, cfg)  # S = T without a cache
 
@@ -154,8 +137,6 @@ class SelectiveSelfAttention(nn.Module):
       # An explicit mask (packed or tree-shaped rows, a KV cache): XLA, through the rows the analyses read.
       out_BTHD = weighted_values(attention_weights(q_BTHD, k_BSKD, mask_BTT), v_BSKD)
     out_std = cfg.init_std / math.sqrt(2 * cfg.num_layers)
-    out_BTd = dense(
-        cfg.d_model, ("heads", "head_dim", "embed"), cfg, name="o", use_bias=cfg.out_bias, in_axis=(-2, -1),
-        std=out_std,
-    )(out_BTHD)
-    return out_BTd, cache
+    o = dense(cfg.d_model, ("heads", "head_dim", "embed"), cfg, name="o", use_bias=cfg.out_bias, in_axis=(-2, -1),
+              std=out_std)
+    return o(out_BTHD), cache

@@ -39,23 +39,22 @@ def _check_choices(section: Any, where: str, **choices: tuple[str, ...]) -> None
       raise ConfigError(f"{where}.{field}: unknown {value!r}; expected one of {allowed}")
 
 
+def _fields(cls: type, d: Mapping[str, Any], where: str) -> dict[str, Any]:
+  """`d` as a dict, rejecting fields that dataclass `cls` does not have by name."""
+  d = dict(d)
+  known = {f.name for f in dataclasses.fields(cls)}
+  unknown = sorted(set(d) - known)
+  if unknown:
+    raise ConfigError(f"{where}: unknown field(s) {unknown}; known fields are {sorted(known)}")
+  return d
+
+
 @dataclasses.dataclass(frozen=True)
 class SSAConfig:
-  """Selective Self-Attention switches (docs/ssa.md): what is scaled, and by which token and position terms.
+  """Selective Self-Attention switches: what is scaled, and by which token and position terms.
 
-  tau(x, n) = tau_tok(x) + tau_pos(n), one float32 scalar per token per head, multiplying q / k / v.
-  - token term (`token` on/off), `token_kind`:
-      'mlp'       tanh(W2 GeLU(W1 x))                      (the paper's SSA "base")
-      'shared'    tanh(W_tmp GeLU(W_{q/k/v} x))             (weight sharing, reusing the layer's projection)
-      'frequency' tanh(beta_h phi(token))                   (feature-based: standardized log token frequency)
-  - position term (`position` on/off), `position_kind`:
-      'log'       1 + sigmoid(alpha_h) log n                (SSA's, on every scaled projection)
-      'yarn'      (1 + yarn_scale log n)^2, fixed           (query only; YaRN's logit factor, s read as n)
-      'constant'  exp(c_h), learned, starts at 1            (query only)
-      'ssmax'     s_h log n, s_h = softplus(a_h) learned     (Scalable-Softmax; query only, no "1 +")
-      'llama4'    1 + llama4_attn_scale log(floor(n / llama4_floor_scale) + 1), fixed  (Llama-4; query only)
-    n is the token's 1-based position. With the position term off, or for k / v under a query-only kind, the
-    position term is the constant 1. alpha_h, c_h, a_h are one scalar per head, per scaled projection, per layer.
+  tau(x, n) = tau_tok(x) + tau_pos(n), one float32 scalar per token per head, multiplying q / k / v; docs/ssa.md
+  gives every token_kind's and position_kind's formula, parameters and start.
   """
 
   enabled: bool = False
@@ -89,9 +88,7 @@ class SSAConfig:
   @property
   def components(self) -> tuple[str, ...]:
     """The scaled projections, a subset of ('q', 'k', 'v')."""
-    if not self.enabled:
-      return ()
-    return tuple(c for c, on in (("q", self.query), ("k", self.key), ("v", self.value)) if on)
+    return tuple(c for c, on in (("q", self.query), ("k", self.key), ("v", self.value)) if on and self.enabled)
 
   def position_acts_on(self, component: str) -> bool:
     """Whether the position term (when on) varies for `component` ('q', 'k', 'v'); else it is the constant 1."""
@@ -159,12 +156,7 @@ class SSAConfig:
 
 def ssa_config_from_dict(d: Mapping[str, Any], where: str = "config.model.ssa") -> SSAConfig:
   """An SSAConfig from a dict, rejecting unknown fields by name."""
-  d = dict(d)
-  known = {f.name for f in dataclasses.fields(SSAConfig)}
-  unknown = sorted(set(d) - known)
-  if unknown:
-    raise ConfigError(f"{where}: unknown field(s) {unknown}; known fields are {sorted(known)}")
-  return SSAConfig(**d)
+  return SSAConfig(**_fields(SSAConfig, d, where))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -234,9 +226,7 @@ class ModelConfig:
 
   @property
   def rotary_dim(self) -> int:
-    if self.learned_positions:
-      return 0
-    return int(self.head_dim * self.rotary_pct)
+    return 0 if self.learned_positions else int(self.head_dim * self.rotary_pct)
 
   def validate(self, where: str = "config.model") -> "ModelConfig":
     """Raises ConfigError naming the first bad field; returns self."""
@@ -244,8 +234,7 @@ class ModelConfig:
     def bad(field: str, msg: str):
       raise ConfigError(f"{where}.{field}: {msg}")
 
-    if self.family not in FAMILIES:
-      bad("family", f"unknown family {self.family!r}; expected one of {FAMILIES}")
+    _check_choices(self, where, family=FAMILIES)
     for name in ("vocab_size", "d_model", "num_layers", "num_heads", "mlp_dim", "max_seq_len"):
       if not isinstance(getattr(self, name), int) or getattr(self, name) <= 0:
         bad(name, f"expected a positive int, got {getattr(self, name)!r}")
@@ -265,8 +254,7 @@ class ModelConfig:
     for name in ("splash_block_q", "splash_block_kv"):
       if not isinstance(getattr(self, name), int) or getattr(self, name) <= 0 or getattr(self, name) % 128:
         bad(name, f"expected a positive multiple of 128, got {getattr(self, name)!r}")
-    if self.remat not in REMAT_POLICIES:
-      bad("remat", f"unknown {self.remat!r}; expected one of {REMAT_POLICIES}")
+    _check_choices(self, where, remat=REMAT_POLICIES)
     self.ssa.validate(self.max_seq_len, self.d_model, where=f"{where}.ssa")
     if self.attention_impl == "cudnn" and self.dtype == "float32":
       bad("attention_impl", "'cudnn' takes bfloat16 / float16 only; use dtype='bfloat16' or attention_impl='auto' "
@@ -275,18 +263,12 @@ class ModelConfig:
 
 
 def _to_plain(value: Any) -> Any:
-  if hasattr(value, "to_dict"):
-    return value.to_dict()
-  return value
+  return value.to_dict() if hasattr(value, "to_dict") else value
 
 
 def model_config_from_dict(cfg: Mapping[str, Any] | Any, where: str = "config.model") -> ModelConfig:
   """Builds and validates a ModelConfig from a ConfigDict / dict, rejecting unknown fields by name."""
-  d = dict(_to_plain(cfg))
-  known = {f.name for f in dataclasses.fields(ModelConfig)}
-  unknown = sorted(set(d) - known)
-  if unknown:
-    raise ConfigError(f"{where}: unknown field(s) {unknown}; known fields are {sorted(known)}")
+  d = _fields(ModelConfig, _to_plain(cfg), where)
   ssa = ssa_config_from_dict(_to_plain(d.pop("ssa", None)) or {}, where=f"{where}.ssa")
   rope = _to_plain(d.pop("rope_scaling", None))
   rope_cfg = RopeScaling(**dict(rope)) if rope else None

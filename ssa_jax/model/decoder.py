@@ -40,11 +40,9 @@ def init_cache(cfg: ModelConfig, batch_size: int, max_len: int, dtype=None) -> K
   """An empty cache for `max_len` positions (prompt plus generated tokens), laid out as the model's layers."""
   dtype = dtype or compute_dtype(cfg)
   shape = (batch_size, max_len, cfg.num_kv_heads, cfg.head_dim)
-  if cfg.scan_layers:
-    stacked = (cfg.num_layers, *shape)
-    return KVCache(LayerCache(jnp.zeros(stacked, dtype), jnp.zeros(stacked, dtype)), jnp.zeros((), jnp.int32))
-  layer = lambda: LayerCache(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype))
-  return KVCache(tuple(layer() for _ in range(cfg.num_layers)), jnp.zeros((), jnp.int32))
+  layer = lambda *lead: LayerCache(jnp.zeros((*lead, *shape), dtype), jnp.zeros((*lead, *shape), dtype))
+  layers = layer(cfg.num_layers) if cfg.scan_layers else tuple(layer() for _ in range(cfg.num_layers))
+  return KVCache(layers, jnp.zeros((), jnp.int32))
 
 
 _REMAT_POLICIES = {
@@ -65,10 +63,8 @@ class Block(nn.Module):
     attn_BTd, cache = SelectiveSelfAttention(cfg, name="attn")(
         Norm(cfg, name="attn_norm")(x_BTd), positions_BT, feature_BT, cache, cache_index, mask_BTT
     )
-    if cfg.parallel_residual:
-      return x_BTd + attn_BTd + Mlp(cfg, name="mlp")(Norm(cfg, name="mlp_norm")(x_BTd)), cache
-    x_BTd = x_BTd + attn_BTd
-    return x_BTd + Mlp(cfg, name="mlp")(Norm(cfg, name="mlp_norm")(x_BTd)), cache
+    mlp_in_BTd = x_BTd if cfg.parallel_residual else x_BTd + attn_BTd
+    return x_BTd + attn_BTd + Mlp(cfg, name="mlp")(Norm(cfg, name="mlp_norm")(mlp_in_BTd)), cache
 
 
 class Decoder(nn.Module):
@@ -95,15 +91,13 @@ class Decoder(nn.Module):
     embed = nn.Embed(
         cfg.vocab_size, cfg.d_model, dtype=dtype, param_dtype=jnp.float32,
         embedding_init=nn.with_logical_partitioning(nn.initializers.normal(cfg.init_std), ("vocab", "embed")),
-        name="embed",
-    )
+        name="embed")
     x_BTd = embed(tokens_BT)
     if cfg.learned_positions:
       x_BTd = x_BTd + nn.Embed(
           cfg.max_seq_len, cfg.d_model, dtype=dtype, param_dtype=jnp.float32,
           embedding_init=nn.with_logical_partitioning(nn.initializers.normal(0.01), (None, "embed")),
-          name="pos_embed",
-      )(positions_BT)
+          name="pos_embed")(positions_BT)
 
     feature_BT = None
     if uses_token_feature(cfg):
@@ -126,28 +120,22 @@ class Decoder(nn.Module):
       x_BTd, new_layers = scanned(cfg, name="layers")(
           x_BTd, positions_BT, feature_BT, None if cache is None else cache.layers, cache_index, mask_BTT)
     else:
-      new_layers = []
+      new_layers = ()
       for i in range(cfg.num_layers):
-        layer_cache = None if cache is None else cache.layers[i]
         x_BTd, layer_cache = block_cls(cfg, name=f"layers_{i}")(
-            x_BTd, positions_BT, feature_BT, layer_cache, cache_index, mask_BTT)
-        new_layers.append(layer_cache)
-      new_layers = tuple(new_layers)
+            x_BTd, positions_BT, feature_BT, None if cache is None else cache.layers[i], cache_index, mask_BTT)
+        new_layers += (layer_cache,)
 
     x_BTd = Norm(cfg, name="final_norm")(x_BTd)
-    head = None
-    if not cfg.tie_embeddings:
-      head = nn.DenseGeneral(
-          cfg.vocab_size, use_bias=False, dtype=dtype, param_dtype=jnp.float32,
-          kernel_init=nn.with_logical_partitioning(nn.initializers.normal(cfg.init_std), ("embed", "vocab")),
-          name="lm_head",
-      )
+    head = embed.attend if cfg.tie_embeddings else nn.DenseGeneral(
+        cfg.vocab_size, use_bias=False, dtype=dtype, param_dtype=jnp.float32,
+        kernel_init=nn.with_logical_partitioning(nn.initializers.normal(cfg.init_std), ("embed", "vocab")),
+        name="lm_head")
     if return_hidden and not self.is_initializing():
       if cache is not None:
         raise ValueError("return_hidden is for full forwards (training losses), not with a KV cache")
       return x_BTd
-    logits_BTV = embed.attend(x_BTd) if head is None else head(x_BTd)
-    logits_BTV = logits_BTV.astype(jnp.float32)
+    logits_BTV = head(x_BTd).astype(jnp.float32)
     if cache is None:
       return logits_BTV
     return logits_BTV, KVCache(new_layers, cache.index + T)

@@ -14,32 +14,19 @@ from ssa_jax.model.config import ModelConfig, RopeScaling
 Array = jax.Array
 
 
-def compute_dtype(cfg: ModelConfig):
+def compute_dtype(cfg: ModelConfig) -> jnp.dtype:
+  """The compute dtype of `cfg` (params are always float32)."""
   return jnp.dtype(cfg.dtype)
 
 
-def dense(
-    features: int | Sequence[int],
-    axes: tuple[str, ...],
-    cfg: ModelConfig,
-    *,
-    name: str,
-    use_bias: bool,
-    in_axis: int | tuple[int, ...] = -1,
-    std: float | None = None,
-) -> nn.DenseGeneral:
+def dense(features: int | Sequence[int], axes: tuple[str, ...], cfg: ModelConfig, *, name: str, use_bias: bool,
+          in_axis: int | tuple[int, ...] = -1, std: float | None = None) -> nn.DenseGeneral:
   """A DenseGeneral whose kernel (and bias) carry logical axis names; kernel layout is (inputs..., outputs...)."""
   n_in = 1 if isinstance(in_axis, int) else len(in_axis)
   return nn.DenseGeneral(
-      features=features,
-      axis=in_axis,
-      use_bias=use_bias,
-      dtype=compute_dtype(cfg),
-      param_dtype=jnp.float32,
+      features=features, axis=in_axis, use_bias=use_bias, dtype=compute_dtype(cfg), param_dtype=jnp.float32,
       kernel_init=nn.with_logical_partitioning(nn.initializers.normal(std or cfg.init_std), axes),
-      bias_init=nn.with_logical_partitioning(nn.initializers.zeros, axes[n_in:]),
-      name=name,
-  )
+      bias_init=nn.with_logical_partitioning(nn.initializers.zeros, axes[n_in:]), name=name)
 
 
 class Norm(nn.Module):
@@ -63,12 +50,11 @@ class Norm(nn.Module):
     return y.astype(x.dtype)
 
 
-def activation(name: str):
-  return {
-      "gelu_tanh": lambda x: jax.nn.gelu(x, approximate=True),
-      "gelu": lambda x: jax.nn.gelu(x, approximate=False),
-      "silu": jax.nn.silu,
-  }[name]
+ACTIVATION_FNS = {  # by config.model.activation
+    "gelu_tanh": lambda x: jax.nn.gelu(x, approximate=True),
+    "gelu": lambda x: jax.nn.gelu(x, approximate=False),
+    "silu": jax.nn.silu,
+}
 
 
 class Mlp(nn.Module):
@@ -79,7 +65,7 @@ class Mlp(nn.Module):
   @nn.compact
   def __call__(self, x_BTd: Array) -> Array:
     cfg = self.cfg
-    act = activation(cfg.activation)
+    act = ACTIVATION_FNS[cfg.activation]
     up = dense(cfg.mlp_dim, ("embed", "mlp"), cfg, name="up", use_bias=cfg.mlp_bias)(x_BTd)
     if cfg.gated_mlp:
       up = act(dense(cfg.mlp_dim, ("embed", "mlp"), cfg, name="gate", use_bias=cfg.mlp_bias)(x_BTd)) * up

@@ -20,8 +20,8 @@ Array = jax.Array
 
 
 def unstack_layers(tree: dict, num_layers: int) -> dict:
-  """A params / intermediates tree with scanned layers ({'layers': leaves of shape (L, ...)}) as the unrolled
-  layout ({'layers_0': ..., 'layers_{L-1}': ...}); a tree already unrolled is returned as it is."""
+  """A params / intermediates tree with scanned layers ({'layers': leaves (L, ...)}) in the unrolled layout
+  ({'layers_0': ..., 'layers_{L-1}': ...}); a tree already unrolled is returned as it is."""
   if "layers" not in tree:
     return tree
   out = {k: v for k, v in tree.items() if k != "layers"}
@@ -39,7 +39,7 @@ def stack_layers(tree: dict, num_layers: int) -> dict:
   return out
 
 
-def unrolled(model: "Decoder", variables: dict) -> tuple["Decoder", dict]:
+def unrolled(model: Decoder, variables: dict) -> tuple[Decoder, dict]:
   """The same model and variables in the unrolled layer layout (for analyses that read layer by layer)."""
   if not model.config.scan_layers:
     return model, variables
@@ -49,9 +49,7 @@ def unrolled(model: "Decoder", variables: dict) -> tuple["Decoder", dict]:
 
 def lm_head_kernel(params, cfg: ModelConfig) -> Array:
   """The LM head as a (d_model, vocab) float32 matrix: the embedding's transpose when tied."""
-  if cfg.tie_embeddings:
-    return params["embed"]["embedding"].T
-  return params["lm_head"]["kernel"]
+  return params["embed"]["embedding"].T if cfg.tie_embeddings else params["lm_head"]["kernel"]
 
 
 def lm_head(params, cfg: ModelConfig, h_Xd: Array) -> Array:
@@ -86,9 +84,8 @@ def param_shapes(cfg: ModelConfig) -> dict:
 
 
 def ssa_groups(cfg: ModelConfig) -> dict[tuple[str, ...], str]:
-  """Every parameter SSA adds, by its path in cfg's parameter layout, with its learning-rate group ('scalar' /
-  'matrix'); read from the SSAParam boxes of an abstract init, not from names. Optimizer labels, HF export /
-  import and counts use it."""
+  """{path in cfg's parameter layout: learning-rate group} of every parameter SSA adds, read from the SSAParam
+  boxes of an abstract init, not from names."""
   flat = traverse_util.flatten_dict(boxed_variable_shapes(cfg)["params"])
   return {path: box.group for path, box in flat.items() if isinstance(box, SSAParam)}
 

@@ -82,10 +82,9 @@ def splash_attention(q_BTHD: Array, k_BTKD: Array, v_BTKD: Array, *, block_q: in
       # Padding is its own segment, so each padded query still sees a key (itself).
       fill = jnp.min(segment_ids_BT) - 1
       segment_ids_BT = jnp.pad(segment_ids_BT, ((0, 0), (0, pad)), constant_values=fill)
-  Tp = T + pad
 
-  def attend(q_BHTD, k_BKTD, v_BKTD, seg_BT):
-    kernel = _kernel(q_BHTD.shape[1], Tp, block_q, block_kv, interpret)
+  def attend(q_BHTD, k_BKTD, v_BKTD, seg_BT=None):
+    kernel = _kernel(q_BHTD.shape[1], q_BHTD.shape[2], block_q, block_kv, interpret)  # T padded
     if seg_BT is None:
       return jax.vmap(kernel)(q_BHTD, k_BKTD, v_BKTD)
     return jax.vmap(lambda q, k, v, s: kernel(q, k, v, segment_ids=SegmentIds(q=s, kv=s)))(
@@ -103,12 +102,9 @@ def splash_attention(q_BTHD: Array, k_BTKD: Array, v_BTKD: Array, *, block_q: in
     heads = _axes_that_divide(mesh, (HEAD_AXIS,), math.gcd(H, K))
     heads = heads[0] if heads else None
     spec = P(batch, heads, None, None)  # q, k, v and the output alike: (rows, heads) split, T and D whole
-    if segment_ids_BT is None:
-      body = lambda q, k, v: attend(q, k, v, None)
-      in_specs, args = (spec,) * 3, (q_BHTD, k_BKTD, v_BKTD)
-    else:
-      body = attend
-      in_specs, args = (spec,) * 3 + (P(batch, None),), (q_BHTD, k_BKTD, v_BKTD, segment_ids_BT)
+    seg = () if segment_ids_BT is None else (segment_ids_BT,)
+    in_specs = (spec,) * 3 + (P(batch, None),) * len(seg)
     # check_vma off: the Pallas call does not annotate which mesh axes its outputs vary over.
-    out_BHTD = jax.shard_map(body, mesh=mesh, in_specs=in_specs, out_specs=spec, check_vma=False)(*args)
+    out_BHTD = jax.shard_map(attend, mesh=mesh, in_specs=in_specs, out_specs=spec, check_vma=False)(
+        q_BHTD, k_BKTD, v_BKTD, *seg)
   return jnp.swapaxes(out_BHTD, 1, 2)[:, :T]

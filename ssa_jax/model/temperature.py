@@ -1,17 +1,8 @@
 """SSA's inverse temperatures tau(x, n) = tau_tok(x) + tau_pos(n): one float32 scalar per token per head.
 
-The two terms are independent choices (config.model.ssa.token_kind / position_kind; see SSAConfig). Matmuls run
-in the compute dtype with float32 accumulation; the temperature values themselves (tanh, log n, the sum) are
-float32 (docs/ssa.md: an fp32 matmul costs many times a bf16 one on an accelerator).
-
-Single learned scalars and Adam: a near-identity start must still be able to move within a fine-tune's few hundred
-steps, so each positive scalar is a function whose logarithm Adam moves additively: 'log' keeps the paper's
-sigmoid(alpha), which is exp(alpha) in its tail (d log s / d alpha = 1 - s, about 1 at a near-identity start);
-'constant' is exp(c); 'ssmax' is softplus(a) (exp(a) for small s, linear for large). How far they move in a run is
-then set by the learning rate they get: config.train.temperature_scalar_lr_multiplier. The matrices (the token
-MLP's w1 / w2 with their biases, weight sharing's w) take config.train.temperature_matrix_lr_multiplier
-(each parameter declares its group, an SSAParam box, so that optimizer labels, exports and counts find SSA's
-parameters by structure): a fine-tune must nudge them, not re-initialise them.
+Matmuls run in the compute dtype with float32 accumulation; the temperature values (tanh, log n, the sum) are
+float32. Each positive learned scalar is a function whose logarithm Adam moves additively (sigmoid, exp,
+softplus), and each parameter declares its learning-rate group in an SSAParam box: docs/ssa.md says why.
 """
 
 from __future__ import annotations
@@ -25,29 +16,16 @@ from ssa_jax.model.config import SSAConfig
 
 Array = jax.Array
 
-GROUPS = ("scalar", "matrix")
-
-
 class SSAParam(nn.LogicallyPartitioned):
-  """A variable SSA adds, boxed with its logical axes and its group: 'scalar' (a single learned scalar per head:
-  position 'log' alpha, 'constant' log_tau, 'ssmax' ssmax_s, the frequency term's beta) or 'matrix' (the token
-  MLP's w1 / w2 and their biases, weight sharing's w). ssa_jax.model.params.ssa_groups reads the groups from an
-  abstract init."""
+  """A variable SSA adds, boxed with its logical axes and its learning-rate group: 'scalar' (one learned scalar
+  per head) or 'matrix'. ssa_jax.model.params.ssa_groups reads the groups from an abstract init."""
 
   group: str = flax.struct.field(pytree_node=False, default="matrix")
 
 
 def ssa_param(init: nn.initializers.Initializer, axes: tuple[str, ...], group: str):
   """`init` returning its value in an SSAParam box (as nn.with_logical_partitioning does with its own)."""
-  if group not in GROUPS:
-    raise ValueError(f"group: expected one of {GROUPS}, got {group!r}")
   return lambda *args, **kwargs: SSAParam(init(*args, **kwargs), axes, group=group)
-
-
-def _matmul_f32(x: Array, w: Array, dtype) -> Array:
-  """x @ w over x's last axis with both operands in `dtype` and float32 accumulation and result."""
-  return jax.lax.dot_general(x.astype(dtype), w.astype(dtype), (((x.ndim - 1,), (0,)), ((), ())),
-                             preferred_element_type=jnp.float32)
 
 
 class TemperatureDense(nn.Module):
@@ -64,15 +42,13 @@ class TemperatureDense(nn.Module):
                         jnp.float32)
     bias = self.param("bias", ssa_param(nn.initializers.zeros, self.axes[1:], "matrix"), (self.features,),
                       jnp.float32)
-    return _matmul_f32(x, kernel, self.dtype) + bias
+    return jax.lax.dot_general(x.astype(self.dtype), kernel.astype(self.dtype), (((x.ndim - 1,), (0,)), ((), ())),
+                               preferred_element_type=jnp.float32) + bias
 
 
 class Temperature(nn.Module):
-  """The temperature of one scaled projection (`component` 'q', 'k' or 'v') for `num_heads` heads.
-
-  Returns tau_BTH in float32. Parameters: 'mlp' `w1`, `w2`; 'shared' `w`; 'frequency' `beta`; position 'log'
-  `alpha`, 'constant' `log_tau`, 'ssmax' `ssmax_s` (one scalar per head each); 'yarn' and 'llama4' have none.
-  """
+  """tau_BTH (float32) of one scaled projection (`component` 'q', 'k' or 'v') for `num_heads` heads; its
+  parameters per kind are docs/ssa.md's."""
 
   ssa: SSAConfig
   num_heads: int
@@ -83,16 +59,10 @@ class Temperature(nn.Module):
   dtype: jnp.dtype = jnp.float32  # the compute dtype of the temperature's matmuls
 
   @nn.compact
-  def __call__(
-      self,
-      x_BTd: Array,
-      positions_BT: Array,
-      proj_BTHD: Array | None = None,
-      feature_BT: Array | None = None,
-  ) -> Array:
-    ssa = self.ssa
+  def __call__(self, x_BTd: Array, positions_BT: Array, proj_BTHD: Array | None = None,
+               feature_BT: Array | None = None) -> Array:
     tau_BTH = self._position_term(positions_BT)
-    if ssa.token:
+    if self.ssa.token:
       tau_BTH = tau_BTH + jnp.tanh(self._token_logits(x_BTd, proj_BTHD, feature_BT))
     return tau_BTH
 

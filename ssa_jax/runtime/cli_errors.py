@@ -1,11 +1,6 @@
-"""Command-line entry points that report user mistakes as one line (`error: ...`, exit 2), not a traceback.
-
-A user mistake: a flag that does not parse, a config file that does not exist or does not load, a misspelled
-`--config.a.b` field (ml_collections' "Did you mean" is kept), or an error type the entry point names raised by
-main. `--verbosity=1` shows the traceback instead; Ctrl-C prints `interrupted` and exits 130; the project's own
-log warnings print as plain `warning: ...` lines. absl entry points (train.py, eval.py, ...) go through `run`,
-argparse ones (`python -m ssa_jax.analysis.*`, ...) build `ArgumentParser` and go through `run_argv`.
-"""
+"""Command-line entry points that report user mistakes (a bad flag or config file, a misspelled `--config.a.b`
+field, an error type the entry point names) as one `error: ...` line, exit 2, not a traceback (`--verbosity=1`
+shows it). absl entry points go through `run`, argparse ones through `ArgumentParser` and `run_argv`."""
 
 from __future__ import annotations
 
@@ -116,8 +111,7 @@ def _config_file_message(flag_name: str, e: BaseException) -> str:
 
 
 def _config_lacks(head: str, config_file: str | None, path: list[str]) -> bool:
-  """Whether `config_file` of flag --head, as the file defines it, lacks the field at `path` (['model', 'x']);
-  False when it does not load."""
+  """Whether `config_file` of flag --head lacks the field at `path` (['model', 'x']); False if it does not load."""
   try:
     config = flags.FLAGS[head].parser.parse(config_file)
   except Exception:  # pylint: disable=broad-except
@@ -137,11 +131,9 @@ def _override_message(e: BaseException, argv: Sequence[str], config_flag_names: 
       continue
     key, _, suggestion = err.args[0].partition("\n")
     key = key.strip("'\"")
-    candidates = []  # (flag name, config flag, field path) of every override naming `key`
-    for name in given:
-      head, _, path = name.partition(".")
-      if head in config_flag_names and key in path.split("."):
-        candidates.append((name, head, path.split(".")))
+    overrides = [(name, *name.partition(".")[::2]) for name in given]  # (flag name, config flag, field path)
+    candidates = [(name, head, path.split(".")) for name, head, path in overrides
+                  if head in config_flag_names and key in path.split(".")]
     if len(candidates) > 1:
       # Several overrides name the key (--config.model.num_layers, --config.train.num_layers): blame the one
       # whose field the config lacks, not the first.
@@ -157,8 +149,7 @@ def _describe_parse_error(e: BaseException, argv: Sequence[str], config_flag_nam
   for err in _chain(e):
     if isinstance(err, ConfigError):
       return _one_line(err)
-  message = _override_message(e, argv, config_flag_names)
-  if message:
+  if message := _override_message(e, argv, config_flag_names):
     return message
   if isinstance(e, flags.Error):
     text = str(e)
@@ -187,15 +178,13 @@ def _call_main(main: Callable[[list[str]], object], argv: list[str],
   130; `verbose` re-raises instead (the traceback)."""
   try:
     return main(argv)
-  except (UsageError, *user_errors) as e:
+  except (UsageError, KeyboardInterrupt, *user_errors) as e:
     if verbose:
       raise
+    if isinstance(e, KeyboardInterrupt):
+      print("interrupted", file=sys.stderr, flush=True)
+      sys.exit(INTERRUPTED_EXIT_CODE)
     fail(message_of(e))
-  except KeyboardInterrupt:
-    if verbose:
-      raise
-    print("interrupted", file=sys.stderr, flush=True)
-    sys.exit(INTERRUPTED_EXIT_CODE)
 
 
 def run_argv(main: Callable[[list[str]], object], argv: Sequence[str] | None = None,

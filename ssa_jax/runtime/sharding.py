@@ -11,6 +11,7 @@ from typing import Any, Sequence
 
 import jax
 import numpy as np
+from jax.experimental import mesh_utils
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
 from ssa_jax.errors import ConfigError
@@ -39,17 +40,33 @@ def mesh_shape(mesh_cfg, num_devices: int, where: str = "config.mesh") -> tuple[
   return tuple(sizes)
 
 
+def num_slices(devices: Sequence[jax.Device]) -> int:
+  """The slices (TPU slices joined over the data-center network) `devices` span; 1 for devices without a slice
+  index (CPU, GPU)."""
+  return len({getattr(d, "slice_index", 0) for d in devices})
+
+
 def make_mesh(mesh_cfg, devices: Sequence[jax.Device] | None = None, where: str = "config.mesh") -> Mesh:
   """Mesh with axes data/fsdp/tensor over `devices` (default jax.devices()), the first `num_devices` of them
-  (-1: all); one axis size may be -1 (the rest)."""
+  (-1: all); one axis size may be -1 (the rest). Over K > 1 slices the sizes are one slice's, and the data axis
+  spans the K slices as well (config.mesh.dcn_data): only the data-parallel gradient reduction crosses slices,
+  FSDP gathers and tensor collectives stay on a slice's own interconnect (mesh_utils' hybrid mesh, as MaxText)."""
   devices = list(jax.devices() if devices is None else devices)
   n = mesh_cfg.get("num_devices", -1)
   if n != -1:
     if not 0 < n <= len(devices):
       raise ConfigError(f"{where}.num_devices: {n} requested, {len(devices)} available")
     devices = devices[:n]
-  return jax.make_mesh(mesh_shape(mesh_cfg, len(devices), where), MESH_AXES, axis_types=AXIS_TYPES,
-                       devices=devices)
+  slices, dcn_data = num_slices(devices), mesh_cfg.get("dcn_data", -1)
+  if dcn_data not in (-1, slices):
+    raise ConfigError(f"{where}.dcn_data: {dcn_data}, but the devices span {slices} slice(s): the data axis "
+                      "spans every slice (-1), fsdp and tensor stay inside one")
+  if slices == 1:
+    return jax.make_mesh(mesh_shape(mesh_cfg, len(devices), where), MESH_AXES, axis_types=AXIS_TYPES,
+                         devices=devices)
+  per_slice = mesh_shape(mesh_cfg, len(devices) // slices, f"{where} on each of {slices} slices")
+  grid = mesh_utils.create_hybrid_device_mesh(per_slice, (slices,) + (1,) * (len(MESH_AXES) - 1), devices)
+  return Mesh(np.asarray(grid), MESH_AXES, axis_types=AXIS_TYPES)
 
 
 def rules_from_config(rules: Sequence[Sequence[Any]]) -> tuple[tuple[str, Any], ...]:

@@ -1,6 +1,5 @@
 """Reading a compiled train step: memory per device, the attention kernel in it, an out-of-memory compile's
-figures, and the compiler's roofline cost (TPU).
-"""
+figures, and the compiler's roofline cost (TPU)."""
 
 from __future__ import annotations
 

@@ -129,6 +129,12 @@ def _build(step_fn, args, mesh, stage: str, on_target: bool) -> tuple[Any, dict 
   return compiled, oom, {**fields, **memory, "attention_kernel": kernel}
 
 
+def _slices(mesh) -> dict[str, Any]:
+  """The slices a mesh spans and one slice's share of it (the data axis alone crosses slices)."""
+  slices = sharding.num_slices(mesh.devices.flat)
+  return {"slices": slices, "mesh_per_slice": {**dict(mesh.shape), "data": mesh.shape["data"] // slices}}
+
+
 def _report(run, mesh, devices: list, build: dict[str, Any]) -> dict[str, Any]:
   """The report of the step on `mesh` (this host's or the target's), before any target fields."""
   t, cfg = run.config.train, run.model_cfg
@@ -141,6 +147,7 @@ def _report(run, mesh, devices: list, build: dict[str, Any]) -> dict[str, Any]:
       "ssa": describe_ssa(cfg.ssa),
       **param_counts(cfg),  # params, ssa_params (trainable temperatures), ssa_buffers (fixed phi)
       "mesh": dict(mesh.shape),
+      **_slices(mesh),
       "devices": f"{mesh.size} x {devices[0].device_kind}",
       "global_batch_size": t.global_batch_size,
       "seq_len": t.seq_len,

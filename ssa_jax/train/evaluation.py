@@ -1,11 +1,9 @@
-"""A run's batches and its loss over a split: what the loop (validation), the start-up checks (is there a
-validation batch?) and the end-of-run evaluation (held-out perplexity) read the data with.
-
-This module imports neither the preflight nor the loop, so that each of them can import it.
-"""
+"""A run's batches and its loss over a split, read by the loop, the start-up checks and the end-of-run
+evaluation; it imports neither the preflight nor the loop, so that each of them can import it."""
 
 from __future__ import annotations
 
+import contextlib
 from typing import Callable
 
 import jax
@@ -39,30 +37,17 @@ def split_loss(ctx: RunContext, eval_step: EvalStep, variables: dict, split: str
                max_batches: int | None = None) -> tuple[float | None, int]:
   """(mean next-token loss, batches) over `split`: its first `max_batches` batches, or all of it (None).
   Every batch is full, so the mean over batches is the mean over tokens."""
-  it = data_iterator(ctx, split, repeat=False, max_batches=max_batches)
   losses = []
-  try:
+  with contextlib.closing(data_iterator(ctx, split, repeat=False, max_batches=max_batches)) as it:
     for batch in it:  # read back once at the end: no host-device sync per batch ...
       losses.append(eval_step(variables, sharding.global_batch(batch, ctx.mesh)))
       if len(losses) > MAX_BATCHES_IN_FLIGHT:  # ... but a bounded queue of dispatched steps (see the constant)
         losses[-MAX_BATCHES_IN_FLIGHT - 1].block_until_ready()
-  finally:
-    it.close()
   return (float(np.mean(jax.device_get(losses))) if losses else None), len(losses)
-
-
-def validation_loss(ctx: RunContext, eval_step: EvalStep, variables: dict) -> float | None:
-  """Mean next-token loss over the first `eval_batches` batches of the validation split."""
-  if ctx.train.eval_batches <= 0:
-    return None
-  return split_loss(ctx, eval_step, variables, ctx.data.validation_split, ctx.train.eval_batches)[0]
 
 
 def has_a_batch(ctx: RunContext, split: str, num_streams: int | None = None) -> bool:
   """Whether `split` yields at least one full batch (reads at most one), read by `num_streams` streams (None:
   config.data.num_streams). A split without files raises FileNotFoundError naming config.data.path."""
-  it = data_iterator(ctx, split, repeat=False, max_batches=1, num_streams=num_streams)
-  try:
+  with contextlib.closing(data_iterator(ctx, split, repeat=False, max_batches=1, num_streams=num_streams)) as it:
     return next(iter(it), None) is not None
-  finally:
-    it.close()

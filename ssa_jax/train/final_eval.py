@@ -1,9 +1,5 @@
-"""Evaluates the final parameters of a run into WORKDIR/results.json (lm-eval layout, see ssa_jax.evaluate).
-
-Besides config.eval's tasks: the perplexity on the corpus's held-out split (config.eval.heldout_split, read
-whole: never trained on, never used for validation), and passkey retrieval at prompt lengths that fit the
-training window (train.seq_len). The console ends with a few sentences saying what each number measures.
-"""
+"""Evaluates the final parameters of a run into WORKDIR/results.json (lm-eval layout, see ssa_jax.evaluate):
+config.eval's tasks, the held-out perplexity and passkey retrieval, then what each number measures, in words."""
 
 from __future__ import annotations
 
@@ -67,10 +63,8 @@ def heldout_perplexity(ctx: RunContext, eval_step: EvalStep, variables: dict) ->
   if loss is None:
     log(f"held-out perplexity: not measured (the {split!r} split holds less than one batch)")
     return None
-  t = ctx.train
-  return {"split": split, "loss": loss, "perplexity": perplexity(loss),
-          "tokens": batches * t.tokens_per_step, "windows": batches * t.global_batch_size,
-          "data_path": str(ctx.data.path)}
+  return {"split": split, "loss": loss, "perplexity": perplexity(loss), "tokens": batches * ctx.train.tokens_per_step,
+          "windows": batches * ctx.train.global_batch_size, "data_path": str(ctx.data.path)}
 
 
 def _add_heldout(out: dict[str, Any], heldout: dict[str, Any]) -> None:
@@ -82,10 +76,9 @@ def _add_heldout(out: dict[str, Any], heldout: dict[str, Any]) -> None:
       "task": HELDOUT, "data_file": heldout["data_path"], "test_split": heldout["split"],
       "output_type": "loglikelihood_rolling", "num_fewshot": 0,
       "description": "exp(mean next-token loss) over the whole held-out split, in windows of train.seq_len"}
-  out.setdefault("versions", {})[HELDOUT] = 1.0
-  out.setdefault("n-shot", {})[HELDOUT] = 0
-  out.setdefault("higher_is_better", {})[HELDOUT] = {"perplexity": False, "loss": False}
-  out.setdefault("n-samples", {})[HELDOUT] = {"original": heldout["windows"], "effective": heldout["windows"]}
+  for key, value in (("versions", 1.0), ("n-shot", 0), ("higher_is_better", {"perplexity": False, "loss": False}),
+                     ("n-samples", {"original": heldout["windows"], "effective": heldout["windows"]})):
+    out.setdefault(key, {})[HELDOUT] = value
 
 
 def explain(out: dict[str, Any], ctx: RunContext) -> list[str]:

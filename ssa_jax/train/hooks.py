@@ -1,7 +1,6 @@
 """What the training loop does besides the step, one object each: the loop's own state between steps
 (`LoopState`), the log step's record (`MetricLog`: metrics.jsonl, TensorBoard, W&B), validation (`Validation`)
-and saving (`Checkpointer`); profiling.py's `Profiler` traces a few steps.
-loop.py calls them in order, as clu's periodic actions are called from a flax example's loop."""
+and saving (`save_checkpoint`), called by loop.py in order; profiling.py's `Profiler` traces a few steps."""
 
 from __future__ import annotations
 
@@ -10,13 +9,12 @@ import time
 from typing import Any
 
 import jax
-import orbax.checkpoint as ocp
 
 from ssa_jax.data.pipeline import sum_over_processes
 from ssa_jax.formats import checkpoint
 from ssa_jax.train import metrics as metrics_lib
 from ssa_jax.train.context import RunContext
-from ssa_jax.train.evaluation import EvalStep, validation_loss
+from ssa_jax.train.evaluation import EvalStep, split_loss
 from ssa_jax.train.metrics import log, perplexity
 from ssa_jax.train.preflight import run_config_json
 from ssa_jax.train.state import TrainState
@@ -34,9 +32,6 @@ class LoopState:
   last_loss: Any = None  # the latest step's loss (a device value, read once at the end)
   previous_loss: Any = None  # the step before's, waited for before the next dispatch
 
-  def final_loss(self) -> float | None:
-    return None if self.last_loss is None else float(jax.device_get(self.last_loss))
-
 
 class MetricLog:
   """A log step: the record in metrics.jsonl / TensorBoard, the console line, the non-finite steps said in
@@ -44,13 +39,11 @@ class MetricLog:
 
   def __init__(self, ctx: RunContext, start: int):
     t = ctx.train
-    wandb_run = None
-    if t.wandb and jax.process_index() == 0:
-      wandb_run = WandbRun(ctx.workdir, t.wandb_project, t.wandb_name, t.wandb_entity, run_config_json(ctx))
+    wandb_run = (WandbRun(ctx.workdir, t.wandb_project, t.wandb_name, t.wandb_entity, run_config_json(ctx))
+                 if t.wandb and jax.process_index() == 0 else None)
     self.writer = metrics_lib.MetricsWriter(ctx.workdir, t.tensorboard, resume_step=start, wandb_run=wandb_run)
     self.progress = metrics_lib.ConsoleProgress(t.steps, start)
-    self._tokens_per_step, self._max_nonfinite = t.tokens_per_step, t.max_nonfinite_steps
-    self._devices = ctx.mesh.size
+    self._t, self._devices = t, ctx.mesh.size
     self._flops_per_token = metrics_lib.training_flops_per_token(ctx.model_cfg, t.seq_len)
     self._peak = metrics_lib.peak_flops_per_device(jax.devices()[0].device_kind)
     self._last_time, self._last_step, self._nonfinite_said = time.time(), start, 0
@@ -59,7 +52,7 @@ class MetricLog:
                data_stats: dict[str, int]) -> str | None:
     """Logs `step`; returns why training must stop (too many non-finite steps in a row), else None."""
     m, c = jax.device_get((metrics, counts))
-    tps = self._tokens_per_step * (step - self._last_step) / (time.time() - self._last_time)
+    tps = self._t.tokens_per_step * (step - self._last_step) / (time.time() - self._last_time)
     record = {"step": step, "loss": float(m["loss"]), "lr": float(m["lr"]), "grad_norm": float(m["grad_norm"]),
               "tokens_per_s": tps, "tokens_per_s_per_device": tps / self._devices,
               "mfu": metrics_lib.mfu(tps, self._flops_per_token, self._peak, self._devices),
@@ -74,7 +67,7 @@ class MetricLog:
           f"gradient, update skipped ({int(c['in_a_row'])} in a row at step {step}, at most {int(c['longest'])})")
       self._nonfinite_said = int(c["total"])
     self._last_time, self._last_step = time.time(), step
-    if int(c["longest"]) >= self._max_nonfinite:
+    if int(c["longest"]) >= self._t.max_nonfinite_steps:
       return f"{int(c['longest'])} non-finite steps in a row"
     return None
 
@@ -92,7 +85,8 @@ class Validation:
 
   def __call__(self, step: int, variables, say: bool = True) -> dict[str, float]:
     """{'val_loss', 'val_ppl'} at `step` (written to metrics.jsonl; `say`: and to the console); {} when off."""
-    val = validation_loss(self.ctx, self.eval_step, variables)
+    n = self.ctx.train.eval_batches
+    val = split_loss(self.ctx, self.eval_step, variables, self.ctx.data.validation_split, n)[0] if n > 0 else None
     if val is None:
       return {}
     out = {"val_loss": val, "val_ppl": perplexity(val)}
@@ -102,16 +96,9 @@ class Validation:
     return out
 
 
-@dataclasses.dataclass(frozen=True)
-class Checkpointer:
-  """Saves the loop's state (parameters, optimizer, every process's data position, the run config)."""
-
-  mngr: ocp.CheckpointManager
-  run_config: dict[str, Any]
-
-  def save(self, s: LoopState, force: bool) -> None:
-    """Saves step `s.step` unless it is saved already (the last step a multiple of checkpoint_every)."""
-    if self.mngr.latest_step() == s.step:
-      return
-    checkpoint.save_train_state(self.mngr, s.state, checkpoint.gather_json(s.data_state), self.run_config,
-                                force=force, step=s.step)
+def save_checkpoint(mngr, run_config: dict[str, Any], s: LoopState, force: bool) -> None:
+  """Saves step `s.step` (parameters, optimizer, every process's data position, the run config) unless it is
+  saved already (the last step a multiple of checkpoint_every)."""
+  if mngr.latest_step() != s.step:
+    checkpoint.save_train_state(mngr, s.state, checkpoint.gather_json(s.data_state), run_config, force=force,
+                                step=s.step)

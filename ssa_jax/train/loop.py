@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
 import time
 from typing import Any, Callable
@@ -24,7 +25,7 @@ from ssa_jax.runtime import sharding
 from ssa_jax.train.context import RunContext
 from ssa_jax.train.evaluation import EvalStep, data_iterator
 from ssa_jax.train.final_eval import evaluate_at_end
-from ssa_jax.train.hooks import Checkpointer, LoopState, MetricLog, Validation
+from ssa_jax.train.hooks import LoopState, MetricLog, Validation, save_checkpoint
 from ssa_jax.train.metrics import format_duration, log
 from ssa_jax.train.optim import learning_rate_schedule, make_optimizer
 from ssa_jax.train.preemption import StopRequests
@@ -35,9 +36,6 @@ from ssa_jax.train.profiling import Profiler
 from ssa_jax.train.state import TrainState, create_state, state_shardings
 from ssa_jax.train.step import jit_loop_step, make_eval_step, nonfinite_counts, under_mesh
 from ssa_jax.train.workdir_lock import workdir_lock
-
-# The values of summary["stopped"] for a stop a signal requested (the run resumes with the same command).
-STOPPED_BY_SIGNAL = ("SIGTERM", "SIGINT")
 
 
 def train(config, workdir: str) -> dict[str, Any]:
@@ -52,7 +50,9 @@ def train(config, workdir: str) -> dict[str, Any]:
     ctx = attach_data(ctx)
     complete = check_workdir(ctx)
     if complete is not None:
-      _say_complete(ctx, complete)
+      step, results = complete["step"], f", results {complete['results']}" if complete.get("results") else ""
+      log(f"{ctx.workdir}: complete at step {step} (config.train.steps): checkpoint {ctx.workdir}/checkpoints/{step}"
+          f"{results}; nothing to do (a larger --config.train.steps trains further)")
       return complete
     check_validation(ctx)
     return _train(ctx, started)
@@ -68,17 +68,6 @@ class Programs:
   shardings: TrainState  # the state's NamedShardings
   loop_step: Callable  # (state, counts, batch) -> (state, counts, metrics); state and counts donated
   eval_step: EvalStep
-
-
-@dataclasses.dataclass(frozen=True)
-class Hooks:
-  """What the loop calls besides the step, in this order: log, validate, stop, checkpoint."""
-
-  log: MetricLog
-  validate: Validation
-  stop: StopRequests
-  checkpoint: Checkpointer
-  profile: Profiler  # around the steps it traces
 
 
 def _programs(ctx: RunContext) -> Programs:
@@ -112,25 +101,30 @@ def _train(ctx: RunContext, started: float) -> dict[str, Any]:
         DevicePrefetcher(train_it, lambda b: sharding.global_batch(b, ctx.mesh))))
     profiler = stack.enter_context(contextlib.closing(
         Profiler(ctx.workdir, t.profile_start_step, t.profile_num_steps)))
-    hooks = Hooks(metric_log, Validation(ctx, programs.eval_step, metric_log.writer), stop,
-                  Checkpointer(mngr, run_config), profiler)
-    _say_start(ctx, s.step)
-    stopped = _steps(ctx, programs, s, batches, hooks)
-    hooks.checkpoint.save(s, force=True)
+    validate = Validation(ctx, programs.eval_step, metric_log.writer)
+    save = functools.partial(save_checkpoint, mngr, run_config)
+    device = jax.devices()[0].device_kind
+    log(f"training {ctx.model_cfg.family} (SSA {describe_ssa(ctx.model_cfg.ssa)}) on mesh {dict(ctx.mesh.shape)} "
+        f"({device}), steps {s.step}->{t.steps}, {t.tokens_per_step:,} tokens/step; Ctrl-C saves a checkpoint and "
+        f"stops")
+    stopped = _steps(ctx, programs, s, batches, metric_log, validate, stop, save, profiler)
+    save(s, force=True)
     mngr.wait_until_finished()
     # Every process, the same answer: a stop requested during the last steps or the save ends the run here
     # too. The handlers are restored: from now on Ctrl-C interrupts.
     stopped = stopped or stop.finish()
-    summary = {"step": s.step, "loss": s.final_loss(), "workdir": str(ctx.workdir), "stopped": stopped,
+    last_loss = None if s.last_loss is None else float(jax.device_get(s.last_loss))
+    summary = {"step": s.step, "loss": last_loss, "workdir": str(ctx.workdir), "stopped": stopped,
                "nonfinite_steps": int(jax.device_get(s.counts["total"]))}
     if not stopped:
-      summary.update(hooks.validate(s.step, s.state.variables, say=False))
+      summary.update(validate(s.step, s.state.variables, say=False))
   return _end(ctx, programs, s, summary, started)
 
 
-def _steps(ctx: RunContext, programs: Programs, s: LoopState, batches: DevicePrefetcher,
-           hooks: Hooks) -> str | None:
-  """Steps until config.train.steps; returns why the run stopped before (a signal's name, non-finite steps).
+def _steps(ctx: RunContext, programs: Programs, s: LoopState, batches: DevicePrefetcher, log_step: MetricLog,
+           validate: Validation, stop: StopRequests, save: Callable, profile: Profiler) -> str | None:
+  """Steps until config.train.steps, each followed by the hooks in this order: log, validate, stop, save;
+  returns why the run stopped before (a signal's name, non-finite steps).
 
   Per step the host takes a batch already on the devices, dispatches the step, and waits for the step before
   it: the devices always have the next step queued, and a stop request (Ctrl-C, SIGTERM) is acted on after
@@ -142,38 +136,24 @@ def _steps(ctx: RunContext, programs: Programs, s: LoopState, batches: DevicePre
   t = ctx.train
   while s.step < t.steps:
     item = next(batches)
-    hooks.profile.before_step(s.step)
+    profile.before_step(s.step)
     s.state, s.counts, metrics = programs.loop_step(s.state, s.counts, item.batch)
     if s.previous_loss is not None:
       jax.block_until_ready(s.previous_loss)  # at most one step ahead of the devices
-      hooks.log.progress.first_step_done()
+      log_step.progress.first_step_done()
     s.previous_loss = s.last_loss = metrics["loss"]
     s.step, s.data_state = s.step + 1, item.data_state
-    hooks.profile.after_step(s.step, metrics["loss"])
+    profile.after_step(s.step, metrics["loss"])
     if s.step % t.log_every == 0 or s.step == t.steps:
-      nonfinite = hooks.log(s.step, metrics, s.counts, item.data_stats)
-      if nonfinite:
+      if nonfinite := log_step(s.step, metrics, s.counts, item.data_stats):
         return nonfinite
     if t.eval_every and s.step % t.eval_every == 0 and s.step != t.steps:
-      hooks.validate(s.step, s.state.variables)
-    signal_name = hooks.stop.check(s.step)
-    if signal_name:
+      validate(s.step, s.state.variables)
+    if signal_name := stop.check(s.step):
       return signal_name
     if t.checkpoint_every and s.step % t.checkpoint_every == 0:
-      hooks.checkpoint.save(s, force=False)
+      save(s, force=False)
   return None
-
-
-def _initial_variables(ctx: RunContext):
-  """Host variables for fine-tuning from a HF checkpoint (SSA freshly initialised), else None (fresh init)."""
-  hf_dir = ctx.config.init.hf_dir
-  if not hf_dir:
-    return None
-  ssa = ctx.model_cfg.ssa if ctx.model_cfg.ssa.enabled else None
-  model, variables = from_hf(hf_dir, ssa=ssa, rng_seed=ctx.config.seed,
-                             scan_layers=ctx.model_cfg.scan_layers)  # in the layout this run trains
-  check_against_hf(dataclasses.replace(ctx.model_cfg, ssa=model.config.ssa), model.config, hf_dir)
-  return variables
 
 
 def _initial_state(ctx: RunContext, programs: Programs, mngr, train_it) -> LoopState:
@@ -181,8 +161,13 @@ def _initial_state(ctx: RunContext, programs: Programs, mngr, train_it) -> LoopS
   counts = jax.jit(nonfinite_counts, out_shardings=sharding.replicated(ctx.mesh))()
   latest = mngr.latest_step()
   if latest is None:
+    variables, hf_dir = None, ctx.config.init.hf_dir
+    if hf_dir:  # a fine-tune: the HF checkpoint in the layout this run trains, SSA freshly initialised
+      ssa = ctx.model_cfg.ssa if ctx.model_cfg.ssa.enabled else None
+      model, variables = from_hf(hf_dir, ssa=ssa, rng_seed=ctx.config.seed, scan_layers=ctx.model_cfg.scan_layers)
+      check_against_hf(dataclasses.replace(ctx.model_cfg, ssa=model.config.ssa), model.config, hf_dir)
     state = create_state(ctx.model_cfg, programs.tx, programs.shardings, jax.random.PRNGKey(ctx.config.seed),
-                         _initial_variables(ctx))
+                         variables)
     return LoopState(state=state, counts=counts, step=0, data_state=train_it.get_state())
   shardings = programs.shardings
   variables, opt_state, data_states = checkpoint.restore_train_state(mngr, latest, programs.abstract, shardings)
@@ -200,30 +185,16 @@ def _initial_state(ctx: RunContext, programs: Programs, mngr, train_it) -> LoopS
   return LoopState(state=state, counts=counts, step=latest, data_state=train_it.get_state())
 
 
-def _say_start(ctx: RunContext, start: int) -> None:
-  device = jax.devices()[0].device_kind
-  log(f"training {ctx.model_cfg.family} (SSA {describe_ssa(ctx.model_cfg.ssa)}) on mesh {dict(ctx.mesh.shape)} "
-      f"({device}), steps {start}->{ctx.train.steps}, {ctx.train.tokens_per_step:,} tokens/step; Ctrl-C saves a "
-      f"checkpoint and stops")
-
-
-def _say_complete(ctx: RunContext, summary: dict[str, Any]) -> None:
-  step = summary["step"]
-  results = f", results {summary['results']}" if summary.get("results") else ""
-  log(f"{ctx.workdir}: complete at step {step} (config.train.steps): checkpoint {ctx.workdir}/checkpoints/{step}"
-      f"{results}; nothing to do (a larger --config.train.steps trains further)")
-
-
 def _end(ctx: RunContext, programs: Programs, s: LoopState, summary: dict[str, Any],
          started: float) -> dict[str, Any]:
   """A stopped run: says so (a signal: returns the summary; non-finite steps: raises). A finished one: the
   end-of-run evaluation when config.eval.at_end; the summary stored and returned."""
   checkpoint_dir, stopped = f"{ctx.workdir}/checkpoints/{s.step}", summary["stopped"]
   if stopped:
-    how = {"SIGINT": "by Ctrl-C (SIGINT)", "SIGTERM": "by SIGTERM"}.get(stopped, f"after {stopped}")
-    log(f"stopped at step {s.step} {how} after {format_duration(time.time() - started)}; checkpoint saved "
-        f"in {checkpoint_dir}")
-    if stopped in STOPPED_BY_SIGNAL:
+    by_signal = {"SIGINT": "by Ctrl-C (SIGINT)", "SIGTERM": "by SIGTERM"}  # the run resumes with the same command
+    log(f"stopped at step {s.step} {by_signal.get(stopped, f'after {stopped}')} after "
+        f"{format_duration(time.time() - started)}; checkpoint saved in {checkpoint_dir}")
+    if stopped in by_signal:
       log("run the same command again to resume from it")
       return _finish(ctx, summary, started)
     raise FloatingPointError(f"training stopped: {stopped}; the parameters after the last finite update are "

@@ -24,20 +24,17 @@ DEFAULT_LOSS_CHUNK_SIZE = 256
 
 def next_token_cross_entropy(model: Decoder, variables: dict, tokens_BT1: jax.Array,
                              chunk_size: int = DEFAULT_LOSS_CHUNK_SIZE):
-  """(mean cross-entropy in float32, sown intermediates) for windows of seq_len + 1 tokens.
-
-  `chunk_size`: positions per LM-head chunk (see `chunked_cross_entropy`); 0 takes the decoder's own (B, T, V)
-  float32 logits at once.
-  """
+  """(mean cross-entropy in float32, sown intermediates) for windows of seq_len + 1 tokens; `chunk_size` 0
+  takes the decoder's own (B, T, V) float32 logits at once."""
   inputs_BT, targets_BT = tokens_BT1[:, :-1], tokens_BT1[:, 1:]
   if chunk_size == 0:
     logits_BTV, state = model.apply(variables, inputs_BT, mutable=["intermediates"])
-    logz_BT = jax.nn.logsumexp(logits_BTV, axis=-1)
     target_logit_BT = jnp.take_along_axis(logits_BTV, targets_BT[..., None], axis=-1)[..., 0]
-    return jnp.mean(logz_BT - target_logit_BT), state.get("intermediates", {})
-  x_BTd, state = model.apply(variables, inputs_BT, mutable=["intermediates"], return_hidden=True)
-  head_dV = lm_head_kernel(variables["params"], model.config)
-  loss = chunked_cross_entropy(x_BTd, head_dV, targets_BT, chunk_size, compute_dtype(model.config))
+    loss = jnp.mean(jax.nn.logsumexp(logits_BTV, axis=-1) - target_logit_BT)
+  else:
+    x_BTd, state = model.apply(variables, inputs_BT, mutable=["intermediates"], return_hidden=True)
+    head_dV = lm_head_kernel(variables["params"], model.config)
+    loss = chunked_cross_entropy(x_BTd, head_dV, targets_BT, chunk_size, compute_dtype(model.config))
   return loss, state.get("intermediates", {})
 
 

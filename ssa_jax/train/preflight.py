@@ -1,9 +1,6 @@
-"""A training run's start-up checks: everything that can be refused before the first compile, in one line
-naming the field (`ConfigError`), and nothing written to the workdir before a refusal. In order: check_config
-(the config's fields and files), attach_data (the tokenizer), check_workdir (resume, refuse, or complete),
-check_validation (the validation split yields a batch). A dry run (`train.py --dry_run`) runs check_config
-without the files it does not need, listing what it could not check in RunContext.unchecked.
-"""
+"""A training run's start-up checks, in order: check_config (fields and files), attach_data (the tokenizer),
+check_workdir (resume, refuse, or complete), check_validation. Each refusal is one line naming the field
+(`ConfigError`), before anything is written; a dry run lists what it could not check in RunContext.unchecked."""
 
 from __future__ import annotations
 
@@ -66,20 +63,18 @@ def _tokenizer_required(config: ml_collections.ConfigDict) -> str:
 # -- data: the corpus and its tokenizer -------------------------------------------------------------------
 def _check_data_named(config: ml_collections.ConfigDict, dry_run: bool, unchecked: list[str]) -> None:
   """Outside demo mode a run names its corpus and its tokenizer (the demo BPE would tokenize any corpus,
-  silently). A dry run without a corpus checks shapes only: both are listed as unchecked; once it names a
-  corpus, it must name the tokenizer too."""
+  silently); a dry run without a corpus checks shapes only, listing both as unchecked."""
   data = config.data
   if data.demo:
     return
+  if not data.path and not dry_run:
+    raise ConfigError(_DATA_PATH_REQUIRED)
+  if data.path and not data.tokenizer_path:
+    raise ConfigError(_tokenizer_required(config))
   if not data.path:
-    if not dry_run:
-      raise ConfigError(_DATA_PATH_REQUIRED)
     unchecked.append(_DATA_PATH_REQUIRED)
     if not data.tokenizer_path:
       unchecked.append(_tokenizer_required(config))
-    return
-  if not data.tokenizer_path:
-    raise ConfigError(_tokenizer_required(config))
 
 
 def check_tokenizer_fits(tokenizer_vocab: int, model_cfg: ModelConfig, field: str) -> None:
@@ -104,8 +99,7 @@ def check_against_hf(model_cfg: ModelConfig, hf_cfg: ModelConfig, hf_dir: str) -
 
 def _check_init(config: ml_collections.ConfigDict, model_cfg: ModelConfig, dry_run: bool,
                 unchecked: list[str]) -> None:
-  """config.init: a fine-tune config needs a HF checkpoint; one that is named must exist (and match, in a
-  dry run; a real run compares while loading it)."""
+  """config.init: a fine-tune config needs a HF checkpoint; a named one must exist (and match: here in a dry run)."""
   hf_dir = config.init.hf_dir
   require_gcs(hf_dir, "config.init.hf_dir")
   if hf_dir and not epath.Path(hf_dir).exists():
@@ -192,16 +186,13 @@ def check_config(config: ml_collections.ConfigDict, workdir: str | None, dry_run
 
 
 def _dry_run_checks(ctx: RunContext) -> RunContext:
-  """A dry run's data checks, as far as the files at hand allow: every data field's value; the tokenizer when
-  its file is here; the validation split when the corpus is here too (the check a run makes before its first
-  step); a demo feature file is left for the run to count."""
+  """A dry run's data checks, as far as the files at hand allow: every data field; the tokenizer when its file
+  is here; the validation split when the corpus is here too; a demo feature file is left for the run to count."""
   data, unchecked = ml_collections.ConfigDict(ctx.data.to_dict()), ctx.unchecked
-  if data.path and not epath.Path(data.path).exists():
-    unchecked.append(f"config.data.path: {data.path} does not exist here (a real run reads it)")
-    data.path = ""
-  if data.tokenizer_path and not epath.Path(data.tokenizer_path).exists():
-    unchecked.append(f"config.data.tokenizer_path: {data.tokenizer_path} does not exist here (vocab size unchecked)")
-    data.tokenizer_path = ""
+  for field, why in (("path", "a real run reads it"), ("tokenizer_path", "vocab size unchecked")):
+    if data[field] and not epath.Path(data[field]).exists():
+      unchecked.append(f"config.data.{field}: {data[field]} does not exist here ({why})")
+      data[field] = ""
   validate_data_config(data)
   demo_bpe = not ctx.data.tokenizer_path and ctx.data.demo  # not yet trained: its size is configured
   tokenizer = load_tokenizer(data.tokenizer_path) if data.tokenizer_path else None
@@ -240,8 +231,7 @@ def prepare(config: ml_collections.ConfigDict, workdir: str | None, dry_run: boo
 
 
 def run_config_json(ctx: RunContext) -> dict[str, Any]:
-  """The run's config as stored in WORKDIR/config.json and with every checkpoint (paths resolved: the data's,
-  and the frequency term's feature file)."""
+  """The run's config as stored in WORKDIR/config.json and every checkpoint (data and feature paths resolved)."""
   out = json.loads(ctx.config.to_json_best_effort())
   out["model"]["ssa"]["feature_path"] = ctx.model_cfg.ssa.feature_path
   return out
@@ -251,10 +241,7 @@ def run_config_json(ctx: RunContext) -> dict[str, Any]:
 def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
   if not isinstance(d, dict):
     return {prefix: d}
-  out = {}
-  for k, v in d.items():
-    out.update(_flatten(v, f"{prefix}.{k}" if prefix else str(k)))
-  return out
+  return {name: leaf for k, v in d.items() for name, leaf in _flatten(v, f"{prefix}.{k}" if prefix else str(k)).items()}
 
 
 def config_differences(saved: dict[str, Any], wanted: dict[str, Any]) -> list[tuple[str, Any, Any]]:
@@ -335,9 +322,7 @@ def check_validation(ctx: RunContext) -> None:
   """Validation needs a batch of config.data.validation_split: a split without one is refused when validation
   runs during training (eval_every > 0), said in one line when it runs at the end only."""
   t = ctx.train
-  if t.eval_batches <= 0:
-    return  # validation off by the config
-  why_not = _why_no_validation_batch(ctx)
+  why_not = _why_no_validation_batch(ctx) if t.eval_batches > 0 else None  # eval_batches=0: validation is off
   if why_not is None:
     return
   off = "--config.train.eval_every=0 --config.train.eval_batches=0 turns validation off"

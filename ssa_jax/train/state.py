@@ -76,25 +76,17 @@ def token_feature(model_cfg: ModelConfig):
     raise ConfigError(f"config.model.ssa.feature_path: {e}") from e
 
 
-def warn_if_ssmax_from_pretrained(model_cfg: ModelConfig) -> None:
-  """One warning line: SSMax (tau_q = s log n, no "1 +") cannot start a pretrained model near identity."""
-  ssa = model_cfg.ssa
-  if not (ssa.enabled and ssa.position and ssa.position_kind == "ssmax"):
-    return
-  start = ", ".join(f"tau({n}) = {tau:.4g}" for n, tau in ssa.ssmax_start(model_cfg.max_seq_len).items())
-  warnings.warn(f"config.model.ssa.position_kind='ssmax' in a fine-tune: SSMax has no near-identity start "
-                f"(tau_q = s log n starts at {start}), so the pretrained model's attention is changed from step 0",
-                stacklevel=2)
-
-
 def create_state(model_cfg: ModelConfig, tx, shardings: TrainState, rng, variables=None) -> TrainState:
   """A new state laid out by `shardings`: fresh variables from `rng`, or the given (host) `variables` (a
   pretrained checkpoint: a fine-tune). The frequency token term's phi is read from config.model.ssa.feature_path
   here, on the training side (the model initialises it to 0; checkpoints restore it)."""
   if variables is None:  # initialised where each shard lives
     variables = jax.jit(lambda r: init_variables(model_cfg, r), out_shardings=shardings.variables)(rng)
-  else:
-    warn_if_ssmax_from_pretrained(model_cfg)
+  elif model_cfg.ssa.enabled and model_cfg.ssa.position and model_cfg.ssa.position_kind == "ssmax":
+    start = ", ".join(f"tau({n}) = {tau:.4g}" for n, tau in model_cfg.ssa.ssmax_start(model_cfg.max_seq_len).items())
+    warnings.warn(f"config.model.ssa.position_kind='ssmax' in a fine-tune: SSMax has no near-identity start "
+                  f"(tau_q = s log n starts at {start}), so the pretrained model's attention is changed from step 0",
+                  stacklevel=2)
   phi = token_feature(model_cfg)
   if phi is not None:
     variables = {**variables, BUFFERS: {**variables[BUFFERS], TOKEN_FEATURE: jnp.asarray(phi, jnp.float32)}}

@@ -28,15 +28,11 @@ def temperature_stats(intermediates, num_layers: int) -> dict[str, jax.Array]:
   if "layers" in intermediates:  # layers under nn.scan: each sown tau is stacked, (L, B, T, H)
     attn = intermediates["layers"].get("attn", {})
     taus = {comp: attn[comp][0] for comp in attn}
-    return {f"{comp}_{stat}": fn(tau, axis=tuple(range(1, tau.ndim)))
-            for comp, tau in sorted(taus.items()) for stat, fn in (("mean", jnp.mean), ("std", jnp.std))}
-  stats = {}
-  comps = sorted(intermediates.get("layers_0", {}).get("attn", {}))
-  for comp in comps:
-    taus = [intermediates[f"layers_{i}"]["attn"][comp][0] for i in range(num_layers)]
-    stats[f"{comp}_mean"] = jnp.stack([t.mean() for t in taus])
-    stats[f"{comp}_std"] = jnp.stack([t.std() for t in taus])
-  return stats
+  else:
+    taus = {comp: jnp.stack([intermediates[f"layers_{i}"]["attn"][comp][0] for i in range(num_layers)])
+            for comp in intermediates.get("layers_0", {}).get("attn", {})}
+  return {f"{comp}_{stat}": fn(tau, axis=tuple(range(1, tau.ndim)))
+          for comp, tau in sorted(taus.items()) for stat, fn in (("mean", jnp.mean), ("std", jnp.std))}
 
 
 def strided_microbatches(tokens_BX: jax.Array, microbatches: int) -> jax.Array:
@@ -59,7 +55,6 @@ def make_train_step(model: Decoder, tx: optax.GradientTransformation, schedule: 
 
   `microbatches` M > 1 accumulates the gradient over M strided microbatches (see `strided_microbatches`) in a
   scan, one microbatch's activations alive at a time; the update is that of the whole batch.
-  `loss_chunk_size`: positions per LM-head chunk of the loss (config.train.loss_chunk_size; 0 = whole logits).
   `layer_norms`: the metrics also hold the gradient, parameter and update norms by layer (tree_norms.py).
   """
   def grads_of(state: TrainState, tokens_BT1):
@@ -79,8 +74,7 @@ def make_train_step(model: Decoder, tx: optax.GradientTransformation, schedule: 
         loss, stats, grads = grads_of(state, mb_tokens)
         return jax.tree_util.tree_map(jnp.add, carry, (loss, stats, grads)), None
 
-      zero = jax.tree_util.tree_map(
-          lambda s: jnp.zeros(s.shape, s.dtype), jax.eval_shape(lambda: grads_of(state, tokens_MBT[0])))
+      zero = jax.tree_util.tree_map(jnp.zeros_like, jax.eval_shape(lambda: grads_of(state, tokens_MBT[0])))
       total, _ = jax.lax.scan(accumulate, zero, tokens_MBT)
       # Equal-sized microbatches: the mean of their mean losses (and gradients) is the whole batch's.
       loss, stats, grads = jax.tree_util.tree_map(lambda x: x / microbatches, total)
@@ -89,8 +83,7 @@ def make_train_step(model: Decoder, tx: optax.GradientTransformation, schedule: 
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-    keep = lambda new, old: jax.tree_util.tree_map(lambda n, o: jnp.where(finite, n, o), new, old)
-    new_state = state.replace(step=state.step + 1, params=keep(params, state.params),
+    new_state = state.replace(step=state.step + 1, params=_where(finite, params, state.params),
                               opt_state=skip_update(finite, opt_state, state.opt_state))
     metrics = {"loss": loss, "grad_norm": grad_norm, "lr": schedule(state.step), "nonfinite": ~finite, **stats}
     if layer_norms:
@@ -101,6 +94,10 @@ def make_train_step(model: Decoder, tx: optax.GradientTransformation, schedule: 
   return train_step
 
 
+def _where(finite: jax.Array, new, old):
+  return jax.tree_util.tree_map(lambda n, o: jnp.where(finite, n, o), new, old)
+
+
 def skip_update(finite: jax.Array, new_opt_state, old_opt_state):
   """The optimizer state after a step: the new one when `finite`, else the old one but for the schedules'
   step counts, which advance anyway, so that the learning rate stays schedule(global step) after a skip.
@@ -108,12 +105,7 @@ def skip_update(finite: jax.Array, new_opt_state, old_opt_state):
   Adam's own count stays with its moments (its bias correction counts the updates the moments hold).
   """
   is_schedule = lambda x: isinstance(x, optax.ScaleByScheduleState)
-
-  def pick(new, old):
-    if is_schedule(new):
-      return new
-    return jax.tree_util.tree_map(lambda n, o: jnp.where(finite, n, o), new, old)
-
+  pick = lambda new, old: new if is_schedule(new) else _where(finite, new, old)
   return jax.tree_util.tree_map(pick, new_opt_state, old_opt_state, is_leaf=is_schedule)
 
 
@@ -132,12 +124,7 @@ def count_nonfinite(counts: dict[str, jax.Array], nonfinite: jax.Array) -> dict[
 
 def make_eval_step(model: Decoder, loss_chunk_size: int = DEFAULT_LOSS_CHUNK_SIZE):
   """eval_step(variables, batch) -> the batch's mean next-token cross-entropy (float32)."""
-
-  def eval_step(variables, batch):
-    loss, _ = next_token_loss(model, variables, batch["tokens"], loss_chunk_size)
-    return loss
-
-  return eval_step
+  return lambda variables, batch: next_token_loss(model, variables, batch["tokens"], loss_chunk_size)[0]
 
 
 def jit_train_step(model: Decoder, tx, schedule, microbatches: int, shardings: TrainState, mesh,

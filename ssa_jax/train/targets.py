@@ -20,8 +20,7 @@ import importlib.util
 import re
 from typing import Any
 
-import numpy as np
-from jax.experimental import mesh_utils, topologies
+from jax.experimental import topologies
 from jax.sharding import Mesh
 
 from ssa_jax.errors import ConfigError
@@ -165,19 +164,13 @@ def target_devices(target: Target) -> list:
 
 
 def target_mesh(mesh_cfg, target: Target, devices: list, where: str = "config.mesh") -> Mesh:
-  """config.mesh laid over the target's devices (sharding.make_mesh's rules): its -1 size resolves against one
-  slice's devices, and K slices multiply the data axis by K over DCN (data parallel across slices, the other
-  axes within one)."""
+  """config.mesh laid over the target's devices by the live run's own function (sharding.make_mesh): over K
+  slices, the sizes are one slice's and the data axis spans the K slices."""
   n = mesh_cfg.get("num_devices", -1)
   if n not in (-1, len(devices)):
     raise ConfigError(f"{where}.num_devices: {n}; --target={target.name} compiles for all of its "
                       f"{len(devices)} devices (-1)")
-  if target.slices == 1:
-    return sharding.make_mesh(mesh_cfg, devices, f"{where} on {target.name}")
-  sizes = sharding.mesh_shape(mesh_cfg, len(devices) // target.slices, f"{where} on each {target.name} slice")
-  dcn = (target.slices,) + (1,) * (len(sizes) - 1)
-  grid = mesh_utils.create_hybrid_device_mesh(sizes, dcn, devices)
-  return Mesh(np.asarray(grid), sharding.MESH_AXES, axis_types=sharding.AXIS_TYPES)
+  return sharding.make_mesh(mesh_cfg, devices, f"{where} on {target.name}")
 
 
 def num_hosts(devices: list) -> int:
