@@ -51,6 +51,14 @@ def _train_config(mode: str, max_seq_len: int) -> ml_collections.ConfigDict:
       temperatures_only=False,  # train only the SSA temperatures (fine-tuning SSA into a frozen model)
       log_every=10, eval_every=1000, eval_batches=16,
       checkpoint_every=1000, keep_checkpoints=3, async_checkpoints=True,
+      # Also a checkpoint at the first step that ends this many minutes after the last save (or the session's
+      # start), whatever checkpoint_every says; 0 = off. Several processes: process 0's clock decides.
+      checkpoint_every_minutes=0.0,
+      # Zero-shot tasks scored while training, with lm-eval's semantics (the end-of-run scorer), into the metrics
+      # as zero_shot/<task>/<metric>; their files are under config.eval.data_dir. A task that fails is a warning.
+      zero_shot_every=0,  # score zero_shot_tasks every this many steps (metrics zero_shot/<task>/<metric>); 0 = off
+      zero_shot_tasks="",  # comma-separated, of ssa_jax/evaluate/tasks.py (e.g. 'arc_easy,piqa'); files: eval.data_dir
+      zero_shot_limit=100,  # the first N documents of each task (lm-eval's --limit); 0 = every document
       max_nonfinite_steps=5, tensorboard=True,
       preemption_deadline_s=300.0,  # from the first stop signal to exit, agreed or not; 0 = none
       layer_norms=True,  # log gradient, parameter and update norms per layer and per SSA temperature group

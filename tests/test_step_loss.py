@@ -90,8 +90,8 @@ def test_chunked_cross_entropy_pads_masked_positions():
   targets_BT = jnp.asarray([[0, 1, 2], [3, 4, 0]], jnp.int32)
   logits = np.einsum("btd,dv->btv", np.asarray(x_BTd, np.float64), np.asarray(head_dV, np.float64))
   logz = np.log(np.exp(logits).sum(-1))
-  expected = np.mean(logz - np.take_along_axis(logits, np.asarray(targets_BT)[..., None], -1)[..., 0])
-  got = chunked_cross_entropy(x_BTd, head_dV, targets_BT, 2, jnp.float32)
+  expected = np.sum(logz - np.take_along_axis(logits, np.asarray(targets_BT)[..., None], -1)[..., 0])
+  got = chunked_cross_entropy(x_BTd, head_dV, targets_BT, 2, jnp.float32)  # the sum; callers divide
   np.testing.assert_allclose(float(got), expected, rtol=1e-6)
 
 

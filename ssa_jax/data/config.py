@@ -37,6 +37,11 @@ def data_config() -> ml_collections.ConfigDict:
   c.docs_per_chunk = 64  # documents read and tokenized together (encode_batch granularity).
   c.train_split = "train"
   c.validation_split = "validation"  # split the trainer evaluates on.
+  # True: each document of a packed window is its own sequence (positions, hence RoPE, learned positions and
+  # SSA's log n, restart at the token after each EOS; attention stays inside the document; the prediction made
+  # at an EOS, of the next document's first token, leaves the loss). False: the window is one sequence, as the
+  # SSA authors trained (lit-gpt's packed dataset). See docs/training.md.
+  c.document_masking = False
   return c
 
 
@@ -56,6 +61,8 @@ def validate_data_config(cfg: ml_collections.ConfigDict) -> None:
   for field in ("train_split", "validation_split"):
     if not isinstance(cfg[field], str) or not cfg[field]:
       raise ConfigError(f"config.data.{field}: expected a split name (e.g. 'train', 'validation'), got {cfg[field]!r}")
+  if not isinstance(cfg.document_masking, bool):
+    raise ConfigError(f"config.data.document_masking: expected True or False, got {cfg.document_masking!r}")
   if cfg.format not in FORMATS:
     raise ConfigError(f"config.data.format: expected one of {FORMATS}, got {cfg.format!r}")
   if cfg.format == "array_record" and not cfg.path:

@@ -48,15 +48,26 @@ def traced_platform() -> str:
   return jax.default_backend() if mesh.empty else mesh.abstract_device.platform
 
 
-def causal_attention(q_BTHD: Array, k_BTKD: Array, v_BTKD: Array, cfg: ModelConfig) -> Array:
-  """softmax(q k^T / sqrt(D)) v under the causal mask, with the kernel `kernel_implementation` picks."""
+def causal_attention(q_BTHD: Array, k_BTKD: Array, v_BTKD: Array, cfg: ModelConfig,
+                     segment_ids_BT: Array | None = None) -> Array:
+  """softmax(q k^T / sqrt(D)) v under the causal mask, with the kernel `kernel_implementation` picks.
+
+  `segment_ids_BT` (int): packed documents; a token sees only the earlier tokens of its own segment. Splash
+  takes the ids and skips nothing more (its static mask is causal only). XLA and cuDNN get a same-segment mask
+  (B, 1, T, T); cuDNN's fused kernel receives it as an additive bias in the compute dtype, read from memory
+  (2 T^2 bytes a row and layer at bf16: at T = 2048, 8 MiB a row), where the causal part stays implicit.
+  """
   impl = kernel_implementation(cfg)
   if impl == "splash":
     # Off TPU (an explicit 'splash' on CPU) the Pallas kernel runs in interpret mode: for tests, slow.
     return splash_attention(q_BTHD, k_BTKD, v_BTKD, block_q=cfg.splash_block_q, block_kv=cfg.splash_block_kv,
-                            interpret=traced_platform() != "tpu")
+                            segment_ids_BT=segment_ids_BT, interpret=traced_platform() != "tpu")
+  same_document_B1TS = None
+  if segment_ids_BT is not None:
+    same_document_B1TS = (segment_ids_BT[:, None, :, None] == segment_ids_BT[:, None, None, :])
   return jax.nn.dot_product_attention(
-      q_BTHD, k_BTKD, v_BTKD, scale=1.0 / math.sqrt(q_BTHD.shape[-1]), is_causal=True, implementation=impl)
+      q_BTHD, k_BTKD, v_BTKD, mask=same_document_B1TS, scale=1.0 / math.sqrt(q_BTHD.shape[-1]), is_causal=True,
+      implementation=impl)
 
 
 def temper_and_rotate(proj: dict[str, Array], tau: dict[str, Array], positions_BT: Array, cfg: ModelConfig
@@ -100,9 +111,10 @@ class SelectiveSelfAttention(nn.Module):
 
   @nn.compact
   def __call__(self, x_BTd: Array, positions_BT: Array, feature_BT: Array | None = None,
-               cache: LayerCache | None = None, cache_index: Array | None = None, mask_BTT: Array | None = None
-               ) -> tuple[Array, LayerCache | None]:
+               cache: LayerCache | None = None, cache_index: Array | None = None, mask_BTT: Array | None = None,
+               segment_ids_BT: Array | None = None) -> tuple[Array, LayerCache | None]:
     """`mask_BTT` (bool, True = query t may see key s) replaces the causal mask: packed or tree-shaped rows.
+    `segment_ids_BT` keeps the causal kernel but confines each token to its segment (packed training windows).
 
     The one attention computation: temper_and_rotate, then the causal kernel or, under an explicit mask,
     attention_weights (which ssa_jax.analysis.norms reads as well) and weighted_values."""
@@ -123,8 +135,9 @@ class SelectiveSelfAttention(nn.Module):
     q_BTHD, k_BSKD, v_BSKD = temper_and_rotate(projections, taus, positions_BT, cfg)  # S = T without a cache
 
     if cache is not None:
-      if mask_BTT is not None:
-        raise ValueError("mask_BTT is for full forwards; with a KV cache the mask follows the cache index")
+      if mask_BTT is not None or segment_ids_BT is not None:
+        raise ValueError("mask_BTT and segment_ids_BT are for full forwards; with a KV cache the mask follows the "
+                         "cache index")
       cache = LayerCache(*(jax.lax.dynamic_update_slice_in_dim(old, new.astype(old.dtype), cache_index, 1)
                            for old, new in ((cache.k_BSKD, k_BSKD), (cache.v_BSKD, v_BSKD))))
       k_BSKD, v_BSKD = cache.k_BSKD.astype(q_BTHD.dtype), cache.v_BSKD.astype(q_BTHD.dtype)
@@ -132,8 +145,10 @@ class SelectiveSelfAttention(nn.Module):
       key_pos_S = jnp.arange(k_BSKD.shape[1])
       mask_BTT = (key_pos_S[None, :] <= (cache_index + jnp.arange(q_BTHD.shape[1]))[:, None])[None]
     if mask_BTT is None:
-      out_BTHD = causal_attention(q_BTHD, k_BSKD, v_BSKD, cfg)
+      out_BTHD = causal_attention(q_BTHD, k_BSKD, v_BSKD, cfg, segment_ids_BT)
     else:
+      if segment_ids_BT is not None:
+        raise ValueError("give either mask_BTT or segment_ids_BT: the explicit mask already says what each sees")
       # An explicit mask (packed or tree-shaped rows, a KV cache): XLA, through the rows the analyses read.
       out_BTHD = weighted_values(attention_weights(q_BTHD, k_BSKD, mask_BTT), v_BSKD)
     out_std = cfg.init_std / math.sqrt(2 * cfg.num_layers)

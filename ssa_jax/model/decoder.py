@@ -58,10 +58,11 @@ class Block(nn.Module):
   cfg: ModelConfig
 
   @nn.compact
-  def __call__(self, x_BTd, positions_BT, feature_BT=None, cache=None, cache_index=None, mask_BTT=None):
+  def __call__(self, x_BTd, positions_BT, feature_BT=None, cache=None, cache_index=None, mask_BTT=None,
+               segment_ids_BT=None):
     cfg = self.cfg
     attn_BTd, cache = SelectiveSelfAttention(cfg, name="attn")(
-        Norm(cfg, name="attn_norm")(x_BTd), positions_BT, feature_BT, cache, cache_index, mask_BTT
+        Norm(cfg, name="attn_norm")(x_BTd), positions_BT, feature_BT, cache, cache_index, mask_BTT, segment_ids_BT
     )
     mlp_in_BTd = x_BTd if cfg.parallel_residual else x_BTd + attn_BTd
     return x_BTd + attn_BTd + Mlp(cfg, name="mlp")(Norm(cfg, name="mlp_norm")(mlp_in_BTd)), cache
@@ -74,10 +75,12 @@ class Decoder(nn.Module):
 
   @nn.compact
   def __call__(self, tokens_BT: Array, positions_BT: Array | None = None, cache: KVCache | None = None,
-               mask_BTT: Array | None = None, return_hidden: bool = False):
+               mask_BTT: Array | None = None, return_hidden: bool = False, segment_ids_BT: Array | None = None):
     """`positions_BT`: absolute positions (default 0..T-1, or after the cache's). `mask_BTT` (bool, query t
     sees key s) replaces the causal mask, for rows that pack several sequences (evaluation); with it,
     `positions_BT` must restart at each sequence so that RoPE, learned positions and SSA's log(n) are right.
+    `segment_ids_BT` (int): packed training windows (ssa_jax.model.documents), each token attending to its own
+    document only through the causal kernel (splash takes segment ids); positions must restart likewise.
     `return_hidden`: return the final-normed hidden states x_BTd (compute dtype) instead of the logits, for
     losses that apply the LM head (`lm_head_kernel`) chunk by chunk."""
     cfg = self.config
@@ -115,15 +118,17 @@ class Decoder(nn.Module):
     if cfg.scan_layers:
       scanned = nn.scan(
           block_cls, variable_axes={"params": 0, "intermediates": 0}, split_rngs={"params": True},
-          in_axes=(nn.broadcast, nn.broadcast, 0, nn.broadcast, nn.broadcast), length=cfg.num_layers,
+          in_axes=(nn.broadcast, nn.broadcast, 0, nn.broadcast, nn.broadcast, nn.broadcast), length=cfg.num_layers,
           metadata_params={nn.PARTITION_NAME: "layers"})
       x_BTd, new_layers = scanned(cfg, name="layers")(
-          x_BTd, positions_BT, feature_BT, None if cache is None else cache.layers, cache_index, mask_BTT)
+          x_BTd, positions_BT, feature_BT, None if cache is None else cache.layers, cache_index, mask_BTT,
+          segment_ids_BT)
     else:
       new_layers = ()
       for i in range(cfg.num_layers):
         x_BTd, layer_cache = block_cls(cfg, name=f"layers_{i}")(
-            x_BTd, positions_BT, feature_BT, None if cache is None else cache.layers[i], cache_index, mask_BTT)
+            x_BTd, positions_BT, feature_BT, None if cache is None else cache.layers[i], cache_index, mask_BTT,
+            segment_ids_BT)
         new_layers += (layer_cache,)
 
     x_BTd = Norm(cfg, name="final_norm")(x_BTd)

@@ -1,14 +1,16 @@
 """A run's batches and its loss over a split, read by the loop, the start-up checks and the end-of-run
-evaluation; it imports neither the preflight nor the loop, so that each of them can import it."""
+evaluation, and its parameters as the evaluation's scorer reads them (`local_variables`); it imports neither
+the preflight nor the loop, so that each of them can import it."""
 
 from __future__ import annotations
 
 import contextlib
-from typing import Callable
+from typing import Any, Callable
 
 import jax
 import ml_collections
 import numpy as np
+from jax.experimental import multihost_utils
 
 from ssa_jax.data.pipeline import make_lm_iterator
 from ssa_jax.runtime import sharding
@@ -51,3 +53,17 @@ def has_a_batch(ctx: RunContext, split: str, num_streams: int | None = None) -> 
   config.data.num_streams). A split without files raises FileNotFoundError naming config.data.path."""
   with contextlib.closing(data_iterator(ctx, split, repeat=False, max_batches=1, num_streams=num_streams)) as it:
     return next(iter(it), None) is not None
+
+
+def local_variables(variables: Any) -> Any:
+  """`variables` readable on this process's devices: as they are in one process; with several, a replicated
+  array's local copy, a sharded one gathered from every process (a collective: every process calls this)."""
+
+  def local(x):
+    if not isinstance(x, jax.Array) or x.is_fully_addressable:
+      return x
+    if x.sharding.is_fully_replicated:
+      return x.addressable_data(0)
+    return multihost_utils.process_allgather(x, tiled=True)
+
+  return jax.tree.map(local, variables)

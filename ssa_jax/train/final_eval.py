@@ -17,7 +17,7 @@ from ssa_jax.evaluate.config import eval_config
 from ssa_jax.evaluate.passkey import make_trials
 from ssa_jax.model.decoder import Decoder
 from ssa_jax.train.context import RunContext
-from ssa_jax.train.evaluation import EvalStep, split_loss
+from ssa_jax.train.evaluation import EvalStep, local_variables, split_loss
 from ssa_jax.train.metrics import log, perplexity
 
 HELDOUT = "heldout"  # the results entry of the held-out perplexity
@@ -135,9 +135,11 @@ def evaluate_at_end(ctx: RunContext, model: Decoder, variables: dict, summary: d
           f"{passkey.max_new_tokens} generated tokens)")
   heldout = heldout_perplexity(ctx, eval_step, variables)
   output = ctx.workdir / "results.json"
+  # The scorer runs on each process's own devices, every process alike: with several processes the parameters
+  # are made local first (a global array cannot be placed on one process's devices).
   out = run_eval(
-      model, variables, ctx.tokenizer, tasks=tasks, data_dir=ev.data_dir or None, limit=ev.limit or None,
-      batch_size=ev.batch_size, max_length=seq_len, output=None, passkey=passkey,
+      model, local_variables(variables), ctx.tokenizer, tasks=tasks, data_dir=ev.data_dir or None,
+      limit=ev.limit or None, batch_size=ev.batch_size, max_length=seq_len, output=None, passkey=passkey,
       extra={
           "checkpoint": str(ctx.workdir / "checkpoints"),
           "step": summary["step"],

@@ -1,6 +1,7 @@
 """The training loop, top to bottom: the start-up checks (preflight.py), the state (fresh or resumed), then
-per step the jitted step and the hooks (hooks.py: log, validate, stop, checkpoint), then the last checkpoint,
-the final validation and the end-of-run evaluation (final_eval.py). What it opens it closes in one ExitStack.
+per step the jitted step and the hooks (hooks.py: log, validate; zero_shot.py: tasks; stop; time_checkpoints.py:
+save), then the last checkpoint, the final validation and the end-of-run evaluation (final_eval.py). What it
+opens it closes in one ExitStack.
 """
 
 from __future__ import annotations
@@ -35,7 +36,9 @@ from ssa_jax.train.prefetch import DevicePrefetcher
 from ssa_jax.train.profiling import Profiler
 from ssa_jax.train.state import TrainState, create_state, state_shardings
 from ssa_jax.train.step import jit_loop_step, make_eval_step, nonfinite_counts, under_mesh
+from ssa_jax.train.time_checkpoints import CheckpointSchedule
 from ssa_jax.train.workdir_lock import workdir_lock
+from ssa_jax.train.zero_shot import ZeroShot
 
 
 def train(config, workdir: str) -> dict[str, Any]:
@@ -76,9 +79,10 @@ def _programs(ctx: RunContext) -> Programs:
   model = Decoder(ctx.model_cfg)
   tx = make_optimizer(t, param_shapes(ctx.model_cfg), ctx.model_cfg)
   abstract, shardings = state_shardings(ctx.model_cfg, tx, mesh, ctx.rules)
+  eos_id = ctx.tokenizer.eos_id if ctx.data.document_masking else None  # documents split at EOS
   loop_step = jit_loop_step(model, tx, learning_rate_schedule(t), t.microbatches, shardings, mesh, t.loss_chunk_size,
-                            t.layer_norms)
-  eval_step = jax.jit(make_eval_step(model, t.loss_chunk_size),
+                            t.layer_norms, eos_id)
+  eval_step = jax.jit(make_eval_step(model, t.loss_chunk_size, eos_id),
                       in_shardings=(shardings.variables, {"tokens": sharding.batch_sharding(mesh)}),
                       out_shardings=sharding.replicated(mesh))
   return Programs(model, tx, abstract, shardings, under_mesh(loop_step, mesh), under_mesh(eval_step, mesh))
@@ -102,12 +106,14 @@ def _train(ctx: RunContext, started: float) -> dict[str, Any]:
     profiler = stack.enter_context(contextlib.closing(
         Profiler(ctx.workdir, t.profile_start_step, t.profile_num_steps)))
     validate = Validation(ctx, programs.eval_step, metric_log.writer)
+    zero_shot = ZeroShot(ctx, programs.model, metric_log.writer)
     save = functools.partial(save_checkpoint, mngr, run_config)
+    saves = CheckpointSchedule(t.checkpoint_every, t.checkpoint_every_minutes)  # from here: the session's start
     device = jax.devices()[0].device_kind
     log(f"training {ctx.model_cfg.family} (SSA {describe_ssa(ctx.model_cfg.ssa)}) on mesh {dict(ctx.mesh.shape)} "
         f"({device}), steps {s.step}->{t.steps}, {t.tokens_per_step:,} tokens/step; Ctrl-C saves a checkpoint and "
         f"stops")
-    stopped = _steps(ctx, programs, s, batches, metric_log, validate, stop, save, profiler)
+    stopped = _steps(ctx, programs, s, batches, metric_log, validate, zero_shot, stop, saves, save, profiler)
     save(s, force=True)
     mngr.wait_until_finished()
     # Every process, the same answer: a stop requested during the last steps or the save ends the run here
@@ -122,9 +128,11 @@ def _train(ctx: RunContext, started: float) -> dict[str, Any]:
 
 
 def _steps(ctx: RunContext, programs: Programs, s: LoopState, batches: DevicePrefetcher, log_step: MetricLog,
-           validate: Validation, stop: StopRequests, save: Callable, profile: Profiler) -> str | None:
-  """Steps until config.train.steps, each followed by the hooks in this order: log, validate, stop, save;
-  returns why the run stopped before (a signal's name, non-finite steps).
+           validate: Validation, zero_shot: ZeroShot, stop: StopRequests, saves: CheckpointSchedule, save: Callable,
+           profile: Profiler) -> str | None:
+  """Steps until config.train.steps, each followed by the hooks in this order: log, validate, zero-shot
+  tasks, stop, save (every checkpoint_every steps, or checkpoint_every_minutes); returns why the run stopped
+  before (a signal's name, non-finite steps).
 
   Per step the host takes a batch already on the devices, dispatches the step, and waits for the step before
   it: the devices always have the next step queued, and a stop request (Ctrl-C, SIGTERM) is acted on after
@@ -149,9 +157,11 @@ def _steps(ctx: RunContext, programs: Programs, s: LoopState, batches: DevicePre
         return nonfinite
     if t.eval_every and s.step % t.eval_every == 0 and s.step != t.steps:
       validate(s.step, s.state.variables)
+    if zero_shot.due(s.step):
+      zero_shot(s.step, s.state.variables)
     if signal_name := stop.check(s.step):
       return signal_name
-    if t.checkpoint_every and s.step % t.checkpoint_every == 0:
+    if saves.due(s.step):
       save(s, force=False)
   return None
 

@@ -17,6 +17,7 @@ from ssa_jax.data.demo_counts import DEMO_FEATURE_PATH, ensure_demo_token_counts
 from ssa_jax.data.pipeline import resolve_num_streams
 from ssa_jax.data.tokenizer import load_tokenizer
 from ssa_jax.errors import ConfigError
+from ssa_jax.evaluate.preflight import missing_file
 from ssa_jax.formats import checkpoint
 from ssa_jax.formats.hf import config_from_hf, read_hf_config
 from ssa_jax.model.config import ModelConfig, model_config_from_dict
@@ -27,7 +28,7 @@ from ssa_jax.runtime.gcs import TENSORBOARD, require_gcs
 from ssa_jax.train.context import RunContext
 from ssa_jax.train.evaluation import has_a_batch
 from ssa_jax.train.metrics import log
-from ssa_jax.train.sections import eval_section, schedule_warnings, train_section
+from ssa_jax.train.sections import EvalSection, TrainSection, eval_section, schedule_warnings, train_section
 
 SUMMARY_NAME = "summary.json"  # WORKDIR/summary.json: the summary of the run's last session (train.py prints it)
 
@@ -41,7 +42,8 @@ RESUMABLE_FIELDS = (
     "train.keep_checkpoints", "train.async_checkpoints", "train.tensorboard", "train.preemption_deadline_s",
     "train.max_nonfinite_steps", "train.microbatches", "train.loss_chunk_size", "train.layer_norms",
     "train.profile_start_step", "train.profile_num_steps", "train.wandb", "train.wandb_project",
-    "train.wandb_entity", "train.wandb_name",
+    "train.wandb_entity", "train.wandb_name", "train.checkpoint_every_minutes", "train.zero_shot_every",
+    "train.zero_shot_tasks", "train.zero_shot_limit",
     "model.dtype", "model.remat", "model.attention_impl", "model.splash_block_q", "model.splash_block_kv",
     "data.path", "data.cache_dir", "data.num_threads", "data.prefetch", "data.validation_split",
     "eval", "distributed", "mesh", "sharding", "init",
@@ -147,6 +149,20 @@ def describe_ssa(ssa) -> str:
   return f"token {token}, position {position}, on {'+'.join(ssa.components)}"
 
 
+def _zero_shot_warnings(t: TrainSection, ev: EvalSection) -> list[str]:
+  """One line for each zero-shot task whose file is not there now: its passes will skip it, as a warning
+  (a run is not refused for an evaluation it can do without)."""
+  if not t.zero_shot_every:
+    return []
+  out = []
+  for name in t.zero_shot_task_names:
+    why = missing_file(name, ev.data_dir or None)
+    if why:
+      out.append(f"config.train.zero_shot_tasks: {why.replace('--data_dir', 'config.eval.data_dir')}; each "
+                 f"zero-shot pass will skip it (set --config.eval.data_dir=DIR)")
+  return out
+
+
 # -- the checks in order -----------------------------------------------------------------------------------
 def _start_runtime(config: ml_collections.ConfigDict, workdir: str | None, tensorboard: bool, dry_run: bool) -> None:
   """The workdir's filesystem, then jax's processes and backends."""
@@ -176,7 +192,7 @@ def check_config(config: ml_collections.ConfigDict, workdir: str | None, dry_run
   unchecked: list[str] = []
   _check_init(config, model_cfg, dry_run, unchecked)
   _check_data_named(config, dry_run, unchecked)
-  warnings = schedule_warnings(t)
+  warnings = schedule_warnings(t) + _zero_shot_warnings(t, ev)
   for line in warnings:
     log(f"warning: {line}")
   ctx = RunContext(config=config, train=t, eval=ev, workdir=None if dry_run else epath.Path(workdir),

@@ -10,6 +10,7 @@ import dataclasses
 from typing import Any, Mapping
 
 from ssa_jax.errors import ConfigError
+from ssa_jax.evaluate.tasks import TASKS
 
 SCHEDULES = ("cosine", "constant")
 
@@ -84,6 +85,7 @@ class TrainSection(OptimSection):
   eval_every: int = _at_least(0)  # 0 = validation at the end only
   eval_batches: int = _at_least(0)  # 0 = no validation
   checkpoint_every: int = _at_least(0)  # 0 = a checkpoint at the end only
+  checkpoint_every_minutes: float = _at_least(0.0)  # 0 = no checkpoints by time
   keep_checkpoints: int = _at_least(1)
   async_checkpoints: bool = dataclasses.field()
   max_nonfinite_steps: int = _at_least(1)
@@ -96,10 +98,29 @@ class TrainSection(OptimSection):
   wandb_project: str = dataclasses.field()
   wandb_entity: str = dataclasses.field()
   wandb_name: str = dataclasses.field()
+  zero_shot_every: int = _at_least(0)  # 0 = no zero-shot tasks during training
+  zero_shot_tasks: str = dataclasses.field()  # names of TASKS, comma-separated; see `zero_shot_task_names`
+  zero_shot_limit: int = _at_least(0)  # 0 = every document
+
+  def __post_init__(self):
+    super().__post_init__()
+    unknown = [name for name in self.zero_shot_task_names if name not in TASKS]
+    if unknown:
+      raise ConfigError(f"config.train.zero_shot_tasks: unknown task(s) {', '.join(unknown)}; known: "
+                        f"{', '.join(sorted(TASKS))} (comma-separated)")
+    if self.zero_shot_every > 0 and not self.zero_shot_task_names:
+      raise ConfigError(f"config.train.zero_shot_tasks: required when config.train.zero_shot_every="
+                        f"{self.zero_shot_every} (> 0): name one or more of {', '.join(sorted(TASKS))}, or pass "
+                        f"--config.train.zero_shot_every=0")
 
   @property
   def tokens_per_step(self) -> int:
     return self.global_batch_size * self.seq_len
+
+  @property
+  def zero_shot_task_names(self) -> list[str]:
+    """config.train.zero_shot_tasks as a list, blanks dropped, each name once."""
+    return list(dict.fromkeys(name.strip() for name in self.zero_shot_tasks.split(",") if name.strip()))
 
 
 def train_section(train: Mapping[str, Any]) -> TrainSection:
@@ -144,7 +165,8 @@ def schedule_warnings(t: TrainSection) -> list[str]:
   if t.warmup_steps >= t.steps and t.warmup_steps > 0:
     out.append(f"config.train.warmup_steps: {t.warmup_steps} >= config.train.steps={t.steps}: the learning rate "
                f"never reaches config.train.lr={t.lr:g} (pass --config.train.warmup_steps=N with N < {t.steps})")
-  cadences = {"eval_every": "validation before the end", "checkpoint_every": "checkpoint before the last step"}
+  cadences = {"eval_every": "validation before the end", "checkpoint_every": "checkpoint before the last step",
+              "zero_shot_every": "zero-shot pass"}
   for field, missed in cadences.items():
     if getattr(t, field) > t.steps:
       out.append(f"config.train.{field}: {getattr(t, field)} > config.train.steps={t.steps}: no {missed} (pass "

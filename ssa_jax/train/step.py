@@ -17,9 +17,12 @@ from ssa_jax.train.tree_norms import tree_norms
 
 
 def next_token_loss(model: Decoder, variables: dict, tokens_BT1: jax.Array,
-                    loss_chunk_size: int = DEFAULT_LOSS_CHUNK_SIZE):
-  """(mean cross-entropy in float32, per-layer temperature statistics) for windows of seq_len + 1 tokens."""
-  loss, intermediates = next_token_cross_entropy(model, variables, tokens_BT1, loss_chunk_size)
+                    loss_chunk_size: int = DEFAULT_LOSS_CHUNK_SIZE, document_eos_id: int | None = None,
+                    denominator: jax.Array | None = None):
+  """(mean cross-entropy in float32, per-layer temperature statistics) for windows of seq_len + 1 tokens;
+  `document_eos_id` / `denominator`: see loss.next_token_cross_entropy."""
+  loss, intermediates = next_token_cross_entropy(model, variables, tokens_BT1, loss_chunk_size, document_eos_id,
+                                                 denominator)
   return loss, temperature_stats(intermediates, model.config.num_layers)
 
 
@@ -49,17 +52,21 @@ def strided_microbatches(tokens_BX: jax.Array, microbatches: int) -> jax.Array:
 
 
 def make_train_step(model: Decoder, tx: optax.GradientTransformation, schedule: Callable, microbatches: int,
-                    loss_chunk_size: int = DEFAULT_LOSS_CHUNK_SIZE, layer_norms: bool = False):
+                    loss_chunk_size: int = DEFAULT_LOSS_CHUNK_SIZE, layer_norms: bool = False,
+                    document_eos_id: int | None = None):
   """train_step(state, batch) -> (state, metrics). A non-finite loss or gradient leaves params and optimizer
   moments untouched (`skip_update`); the step count and the learning-rate schedule still advance.
 
   `microbatches` M > 1 accumulates the gradient over M strided microbatches (see `strided_microbatches`) in a
   scan, one microbatch's activations alive at a time; the update is that of the whole batch.
   `layer_norms`: the metrics also hold the gradient, parameter and update norms by layer (tree_norms.py).
+  `document_eos_id`: document masking (loss.py); microbatches then divide by the whole batch's kept predictions
+  over M, as their counts differ, so that the accumulated loss is still the whole batch's mean.
   """
-  def grads_of(state: TrainState, tokens_BT1):
+  def grads_of(state: TrainState, tokens_BT1, denominator=None):
     # Only the params are differentiated: the buffers (phi) get no gradient and no update.
-    loss_fn = lambda p: next_token_loss(model, {**state.variables, "params": p}, tokens_BT1, loss_chunk_size)
+    loss_fn = lambda p: next_token_loss(model, {**state.variables, "params": p}, tokens_BT1, loss_chunk_size,
+                                        document_eos_id, denominator)
     (loss, stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     return loss, stats, grads
 
@@ -69,14 +76,18 @@ def make_train_step(model: Decoder, tx: optax.GradientTransformation, schedule: 
       loss, stats, grads = grads_of(state, tokens)
     else:
       tokens_MBT = strided_microbatches(tokens, microbatches)
+      denominator = None
+      if document_eos_id is not None:
+        denominator = jnp.sum(tokens[:, :-1] != document_eos_id, dtype=jnp.float32) / microbatches
 
       def accumulate(carry, mb_tokens):
-        loss, stats, grads = grads_of(state, mb_tokens)
+        loss, stats, grads = grads_of(state, mb_tokens, denominator)
         return jax.tree_util.tree_map(jnp.add, carry, (loss, stats, grads)), None
 
       zero = jax.tree_util.tree_map(jnp.zeros_like, jax.eval_shape(lambda: grads_of(state, tokens_MBT[0])))
       total, _ = jax.lax.scan(accumulate, zero, tokens_MBT)
-      # Equal-sized microbatches: the mean of their mean losses (and gradients) is the whole batch's.
+      # Equal-sized microbatches (or, under document masking, equal denominators): the mean of their losses (and
+      # gradients) is the whole batch's.
       loss, stats, grads = jax.tree_util.tree_map(lambda x: x / microbatches, total)
 
     grad_norm = optax.global_norm(grads)
@@ -122,24 +133,28 @@ def count_nonfinite(counts: dict[str, jax.Array], nonfinite: jax.Array) -> dict[
   return {"total": counts["total"] + bad, "in_a_row": in_a_row, "longest": jnp.maximum(counts["longest"], in_a_row)}
 
 
-def make_eval_step(model: Decoder, loss_chunk_size: int = DEFAULT_LOSS_CHUNK_SIZE):
+def make_eval_step(model: Decoder, loss_chunk_size: int = DEFAULT_LOSS_CHUNK_SIZE,
+                   document_eos_id: int | None = None):
   """eval_step(variables, batch) -> the batch's mean next-token cross-entropy (float32)."""
-  return lambda variables, batch: next_token_loss(model, variables, batch["tokens"], loss_chunk_size)[0]
+  return lambda variables, batch: next_token_loss(model, variables, batch["tokens"], loss_chunk_size,
+                                                  document_eos_id)[0]
 
 
 def jit_train_step(model: Decoder, tx, schedule, microbatches: int, shardings: TrainState, mesh,
-                   loss_chunk_size: int = DEFAULT_LOSS_CHUNK_SIZE, layer_norms: bool = False):
+                   loss_chunk_size: int = DEFAULT_LOSS_CHUNK_SIZE, layer_norms: bool = False,
+                   document_eos_id: int | None = None):
   """The train step jitted with the state's NamedShardings in and out (state donated), batches over data x fsdp."""
-  return jax.jit(make_train_step(model, tx, schedule, microbatches, loss_chunk_size, layer_norms),
+  return jax.jit(make_train_step(model, tx, schedule, microbatches, loss_chunk_size, layer_norms, document_eos_id),
                  in_shardings=(shardings, {"tokens": sharding.batch_sharding(mesh)}),
                  out_shardings=(shardings, sharding.replicated(mesh)), donate_argnums=(0,))
 
 
 def jit_loop_step(model: Decoder, tx, schedule, microbatches: int, shardings: TrainState, mesh,
-                  loss_chunk_size: int = DEFAULT_LOSS_CHUNK_SIZE, layer_norms: bool = False):
+                  loss_chunk_size: int = DEFAULT_LOSS_CHUNK_SIZE, layer_norms: bool = False,
+                  document_eos_id: int | None = None):
   """The training loop's step: loop_step(state, counts, batch) -> (state, counts, metrics), the train step
   plus the non-finite counters (`nonfinite_counts`), so that the loop reads the device only at log steps."""
-  train_step = make_train_step(model, tx, schedule, microbatches, loss_chunk_size, layer_norms)
+  train_step = make_train_step(model, tx, schedule, microbatches, loss_chunk_size, layer_norms, document_eos_id)
 
   def loop_step(state, counts, batch):
     state, metrics = train_step(state, batch)
