@@ -16,7 +16,6 @@ from ssa_jax.train import metrics as metrics_lib
 from ssa_jax.train.context import RunContext
 from ssa_jax.train.evaluation import EvalStep, split_loss
 from ssa_jax.train.metrics import log, perplexity
-from ssa_jax.train.preflight import run_config_json
 from ssa_jax.train.state import TrainState
 from ssa_jax.train.wandb_run import WandbRun
 
@@ -37,9 +36,9 @@ class MetricLog:
   """A log step: the record in metrics.jsonl / TensorBoard, the console line, the non-finite steps said in
   one line when there are new ones. The only place the loop reads device values while it trains."""
 
-  def __init__(self, ctx: RunContext, start: int):
+  def __init__(self, ctx: RunContext, start: int, run_config: dict[str, Any]):
     t = ctx.train
-    wandb_run = (WandbRun(ctx.workdir, t.wandb_project, t.wandb_name, t.wandb_entity, run_config_json(ctx))
+    wandb_run = (WandbRun(ctx.workdir, t.wandb_project, t.wandb_name, t.wandb_entity, run_config)
                  if t.wandb and jax.process_index() == 0 else None)
     self.writer = metrics_lib.MetricsWriter(ctx.workdir, t.tensorboard, resume_step=start, wandb_run=wandb_run)
     self.progress = metrics_lib.ConsoleProgress(t.steps, start)

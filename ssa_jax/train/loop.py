@@ -99,21 +99,21 @@ def _train(ctx: RunContext, started: float) -> dict[str, Any]:
     s = _initial_state(ctx, programs, mngr, train_it)
     if jax.process_index() == 0:  # the run starts (or resumes) here: its config, beside its checkpoints
       (ctx.workdir / "config.json").write_text(json.dumps(run_config, indent=2))
-    metric_log = stack.enter_context(contextlib.closing(MetricLog(ctx, s.step)))
+    metric_log = stack.enter_context(contextlib.closing(MetricLog(ctx, s.step, run_config)))
     s.last_loss = metric_log.writer.logged(s.step, "loss")
     batches = stack.enter_context(contextlib.closing(
         DevicePrefetcher(train_it, lambda b: sharding.global_batch(b, ctx.mesh))))
     profiler = stack.enter_context(contextlib.closing(
         Profiler(ctx.workdir, t.profile_start_step, t.profile_num_steps)))
     validate = Validation(ctx, programs.eval_step, metric_log.writer)
-    zero_shot = ZeroShot(ctx, programs.model, metric_log.writer)
     save = functools.partial(save_checkpoint, mngr, run_config)
-    saves = CheckpointSchedule(t.checkpoint_every, t.checkpoint_every_minutes)  # from here: the session's start
+    hooks = Hooks(metric_log, validate, ZeroShot(ctx, programs.model, metric_log.writer), stop,
+                  CheckpointSchedule(t.checkpoint_every, t.checkpoint_every_minutes), save, profiler)
     device = jax.devices()[0].device_kind
     log(f"training {ctx.model_cfg.family} (SSA {describe_ssa(ctx.model_cfg.ssa)}) on mesh {dict(ctx.mesh.shape)} "
         f"({device}), steps {s.step}->{t.steps}, {t.tokens_per_step:,} tokens/step; Ctrl-C saves a checkpoint and "
         f"stops")
-    stopped = _steps(ctx, programs, s, batches, metric_log, validate, zero_shot, stop, saves, save, profiler)
+    stopped = _steps(ctx, programs, s, batches, hooks)
     save(s, force=True)
     mngr.wait_until_finished()
     # Every process, the same answer: a stop requested during the last steps or the save ends the run here
@@ -127,9 +127,21 @@ def _train(ctx: RunContext, started: float) -> dict[str, Any]:
   return _end(ctx, programs, s, summary, started)
 
 
-def _steps(ctx: RunContext, programs: Programs, s: LoopState, batches: DevicePrefetcher, log_step: MetricLog,
-           validate: Validation, zero_shot: ZeroShot, stop: StopRequests, saves: CheckpointSchedule, save: Callable,
-           profile: Profiler) -> str | None:
+@dataclasses.dataclass(frozen=True)
+class Hooks:
+  """What runs around each step, in the order _steps calls them."""
+
+  log_step: MetricLog
+  validate: Validation
+  zero_shot: ZeroShot
+  stop: StopRequests
+  saves: CheckpointSchedule  # which steps are saved (every checkpoint_every steps or _minutes)
+  save: Callable  # (LoopState, force) -> None
+  profile: Profiler
+
+
+def _steps(ctx: RunContext, programs: Programs, s: LoopState, batches: DevicePrefetcher, hooks: Hooks
+           ) -> str | None:
   """Steps until config.train.steps, each followed by the hooks in this order: log, validate, zero-shot
   tasks, stop, save (every checkpoint_every steps, or checkpoint_every_minutes); returns why the run stopped
   before (a signal's name, non-finite steps).
@@ -141,28 +153,28 @@ def _steps(ctx: RunContext, programs: Programs, s: LoopState, batches: DevicePre
 
   Non-finite steps: the step skips the update and counts it on the device; the log step reads the counts and
   stops once config.train.max_nonfinite_steps came in a row (every update that was applied was finite)."""
-  t = ctx.train
+  t, h = ctx.train, hooks
   while s.step < t.steps:
     item = next(batches)
-    profile.before_step(s.step)
+    h.profile.before_step(s.step)
     s.state, s.counts, metrics = programs.loop_step(s.state, s.counts, item.batch)
     if s.previous_loss is not None:
       jax.block_until_ready(s.previous_loss)  # at most one step ahead of the devices
-      log_step.progress.first_step_done()
+      h.log_step.progress.first_step_done()
     s.previous_loss = s.last_loss = metrics["loss"]
     s.step, s.data_state = s.step + 1, item.data_state
-    profile.after_step(s.step, metrics["loss"])
+    h.profile.after_step(s.step, metrics["loss"])
     if s.step % t.log_every == 0 or s.step == t.steps:
-      if nonfinite := log_step(s.step, metrics, s.counts, item.data_stats):
+      if nonfinite := h.log_step(s.step, metrics, s.counts, item.data_stats):
         return nonfinite
     if t.eval_every and s.step % t.eval_every == 0 and s.step != t.steps:
-      validate(s.step, s.state.variables)
-    if zero_shot.due(s.step):
-      zero_shot(s.step, s.state.variables)
-    if signal_name := stop.check(s.step):
+      h.validate(s.step, s.state.variables)
+    if h.zero_shot.due(s.step):
+      h.zero_shot(s.step, s.state.variables)
+    if signal_name := h.stop.check(s.step):
       return signal_name
-    if saves.due(s.step):
-      save(s, force=False)
+    if h.saves.due(s.step):
+      h.save(s, force=False)
   return None
 
 
