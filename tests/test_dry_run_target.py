@@ -159,14 +159,19 @@ def test_two_slice_tpu_compile():
   assert (report["chips"], report["hosts"], report["target_slices"]) == (8, 2, 2)
   assert report["mesh"] == {"data": 8, "fsdp": 1, "tensor": 1} and report["fits"] is True
   assert report["slices"] == 2 and report["mesh_per_slice"] == {"data": 4, "fsdp": 1, "tensor": 1}
+  assert report["mesh_across_slices"] == {"data": 2, "fsdp": 1, "tensor": 1}
   assert report["attention_kernel"] == "splash" and report["estimated_step_s"] > 0
 
 
 @needs_libtpu
 def test_no_estimate_skips_the_probe_compiles():
-  """--notarget_estimate: the memory and kernel of the one compile, no roofline probes."""
-  report = dry_run(tiny(num_layers=1), target="v5e-4", target_estimate=False)
+  """--notarget_estimate: the memory and kernel of the one compile, no roofline probes. With document masking
+  on, splash compiles with segment ids and the report says so."""
+  config = tiny(num_layers=1)
+  config.data.document_masking = True
+  report = dry_run(config, target="v5e-4", target_estimate=False)
   assert report["fits"] is True and report["attention_kernel"] == "splash" and report["memory_bytes_per_device"] > 0
+  assert report["document_masking"].startswith("segment ids into the splash kernel")
   assert report["estimated_step_s"] is None and report["estimate"] == "none: --notarget_estimate"
   assert "estimate_probes_compile_s" not in report and "roofline_flops_per_device" not in report
 
@@ -193,3 +198,7 @@ def test_gpu_compile_picks_cudnn_for_bf16_and_xla_for_float32():
   assert bf16["memory_bytes_per_device"] > 0 and bf16["estimated_step_s"] is None
   demo = dry_run(tiny(), target="h100-8")
   assert demo["attention_kernel"] == "xla" and demo["fits"] is True
+  masked = tiny(dtype="bfloat16")
+  masked.data.document_masking = True  # cuDNN takes the document mask as a bias
+  report = dry_run(masked, target="h100-8")
+  assert report["attention_kernel"] == "cudnn" and report["document_masking"].startswith("a same-document mask")

@@ -40,15 +40,34 @@ ESTIMATE_NOTE = ("estimate: the TPU compiler's roofline (per instruction max(FLO
                  "step time, for ranking variants of a step, not a measurement")
 
 
-def _step_program(cfg: ModelConfig, t, mesh, rules, microbatches: int, loss_chunk_size: int, rows: int):
+def _step_program(cfg: ModelConfig, t, mesh, rules, microbatches: int, loss_chunk_size: int, rows: int,
+                  document_eos_id: int | None = None):
   """(the jitted train step, its (state, batch) as ShapeDtypeStructs with the shardings it is jitted with)."""
   tx = make_optimizer(t, param_shapes(cfg), cfg)
   abstract, shardings = state_shardings(cfg, tx, mesh, rules)
   state = jax.tree_util.tree_map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
   batch = {"tokens": jax.ShapeDtypeStruct((rows, t.seq_len + 1), jnp.int32, sharding=sharding.batch_sharding(mesh))}
   step_fn = jit_train_step(Decoder(cfg), tx, learning_rate_schedule(t), microbatches, shardings, mesh,
-                           loss_chunk_size)
+                           loss_chunk_size, document_eos_id=document_eos_id)
   return step_fn, (state, batch)
+
+
+def document_eos_id(run) -> int | None:
+  """The EOS id documents are split at under config.data.document_masking, else None. Without a tokenizer (a
+  dry run may have none) 0 stands in: which id it is changes no shape, kernel or cost of the program."""
+  if not run.config.data.document_masking:
+    return None
+  return run.tokenizer.eos_id if run.tokenizer is not None else 0
+
+
+# How each kernel confines attention to a document under config.data.document_masking (the dry run says it).
+DOCUMENT_MASKING_BY_KERNEL = {
+    "splash": "segment ids into the splash kernel (its static causal mask skips blocks; the segments are compared "
+              "inside the blocks it computes)",
+    "cudnn": "a same-document mask, which cuDNN's fused kernel takes as an additive (B, 1, T, T) bias in the "
+             "compute dtype, read from memory: 2 T^2 bytes a row and layer at bf16 (the causal part stays implicit)",
+    "xla": "a same-document mask beside the causal one in XLA's attention",
+}
 
 
 def _lower(step_fn, args, mesh):
@@ -57,7 +76,8 @@ def _lower(step_fn, args, mesh):
     return step_fn.lower(*args)
 
 
-def estimate(cfg: ModelConfig, t, mesh, rules, peak_flops: float | None, slices: int = 1) -> dict[str, Any]:
+def estimate(cfg: ModelConfig, t, mesh, rules, peak_flops: float | None, slices: int = 1,
+             document_eos_id: int | None = None) -> dict[str, Any]:
   """The TPU compiler's roofline of one step: {'estimated_step_s', 'roofline_flops_per_device', ...}.
 
   The cost model counts a loop's body once (scanned layers, microbatches, loss chunks), so the figure is read
@@ -77,7 +97,7 @@ def estimate(cfg: ModelConfig, t, mesh, rules, peak_flops: float | None, slices:
 
   def probe(layers: int, chunk_size: int):
     probe_cfg = dataclasses.replace(cfg, num_layers=layers, scan_layers=False)
-    step_fn, args = _step_program(probe_cfg, t, mesh, rules, 1, chunk_size, rows)
+    step_fn, args = _step_program(probe_cfg, t, mesh, rules, 1, chunk_size, rows, document_eos_id)
     compiled = _lower(step_fn, args, mesh).compile()
     return compiled_lib.roofline(compiled), compiled_lib.splash_calls(compiled.as_text())
 
@@ -129,10 +149,13 @@ def _build(step_fn, args, mesh, stage: str, on_target: bool) -> tuple[Any, dict 
   return compiled, oom, {**fields, **memory, "attention_kernel": kernel}
 
 
-def _slices(mesh) -> dict[str, Any]:
-  """The slices a mesh spans and one slice's share of it (the data axis alone crosses slices)."""
+def mesh_slices(mesh) -> dict[str, Any]:
+  """The slices a mesh spans, one slice's share of it (its own interconnect) and the mesh across slices (the
+  data-center network): the data axis alone crosses slices (sharding.make_mesh)."""
   slices = sharding.num_slices(mesh.devices.flat)
-  return {"slices": slices, "mesh_per_slice": {**dict(mesh.shape), "data": mesh.shape["data"] // slices}}
+  across = {axis: slices if axis == "data" else 1 for axis in mesh.shape}
+  return {"slices": slices, "mesh_per_slice": {**dict(mesh.shape), "data": mesh.shape["data"] // slices},
+          "mesh_across_slices": across}
 
 
 def _report(run, mesh, devices: list, build: dict[str, Any]) -> dict[str, Any]:
@@ -147,7 +170,7 @@ def _report(run, mesh, devices: list, build: dict[str, Any]) -> dict[str, Any]:
       "ssa": describe_ssa(cfg.ssa),
       **param_counts(cfg),  # params, ssa_params (trainable temperatures), ssa_buffers (fixed phi)
       "mesh": dict(mesh.shape),
-      **_slices(mesh),
+      **mesh_slices(mesh),
       "devices": f"{mesh.size} x {devices[0].device_kind}",
       "global_batch_size": t.global_batch_size,
       "seq_len": t.seq_len,
@@ -156,6 +179,8 @@ def _report(run, mesh, devices: list, build: dict[str, Any]) -> dict[str, Any]:
       "flops_per_step": metrics_lib.training_flops_per_token(cfg, t.seq_len) * tokens_per_step,
       "ssa_flops_per_step": metrics_lib.ssa_flops_per_token(cfg, t.seq_len) * tokens_per_step,
       **build,
+      "document_masking": (DOCUMENT_MASKING_BY_KERNEL.get(build["attention_kernel"], True)
+                           if run.config.data.document_masking else False),
       "tokenizer_checked": run.tokenizer_checked,  # its vocab size against the model's (see unchecked if not)
       "unchecked": run.unchecked,
   }
@@ -189,7 +214,7 @@ def _target_estimate(config: ml_collections.ConfigDict, spec: targets_lib.Target
   one_slice = dataclasses.replace(spec, slices=1)
   slice_mesh = mesh if spec.slices == 1 else targets_lib.target_mesh(
       config.mesh, one_slice, targets_lib.target_devices(one_slice))
-  est = estimate(run.model_cfg, run.config.train, slice_mesh, run.rules, peak, spec.slices)
+  est = estimate(run.model_cfg, run.config.train, slice_mesh, run.rules, peak, spec.slices, document_eos_id(run))
   step_s, tokens_per_step = est.get("estimated_step_s"), report["tokens_per_step"]
   est["estimated_tokens_per_s"] = tokens_per_step / step_s if step_s else None
   est["estimated_mfu"] = metrics_lib.mfu(est["estimated_tokens_per_s"], report["flops_per_step"] / tokens_per_step,
@@ -197,15 +222,8 @@ def _target_estimate(config: ml_collections.ConfigDict, spec: targets_lib.Target
   return est
 
 
-def dry_run(config: ml_collections.ConfigDict, stage: str = "compile", target: str | None = None,
-            target_slices: int = 1, target_estimate: bool = True) -> dict[str, Any]:
-  """Runs the checks and the `stage` ('lower' or 'compile') on this host's devices or on `target`'s (and
-  `target_slices`'); returns the report printed as JSON. `target_estimate`: a TPU target's `estimate` too."""
-  if stage not in STAGES:
-    raise ValueError(f"stage: expected one of {STAGES}, got {stage!r}")
-  if target is None and target_slices != 1:
-    raise ConfigError(f"--target_slices={target_slices}: needs --target")
-  spec = targets_lib.parse_target(target, target_slices) if target is not None else None
+def _setup(config: ml_collections.ConfigDict, spec: targets_lib.Target | None):
+  """(the checked run, its mesh, the mesh's devices): this host's, or `spec`'s devices and their mesh."""
   host_config = config
   if spec:
     targets_lib.require_compiler(spec)  # before the config's checks: the first thing to fix
@@ -223,8 +241,38 @@ def dry_run(config: ml_collections.ConfigDict, stage: str = "compile", target: s
     if t.global_batch_size % hosts:
       raise ConfigError(f"config.train.global_batch_size: {t.global_batch_size} is not divisible by the {hosts} "
                         f"hosts of {spec.name}" + (f" x {spec.slices}" if spec.slices > 1 else ""))
-  step_fn, args = _step_program(run.model_cfg, t, mesh, run.rules, t.microbatches, int(t.loss_chunk_size),
-                                t.global_batch_size)
+  return run, mesh, devices
+
+
+def _run_program(run, mesh):
+  """The run's jitted train step and its abstract (state, batch) on `mesh`."""
+  t = run.config.train
+  return _step_program(run.model_cfg, t, mesh, run.rules, t.microbatches, int(t.loss_chunk_size),
+                       t.global_batch_size, document_eos_id(run))
+
+
+def compile_on_target(config: ml_collections.ConfigDict, target: str, target_slices: int = 1,
+                      compiler_options: dict[str, Any] | None = None):
+  """The train step compiled for `target` (x `target_slices`) as the dry run compiles it, with the compiler's
+  `compiler_options` (e.g. xla_dump_to): (the compiled executable, its mesh, its abstract (state, batch) with
+  their shardings). For reading the program itself (bench/slice_collectives.py: what crosses slices)."""
+  spec = targets_lib.parse_target(target, target_slices)
+  run, mesh, _ = _setup(config, spec)
+  step_fn, args = _run_program(run, mesh)
+  return _lower(step_fn, args, mesh).compile(compiler_options=compiler_options), mesh, args
+
+
+def dry_run(config: ml_collections.ConfigDict, stage: str = "compile", target: str | None = None,
+            target_slices: int = 1, target_estimate: bool = True) -> dict[str, Any]:
+  """Runs the checks and the `stage` ('lower' or 'compile') on this host's devices or on `target`'s (and
+  `target_slices`'); returns the report printed as JSON. `target_estimate`: a TPU target's `estimate` too."""
+  if stage not in STAGES:
+    raise ValueError(f"stage: expected one of {STAGES}, got {stage!r}")
+  if target is None and target_slices != 1:
+    raise ConfigError(f"--target_slices={target_slices}: needs --target")
+  spec = targets_lib.parse_target(target, target_slices) if target is not None else None
+  run, mesh, devices = _setup(config, spec)
+  step_fn, args = _run_program(run, mesh)
   compiled, oom, build = _build(step_fn, args, mesh, stage, on_target=spec is not None)
   report = _report(run, mesh, devices, build)
   if spec:
