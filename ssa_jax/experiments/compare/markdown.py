@@ -29,7 +29,8 @@ def _setup(report: dict[str, Any]) -> str:
       f"vocabulary {m['vocab_size']}, context {m['max_seq_len']}",
       f"- budget per run: {t['steps']} steps x {t['global_batch_size']} sequences x {t['seq_len']} tokens = "
       f"{ref_run['tokens_trained']:,} tokens; lr {t['lr']} ({t.get('schedule', '')}), warmup {t['warmup_steps']}",
-      f"- data: {data}; every run reads the same batches in the same order (config.data.seed {d.get('seed')})",
+      f"- data: {data}; every run reads the same batches in the same order (config.data.seed {d.get('seed')}); "
+      f"document masking {'on' if d.get('document_masking') else 'off'} (config.data.document_masking)",
       f"- validation: {validation}, every {t['eval_every']} steps and at the end, the same batches for every run",
       f"- device: {dev['count']} x {dev['kind']} ({dev['platform']})",
       f"- runs differ only in: {', '.join(report['differing_fields']) or 'nothing'}",
