@@ -1,4 +1,4 @@
-"""Model architecture presets (the paper's Table 3 models plus a tiny demo model) and SSA variants."""
+"""Model architecture presets (the paper's Table 3 models plus a tiny demo model), SSA and attention variants."""
 
 import dataclasses
 
@@ -36,6 +36,13 @@ SSA_VARIANTS = {
     "vanilla": dict(enabled=False),
     "ssa": dict(enabled=True, token_kind="mlp", position_kind="log"),  # the paper's SSA "base"
     "ssa_ws": dict(enabled=True, token_kind="shared", position_kind="log"),  # weight sharing
+}
+
+# Attention-method presets (docs/methods.md): a comparison variant's part -> config.model.attention_kind. A variant
+# name is '+'-joined parts, at most one of SSA_VARIANTS and one of these (e.g. 'ssa+gated').
+ATTENTION_VARIANTS = {
+    "gated": "gated_element",  # the per-element gate the gated-attention paper recommends (Qwen3-Next's)
+    "gated_head": "gated_head",
 }
 
 # Every other field's default, read from the dataclasses (stated once, there).

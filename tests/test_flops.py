@@ -57,10 +57,13 @@ def test_ssa_flops_count_every_temperature_matmul_weight(ssa):
     assert ssa_flops_per_token(cfg, SEQ) > 0
 
 
-@pytest.mark.parametrize("family", ["neox", "llama"])
-def test_training_flops_count_the_decoders_and_the_temperatures_matmul_weights(family):
-  """The figure MFU and the dry run use: every matmul weight of the model, SSA's included, and the attention."""
-  cfg = tiny_config(family, enabled=True, token_kind="mlp", key=True)
+@pytest.mark.parametrize("family,attention_kind", [("neox", "softmax"), ("llama", "softmax"), ("neox", "gated_head"),
+                                                   ("llama", "gated_element")])
+def test_training_flops_count_the_decoders_and_the_temperatures_matmul_weights(family, attention_kind):
+  """The figure MFU and the dry run use: every matmul weight of the model, SSA's and an output gate's included,
+  and the attention."""
+  cfg = dataclasses.replace(tiny_config(family, enabled=True, token_kind="mlp", key=True),
+                            attention_kind=attention_kind).validate()
   attention = 3 * 2 * 2 * cfg.head_dim * (SEQ / 2) * cfg.num_heads * cfg.num_layers
   weights = _matmul_weights(cfg, ssa=False) + _matmul_weights(cfg, ssa=True)
   assert _matmul_weights(cfg, ssa=True) > 0

@@ -72,7 +72,7 @@ def corpus(tmp_path_factory):
 def _config(corpus):
   # One device (the quickest compile); a constant rate after warmup, as in the other exact-resume tests.
   config = tiny_run_config(corpus[0], corpus[1], steps=8, checkpoint_every=0, checkpoint_every_minutes=2.5,
-                           keep_checkpoints=10, schedule="constant")
+                           keep_checkpoints=10, schedule="constant", eval_batches=0)
   config.model.vocab_size = 512
   config.mesh.num_devices = 1
   return config

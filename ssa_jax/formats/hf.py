@@ -3,7 +3,9 @@
 An export is a Hugging Face directory: config.json + model.safetensors (the standard tensors, all that
 `transformers` reads) + the tokenizer. An SSA model adds its temperature tensors as `ssa.<param path>` in a
 second file, ssa.safetensors, and an `ssa` block in config.json; `from_hf` reads both and restores the model
-exactly, while transformers looks at neither (it loads the vanilla model, quietly).
+exactly, while transformers looks at neither (it loads the vanilla model, quietly). A model with an attention
+method (config.model.attention_kind other than 'softmax', docs/methods.md) is refused: transformers would load it
+without the method, as another model (without its gate every attention output changes).
 
 CLI:  python -m ssa_jax.formats.hf import HF_DIR OUT_DIR     (HF checkpoint -> our model directory)
       python -m ssa_jax.formats.hf export CKPT_DIR HF_DIR    (our model directory or training checkpoint -> HF)
@@ -365,6 +367,7 @@ def from_hf(hf_dir: epath.PathLike, ssa: SSAConfig | None = None, rng_seed: int 
 def to_hf(model: Decoder | ModelConfig, variables: dict, out_dir: epath.PathLike) -> epath.Path:
   """Writes the Hugging Face directory of the module docstring; returns `out_dir`."""
   cfg = model.config if isinstance(model, Decoder) else model
+  check_exportable(cfg)
   # transformers' layout is one module per layer
   variables = {**variables, "params": unstack_layers(variables["params"], cfg.num_layers)}
   ssa_paths = _ssa_file_paths(dataclasses.replace(cfg, scan_layers=False))
@@ -391,6 +394,13 @@ def to_hf(model: Decoder | ModelConfig, variables: dict, out_dir: epath.PathLike
   elif (out_dir / SSA_FILE).exists():
     (out_dir / SSA_FILE).unlink()  # a vanilla export over an SSA one: from_hf must not find stale temperatures
   return out_dir
+
+
+def check_exportable(cfg: ModelConfig) -> None:
+  """Refuses a model that no stock transformers architecture computes: one with an attention method."""
+  if cfg.attention_kind != "softmax":
+    raise ConfigError(f"config.model.attention_kind: {cfg.attention_kind!r} has no stock transformers "
+                      f"{cfg.family} architecture to export to (only 'softmax' exports); keep its ssa-jax checkpoint")
 
 
 def _save(tensors: dict[str, np.ndarray], path: epath.Path) -> None:
@@ -442,6 +452,7 @@ def main(argv: list[str]) -> int:
       print(f"imported {args.hf_dir} ({model.config.family}) -> {args.out_dir}")
     else:
       model, variables, run_config = checkpoint.load_model(args.ckpt_dir)
+      check_exportable(model.config)  # before the tokenizer is copied
       what = _export_tokenizer(run_config, args.ckpt_dir, args.hf_dir, model.config.vocab_size, args.tokenizer)
       to_hf(model, variables, args.hf_dir)
       print(f"exported {args.ckpt_dir} ({model.config.family}, {what}) -> {args.hf_dir}")

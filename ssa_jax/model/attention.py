@@ -11,6 +11,7 @@ import jax.numpy as jnp
 
 from ssa_jax.errors import ConfigError
 from ssa_jax.model.config import ModelConfig
+from ssa_jax.model.gates import GATED_KINDS, OutputGate
 from ssa_jax.model.layers import apply_rope, compute_dtype, dense
 from ssa_jax.model.splash import splash_attention
 from ssa_jax.model.temperature import Temperature
@@ -74,9 +75,15 @@ def temper_and_rotate(proj: dict[str, Array], tau: dict[str, Array], positions_B
                       ) -> tuple[Array, Array, Array]:
   """(q, k, v) as the kernel receives them: each projection ('q' / 'k' / 'v') times its temperature tau_BTH
   (those in `tau`; the others are unscaled), then RoPE on q and k. tau is a scalar per token and head, so this
-  equals scaling the logits row-wise (tau_q) / column-wise (tau_k) and the values (tau_v); it commutes with RoPE."""
-  scaled = {c: p if c not in tau else (p * tau[c][..., None]).astype(p.dtype) for c, p in proj.items()}
-  return (apply_rope(scaled["q"], positions_BT, cfg), apply_rope(scaled["k"], positions_BT, cfg), scaled["v"])
+  equals scaling the logits row-wise (tau_q) / column-wise (tau_k) and the values (tau_v); it commutes with RoPE.
+
+  The product comes after RoPE (bench/fusion_table.py, docs/benchmarks.md "SSA's cost"): it then ends the
+  elementwise chain that XLA fuses into the copy laying q / k / v out for the kernel, where before RoPE its
+  scaled tensor was written and read back by RoPE's slices."""
+  rotated = {"q": apply_rope(proj["q"], positions_BT, cfg), "k": apply_rope(proj["k"], positions_BT, cfg),
+             "v": proj["v"]}
+  scaled = {c: p if c not in tau else (p * tau[c][..., None]).astype(p.dtype) for c, p in rotated.items()}
+  return scaled["q"], scaled["k"], scaled["v"]
 
 
 def attention_weights(q_BTHD: Array, k_BSKD: Array, mask_BTS: Array) -> Array:
@@ -151,6 +158,8 @@ class SelectiveSelfAttention(nn.Module):
         raise ValueError("give either mask_BTT or segment_ids_BT: the explicit mask already says what each sees")
       # An explicit mask (packed or tree-shaped rows, a KV cache): XLA, through the rows the analyses read.
       out_BTHD = weighted_values(attention_weights(q_BTHD, k_BSKD, mask_BTT), v_BSKD)
+    if cfg.attention_kind in GATED_KINDS:  # docs/methods.md; the gate reads this token's x alone
+      out_BTHD = OutputGate(cfg, name="output_gate")(x_BTd, out_BTHD)
     out_std = cfg.init_std / math.sqrt(2 * cfg.num_layers)
     o = dense(cfg.d_model, ("heads", "head_dim", "embed"), cfg, name="o", use_bias=cfg.out_bias, in_axis=(-2, -1),
               std=out_std)

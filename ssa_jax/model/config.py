@@ -27,6 +27,8 @@ QUERY_ONLY_POSITION_KINDS = ("yarn", "constant", "ssmax", "llama4")  # logit tem
 WEIGHT_SHARING_SCOPES = ("layer", "head")
 ACTIVATIONS = ("gelu_tanh", "gelu", "silu")
 ATTENTION_IMPLS = ("auto", "xla", "cudnn", "splash")
+# The attention computation around the kernel (docs/methods.md): plain softmax, or Qiu et al.'s output gate.
+ATTENTION_KINDS = ("softmax", "gated_head", "gated_element")
 REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
 DTYPES = ("float32", "bfloat16", "float16")
 
@@ -195,6 +197,8 @@ class ModelConfig:
   init_std: float = 0.02
   dtype: str = "float32"  # compute dtype; params are always float32
   attention_impl: str = "auto"  # 'auto': splash on TPU, cuDNN for bf16 / fp16 on GPU, XLA otherwise
+  # 'softmax', or sigmoid(x W_g) times the kernel's output per head ('gated_head') / element ('gated_element')
+  attention_kind: str = "softmax"
   # 'splash' (the Pallas TPU kernel): query / key-value block sizes of its forward and backward passes
   # (multiples of 128; a block larger than the sequence is clipped to it).
   splash_block_q: int = 512
@@ -250,7 +254,8 @@ class ModelConfig:
       bad("rotary_pct", f"rotary dims {self.rotary_dim} of head_dim {self.head_dim} must be even")
     if not 0.0 <= self.rotary_pct <= 1.0:
       bad("rotary_pct", f"expected a fraction in [0, 1], got {self.rotary_pct}")
-    _check_choices(self, where, activation=ACTIVATIONS, dtype=DTYPES, attention_impl=ATTENTION_IMPLS)
+    _check_choices(self, where, activation=ACTIVATIONS, dtype=DTYPES, attention_impl=ATTENTION_IMPLS,
+                   attention_kind=ATTENTION_KINDS)
     for name in ("splash_block_q", "splash_block_kv"):
       if not isinstance(getattr(self, name), int) or getattr(self, name) <= 0 or getattr(self, name) % 128:
         bad(name, f"expected a positive multiple of 128, got {getattr(self, name)!r}")

@@ -14,6 +14,7 @@ from jax.sharding import Mesh
 from ssa_jax.errors import ConfigError
 from ssa_jax.model.config import ModelConfig
 from ssa_jax.model.decoder import BUFFERS, Decoder
+from ssa_jax.model.gates import MethodParam
 from ssa_jax.model.temperature import SSAParam
 
 Array = jax.Array
@@ -91,11 +92,15 @@ def ssa_groups(cfg: ModelConfig) -> dict[tuple[str, ...], str]:
 
 
 def param_counts(cfg: ModelConfig) -> dict[str, int]:
-  """{'params': every scalar (buffers included), 'ssa_params': SSA's trained ones, 'ssa_buffers': the buffers'}."""
+  """{'params': every scalar (buffers included), 'ssa_params': SSA's trained ones, 'ssa_buffers': the buffers',
+  'attention_method_params': those config.model.attention_kind adds (0 for 'softmax')}, read from the boxes."""
   boxed = boxed_variable_shapes(cfg)
-  ssa = [box for box in traverse_util.flatten_dict(boxed["params"]).values() if isinstance(box, SSAParam)]
+  boxes = traverse_util.flatten_dict(boxed["params"]).values()
+  ssa = [box for box in boxes if isinstance(box, SSAParam)]
+  method = [box for box in boxes if isinstance(box, MethodParam)]
   buffers = count_params(boxed[BUFFERS])
-  return {"params": count_params(boxed["params"]) + buffers, "ssa_params": count_params(ssa), "ssa_buffers": buffers}
+  return {"params": count_params(boxed["params"]) + buffers, "ssa_params": count_params(ssa), "ssa_buffers": buffers,
+          "attention_method_params": count_params(method)}
 
 
 def count_params(tree) -> int:

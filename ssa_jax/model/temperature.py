@@ -7,6 +7,9 @@ softplus), and each parameter declares its learning-rate group in an SSAParam bo
 
 from __future__ import annotations
 
+import functools
+import math
+
 import flax.linen as nn
 import flax.struct
 import jax
@@ -105,21 +108,62 @@ class Temperature(nn.Module):
     if ssa.token_kind == "shared":
       if proj_BTHD is None:
         raise ValueError("the 'shared' token term needs the layer's own projection")
-      # No new matmul over d x d: the activation of the projection the layer computes anyway, in its own dtype
-      # (no float32 copy of q or v), dotted with one vector per head; float32 accumulation.
-      g_BTHD = jax.nn.gelu(proj_BTHD.astype(self.dtype), approximate=False)
       Hin, D = proj_BTHD.shape[-2:]
       if ssa.weight_sharing_scope == "head":
-        w_HD = self.param("w", ssa_param(nn.initializers.zeros, (self.head_axis, "head_dim"), "matrix"), (H, D),
-                          jnp.float32)
-        return jnp.einsum("bthd,hd->bth", g_BTHD, w_HD.astype(self.dtype), preferred_element_type=jnp.float32)
-      # 'layer' (the paper's): head g reads the whole projection (every head h of it), one H*D vector per head.
-      w_HHD = self.param("w", ssa_param(nn.initializers.zeros, ("ssa_heads", self.head_axis, "head_dim"), "matrix"),
-                         (H, Hin, D), jnp.float32)
-      return jnp.einsum("bthd,ghd->btg", g_BTHD, w_HHD.astype(self.dtype), preferred_element_type=jnp.float32)
+        w = self.param("w", ssa_param(nn.initializers.zeros, (self.head_axis, "head_dim"), "matrix"), (H, D),
+                       jnp.float32)
+      else:  # 'layer' (the paper's): head g reads the whole projection (every head h of it), one H*D vector per head.
+        w = self.param("w", ssa_param(nn.initializers.zeros, ("ssa_heads", self.head_axis, "head_dim"), "matrix"),
+                       (H, Hin, D), jnp.float32)
+      return shared_token_logits(proj_BTHD, w, ssa.weight_sharing_scope, jnp.dtype(self.dtype).name)
     if ssa.token_kind == "frequency":
       if feature_BT is None:
         raise ValueError("the 'frequency' token term needs the token feature phi(token)")
       beta_H = self.param("beta", ssa_param(nn.initializers.zeros, (self.head_axis,), "scalar"), (H,), jnp.float32)
       return feature_BT.astype(jnp.float32)[..., None] * beta_H
     raise ValueError(f"unknown token_kind {ssa.token_kind!r}")
+
+
+_SHARED_EINSUM = {"head": "bthd,hd->bth", "layer": "bthd,ghd->btg"}  # by weight_sharing_scope
+_SHARED_DW = {"head": "bthd,bth->hd", "layer": "bthd,btg->ghd"}
+_INV_SQRT2 = 1.0 / math.sqrt(2.0)
+_INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def shared_token_logits(proj_BTHD: Array, w: Array, scope: str, dtype: str) -> Array:
+  """Weight sharing's f(x) (B, T, H) float32: w . GeLU(proj), per head ('head': w_HD) or over the whole
+  projection ('layer': w_HHD). No new matmul over d x d: the activation of the projection the layer computes
+  anyway, in its own dtype (no float32 copy of q or v), with float32 accumulation.
+
+  Its backward is written out so that nothing (B, T, H, D)-sized is saved or materialised beyond the
+  projection itself: GeLU(proj) is recomputed inside the matmul for dw and GeLU'(proj) inside the product
+  for dproj (autodiff saved GeLU(proj) and read it back twice)."""
+  g_BTHD = jax.nn.gelu(proj_BTHD.astype(dtype), approximate=False)
+  return jnp.einsum(_SHARED_EINSUM[scope], g_BTHD, w.astype(dtype), preferred_element_type=jnp.float32)
+
+
+def _shared_fwd(proj_BTHD, w, scope, dtype):
+  return shared_token_logits(proj_BTHD, w, scope, dtype), (proj_BTHD, w)
+
+
+def _shared_bwd(scope, dtype, residuals, df_BTH):
+  proj_BTHD, w = residuals
+  x_BTHD = proj_BTHD.astype(dtype)
+  g_BTHD = jax.nn.gelu(x_BTHD, approximate=False)
+  dw = jnp.einsum(_SHARED_DW[scope], g_BTHD, df_BTH.astype(dtype), preferred_element_type=jnp.float32)
+  w32 = w.astype(dtype).astype(jnp.float32)
+  if scope == "head":
+    dg_BTHD = df_BTH[..., None] * w32
+  else:
+    # A sum of H broadcast products, not a matmul: elementwise, it fuses with GeLU' and the add of the
+    # temperature product's own cotangent into one pass that writes dproj once (a (.., H) x (H, H*D) matmul
+    # would write its (B, T, H, D) result and read it back).
+    dg_BTHD = sum(df_BTH[..., g, None, None] * w32[g] for g in range(w32.shape[0]))
+  # d/dx of x Phi(x) = Phi(x) + x phi(x), the exact GeLU's derivative.
+  x32 = x_BTHD.astype(jnp.float32)
+  gelu_prime = 0.5 * jax.lax.erfc(-x32 * _INV_SQRT2) + x32 * jnp.exp(-0.5 * x32 * x32) * _INV_SQRT_2PI
+  return (dg_BTHD * gelu_prime).astype(proj_BTHD.dtype), dw.astype(w.dtype)
+
+
+shared_token_logits.defvjp(_shared_fwd, _shared_bwd)

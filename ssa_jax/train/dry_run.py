@@ -168,6 +168,7 @@ def _report(run, mesh, devices: list, build: dict[str, Any]) -> dict[str, Any]:
       "mode": run.config.get("mode"),
       "family": cfg.family,
       "ssa": describe_ssa(cfg.ssa),
+      "attention_kind": cfg.attention_kind,
       **param_counts(cfg),  # params, ssa_params (trainable temperatures), ssa_buffers (fixed phi)
       "mesh": dict(mesh.shape),
       **mesh_slices(mesh),

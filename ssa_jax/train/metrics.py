@@ -81,9 +81,18 @@ def ssa_flops_per_token(cfg: ModelConfig, seq_len: int) -> float:
   return 6.0 * cfg.num_layers * weights_per_layer
 
 
+def attention_method_flops_per_token(cfg: ModelConfig) -> float:
+  """Training FLOPs per token of the attention method's own matmuls (6 a weight): the output gate's d x H
+  ('gated_head') or d x H x D ('gated_element') kernel; 0 for plain softmax."""
+  gate_width = {"gated_head": cfg.num_heads, "gated_element": cfg.num_heads * cfg.head_dim}
+  return 6.0 * cfg.num_layers * cfg.d_model * gate_width.get(cfg.attention_kind, 0)
+
+
 def training_flops_per_token(cfg: ModelConfig, seq_len: int) -> float:
-  """Training FLOPs per token of the whole model, the decoder's and SSA's temperature matmuls (for MFU)."""
-  return decoder_flops_per_token(cfg, seq_len) + ssa_flops_per_token(cfg, seq_len)
+  """Training FLOPs per token of the whole model: the decoder's, SSA's temperature matmuls and the attention
+  method's (for MFU)."""
+  return (decoder_flops_per_token(cfg, seq_len) + ssa_flops_per_token(cfg, seq_len)
+          + attention_method_flops_per_token(cfg))
 
 
 def perplexity(loss: float) -> float:

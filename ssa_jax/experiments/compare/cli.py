@@ -4,10 +4,12 @@
       --seeds=0,1 --workdir=runs/compare [--config.train.steps=300] [--eval_tasks=piqa --eval_data_dir=DIR]
 
 Every variant x seed trains with `ssa_jax.train.loop.train` into WORKDIR/runs/<variant>_seed<seed>/, on the
-given config with two fields changed: config.model.ssa (the variant's preset, configs/models.py SSA_VARIANTS,
-applied on top of the config's own SSA section, so --config.model.ssa.* overrides reach every SSA variant)
-and config.seed (the initialisation). The data section is left alone: every run reads the same training
-batches in the same order and is validated on the same batches, with the same token budget.
+given config with three fields changed: config.model.ssa (the variant's SSA preset, configs/models.py
+SSA_VARIANTS, applied on top of the config's own SSA section, so --config.model.ssa.* overrides reach every SSA
+variant), config.model.attention_kind (its attention method, ATTENTION_VARIANTS: a name such as `ssa+gated` joins
+one of each with '+'; none is 'softmax') and config.seed (the initialisation). The data section is left alone:
+every run reads the same training batches in the same order and is validated on the same batches, with the same
+token budget.
 
 A run already in WORKDIR resumes from its checkpoint, and a complete one is not trained again, so an
 interrupted comparison (Ctrl-C saves a checkpoint) continues when the same command is run again; a run
@@ -51,17 +53,36 @@ def parse_list(text: str, flag: str, cast=str) -> list:
   return values
 
 
+def variant_parts(variant: str) -> tuple[str, str]:
+  """(SSA preset, attention_kind) of a variant name: '+'-joined parts, at most one from configs/models.py
+  SSA_VARIANTS ('vanilla' when none) and one from ATTENTION_VARIANTS ('softmax' when none), e.g. 'ssa+gated'."""
+  expected = (f"expected '+'-joined names from configs/models.py, at most one of SSA_VARIANTS "
+              f"{sorted(models.SSA_VARIANTS)} and one of ATTENTION_VARIANTS {sorted(models.ATTENTION_VARIANTS)}")
+  ssa, attention = [], []
+  for part in variant.split("+"):
+    if part in models.SSA_VARIANTS:
+      ssa.append(part)
+    elif part in models.ATTENTION_VARIANTS:
+      attention.append(models.ATTENTION_VARIANTS[part])
+    else:
+      where = f" in {variant!r}" if "+" in variant else ""
+      raise ConfigError(f"--variants: unknown variant {part!r}{where}; {expected}")
+  if len(ssa) > 1 or len(attention) > 1:
+    raise ConfigError(f"--variants: {variant!r} has more than one SSA or attention part; {expected}")
+  return (ssa or ["vanilla"])[0], (attention or ["softmax"])[0]
+
+
 def variant_config(base: ml_collections.ConfigDict, variant: str, seed: int) -> ml_collections.ConfigDict:
-  """`base` with config.model.ssa updated by the variant's preset and config.seed = seed (a private copy)."""
-  if variant not in models.SSA_VARIANTS:
-    raise ConfigError(f"--variants: unknown variant {variant!r}; expected names from configs/models.py "
-                      f"SSA_VARIANTS: {sorted(models.SSA_VARIANTS)}")
+  """`base` with config.model.ssa updated by the variant's SSA preset, config.model.attention_kind set by its
+  attention part and config.seed = seed (a private copy)."""
+  ssa_preset, attention_kind = variant_parts(variant)
   config = ml_collections.ConfigDict(base.to_dict())
   ssa = config.model.ssa
   for key, value in models.SSA_DEFAULTS.items():  # a field the given config's section lacks gets its default
     if key not in ssa:
       ssa[key] = value
-  ssa.update(models.SSA_VARIANTS[variant])
+  ssa.update(models.SSA_VARIANTS[ssa_preset])
+  config.model.attention_kind = attention_kind  # every variant names its method: none is 'softmax'
   config.seed = int(seed)
   # The final checkpoints are evaluated by this command (--eval_tasks), once, after all runs have trained.
   config.eval.at_end = False
@@ -169,8 +190,9 @@ def define_flags() -> None:
   config_flags.DEFINE_config_file("config", "configs/compare_tiny.py", "Base run config (a file in configs/).")
   flags.DEFINE_string("workdir", None, "Directory for the runs (WORKDIR/runs/<variant>_seed<seed>) and the report.")
   flags.DEFINE_string("variants", "vanilla,ssa,ssa_ws",
-                      "Comma-separated SSA presets of configs/models.py; the first ('vanilla' if given) is the "
-                      "reference of the ratios and the verdict.")
+                      "Comma-separated variants: SSA presets and attention methods of configs/models.py "
+                      "(SSA_VARIANTS, ATTENTION_VARIANTS), one of each joined by '+' (e.g. 'ssa+gated'); the "
+                      "first ('vanilla' if given) is the reference of the ratios and the verdict.")
   flags.DEFINE_string("seeds", "0,1", "Comma-separated initialisation seeds (config.seed); the data order is shared.")
   flags.DEFINE_string("eval_tasks", "", "Zero-shot tasks for every final checkpoint (eval.py's names), e.g. "
                       "'piqa,arc_easy'; '' = none.")
