@@ -24,7 +24,7 @@ from tiny_models import random_buffers, tiny_config, with_random_temperatures
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 TOKEN_KINDS = ("mlp", "shared", "frequency")
-POSITION_KINDS = ("log", "yarn", "constant", "ssmax", "llama4")
+POSITION_KINDS = ("log", "yarn", "constant", "ssmax", "llama4", "logn")
 
 
 def load_config(name: str):
@@ -113,6 +113,7 @@ def test_position_kinds_equal_their_formulas(position_kind):
       "constant": lambda: np.broadcast_to(np.exp(p["log_tau"]), (3, 4)),
       "ssmax": lambda: _softplus(p["ssmax_s"]) * np.log(n_T1),  # Scalable-Softmax: no "1 +"
       "llama4": lambda: np.broadcast_to(np.log(np.floor(n_T1 / 50.0) + 1.0) * 0.3 + 1.0, (3, 4)),
+      "logn": lambda: np.ones((3, 4)),  # every n of the test is within the training length
   }[position_kind]()
   np.testing.assert_allclose(tau_TH, expected, rtol=1e-5, atol=1e-6)
 
@@ -142,12 +143,23 @@ def test_llama4_temperature_tuning_equals_its_formula(floor_scale, n):
   assert (tau == 1.0) == (n < floor_scale)
 
 
+@pytest.mark.parametrize("n", [1, 2, 15, 16, 17, 64, 1000])
+def test_logn_is_qwens_log_n_scaling(n):
+  # Qwen's modeling_qwen.py: logn_list = [math.log(i, seq_length) if i > seq_length else 1 for i in range(1, ...)],
+  # the query times logn_list[n - 1]; here seq_length is position_reference_len.
+  ssa = SSAConfig(enabled=True, token=False, position_kind="logn", value=False, position_reference_len=16)
+  module, params, x, positions = _temperature(ssa, max_seq_len=1024, positions=[n - 1])
+  assert params == {}  # nothing learned
+  tau = float(np.asarray(module.apply({"params": params}, x, positions))[0, 0, 0])
+  assert tau == pytest.approx(math.log(n, 16) if n > 16 else 1, rel=1e-6)
+
+
 def test_llama4_defaults_are_transformers_published_ones():
   ssa = SSAConfig()
   assert (ssa.llama4_floor_scale, ssa.llama4_attn_scale) == (8192.0, 0.1)
 
 
-@pytest.mark.parametrize("position_kind", ["yarn", "constant", "ssmax", "llama4"])
+@pytest.mark.parametrize("position_kind", ["yarn", "constant", "ssmax", "llama4", "logn"])
 def test_query_only_position_kinds_leave_the_value_its_token_term(position_kind):
   # tau_v = 1 + tanh(f_v(x)): the position term is the constant 1 for v, whatever the query gets.
   ssa = SSAConfig(enabled=True, token_kind="mlp", position_kind=position_kind)

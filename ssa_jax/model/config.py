@@ -22,8 +22,8 @@ from ssa_jax.errors import ConfigError
 FAMILIES = ("gpt2", "neox", "llama")
 # SSA's two temperature terms, chosen independently (docs/ssa.md; every row of the paper's Table 8 is one pair).
 TOKEN_KINDS = ("mlp", "shared", "frequency")
-POSITION_KINDS = ("log", "yarn", "constant", "ssmax", "llama4")
-QUERY_ONLY_POSITION_KINDS = ("yarn", "constant", "ssmax", "llama4")  # logit temperatures in their sources
+POSITION_KINDS = ("log", "yarn", "constant", "ssmax", "llama4", "logn")
+QUERY_ONLY_POSITION_KINDS = ("yarn", "constant", "ssmax", "llama4", "logn")  # logit temperatures in their sources
 WEIGHT_SHARING_SCOPES = ("layer", "head")
 ACTIVATIONS = ("gelu_tanh", "gelu", "silu")
 ATTENTION_IMPLS = ("auto", "xla", "cudnn", "splash")
@@ -77,6 +77,7 @@ class SSAConfig:
   # The position the start above is pinned at: the training window (configs/base.py sets it to train.seq_len,
   # the paper's context window); 0 = the model's max_seq_len (checkpoints and exports made before this field).
   # Only the initial value of alpha / a depends on it: a trained or imported coefficient is restored as it is.
+  # 'logn' reads it as Qwen's training length L: max(1, ln n / ln L).
   position_reference_len: int = 0
   # 'yarn': YaRN scales q and k each by sqrt(1/t) = 0.1 ln s + 1 (so the logits by its square); s is read as
   # the position n and the square goes on the query alone (a logit temperature of the query's position).

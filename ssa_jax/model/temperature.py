@@ -90,6 +90,10 @@ class Temperature(nn.Module):
       # transformers' Llama4: log(floor((cache_position + 1) / floor_scale) + 1) * attn_scale + 1.
       steps_BT1 = jnp.floor(n_BT1 / ssa.llama4_floor_scale)
       return jnp.broadcast_to(1.0 + ssa.llama4_attn_scale * jnp.log(steps_BT1 + 1.0), shape)
+    if kind == "logn":
+      # Qwen's log-n scaling (modeling_qwen.py's logn_list): log_L(n) past the training length L, else 1.
+      log_train_len = math.log(ssa.reference_len(self.max_seq_len))
+      return jnp.broadcast_to(jnp.maximum(1.0, log_n_BT1 / log_train_len), shape)
     if kind == "constant":
       return jnp.broadcast_to(jnp.exp(per_head("log_tau", 0.0)), shape)
     if kind == "ssmax":
