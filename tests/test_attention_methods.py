@@ -22,9 +22,9 @@ from ssa_jax.experiments.compare.cli import variant_config
 from ssa_jax.formats.hf import to_hf
 from ssa_jax.model.attention import SelectiveSelfAttention
 from ssa_jax.model.config import ModelConfig, SSAConfig
-from ssa_jax.model.decoder import Decoder, init_cache
+from ssa_jax.model.decoder import Decoder
 from ssa_jax.model.params import init_variables, param_counts
-from tiny_models import tiny_config, with_random_temperatures
+from tiny_models import cached_decode_logits, tiny_config, with_random_temperatures
 
 GATED = ["gated_head", "gated_element"]
 
@@ -141,14 +141,8 @@ def test_kv_cache_decoding_matches_full_forward_with_ssa_and_a_gate(family, kind
   params = _with_random_gates(with_random_temperatures(init_variables(cfg, jax.random.PRNGKey(0))["params"]))
   tokens = np.random.default_rng(1).integers(0, cfg.vocab_size, (2, 12))
   full = np.asarray(model.apply({"params": params}, tokens))
-  step = jax.jit(lambda p, t, c: model.apply({"params": p}, t, cache=c))
-  cache = init_cache(cfg, batch_size=2, max_len=16)
-  prefill, cache = step(params, tokens[:, :5], cache)  # a multi-token prefill, then one token at a time
-  pieces = [np.asarray(prefill)]
-  for t in range(5, tokens.shape[1]):
-    logits, cache = step(params, tokens[:, t : t + 1], cache)
-    pieces.append(np.asarray(logits))
-  np.testing.assert_allclose(np.concatenate(pieces, axis=1), full, atol=2e-5, rtol=1e-5)
+  cached, _ = cached_decode_logits(model, params, tokens, max_len=16)
+  np.testing.assert_allclose(cached, full, atol=2e-5, rtol=1e-5)
   softmax = Decoder(dataclasses.replace(cfg, attention_kind="softmax"))
   without_gate = traverse_util.unflatten_dict({p: v for p, v in traverse_util.flatten_dict(params).items()
                                                if "output_gate" not in p})

@@ -11,9 +11,9 @@ from flax import traverse_util
 
 from ssa_jax.errors import ConfigError
 from ssa_jax.model.config import ModelConfig, SSAConfig, model_config_from_dict
-from ssa_jax.model.decoder import Decoder, init_cache
+from ssa_jax.model.decoder import Decoder
 from ssa_jax.model.params import init_variables, param_counts, ssa_groups
-from tiny_models import random_buffers, tiny_config, with_random_temperatures
+from tiny_models import cached_decode_logits, random_buffers, tiny_config, with_random_temperatures
 
 
 @pytest.mark.parametrize("family", ["gpt2", "neox", "llama"])
@@ -24,15 +24,9 @@ def test_kv_cache_decoding_matches_full_forward_with_ssa(family):
   tokens = np.random.default_rng(1).integers(0, cfg.vocab_size, (2, 14))
   full = np.asarray(model.apply({"params": params}, tokens))
 
-  step = jax.jit(lambda p, t, c: model.apply({"params": p}, t, cache=c))
-  cache = init_cache(cfg, batch_size=2, max_len=20)
-  prefill, cache = step(params, tokens[:, :5], cache)  # a multi-token prefill, then one token at a time
-  pieces = [np.asarray(prefill)]
-  for t in range(5, tokens.shape[1]):
-    logits, cache = step(params, tokens[:, t : t + 1], cache)
-    pieces.append(np.asarray(logits))
-  assert int(cache.index) == tokens.shape[1]
-  np.testing.assert_allclose(np.concatenate(pieces, axis=1), full, atol=2e-5, rtol=1e-5)
+  cached, index = cached_decode_logits(model, params, tokens, max_len=20)
+  assert index == tokens.shape[1]
+  np.testing.assert_allclose(cached, full, atol=2e-5, rtol=1e-5)
 
 
 GPT2_SMALL = dict(family="gpt2", vocab_size=50257, d_model=768, num_layers=12, num_heads=12, mlp_dim=3072,

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
 from ssa_jax.model.config import ModelConfig, SSAConfig
-from ssa_jax.model.decoder import TOKEN_FEATURE, uses_token_feature
+from ssa_jax.model.decoder import TOKEN_FEATURE, Decoder, init_cache, uses_token_feature
 
 FAMILY_EXTRAS = {
     "gpt2": dict(qkv_bias=True, out_bias=True, mlp_bias=True, tie_embeddings=True),
@@ -37,3 +38,16 @@ def random_buffers(cfg: ModelConfig, seed: int = 0) -> dict:
   if not uses_token_feature(cfg):
     return {}
   return {TOKEN_FEATURE: jnp.asarray(np.random.default_rng(seed).normal(size=cfg.vocab_size), jnp.float32)}
+
+
+def cached_decode_logits(model: Decoder, params, tokens_BT: np.ndarray, max_len: int, prefill: int = 5):
+  """(logits (B, T, V) from a KV cache: a multi-token prefill of `prefill` tokens, then one token at a time; the
+  cache's final index)."""
+  step = jax.jit(lambda p, t, c: model.apply({"params": p}, t, cache=c))
+  cache = init_cache(model.config, batch_size=tokens_BT.shape[0], max_len=max_len)
+  logits, cache = step(params, tokens_BT[:, :prefill], cache)
+  pieces = [np.asarray(logits)]
+  for t in range(prefill, tokens_BT.shape[1]):
+    logits, cache = step(params, tokens_BT[:, t : t + 1], cache)
+    pieces.append(np.asarray(logits))
+  return np.concatenate(pieces, axis=1), int(cache.index)

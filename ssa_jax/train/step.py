@@ -75,20 +75,7 @@ def make_train_step(model: Decoder, tx: optax.GradientTransformation, schedule: 
     if microbatches == 1:
       loss, stats, grads = grads_of(state, tokens)
     else:
-      tokens_MBT = strided_microbatches(tokens, microbatches)
-      denominator = None
-      if document_eos_id is not None:
-        denominator = jnp.sum(tokens[:, :-1] != document_eos_id, dtype=jnp.float32) / microbatches
-
-      def accumulate(carry, mb_tokens):
-        loss, stats, grads = grads_of(state, mb_tokens, denominator)
-        return jax.tree_util.tree_map(jnp.add, carry, (loss, stats, grads)), None
-
-      zero = jax.tree_util.tree_map(jnp.zeros_like, jax.eval_shape(lambda: grads_of(state, tokens_MBT[0])))
-      total, _ = jax.lax.scan(accumulate, zero, tokens_MBT)
-      # Equal-sized microbatches (or, under document masking, equal denominators): the mean of their losses (and
-      # gradients) is the whole batch's.
-      loss, stats, grads = jax.tree_util.tree_map(lambda x: x / microbatches, total)
+      loss, stats, grads = _accumulated(functools.partial(grads_of, state), tokens, microbatches, document_eos_id)
 
     grad_norm = optax.global_norm(grads)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
@@ -103,6 +90,24 @@ def make_train_step(model: Decoder, tx: optax.GradientTransformation, schedule: 
     return new_state, metrics
 
   return train_step
+
+
+def _accumulated(grads_of: Callable, tokens_BT1: jax.Array, microbatches: int, document_eos_id: int | None):
+  """(loss, stats, grads) of the whole batch from `grads_of(tokens, denominator)` over M strided microbatches, in
+  a scan (one microbatch's activations alive at a time)."""
+  tokens_MBT = strided_microbatches(tokens_BT1, microbatches)
+  denominator = None
+  if document_eos_id is not None:
+    denominator = jnp.sum(tokens_BT1[:, :-1] != document_eos_id, dtype=jnp.float32) / microbatches
+
+  def accumulate(carry, mb_tokens):
+    return jax.tree_util.tree_map(jnp.add, carry, grads_of(mb_tokens, denominator)), None
+
+  zero = jax.tree_util.tree_map(jnp.zeros_like, jax.eval_shape(lambda: grads_of(tokens_MBT[0])))
+  total, _ = jax.lax.scan(accumulate, zero, tokens_MBT)
+  # Equal-sized microbatches (or, under document masking, equal denominators): the mean of their losses (and
+  # gradients) is the whole batch's.
+  return jax.tree_util.tree_map(lambda x: x / microbatches, total)
 
 
 def _where(finite: jax.Array, new, old):
