@@ -1,4 +1,5 @@
-"""Train-step time of SSA base and weight sharing over vanilla, same model, batch and device, in one run.
+"""Train-step time of SSA base, weight sharing and the attention methods over vanilla, same model, batch and
+device, in one run.
 
   python bench/bench_step.py --model=tiny --batch=16 --seq_len=256            # CPU-sized
   python bench/bench_step.py --model=pythia160m --batch=8 --seq_len=2048 --dtype=bfloat16 --peer=torch   # a GPU
@@ -30,6 +31,7 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 from configs import base, models  # noqa: E402
+from ssa_jax.experiments.compare.cli import variant_parts  # noqa: E402
 from ssa_jax.formats.hf import config_to_hf  # noqa: E402
 from ssa_jax.model.config import ModelConfig, model_config_from_dict  # noqa: E402
 from ssa_jax.model.decoder import Decoder  # noqa: E402
@@ -45,9 +47,12 @@ from ssa_jax.train.step import jit_train_step  # noqa: E402
 NORMS = "+norms"  # a variant with this suffix also computes the per-layer norms (config.train.layer_norms)
 
 
-def variant_config(ssa: str, args: argparse.Namespace) -> ModelConfig:
-  """The ModelConfig of one SSA variant ('vanilla', 'ssa', 'ssa_ws') of --model, with the bench's settings."""
+def variant_config(variant: str, args: argparse.Namespace) -> ModelConfig:
+  """The ModelConfig of one comparison variant of --model ('vanilla', 'ssa', 'ssa_ws', an attention method such as
+  'fox', or both joined as 'ssa+gated': compare.cli.variant_parts), with the bench's settings."""
+  ssa, attention_kind = variant_parts(variant)
   mcfg = models.model_config(args.model, ssa)
+  mcfg.attention_kind = attention_kind
   mcfg.dtype, mcfg.remat, mcfg.max_seq_len = args.dtype, args.remat, max(args.seq_len, mcfg.max_seq_len)
   return model_config_from_dict(mcfg)
 
@@ -171,7 +176,8 @@ def main() -> None:
   p.add_argument("--rounds", type=int, default=4)
   p.add_argument("--warmup", type=int, default=3)
   p.add_argument("--variants", default="vanilla,ssa,ssa_ws",
-                 help="comma-separated: vanilla, ssa, ssa_ws; a '+norms' suffix (ssa+norms) adds the per-layer norms")
+                 help="comma-separated comparison variants (vanilla, ssa, ssa_ws, gated, diff, fox, leviathan, "
+                 "ssa+gated, ...); a '+norms' suffix (ssa+norms) adds the per-layer norms")
   p.add_argument("--peer", default="none", choices=("none", "torch"))
   p.add_argument("--json", default="", help="also write the results to this file")
   args = p.parse_args()

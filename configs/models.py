@@ -43,6 +43,9 @@ SSA_VARIANTS = {
 ATTENTION_VARIANTS = {
     "gated": "gated_element",  # the per-element gate the gated-attention paper recommends (Qwen3-Next's)
     "gated_head": "gated_head",
+    "diff": "differential",
+    "fox": "forgetting",
+    "leviathan": "leviathan",
 }
 
 # Every other field's default, read from the dataclasses (stated once, there).

@@ -21,8 +21,9 @@ from ssa_jax.errors import ConfigError
 from ssa_jax.experiments.compare.cli import variant_config
 from ssa_jax.formats.hf import to_hf
 from ssa_jax.model.attention import SelectiveSelfAttention
-from ssa_jax.model.config import ModelConfig, SSAConfig
+from ssa_jax.model.config import ATTENTION_KINDS, ModelConfig, SSAConfig
 from ssa_jax.model.decoder import Decoder
+from ssa_jax.model.methods import METHODS
 from ssa_jax.model.params import init_variables, param_counts
 from tiny_models import cached_decode_logits, tiny_config, with_random_temperatures
 
@@ -173,9 +174,26 @@ def test_parameter_counts_report_the_method_beside_ssa(kind, per_layer):
 
 
 def test_attention_kind_takes_only_the_methods_that_exist():
-  with pytest.raises(ConfigError, match=r"config\.model\.attention_kind: unknown 'differential'"):
-    dataclasses.replace(tiny_config("llama"), attention_kind="differential").validate()
+  with pytest.raises(ConfigError, match=r"config\.model\.attention_kind: unknown 'diff'; expected one of"):
+    dataclasses.replace(tiny_config("llama"), attention_kind="diff").validate()
   assert models.model_config("tiny").attention_kind == "softmax"  # the dataclass default reaches the presets
+  # Every config name has its module, every comparison name a config name, and each module its own scope.
+  assert tuple(METHODS) == ATTENTION_KINDS
+  assert set(models.ATTENTION_VARIANTS.values()) <= set(ATTENTION_KINDS) - {"softmax"}
+  names = {cls.layer_name for kind, cls in METHODS.items()}
+  assert len(names) == len(set(METHODS.values())) and not names & {"q", "k", "v", "o", "ssa_q", "ssa_k", "ssa_v"}
+
+
+@pytest.mark.parametrize("kind", ["forgetting", "leviathan"])
+def test_an_xla_only_method_refuses_a_fused_kernel_by_name(kind):
+  with pytest.raises(ConfigError, match=rf"config\.model\.attention_impl: attention_kind '{kind}' runs XLA"):
+    dataclasses.replace(tiny_config("llama"), attention_kind=kind, attention_impl="splash").validate()
+  dataclasses.replace(tiny_config("llama"), attention_kind=kind, attention_impl="xla").validate()
+
+
+def test_differential_attention_refuses_an_odd_number_of_heads():
+  with pytest.raises(ConfigError, match=r"config\.model\.num_heads: attention_kind 'differential' pairs heads"):
+    dataclasses.replace(tiny_config("llama"), num_kv_heads=1, attention_kind="differential").validate()
 
 
 def test_comparison_variants_join_an_ssa_preset_and_an_attention_method():

@@ -1,9 +1,12 @@
 """The synthetic studies reproduce the paper's qualitative claims on real (seeded, reduced) runs."""
 
+import json
+
 import numpy as np
 import pytest
 
 from ssa_jax.experiments import denoise, graph, imbalance
+from ssa_jax.runtime import cli_errors
 
 
 def test_graph_target_map_matches_the_graph_of_fig3():
@@ -67,3 +70,43 @@ def test_imbalance_position_temperature_beats_best_flat_and_matches_prop2():
 def test_imbalance_rejects_power_that_cannot_be_realised():
   with pytest.raises(ValueError, match="powers"):
     imbalance.power_sequence(32, 1.5)
+
+
+# The attention-method variants (--variants; ssa_jax.experiments.methods_adapter), end to end on tiny budgets.
+
+
+def test_graph_takes_a_method_variant_and_composes_it_with_ssa(tmp_path):
+  graph.main(["--variants=ssa,ssa+gated", "--seeds", "0", "--steps", "3", "--batch_size", "16",
+              "--log_every", "0", "--out_dir", str(tmp_path)])
+  payload = json.loads((tmp_path / "graph.json").read_text())
+  s = payload["summary"]
+  assert set(s) == {"ssa", "ssa+gated"}
+  run = next(r for r in payload["runs"] if r["variant"] == "ssa+gated")
+  np.testing.assert_allclose(np.sum(run["p_hat"], 1), 1.0, rtol=1e-5)  # the prediction is a distribution
+  assert s["ssa+gated"]["err_map"]["mean"] != s["ssa"]["err_map"]["mean"]  # the gate's module did run
+
+
+def test_denoise_takes_a_method_variant(tmp_path):
+  denoise.main(["--variants=gated", "--seeds", "0", "--steps", "3", "--eval_size", "64",
+                "--log_every", "0", "--out_dir", str(tmp_path)])
+  payload = json.loads((tmp_path / "denoise.json").read_text())
+  assert 0.0 < payload["summary"]["gated"]["risk"]["mean"] < 4.0
+
+
+def test_imbalance_takes_a_method_variant():
+  config = imbalance.default_config()
+  config.update(steps=3, powers=(), flat_taus=(1.0,), variants="ssa+gated")
+  payload = imbalance.run(config)
+  assert list(payload["summary"]["ssa+gated"]) == ["loss_quadrant"]
+  assert np.isfinite(payload["runs"][0]["loss_quadrant"])
+
+
+@pytest.mark.parametrize("variants,message", [
+    ("vanilla,bogus", "graph: --variants: unknown variant 'bogus'"),
+    ("ssa_ws", "graph has no counterpart of 'ssa_ws'"),
+])
+def test_bad_variant_names_are_one_line_errors(variants, message, capsys):
+  with pytest.raises(SystemExit) as exit_info:
+    cli_errors.run_argv(graph.main, [f"--variants={variants}", "--steps", "1"])
+  err = capsys.readouterr().err
+  assert exit_info.value.code == 2 and message in err and err.count("\n") == 1, err

@@ -172,11 +172,17 @@ def test_cli_writes_json_and_png(tmp_path, capsys):
     params_s[f"layers_{i}"]["attn"]["ssa_q"]["log_tau"] = jnp.full((4,), np.log(3.0))
   save_model(tmp_path / "v", vanilla.config, {"params": params_v, "buffers": {}}, run_config={"train": {"seq_len": 16}})
   save_model(tmp_path / "s", ssa.config, {"params": params_s, "buffers": {}}, run_config={"train": {"seq_len": 16}})
-  norms.main([str(tmp_path / "v"), str(tmp_path / "s"), "--labels=vanilla,ssa", f"--text_file={text_path}",
-              f"--tokenizer={tok_path}", "--tokens=40", f"--output_dir={tmp_path / 'out'}"])
+  # A method whose rows are no softmax rows (a forget gate decays them): norms, but no spikiness.
+  fox, params_f = make({**NEOX, "attention_kind": "forgetting"}, qk_gain=4.0)
+  save_model(tmp_path / "f", fox.config, {"params": params_f, "buffers": {}}, run_config={"train": {"seq_len": 16}})
+  norms.main([str(tmp_path / "v"), str(tmp_path / "s"), str(tmp_path / "f"), "--labels=vanilla,ssa,fox",
+              f"--text_file={text_path}", f"--tokenizer={tok_path}", "--tokens=40", f"--output_dir={tmp_path / 'out'}"])
   results = json.loads((tmp_path / "out" / "norms.json").read_text())
   assert (tmp_path / "out" / "norms.png").stat().st_size > 1000
-  assert [r["label"] for r in results] == ["vanilla", "ssa"]
+  assert [r["label"] for r in results] == ["vanilla", "ssa", "fox"]
+  fox_s = results[2]["summary"]
+  assert fox_s["spikiness"]["mean"] is None and fox_s["spikiness"]["per_token"] == []
+  assert len(fox_s["spec_raw"]["per_token"]) == 40 and results[0]["summary"]["spikiness"]["mean"] > 0
   assert results[0]["window"] == 16 and len(results[0]["summary"]["spec_raw"]["per_token"]) == 40
   ssa_s = results[1]["summary"]
   assert ssa_s["spec_eff"]["mean"] == pytest.approx(3.0 * ssa_s["spec_raw"]["mean"], rel=1e-5)

@@ -10,7 +10,7 @@ import pytest
 from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
 
 from ssa_jax.errors import ConfigError
-from ssa_jax.model.attention import kernel_implementation
+from ssa_jax.model.kernels import kernel_implementation
 from ssa_jax.model.config import ModelConfig, SSAConfig
 from ssa_jax.model.decoder import Decoder
 from ssa_jax.model.params import init_variables

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from flax import traverse_util
 
-from ssa_jax.model.attention import SelectiveSelfAttention, attention_weights, weighted_values
+from ssa_jax.model.attention import SelectiveSelfAttention
+from ssa_jax.model.kernels import attention_weights, weighted_values
 from ssa_jax.model.config import ModelConfig, SSAConfig
 from ssa_jax.model.decoder import Decoder
 from ssa_jax.model.params import init_variables

@@ -14,7 +14,7 @@ import pytest
 from flax import traverse_util
 
 from ssa_jax.errors import ConfigError
-from ssa_jax.model.attention import kernel_implementation
+from ssa_jax.model.kernels import kernel_implementation
 from ssa_jax.model.config import SSAConfig, model_config_from_dict
 from ssa_jax.model.decoder import Decoder
 from ssa_jax.model.params import init_variables, ssa_groups

@@ -1,15 +1,10 @@
-"""The training system end to end: resume after SIGKILL (twice), SIGTERM, a run of 8 devices resumed on one
+"""The training system end to end (interrupted runs: test_train_interrupts.py): a run of 8 devices resumed on one
 with the same losses, the end-of-run held-out and validation losses against numpy, non-finite steps, the demo
 command, config errors before any compile, a workdir of another config refused, a complete run left alone, an
 empty validation split, and a stop after the step under way."""
 
 import json
-import os
 import re
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import jax
@@ -24,48 +19,15 @@ from ssa_jax.train import preflight
 from ssa_jax.train.loop import train
 from ssa_jax.train.preflight import prepare
 from split_loss_reference import checkpoint_loss, windows
-from train_configs import tiny_run_config
+from train_runs import (REPO, demo_corpus, demo_run_config, run_cli_args, run_final_params, run_losses,
+                        run_python)
 
-REPO = Path(__file__).resolve().parents[1]
 needs_8 = pytest.mark.skipif(jax.device_count() < 8, reason="needs XLA_FLAGS=--xla_force_host_platform_device_count=8")
 
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
-  """The demo corpus (SlimPajama layout) and a small BPE trained on it, in a private cache."""
-  from ssa_jax.data import demo
-
-  cache = tmp_path_factory.mktemp("cache")
-  return demo.ensure_demo_corpus(str(cache)), demo.ensure_demo_tokenizer(str(cache), 512)
-
-
-def _config(corpus, **train):
-  config = tiny_run_config(corpus[0], corpus[1], **train)
-  config.model.vocab_size = 512
-  return config
-
-
-def _losses(workdir):
-  lines = [json.loads(l) for l in (Path(workdir) / "metrics.jsonl").read_text().splitlines()]
-  return {r["step"]: r["loss"] for r in lines if "loss" in r}
-
-
-def _cli_args(config, workdir):
-  """The config as --config.x=y overrides of configs/tiny_ssa.py (what a user would type)."""
-  c = config
-  over = {
-      "model.vocab_size": c.model.vocab_size, "model.d_model": c.model.d_model, "model.num_layers": c.model.num_layers,
-      "model.num_heads": c.model.num_heads, "model.mlp_dim": c.model.mlp_dim, "model.max_seq_len": c.model.max_seq_len,
-      "data.path": c.data.path, "data.tokenizer_path": c.data.tokenizer_path,
-      **{f"train.{k}": v for k, v in c.train.items()}, "eval.at_end": False, "eval.passkey": False,
-  }
-  return [f"--config={REPO}/configs/tiny_ssa.py", f"--workdir={workdir}"] + [f"--config.{k}={v}" for k, v in over.items()]
-
-
-def _run(args, env_extra=None, check=True):
-  env = {**os.environ, **(env_extra or {})}
-  return subprocess.run([sys.executable, *args], cwd=REPO, env=env, capture_output=True, text=True, check=check,
-                        timeout=600)
+  return demo_corpus(tmp_path_factory)
 
 
 def _assert_results_equal_a_numpy_reference(config, workdir) -> None:
@@ -92,83 +54,10 @@ def _assert_results_equal_a_numpy_reference(config, workdir) -> None:
   assert val["val_ppl"] == pytest.approx(np.exp(want_val), rel=1e-5, abs=0)
 
 
-def _final_params(workdir):
-  _, variables, _ = checkpoint.load_model(Path(workdir) / "checkpoints")
-  return traverse_util.flatten_dict(jax.device_get(variables["params"]))
-
-
-def test_resume_after_sigkill_twice_is_exact(corpus, tmp_path):
-  config = _config(corpus, steps=20, checkpoint_every=5, async_checkpoints=True)
-  straight = tmp_path / "straight"
-  train(config, str(straight))
-
-  resumed = tmp_path / "resumed"
-  driver = str(REPO / "tests" / "kill_after_checkpoint.py")
-  for kill_at in (10, 15):
-    proc = _run([driver, *_cli_args(config, resumed)], {"KILL_AT_STEP": str(kill_at)}, check=False)
-    assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
-  proc = _run([str(REPO / "train.py"), *_cli_args(config, resumed)])
-  assert "resumed from" in proc.stderr
-
-  assert _losses(resumed) == _losses(straight)
-  assert sorted(_losses(straight)) == list(range(1, 21))
-  a, b = _final_params(straight), _final_params(resumed)
-  assert a.keys() == b.keys()
-  for k in a:
-    np.testing.assert_array_equal(a[k], b[k], err_msg="/".join(k))
-
-
-def test_sigterm_checkpoints_the_current_step(corpus, tmp_path):
-  config = _config(corpus, steps=100_000, checkpoint_every=0, log_every=1)
-  workdir = tmp_path / "run"
-  proc = subprocess.Popen([sys.executable, str(REPO / "train.py"), *_cli_args(config, workdir)], cwd=REPO,
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-  metrics = workdir / "metrics.jsonl"
-  deadline = time.time() + 300
-  while time.time() < deadline and not (metrics.exists() and len(metrics.read_text().splitlines()) >= 3):
-    time.sleep(0.2)
-  proc.send_signal(signal.SIGTERM)
-  out, err = proc.communicate(timeout=300)
-  assert proc.returncode == 0, err[-3000:]
-  summary = json.loads(out[out.index("{"):])
-  assert summary["stopped"] == "SIGTERM" and summary["step"] >= 3
-  root, step = checkpoint.resolve_step_dir(workdir / "checkpoints")
-  assert step == summary["step"]
-
-
-def test_ctrl_c_checkpoints_and_the_rerun_resumes_exactly(corpus, tmp_path):
-  """Ctrl-C twice exits at once; once, it finishes the step, checkpoints it, exits 130; the re-run resumes."""
-  config = _config(corpus, steps=14, checkpoint_every=4, async_checkpoints=True)
-  straight = tmp_path / "straight"
-  train(config, str(straight))
-
-  interrupted = tmp_path / "interrupted"
-  driver = str(REPO / "tests" / "kill_after_checkpoint.py")
-  twice = {"KILL_AT_STEP": "4", "KILL_SIGNAL": "SIGINT", "KILL_TIMES": "2"}
-  proc = _run([driver, *_cli_args(config, interrupted)], twice, check=False)
-  assert proc.returncode == -signal.SIGINT, proc.stderr[-3000:]  # killed by the second Ctrl-C, no clean-up
-
-  proc = _run([driver, *_cli_args(config, interrupted)], {"KILL_AT_STEP": "8", "KILL_SIGNAL": "SIGINT"}, check=False)
-  assert proc.returncode == 130, proc.stderr[-3000:]
-  assert "taking over the stale lock" in proc.stderr  # the killed run could not remove its lock
-  assert f"resumed from {interrupted}/checkpoints/4" in proc.stderr
-  assert "Ctrl-C: saving a checkpoint" in proc.stderr and "Traceback" not in proc.stderr
-  summary = json.loads(proc.stdout[proc.stdout.index("{"):])
-  assert summary["stopped"] == "SIGINT" and summary["step"] == 9, summary  # the step under way, then saved
-  assert not (interrupted / "train.lock").exists()
-
-  proc = _run([str(REPO / "train.py"), *_cli_args(config, interrupted)])
-  assert f"resumed from {interrupted}/checkpoints/9" in proc.stderr
-  assert _losses(interrupted) == _losses(straight)
-  a, b = _final_params(straight), _final_params(interrupted)
-  for k in a:
-    np.testing.assert_array_equal(a[k], b[k], err_msg="/".join(k))
-
-
 def _config_8_devices(corpus, **train_fields):
   """8 steps on a data x fsdp x tensor mesh of 8 devices; warmup to step 6, then a constant rate (a run of 4
   steps and one of 8 share their first learning rates, where cosine would decay each to its own end)."""
-  config = _config(corpus, steps=8, checkpoint_every=4, schedule="constant", warmup_steps=6, **train_fields)
+  config = demo_run_config(corpus, steps=8, checkpoint_every=4, schedule="constant", warmup_steps=6, **train_fields)
   config.mesh.update(dict(data=2, fsdp=2, tensor=2))
   return config
 
@@ -192,7 +81,7 @@ def test_heldout_and_validation_losses_equal_a_numpy_log_softmax_over_the_same_w
 
 
 @needs_8
-def test_a_run_of_8_devices_resumed_on_one_continues_with_the_same_losses(corpus, straight_8, tmp_path,
+def test_a_run_of_8_devices_resumed_on_one_continues_with_the_samerun_losses(corpus, straight_8, tmp_path,
                                                                           monkeypatch):
   """Steps 1-4 on 8 devices, steps 5-8 resumed on one device: the losses of the uninterrupted 8-device run,
   step by step. Steps 5-6 are still in warmup (the schedule must continue from the global step), and Adam's
@@ -221,7 +110,7 @@ def test_a_run_of_8_devices_resumed_on_one_continues_with_the_same_losses(corpus
   config.mesh.update(dict(data=-1, fsdp=1, tensor=1, num_devices=1))
   config.train.steps = 8
   assert train(config, str(tmp_path / "run"))["step"] == 8
-  straight, resumed = _losses(straight_8[1]), _losses(tmp_path / "run")
+  straight, resumed = run_losses(straight_8[1]), run_losses(tmp_path / "run")
   assert sorted(straight) == sorted(resumed) == list(range(1, 9))
   assert [resumed[s] for s in range(1, 5)] == [straight[s] for s in range(1, 5)]  # the same 8-device steps
   # Steps 5-8 differ from the 8-device run's only by the order of float32 sums (tensor-parallel matmuls, the
@@ -232,20 +121,20 @@ def test_a_run_of_8_devices_resumed_on_one_continues_with_the_same_losses(corpus
 
 
 def test_nonfinite_steps_stop_the_run_with_a_good_checkpoint(corpus, tmp_path):
-  config = _config(corpus, steps=50, lr=1e38, warmup_steps=0, grad_clip=0.0, max_nonfinite_steps=2,
+  config = demo_run_config(corpus, steps=50, lr=1e38, warmup_steps=0, grad_clip=0.0, max_nonfinite_steps=2,
                    checkpoint_every=0)
   with pytest.raises(FloatingPointError, match="non-finite"):
     train(config, str(tmp_path / "run"))
-  params = _final_params(tmp_path / "run")
+  params = run_final_params(tmp_path / "run")
   assert all(np.all(np.isfinite(v)) for v in params.values())
 
 
 def test_demo_command_trains_and_writes_results(tmp_path):
   workdir = tmp_path / "demo"
-  proc = _run([str(REPO / "train.py"), f"--config={REPO}/configs/tiny_ssa.py", f"--workdir={workdir}",
+  proc = run_python([str(REPO / "train.py"), f"--config={REPO}/configs/tiny_ssa.py", f"--workdir={workdir}",
                "--config.train.steps=60", "--config.train.eval_every=0", "--config.train.log_every=10",
                f"--config.data.cache_dir={tmp_path / 'cache'}"])
-  losses = _losses(workdir)
+  losses = run_losses(workdir)
   assert losses[60] < losses[10] - 0.5, losses
   assert checkpoint.resolve_step_dir(workdir)[1] == 60
   results = json.loads((workdir / "results.json").read_text())
@@ -267,9 +156,9 @@ def test_demo_command_trains_and_writes_results(tmp_path):
 def test_full_demo_learns_and_evaluates(tmp_path):
   """The README's main command as it is (600 steps, then evaluation): about 3 minutes on a 2-core CPU."""
   workdir = tmp_path / "demo"
-  _run([str(REPO / "train.py"), f"--config={REPO}/configs/tiny_ssa.py", f"--workdir={workdir}",
+  run_python([str(REPO / "train.py"), f"--config={REPO}/configs/tiny_ssa.py", f"--workdir={workdir}",
         f"--config.data.cache_dir={tmp_path / 'cache'}"])
-  losses = _losses(workdir)
+  losses = run_losses(workdir)
   assert max(losses) == 600 and losses[600] < losses[20] - 1.5, losses
   val = [json.loads(l) for l in (workdir / "metrics.jsonl").read_text().splitlines() if "val_ppl" in l]
   assert val and val[-1]["val_ppl"] < 80, val
@@ -290,7 +179,7 @@ def test_full_demo_learns_and_evaluates(tmp_path):
     ("train.seq_len", 4096, "config.train.seq_len"),
 ])
 def test_bad_config_fails_before_compiling(corpus, tmp_path, field, value, message):
-  config = _config(corpus)
+  config = demo_run_config(corpus)
   config.mesh.update(dict(data=-1, fsdp=1, tensor=1))
   if field == "model.ssa.feature_path":
     config.model.ssa.token_kind = "frequency"
@@ -307,7 +196,7 @@ def test_bad_config_fails_before_compiling(corpus, tmp_path, field, value, messa
 
 def test_frequency_token_term_without_feature_path_fails_even_from_hf(corpus, tmp_path):
   """An HF checkpoint carries no token feature: with init.hf_dir the frequency term would still be dead."""
-  config = _config(corpus)
+  config = demo_run_config(corpus)
   config.mode = "finetune"
   config.init.hf_dir = str(tmp_path)  # exists; never read, the check comes first
   config.model.ssa.token_kind = "frequency"
@@ -326,7 +215,7 @@ def test_finetune_from_hf_starts_near_identity_and_can_train_temperatures_only(c
   from ssa_jax.train.step import next_token_loss
 
   make_hf_model("neox", tmp_path / "hf", vocab_size=512, max_position_embeddings=64)
-  config = _config(corpus, steps=3, checkpoint_every=0, temperatures_only=True, temperature_scalar_lr_multiplier=50.0,
+  config = demo_run_config(corpus, steps=3, checkpoint_every=0, temperatures_only=True, temperature_scalar_lr_multiplier=50.0,
                    temperature_matrix_lr_multiplier=50.0)
   config.init.hf_dir = str(tmp_path / "hf")
   vanilla_model, vanilla = from_hf(tmp_path / "hf")
@@ -344,10 +233,10 @@ def test_finetune_from_hf_starts_near_identity_and_can_train_temperatures_only(c
   it.close()  # its reader threads end here, not at the end of the test session
   vanilla_loss = float(next_token_loss(vanilla_model, vanilla, batch["tokens"])[0])
   summary = train(config, str(tmp_path / "ft"))
-  first = _losses(tmp_path / "ft")[1]
+  first = run_losses(tmp_path / "ft")[1]
   assert abs(first - vanilla_loss) < 1e-3 * vanilla_loss, (first, vanilla_loss)
 
-  tuned = _final_params(tmp_path / "ft")
+  tuned = run_final_params(tmp_path / "ft")
   before = traverse_util.flatten_dict(vanilla["params"])
   groups = ssa_groups(model_config_from_dict(config.model))
   moved = [k for k in tuned if k in groups and np.abs(tuned[k]).max() > 0
@@ -368,7 +257,7 @@ def test_gs_paths_without_the_gcs_extra_fail_before_anything_runs(corpus, tmp_pa
   from ssa_jax.runtime import gcs
 
   monkeypatch.setattr(gcs, "_installed", lambda module: module not in missing)
-  config = _config(corpus, tensorboard=True)
+  config = demo_run_config(corpus, tensorboard=True)
   workdir = str(tmp_path / "run")
   if field == "workdir":
     workdir = "gs://b/run"
@@ -393,10 +282,10 @@ def _one_error_line(proc) -> str:
 @pytest.fixture(scope="module")
 def finished(corpus, tmp_path_factory):
   """A run the command trained to its end (3 steps): (command-line arguments, workdir, the process)."""
-  config = _config(corpus, steps=3, checkpoint_every=3, eval_batches=1)
+  config = demo_run_config(corpus, steps=3, checkpoint_every=3, eval_batches=1)
   workdir = tmp_path_factory.mktemp("finished") / "run"
-  args = [str(REPO / "train.py"), *_cli_args(config, workdir)]
-  return args, workdir, _run(args)
+  args = [str(REPO / "train.py"), *run_cli_args(config, workdir)]
+  return args, workdir, run_python(args)
 
 
 def test_the_end_of_a_run_says_its_wall_time_and_checkpoint(finished):
@@ -412,7 +301,7 @@ def test_the_end_of_a_run_says_its_wall_time_and_checkpoint(finished):
 def test_rerunning_a_complete_run_says_so_and_writes_nothing(finished):
   args, workdir, first = finished
   before = _snapshot(workdir)
-  proc = _run(args)
+  proc = run_python(args)
   assert f"{workdir}: complete at step 3 (config.train.steps): checkpoint {workdir}/checkpoints/3" in proc.stderr
   assert "training neox" not in proc.stderr and "Traceback" not in proc.stderr  # neither trained nor validated
   summary = json.loads(proc.stdout[proc.stdout.index("{"):])
@@ -425,7 +314,7 @@ def test_a_workdir_of_another_config_is_refused_in_one_line_before_anything_is_w
   args, workdir, _ = finished
   before = _snapshot(workdir)
   # steps may change on resume (it is not named); the position kind and the learning rate may not.
-  proc = _run([*args, "--config.model.ssa.position_kind=yarn", "--config.train.lr=1e-3", "--config.train.steps=6"],
+  proc = run_python([*args, "--config.model.ssa.position_kind=yarn", "--config.train.lr=1e-3", "--config.train.steps=6"],
               check=False)
   line = _one_error_line(proc)
   assert f"--workdir {workdir}: its checkpoint 3 was made by another config (2 fields differ:" in line, line
@@ -446,10 +335,10 @@ def _jsonl_corpus(root: Path, validation_docs: list[str] | None) -> Path:
 
 
 def test_an_empty_validation_split_is_refused_when_training_asks_for_validation(corpus, tmp_path):
-  config = _config(corpus, eval_every=2, eval_batches=2)
+  config = demo_run_config(corpus, eval_every=2, eval_batches=2)
   config.data.path = str(_jsonl_corpus(tmp_path / "corpus", ["In the beginning."]))  # less than one batch
   workdir = tmp_path / "run"
-  proc = _run([str(REPO / "train.py"), *_cli_args(config, workdir), "--config.data.demo=False"], check=False)
+  proc = run_python([str(REPO / "train.py"), *run_cli_args(config, workdir), "--config.data.demo=False"], check=False)
   line = _one_error_line(proc)
   assert "config.data.validation_split: the 'validation' split" in line and "holds less than one batch" in line
   assert "config.train.eval_every=2 asks for validation" in line and "--config.train.eval_batches=0" in line
@@ -457,7 +346,7 @@ def test_an_empty_validation_split_is_refused_when_training_asks_for_validation(
 
 
 def test_an_empty_validation_split_with_validation_at_the_end_only_is_said_at_start(corpus, tmp_path, capsys):
-  config = _config(corpus, eval_every=0, eval_batches=2)
+  config = demo_run_config(corpus, eval_every=0, eval_batches=2)
   config.data.demo = False
   config.data.path = str(_jsonl_corpus(tmp_path / "corpus", None))  # no validation file at all
   preflight.check_validation(prepare(config, str(tmp_path / "run")))
@@ -487,5 +376,5 @@ def test_the_host_stays_at_most_one_step_ahead_of_the_devices(corpus, tmp_path, 
     return step
 
   monkeypatch.setattr(loop, "jit_loop_step", recording)
-  train(_config(corpus, steps=24, log_every=24, checkpoint_every=0), str(tmp_path / "run"))
+  train(demo_run_config(corpus, steps=24, log_every=24, checkpoint_every=0), str(tmp_path / "run"))
   assert len(running) == 24 and max(running) <= 1, running

@@ -18,7 +18,7 @@ windows its validation reads; --text_file: a plain text file), per token, layer 
               It lies in [1/L, 1]: 1 for a uniform row, 1/L for a one-hot row; lower = spikier. The first
               query of a window (L = 1) always scores 1; --min_keys drops the queries with fewer keys.
 
-The attention rows are the model's own (its forward and ssa_jax.model.attention's functions). Outputs:
+The attention rows are the model's own (its forward and ssa_jax.model.kernels' functions). Outputs:
 norms.json (every number, and the text analysed), norms.png (distributions over tokens, each token's value
 averaged over layers and heads, per checkpoint) and a console table; the first checkpoint is the reference.
 
@@ -43,8 +43,10 @@ from ssa_jax.data.pipeline import make_lm_iterator
 from ssa_jax.data.tokenizer import load_tokenizer
 from ssa_jax.formats.checkpoint import load_model
 from ssa_jax.formats.tokenizer_files import run_config_tokenizer
-from ssa_jax.model.attention import attention_weights, temper_and_rotate, weighted_values
+from ssa_jax.model.attention import temper_and_rotate
 from ssa_jax.model.config import ModelConfig
+from ssa_jax.model.kernels import attention_weights, weighted_values
+from ssa_jax.model.methods import method_class
 from ssa_jax.model.params import unrolled
 from ssa_jax.runtime import cli_errors
 
@@ -155,12 +157,19 @@ def analyse_tokens(model, variables: dict, tokens_NT: np.ndarray, min_keys: int 
     for i, layer in enumerate(layers):
       spec.append(spec_norms(cfg, variables["params"][f"layers_{i}"]["attn"], layer["x_BTd"]))
       tau.append(layer["tau_q_BTH"])
-      spiky.append(jnp.transpose(spikiness(attention_rows(cfg, layer, positions_NT)), (0, 2, 1)))  # (B, T, H)
-    return jnp.stack(spec, 2), jnp.stack(tau, 2), jnp.stack(spiky, 2)  # (B, T, layers, H)
+      if softmax_rows:
+        spiky.append(jnp.transpose(spikiness(attention_rows(cfg, layer, positions_NT)), (0, 2, 1)))  # (B, T, H)
+    return jnp.stack(spec, 2), jnp.stack(tau, 2), jnp.stack(spiky, 2) if spiky else None  # (B, T, layers, H)
 
-  spec_NTLH, tau_NTLH, spiky_NTLH = (np.asarray(a, np.float64) for a in per_layer(variables, tokens_NT))
-  spec_raw, tau_q = (a.reshape(N * T, *a.shape[2:]) for a in (spec_NTLH, tau_NTLH))
-  spiky = spiky_NTLH[:, np.arange(T) + 1 >= min_keys].reshape(-1, *spiky_NTLH.shape[2:])
+  # Only a method whose attention rows are softmax(q k^T) (e.g. an output gate) has them rebuilt here; the others'
+  # rows (a difference of two maps, a decayed or masked softmax) are not, and their spikiness is reported missing.
+  softmax_rows = method_class(cfg).softmax_rows
+  spec_NTLH, tau_NTLH, spiky_NTLH = per_layer(variables, tokens_NT)
+  spec_raw, tau_q = (np.asarray(a, np.float64).reshape(N * T, *a.shape[2:]) for a in (spec_NTLH, tau_NTLH))
+  spiky = None
+  if spiky_NTLH is not None:
+    spiky_NTLH = np.asarray(spiky_NTLH, np.float64)
+    spiky = spiky_NTLH[:, np.arange(T) + 1 >= min_keys].reshape(-1, *spiky_NTLH.shape[2:])
   return {"spec_raw": spec_raw, "spec_eff": tau_q * spec_raw, "tau_q": tau_q, "spikiness": spiky,
           "opnorm": opnorm_LH, "opnorm_eff": tau_q * opnorm_LH[None]}
 
@@ -176,7 +185,8 @@ def analyse(model, variables: dict, tokens: list[int], window: int, min_keys: in
   if len(tokens) % window:
     chunks.append(np.asarray(tokens[full * window:], np.int32)[None])
   parts = [analyse_tokens(model, variables, c, min_keys) for c in chunks]
-  return {k: parts[0][k] if k == "opnorm" else np.concatenate([p[k] for p in parts]) for k in parts[0]}
+  joined = lambda k: None if parts[0][k] is None else np.concatenate([p[k] for p in parts])  # noqa: E731
+  return {k: parts[0][k] if k == "opnorm" else joined(k) for k in parts[0]}
 
 
 # ------------------------------------------------------------------------------------------ text and tokens
@@ -228,6 +238,9 @@ def summarise(arrays: dict[str, np.ndarray]) -> dict[str, Any]:
   s: dict[str, Any] = {}
   for key in ("spec_raw", "spec_eff", "opnorm_eff", "tau_q", "spikiness"):
     a = arrays[key]
+    if a is None:  # spikiness of a method whose rows are not softmax rows (analyse_tokens)
+      s[key] = {"mean": None, "median_per_token": None, "per_layer": [], "per_token": []}
+      continue
     s[key] = {"mean": float(a.mean()), "median_per_token": float(np.median(a.mean(axis=(1, 2)))),
               "per_layer": [float(v) for v in a.mean(axis=(0, 2))],
               "per_token": [float(v) for v in a.mean(axis=(1, 2))]}
@@ -247,9 +260,11 @@ def plot(path: Path, results: list[dict]) -> None:
   labels = [r["label"] for r in results]
   for ax, (key, title) in zip(axes, panels):
     data = [np.asarray(r["summary"][key]["per_token"]) for r in results]
-    ax.violinplot(data, showmeans=False, showextrema=False)
-    for j, d in enumerate(data):
-      ax.hlines(d.mean(), j + 0.7, j + 1.3, colors="k", linestyles="--", lw=1)
+    shown = [j for j, d in enumerate(data) if d.size]  # a method without softmax rows has no spikiness
+    if shown:
+      ax.violinplot([data[j] for j in shown], positions=[j + 1 for j in shown], showmeans=False, showextrema=False)
+    for j in shown:
+      ax.hlines(data[j].mean(), j + 0.7, j + 1.3, colors="k", linestyles="--", lw=1)
     ax.set_xticks(range(1, len(labels) + 1), labels)
     ax.set_title(title, fontsize=9)
   fig.suptitle(f"per-token mean over layers and heads, {results[0]['num_tokens']} tokens (dashed: mean)", fontsize=9)
@@ -315,8 +330,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
         f"{'spiky':>6s} {'ref/raw':>8s} {'ref/eff':>8s}")
   for r in results:
     s, q = r["summary"], r["ratios_vs_first"]
+    spiky = "-" if s["spikiness"]["mean"] is None else f"{s['spikiness']['mean']:6.3f}"  # no softmax rows
     print(f"{r['label']:12s} {s['spec_raw']['mean']:9.4f} {s['spec_eff']['mean']:9.4f} {s['opnorm']['mean']:8.4f} "
-          f"{s['opnorm_eff']['mean']:9.4f} {s['tau_q']['mean']:6.3f} {s['spikiness']['mean']:6.3f} "
+          f"{s['opnorm_eff']['mean']:9.4f} {s['tau_q']['mean']:6.3f} {spiky:>6s} "
           f"{q['spec_raw']:7.2f}x {q['spec_eff']:7.2f}x")
   print("spec_* = ||W^T x|| per token/layer/head (raw: W = W_q W_k^T; eff: tau_q(x) W); ||W||: operator norm; "
         "ref/x: first run's mean / this run's")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -70,6 +70,27 @@ def mean_std(values: list[float]) -> dict[str, float]:
   return {"mean": float(np.mean(values)), "std": float(np.std(values))}
 
 
+def run_variants(variants: list, seeds: Sequence[int], run_one: Callable[[Any, int], dict],
+                 metrics: Sequence[str]) -> dict:
+  """Every variant (methods_adapter.StudyVariant) x seed through run_one(variant, seed); the runs and, per variant,
+  each metric's mean / std over seeds."""
+  runs = []
+  for seed in seeds:
+    for variant in variants:
+      runs.append({**run_one(variant, seed), "variant": variant.name, "seed": seed})
+      print(f"seed {seed} {variant.name:16s} " + "  ".join(f"{m} {runs[-1][m]:.4f}" for m in metrics), flush=True)
+  summary = {v.name: {m: mean_std([r[m] for r in runs if r["variant"] == v.name]) for m in metrics}
+             for v in variants}
+  return {"runs": runs, "summary": summary}
+
+
+def print_variants(payload: dict, metrics: Sequence[str]) -> None:
+  """Prints each variant's metrics, mean +- std over seeds."""
+  print("\nvariant           " + "  ".join(f"{m:>22s}" for m in metrics))
+  for name, row in payload["summary"].items():
+    print(f"{name:16s}  " + "  ".join(f"{row[m]['mean']:13.4f}+-{row[m]['std']:.4f}" for m in metrics))
+
+
 def write_json(path: Path, payload: dict) -> None:
   """Writes `payload` as indented JSON (numpy scalars/arrays converted)."""
   path.write_text(json.dumps(payload, indent=2, default=lambda obj: obj.tolist()) + "\n")
@@ -100,7 +121,7 @@ def run_study(argv: list[str] | None, default: ml_collections.ConfigDict, descri
   print_table(payload)
   written = [out / f"{name}.json"]
   write_json(written[0], payload)
-  if plot is not None:
+  if plot is not None and not config.get("variants"):  # the figures show the paper's own models
     written.append(out / figure)
     plot(written[-1], payload)
   print(f"wrote {' and '.join(map(str, written))} ({payload['seconds']:.1f}s)")

@@ -10,7 +10,14 @@ attention row and err_map = ||P_hat - P*||_1 measures a well-defined map. With a
 linear head (paper's g = softmax(C f(X))) the attention map is not identified: any invertible map works,
 and we measured err_map ~ 9-13 (of 16 max) for both models. See docs/reproducing_the_paper.md.
 
-  python -m ssa_jax.experiments.graph [--seeds 0 1 2] [--steps 3000] [--out_dir runs/graph]
+Attention methods (--variants, ssa_jax.experiments.methods_adapter): the method's own module replaces the
+softmax, on q / k zero-padded to the value width (logits unchanged) and one-hot token values, so its output at
+the last position is a mass per token; the prediction is that mass's positive part, normalised (the attention
+row itself for a method whose output is a distribution). 'ssa+<method>' multiplies every position's query by its
+token's group temperature first. A method that depends on order (forgetting, leviathan) gets P_hat averaged over
+MAP_ORDERS random orders of the context.
+
+  python -m ssa_jax.experiments.graph [--seeds 0 1 2] [--steps 3000] [--out_dir runs/graph] [--variants=vanilla,gated]
 """
 
 from __future__ import annotations
@@ -24,10 +31,16 @@ import numpy as np
 import optax
 
 from ssa_jax.experiments import common
+from ssa_jax.experiments.methods_adapter import MethodAttention, StudyVariant, kernel_query, method_heads, \
+    parse_variants, stack_heads
 from ssa_jax.runtime import cli_errors
 
 EDGES = ((0, 1), (0, 2), (0, 3), (1, 4), (2, 5), (3, 6))  # node 7 stands alone
 NUM_TOKENS = 8
+SSA_MEANING = "the query temperature (one learned inverse temperature per neighbourhood-size group)"
+METRICS = ("cross_entropy", "excess_cross_entropy", "err_map")
+MAP_ORDERS = 32  # context orders P_hat averages over for a method variant (order matters to some methods)
+MASS_FLOOR = 1e-9  # a token's mass below this (a negative differential mass included) reads as this
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -41,6 +54,9 @@ def default_config() -> ml_collections.ConfigDict:
   c.learn_embeddings = True  # unit-norm learned embeddings; False: fixed random unit-norm ones
   c.log_every = 1000
   c.out_dir = "runs/graph"
+  # Comma-separated variants as the comparison names them (vanilla, ssa, gated, diff, ssa+gated, ...);
+  # '' = the paper's two models, vanilla and SSA (the reproduction, with its table and figure).
+  c.variants = ""
   return c
 
 
@@ -84,14 +100,19 @@ def attention_logprobs(params: dict, tokens_BL: jax.Array) -> jax.Array:
   return jax.nn.log_softmax(scores_BL, axis=-1)
 
 
-def attention_map(params: dict) -> np.ndarray:
-  """P_hat (8, 8): row q is query q's attention over the 8 tokens in index order (the learned transition)."""
-  # Sequence for query q: the other tokens in index order, then q last; attention is order-free.
+def attention_map(params: dict, logprobs=attention_logprobs, orders: int = 1) -> np.ndarray:
+  """P_hat (8, 8): row q is query q's attention over the 8 tokens in index order (the learned transition).
+
+  orders = 1: the other tokens in index order, then q last (the paper's models are order-free); more: the mean
+  over that many random orders of the other tokens (fixed, the same for every model)."""
+  rng = np.random.default_rng(0)
   rows = []
   for q in range(NUM_TOKENS):
-    order = np.array([t for t in range(NUM_TOKENS) if t != q] + [q])
-    logp_L = attention_logprobs(params, jnp.asarray(order)[None])[0]
-    rows.append(np.asarray(jnp.exp(logp_L))[np.argsort(order)])
+    others = np.array([t for t in range(NUM_TOKENS) if t != q])
+    perms = [others] + [rng.permutation(others) for _ in range(orders - 1)]
+    orders_ML = np.stack([np.append(p, q) for p in perms])
+    p_ML = np.asarray(jnp.exp(logprobs(params, jnp.asarray(orders_ML))))
+    rows.append(np.mean([p_L[np.argsort(o_L)] for p_L, o_L in zip(p_ML, orders_ML)], axis=0))
   return np.stack(rows)
 
 
@@ -104,10 +125,10 @@ def sample_batch(key: jax.Array, batch_size: int) -> tuple[jax.Array, jax.Array]
   return tokens_BL, next_B
 
 
-def batch_loss(params: dict, key: jax.Array, batch_size: int) -> jax.Array:
+def batch_loss(params: dict, key: jax.Array, batch_size: int, logprobs=attention_logprobs) -> jax.Array:
   """Cross-entropy of the copy head: -log(attention on the position holding the next token)."""
   tokens_BL, next_B = sample_batch(key, batch_size)
-  logp_BL = attention_logprobs(params, tokens_BL)
+  logp_BL = logprobs(params, tokens_BL)
   return -jnp.sum(jnp.where(tokens_BL == next_B[:, None], logp_BL, 0.0), axis=-1).mean()
 
 
@@ -141,6 +162,71 @@ def run_one(config: ml_collections.ConfigDict, seed: int, ssa: bool) -> dict:
     result["inverse_temperature_by_size"] = {str(s + 1): float(tau[s]) for s in range(tau.size)}
     result["temperature_by_size"] = {str(s + 1): float(1.0 / tau[s]) for s in range(tau.size)}
   return result
+
+
+def method_attention(config: ml_collections.ConfigDict, kind: str) -> MethodAttention:
+  """attention_kind `kind` on this study's shapes: x the unit embeddings, q / k / v one-hot wide."""
+  width = max(config.embed_dim, NUM_TOKENS)
+  return MethodAttention(kind, config.embed_dim, method_heads(kind), width, NUM_TOKENS)
+
+
+def method_logprobs(params: dict, tokens_BL: jax.Array, attn: MethodAttention) -> jax.Array:
+  """Log prediction (B, L) of the token at each position: the method's output at the last position over one-hot
+  token values, positive part normalised; 'log_tau' (ssa+method) scales every position's query first."""
+  e_Nd = params["embed"] / jnp.linalg.norm(params["embed"], axis=-1, keepdims=True)
+  x_BLd = e_Nd[tokens_BL]
+  q_BLHd = jnp.einsum("bld,hde->blhe", x_BLd, params["wq"])
+  k_BLHd = jnp.einsum("bld,hde->blhe", x_BLd, params["wk"])
+  if "log_tau" in params:
+    group_N = jnp.asarray(neighbourhood_sizes() - 1)
+    q_BLHd = jnp.exp(params["log_tau"])[group_N[tokens_BL]][..., None, None] * q_BLHd
+  width, d = attn.cfg.head_dim, x_BLd.shape[-1]
+  pad = ((0, 0), (0, 0), (0, 0), (0, width - d))  # zero dims: q k^T unchanged
+  q_BLHD = kernel_query(jnp.pad(q_BLHd, pad), 1.0 / np.sqrt(d))  # the study's logits q k^T / sqrt(d)
+  v_BLHD = jnp.broadcast_to(jax.nn.one_hot(tokens_BL, width)[:, :, None], q_BLHD.shape)
+  out_BLHD = attn(params["method"], x_BLd, q_BLHD, jnp.pad(k_BLHd, pad), v_BLHD)
+  mass_BD = jnp.maximum(out_BLHD[:, -1].sum(1), MASS_FLOOR)
+  logp_BD = jnp.log(mass_BD / mass_BD.sum(-1, keepdims=True))
+  return jnp.take_along_axis(logp_BD, tokens_BL, axis=1)
+
+
+def run_method(config: ml_collections.ConfigDict, seed: int, variant: StudyVariant) -> dict:
+  """Trains one method variant (same data, budget and initial embeddings / W_q / W_k as the paper's models)."""
+  key = jax.random.PRNGKey(seed)
+  k_init, k_train = jax.random.split(key)
+  attn = method_attention(config, variant.kind)
+  params = init_params(k_init, config, variant.ssa)
+  k_heads, k_method = jax.random.split(jax.random.fold_in(k_init, 1))
+  d = config.embed_dim
+  for name, k in zip(("wq", "wk"), jax.random.split(k_heads)):
+    params[name] = stack_heads(k, params[name], attn.cfg.num_heads, 1.0 / np.sqrt(d))
+  x_BLd, qkv_BLHD = jnp.zeros((1, NUM_TOKENS, d)), jnp.zeros((1, NUM_TOKENS, attn.cfg.num_heads, attn.cfg.head_dim))
+  params["method"] = attn.init(k_method, x_BLd, qkv_BLHD, qkv_BLHD, qkv_BLHD)
+  frozen = None if config.learn_embeddings else params["embed"]
+  logprobs = lambda p, t: method_logprobs(p, t, attn)  # noqa: E731
+
+  def loss_fn(p, k):
+    if frozen is not None:
+      p = {**p, "embed": frozen}
+    return batch_loss(p, k, config.batch_size, logprobs)
+
+  optimizer = optax.adam(optax.cosine_decay_schedule(config.learning_rate, config.steps))
+  params, _ = common.train(loss_fn, params, optimizer, config.steps, k_train, log_every=config.log_every,
+                           label=f"{variant.name} seed {seed}")
+  p_hat = attention_map(params, logprobs, MAP_ORDERS)
+  return {"seed": seed, "model": variant.name, **evaluate(p_hat), "p_hat": p_hat}
+
+
+def run_variant(config: ml_collections.ConfigDict, variant: StudyVariant, seed: int) -> dict:
+  """One variant and seed: 'vanilla' / 'ssa' the paper's models (run_one), a method variant run_method."""
+  if not variant.uses_method:
+    return {**run_one(config, seed, variant.ssa), "model": variant.name}
+  return run_method(config, seed, variant)
+
+
+def parse(text: str) -> list[StudyVariant]:
+  """--variants of this study (ConfigError naming the study for a name without a meaning here)."""
+  return parse_variants("graph", text, SSA_MEANING)
 
 
 def summarize(runs: list[dict]) -> dict:
@@ -179,7 +265,9 @@ def plot(path: Path, payload: dict) -> None:
 
 
 def run(config: ml_collections.ConfigDict) -> dict:
-  """Runs vanilla and SSA over all seeds; returns the runs and their summary."""
+  """Runs vanilla and SSA (or config.variants) over all seeds; returns the runs and their summary."""
+  if config.variants:
+    return common.run_variants(parse(config.variants), config.seeds, lambda v, s: run_variant(config, v, s), METRICS)
   runs = []
   for seed in config.seeds:
     for ssa in (False, True):
@@ -190,7 +278,9 @@ def run(config: ml_collections.ConfigDict) -> dict:
 
 
 def print_table(payload: dict) -> None:
-  """Prints the Table 1 / Fig. 3 numbers."""
+  """Prints the Table 1 / Fig. 3 numbers (or each variant's metrics)."""
+  if payload["config"]["variants"]:
+    return common.print_variants(payload, METRICS)
   s = payload["summary"]
   print("\nmodel     cross-entropy      excess CE          err_map")
   for model in ("vanilla", "ssa"):

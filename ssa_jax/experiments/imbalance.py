@@ -10,7 +10,14 @@ Settings: `power_p`: kappa_n ~ n^p (imbalance grows with n faster for larger p);
 instance made feasible (kappa_n in [1, 2] for n <= L/2 and kappa_n >= 4 for n >= 5L/6; the paper's "n >= 3L/4"
 cannot hold together with kappa_{L/2} <= 2 in one sequence, since n_a never decreases).
 
-  python -m ssa_jax.experiments.imbalance [--seq_len 96] [--powers 0 0.25 0.5 0.75] [--out_dir runs/imbalance]
+Attention methods (--variants, ssa_jax.experiments.methods_adapter): the method's own module replaces the
+softmax (query tau_n x_n W, keys and values x_i, a causal full forward); its output is the mean over heads (one,
+two for differential, whose second sub-head has its own W). 'vanilla' is the best flat temperature, 'ssa' the
+log-position one (the paper's SSA form), '<method>' the method under the best flat temperature and
+'ssa+<method>' under the log-position one; each variant's metric is its loss in every setting.
+
+  python -m ssa_jax.experiments.imbalance [--seq_len 96] [--powers 0 0.25 0.5 0.75] [--out_dir runs/imbalance] \
+      [--variants=vanilla,ssa,fox --seed 0]
 """
 
 from __future__ import annotations
@@ -25,9 +32,12 @@ import numpy as np
 import optax
 
 from ssa_jax.experiments import common
+from ssa_jax.experiments.methods_adapter import MethodAttention, StudyVariant, kernel_query, method_heads, \
+    parse_variants, stack_heads
 from ssa_jax.runtime import cli_errors
 
 VARIANTS = ("flat", "log_position", "free_position")
+SSA_MEANING = "the position temperature (the learned log-position form b0 + b1 log n)"
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -43,6 +53,9 @@ def default_config() -> ml_collections.ConfigDict:
   c.seed = 0
   c.log_every = 0
   c.out_dir = "runs/imbalance"
+  # Comma-separated variants as the comparison names them (vanilla, ssa, gated, diff, ssa+gated, ...), trained
+  # with `seed`; '' = the paper's study (flat, log-position and free-position temperatures, the figure).
+  c.variants = ""
   return c
 
 
@@ -111,37 +124,62 @@ def attention_outputs(params: dict, x_Ld: jax.Array, tau_L: jax.Array) -> jax.Ar
   return jax.nn.softmax(scores_LL, -1) @ x_Ld
 
 
+def method_outputs(params: dict, x_Ld: jax.Array, tau_L: jax.Array, attn: MethodAttention) -> jax.Array:
+  """A method's output (L, d): mean over heads, query tau_n x_n W (per head), keys and values x_i."""
+  q_1LHd = (tau_L[:, None, None] * jnp.einsum("ld,hde->lhe", x_Ld, params["w"]))[None]
+  kv_1LHd = jnp.broadcast_to(x_Ld[None, :, None], q_1LHd.shape)
+  return attn(params["method"], x_Ld[None], kernel_query(q_1LHd), kv_1LHd, kv_1LHd)[0].mean(1)
+
+
 def loss_and_gap(params: dict, ab_2d: jax.Array, is_a_L: np.ndarray, variant: str, flat_tau: float,
-                 alpha: float) -> tuple[jax.Array, jax.Array]:
-  """Risk (1) and the effective logit gap g_n = tau_n x_n^T W (a - b) (score of key a minus key b)."""
+                 alpha: float, attn: MethodAttention | None = None) -> tuple[jax.Array, jax.Array]:
+  """Risk (1) and the effective logit gap g_n = tau_n x_n^T W (a - b) (score of key a minus key b; with a method
+  `attn`, of its first head)."""
   L = is_a_L.size
   _, n0 = imbalance(is_a_L)
   tau_L = tau_of(params, variant, flat_tau, L)
   y_d = alpha * ab_2d[0] + (1.0 - alpha) * ab_2d[1]
   x_Ld = ab_2d[jnp.where(jnp.asarray(is_a_L), 0, 1)]
-  out_Ld = attention_outputs(params, x_Ld, tau_L)
+  out_Ld = attention_outputs(params, x_Ld, tau_L) if attn is None else method_outputs(params, x_Ld, tau_L, attn)
   mask_L = jnp.arange(1, L + 1) >= n0
   loss = jnp.sum(mask_L * jnp.sum((y_d - out_Ld) ** 2, -1)) / L
-  gap_L = tau_L * (x_Ld @ params["w"] @ (ab_2d[0] - ab_2d[1]))
+  w = params["w"] if attn is None else params["w"][0]
+  gap_L = tau_L * (x_Ld @ w @ (ab_2d[0] - ab_2d[1]))
   return loss, gap_L
 
 
-def fit(config: ml_collections.ConfigDict, is_a_L: np.ndarray, variant: str, flat_tau: float = 1.0) -> dict:
-  """Trains W (and the temperature parameters) on one sequence; returns final loss and effective gaps."""
+def with_method(config: ml_collections.ConfigDict, params: dict, kind: str, seq_len: int,
+                key: jax.Array) -> tuple[dict, MethodAttention]:
+  """`params` with W stacked over the method's heads (head 0 the study's own) and the method's parameters."""
+  attn = MethodAttention(kind, config.dim, method_heads(kind), config.dim, seq_len)
+  k_heads, k_method = jax.random.split(key)
+  params = {**params, "w": stack_heads(k_heads, params["w"], attn.cfg.num_heads, 0.1)}
+  zeros_1LHd = jnp.zeros((1, seq_len, attn.cfg.num_heads, config.dim))
+  params["method"] = attn.init(k_method, jnp.zeros((1, seq_len, config.dim)), zeros_1LHd, zeros_1LHd, zeros_1LHd)
+  return params, attn
+
+
+def fit(config: ml_collections.ConfigDict, is_a_L: np.ndarray, variant: str, flat_tau: float = 1.0,
+        kind: str = "softmax") -> dict:
+  """Trains W (and the temperature parameters) on one sequence; returns final loss and effective gaps. `kind`:
+  the attention method (methods_adapter; 'softmax' is the study's own attention)."""
   k_tok, k_w = jax.random.split(jax.random.PRNGKey(config.seed))
   ab_2d = jnp.linalg.qr(jax.random.normal(k_tok, (config.dim, 2)))[0].T  # orthonormal token embeddings a, b
   params = {"w": 0.1 * jax.random.normal(k_w, (config.dim, config.dim))}
+  attn = None
+  if kind != "softmax":
+    params, attn = with_method(config, params, kind, is_a_L.size, jax.random.fold_in(k_w, 1))
   if variant == "log_position":
     params |= {"b0": jnp.ones(()), "b1": jnp.zeros(())}
   if variant == "free_position":
     params["tau"] = jnp.ones(is_a_L.size)
 
   def loss_fn(p, _):
-    return loss_and_gap(p, ab_2d, is_a_L, variant, flat_tau, config.alpha)[0]
+    return loss_and_gap(p, ab_2d, is_a_L, variant, flat_tau, config.alpha, attn)[0]
 
   params, curve = common.train(loss_fn, params, optax.adam(config.learning_rate), config.steps, k_w,
                                log_every=config.log_every, label=variant)
-  loss, gap = loss_and_gap(params, ab_2d, is_a_L, variant, flat_tau, config.alpha)
+  loss, gap = loss_and_gap(params, ab_2d, is_a_L, variant, flat_tau, config.alpha, attn)
   return {"loss": float(loss), "gap": np.asarray(gap), "curve_min": float(curve.min())}
 
 
@@ -170,15 +208,47 @@ def run_setting(config: ml_collections.ConfigDict, name: str, is_a_L: np.ndarray
   return row
 
 
+def settings(config: ml_collections.ConfigDict) -> list[tuple[str, np.ndarray]]:
+  """(name, is_a_L) of every power-law setting plus the quadrant instance."""
+  rows = [(f"power_{p:g}", power_sequence(config.seq_len, p)) for p in config.powers]
+  return rows + [("quadrant", quadrant_sequence(config.seq_len))]
+
+
+def metric_names(config: ml_collections.ConfigDict) -> list[str]:
+  """A variant's metrics: its loss in each setting."""
+  return [f"loss_{name}" for name, _ in settings(config)]
+
+
+def run_variant(config: ml_collections.ConfigDict, variant: StudyVariant, seed: int) -> dict[str, float]:
+  """One variant's loss per setting, trained with `seed`: the best flat temperature of config.flat_taus, or the
+  log-position one for 'ssa' / 'ssa+<method>'."""
+  config = ml_collections.ConfigDict({**config.to_dict(), "seed": seed})
+  losses = {}
+  for name, is_a_L in settings(config):
+    if variant.ssa:
+      losses[f"loss_{name}"] = fit(config, is_a_L, "log_position", kind=variant.kind)["loss"]
+    else:
+      losses[f"loss_{name}"] = min(fit(config, is_a_L, "flat", t, variant.kind)["loss"] for t in config.flat_taus)
+  return losses
+
+
+def parse(text: str) -> list[StudyVariant]:
+  """--variants of this study (ConfigError naming the study for a name without a meaning here)."""
+  return parse_variants("imbalance", text, SSA_MEANING)
+
+
 def run(config: ml_collections.ConfigDict) -> dict:
-  """Every power-law setting plus the quadrant instance; returns their rows."""
-  settings = [(f"power_{p:g}", power_sequence(config.seq_len, p)) for p in config.powers]
-  settings.append(("quadrant", quadrant_sequence(config.seq_len)))
-  return {"settings": [run_setting(config, name, seq) for name, seq in settings]}
+  """Every power-law setting plus the quadrant instance; returns their rows (or config.variants' losses)."""
+  if config.variants:
+    return common.run_variants(parse(config.variants), (config.seed,), lambda v, s: run_variant(config, v, s),
+                               metric_names(config))
+  return {"settings": [run_setting(config, name, seq) for name, seq in settings(config)]}
 
 
 def print_table(payload: dict) -> None:
-  """Loss per setting and how close the learned tau_n gets to Prop. 2's formula."""
+  """Loss per setting and how close the learned tau_n gets to Prop. 2's formula (or each variant's losses)."""
+  if payload["config"]["variants"]:
+    return common.print_variants(payload, metric_names(ml_collections.ConfigDict(payload["config"])))
   print("\nsetting     kappa_n0->kappa_L  best flat   flat bound  log-position  free-position  max|tau_eff-formula|")
   for r in payload["settings"]:
     print(f"{r['setting']:10s}  {r['kappa_first']:5.2f}->{r['kappa_last']:5.2f}  {r['loss_flat']:10.5f}  "

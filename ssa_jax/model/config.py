@@ -27,8 +27,10 @@ QUERY_ONLY_POSITION_KINDS = ("yarn", "constant", "ssmax", "llama4", "logn")  # l
 WEIGHT_SHARING_SCOPES = ("layer", "head")
 ACTIVATIONS = ("gelu_tanh", "gelu", "silu")
 ATTENTION_IMPLS = ("auto", "xla", "cudnn", "splash")
-# The attention computation around the kernel (docs/methods.md): plain softmax, or Qiu et al.'s output gate.
-ATTENTION_KINDS = ("softmax", "gated_head", "gated_element")
+# The attention method (docs/methods.md; its module in ssa_jax.model.methods): plain softmax, Qiu et al.'s output
+# gate, Ye et al.'s differential attention, Lin et al.'s forgetting attention, Leviathan et al.'s selective attention.
+ATTENTION_KINDS = ("softmax", "gated_head", "gated_element", "differential", "forgetting", "leviathan")
+XLA_ONLY_ATTENTION_KINDS = ("forgetting", "leviathan")  # a (query, key) term no fused kernel here takes
 REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
 DTYPES = ("float32", "bfloat16", "float16")
 
@@ -198,7 +200,8 @@ class ModelConfig:
   init_std: float = 0.02
   dtype: str = "float32"  # compute dtype; params are always float32
   attention_impl: str = "auto"  # 'auto': splash on TPU, cuDNN for bf16 / fp16 on GPU, XLA otherwise
-  # 'softmax', or sigmoid(x W_g) times the kernel's output per head ('gated_head') / element ('gated_element')
+  # 'softmax'; 'gated_head' / 'gated_element' (an output gate); 'differential', 'forgetting', 'leviathan'
+  # (docs/methods.md has each one's formula, parameters and kernel)
   attention_kind: str = "softmax"
   # 'splash' (the Pallas TPU kernel): query / key-value block sizes of its forward and backward passes
   # (multiples of 128; a block larger than the sequence is clipped to it).
@@ -261,6 +264,13 @@ class ModelConfig:
       if not isinstance(getattr(self, name), int) or getattr(self, name) <= 0 or getattr(self, name) % 128:
         bad(name, f"expected a positive multiple of 128, got {getattr(self, name)!r}")
     _check_choices(self, where, remat=REMAT_POLICIES)
+    if self.attention_kind in XLA_ONLY_ATTENTION_KINDS and self.attention_impl not in ("auto", "xla"):
+      bad("attention_impl", f"attention_kind {self.attention_kind!r} runs XLA on every backend (no fused kernel "
+                            f"takes its per-(query, key) term; docs/methods.md): use 'auto' or 'xla', not "
+                            f"{self.attention_impl!r}")
+    if self.attention_kind == "differential" and (self.num_heads % 2 or self.num_kv_heads % 2):
+      bad("num_heads", f"attention_kind 'differential' pairs heads (two softmax maps a head): num_heads "
+                       f"{self.num_heads} and num_kv_heads {self.num_kv_heads} must be even")
     self.ssa.validate(self.max_seq_len, self.d_model, where=f"{where}.ssa")
     if self.attention_impl == "cudnn" and self.dtype == "float32":
       bad("attention_impl", "'cudnn' takes bfloat16 / float16 only; use dtype='bfloat16' or attention_impl='auto' "

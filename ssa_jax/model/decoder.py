@@ -10,6 +10,7 @@ import jax.numpy as jnp
 from ssa_jax.model.attention import LayerCache, SelectiveSelfAttention
 from ssa_jax.model.config import ModelConfig
 from ssa_jax.model.layers import Mlp, Norm, compute_dtype
+from ssa_jax.model.methods import method_class
 
 Array = jax.Array
 
@@ -40,7 +41,10 @@ def init_cache(cfg: ModelConfig, batch_size: int, max_len: int, dtype=None) -> K
   """An empty cache for `max_len` positions (prompt plus generated tokens), laid out as the model's layers."""
   dtype = dtype or compute_dtype(cfg)
   shape = (batch_size, max_len, cfg.num_kv_heads, cfg.head_dim)
-  layer = lambda *lead: LayerCache(jnp.zeros((*lead, *shape), dtype), jnp.zeros((*lead, *shape), dtype))
+  method_spec = method_class(cfg).cache_spec(cfg, batch_size, max_len)
+  layer = lambda *lead: LayerCache(
+      jnp.zeros((*lead, *shape), dtype), jnp.zeros((*lead, *shape), dtype),
+      {name: jnp.zeros((*lead, *spec.shape), spec.dtype) for name, spec in method_spec.items()})
   layers = layer(cfg.num_layers) if cfg.scan_layers else tuple(layer() for _ in range(cfg.num_layers))
   return KVCache(layers, jnp.zeros((), jnp.int32))
 
@@ -59,11 +63,11 @@ class Block(nn.Module):
 
   @nn.compact
   def __call__(self, x_BTd, positions_BT, feature_BT=None, cache=None, cache_index=None, mask_BTT=None,
-               segment_ids_BT=None):
+               segment_ids_BT=None, layer_index=0):
     cfg = self.cfg
     attn_BTd, cache = SelectiveSelfAttention(cfg, name="attn")(
-        Norm(cfg, name="attn_norm")(x_BTd), positions_BT, feature_BT, cache, cache_index, mask_BTT, segment_ids_BT
-    )
+        Norm(cfg, name="attn_norm")(x_BTd), positions_BT, feature_BT, cache, cache_index, mask_BTT, segment_ids_BT,
+        layer_index)
     mlp_in_BTd = x_BTd if cfg.parallel_residual else x_BTd + attn_BTd
     return x_BTd + attn_BTd + Mlp(cfg, name="mlp")(Norm(cfg, name="mlp_norm")(mlp_in_BTd)), cache
 
@@ -118,17 +122,17 @@ class Decoder(nn.Module):
     if cfg.scan_layers:
       scanned = nn.scan(
           block_cls, variable_axes={"params": 0, "intermediates": 0}, split_rngs={"params": True},
-          in_axes=(nn.broadcast, nn.broadcast, 0, nn.broadcast, nn.broadcast, nn.broadcast), length=cfg.num_layers,
-          metadata_params={nn.PARTITION_NAME: "layers"})
+          in_axes=(nn.broadcast, nn.broadcast, 0, nn.broadcast, nn.broadcast, nn.broadcast, 0),
+          length=cfg.num_layers, metadata_params={nn.PARTITION_NAME: "layers"})
       x_BTd, new_layers = scanned(cfg, name="layers")(
           x_BTd, positions_BT, feature_BT, None if cache is None else cache.layers, cache_index, mask_BTT,
-          segment_ids_BT)
+          segment_ids_BT, jnp.arange(cfg.num_layers, dtype=jnp.int32))
     else:
       new_layers = ()
       for i in range(cfg.num_layers):
         x_BTd, layer_cache = block_cls(cfg, name=f"layers_{i}")(
             x_BTd, positions_BT, feature_BT, None if cache is None else cache.layers[i], cache_index, mask_BTT,
-            segment_ids_BT)
+            segment_ids_BT, jnp.int32(i))
         new_layers += (layer_cache,)
 
     x_BTd = Norm(cfg, name="final_norm")(x_BTd)

@@ -14,7 +14,7 @@ from jax.sharding import Mesh
 from ssa_jax.errors import ConfigError
 from ssa_jax.model.config import ModelConfig
 from ssa_jax.model.decoder import BUFFERS, Decoder
-from ssa_jax.model.gates import MethodParam
+from ssa_jax.model.methods.base import MethodParam
 from ssa_jax.model.temperature import SSAParam
 
 Array = jax.Array

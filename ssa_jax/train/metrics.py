@@ -13,6 +13,7 @@ import numpy as np
 from etils import epath
 
 from ssa_jax.model.config import ModelConfig
+from ssa_jax.model.methods import method_class
 from ssa_jax.runtime.gcs import TENSORBOARD, require_gcs
 
 # Dense bf16 peak FLOP/s per chip (vendor datasheets, without sparsity). Matched against device_kind by prefix;
@@ -82,10 +83,9 @@ def ssa_flops_per_token(cfg: ModelConfig, seq_len: int) -> float:
 
 
 def attention_method_flops_per_token(cfg: ModelConfig) -> float:
-  """Training FLOPs per token of the attention method's own matmuls (6 a weight): the output gate's d x H
-  ('gated_head') or d x H x D ('gated_element') kernel; 0 for plain softmax."""
-  gate_width = {"gated_head": cfg.num_heads, "gated_element": cfg.num_heads * cfg.head_dim}
-  return 6.0 * cfg.num_layers * cfg.d_model * gate_width.get(cfg.attention_kind, 0)
+  """Training FLOPs per token of the attention method's own matmuls, as its module states them (0 for plain
+  softmax; e.g. 6 d H D a layer for the per-element output gate)."""
+  return method_class(cfg).flops_per_token(cfg)
 
 
 def training_flops_per_token(cfg: ModelConfig, seq_len: int) -> float:

@@ -138,7 +138,9 @@ def markdown(report: dict[str, Any], figures: dict[str, str]) -> str:
       "## Figure 2: query-key norms and attention spikiness\n\n"
       "`ssa_jax.analysis.norms` on the first validation windows (the same tokens for every run), each number the "
       "mean over tokens, layers and heads, then mean ± std over seeds. spec = ‖W^T x‖ with W = W_q W_k^T "
-      "(eff: times tau_q), ‖W‖_2 its operator norm; spikiness = ‖s‖_1 / (‖s‖_2^2 L), lower = spikier.\n\n"
+      "(eff: times tau_q), ‖W‖_2 its operator norm; spikiness = ‖s‖_1 / (‖s‖_2^2 L), lower = spikier ('-': a "
+      "method whose attention rows are not softmax(q k^T) rows, such as differential, forgetting or Leviathan's "
+      "selective attention, has no spikiness here).\n\n"
       + _figure2(report) + image("figure2", "Figure 2"),
       "## Temperatures per layer\n\n"
       "Each layer's mean over validation tokens and heads (mean ± std over seeds) and, in brackets, the 5th and "

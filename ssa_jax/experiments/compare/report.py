@@ -24,8 +24,8 @@ VERDICT_RULE = ("a difference is beyond the seed-to-seed spread when |mean diffe
 
 
 def mean_std(values: list[float]) -> dict[str, Any]:
-  """{'mean', 'std' (sample, None for one value), 'n', 'values'}."""
-  values = [float(v) for v in values]
+  """{'mean', 'std' (sample, None for one value), 'n', 'values'}; missing values (None) are left out."""
+  values = [float(v) for v in values if v is not None]
   return {"mean": statistics.fmean(values) if values else None,
           "std": statistics.stdev(values) if len(values) > 1 else None, "n": len(values), "values": values}
 

@@ -9,26 +9,19 @@ needs nothing cached for it. docs/methods.md has the parameters and what differs
 
 from __future__ import annotations
 
+import math
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from ssa_jax.model.config import ModelConfig
+from ssa_jax.model.kernels import Visibility
 from ssa_jax.model.layers import compute_dtype
+from ssa_jax.model.methods.base import method_param, no_cache
+from ssa_jax.model.methods.softmax import softmax_attention
 
 Array = jax.Array
-
-GATED_KINDS = ("gated_head", "gated_element")  # the attention_kinds OutputGate computes
-
-
-class MethodParam(nn.LogicallyPartitioned):
-  """A variable an attention method (config.model.attention_kind other than 'softmax') adds, boxed with its
-  logical axes; ssa_jax.model.params.param_counts reads these boxes from an abstract init, not names."""
-
-
-def method_param(init: nn.initializers.Initializer, axes: tuple[str, ...]):
-  """`init` returning its value in a MethodParam box (as nn.with_logical_partitioning does with its own)."""
-  return lambda *args, **kwargs: MethodParam(init(*args, **kwargs), axes)
 
 
 def gate_shape(cfg: ModelConfig) -> tuple[tuple[int, ...], tuple[str, ...]]:
@@ -38,8 +31,15 @@ def gate_shape(cfg: ModelConfig) -> tuple[tuple[int, ...], tuple[str, ...]]:
   return (cfg.num_heads, cfg.head_dim), ("heads", "head_dim")
 
 
-class OutputGate(nn.Module):
-  """out_BTHD * sigmoid(x W_g + b_g), broadcast over D for the per-head gate; in out's dtype.
+def gate_flops_per_token(cfg: ModelConfig) -> float:
+  """Training FLOPs a token of the gate's d x H ('gated_head') or d x H x D ('gated_element') kernel."""
+  features, _ = gate_shape(cfg)
+  return 6.0 * cfg.num_layers * cfg.d_model * math.prod(features)
+
+
+class Gated(nn.Module):
+  """attention_kind 'gated_head' / 'gated_element': softmax attention, its output Y times sigmoid(x W_g + b_g)
+  (broadcast over D for the per-head gate), in Y's dtype. Its parameters sit under attn/output_gate.
 
   As Qwen3-Next (whose gate is the second half of each head's widened q_proj): W_g starts normal(init_std), as
   q's kernel does, so the gate starts near 0.5, not at 1; a bias exists when q has one (config.model.qkv_bias),
@@ -51,10 +51,16 @@ class OutputGate(nn.Module):
   """
 
   cfg: ModelConfig
+  layer_name = "output_gate"  # the module's name in the attention layer
+  softmax_rows = True  # its attention rows are softmax(q k^T / sqrt(D)) (ssa_jax.analysis.norms)
+  cache_spec = staticmethod(no_cache)
+  flops_per_token = staticmethod(gate_flops_per_token)
 
   @nn.compact
-  def __call__(self, x_BTd: Array, out_BTHD: Array) -> Array:
+  def __call__(self, x_BTd, q_BTHD, k_BSKD, v_BSKD, seen: Visibility, layer_index, state):
+    del layer_index  # the gate reads this token's x alone: nothing cached, nothing per layer
     cfg = self.cfg
+    out_BTHD = softmax_attention(q_BTHD, k_BSKD, v_BSKD, seen, cfg)
     features, axes = gate_shape(cfg)
     kernel = self.param("kernel", method_param(nn.initializers.normal(cfg.init_std), ("embed", *axes)),
                         (x_BTd.shape[-1], *features), jnp.float32)
@@ -66,4 +72,4 @@ class OutputGate(nn.Module):
     gate = jax.nn.sigmoid(logits).astype(out_BTHD.dtype)
     if cfg.attention_kind == "gated_head":
       gate = gate[..., None]
-    return out_BTHD * gate
+    return out_BTHD * gate, state
