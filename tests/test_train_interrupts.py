@@ -7,13 +7,11 @@ import subprocess
 import sys
 import time
 
-import numpy as np
 import pytest
 
 from ssa_jax.formats import checkpoint
 from ssa_jax.train.loop import train
-from train_runs import (REPO, demo_corpus, demo_run_config, run_cli_args, run_final_params, run_losses,
-                        run_python)
+from train_runs import REPO, assert_same_run, demo_corpus, demo_run_config, run_cli_args, run_losses, run_python
 
 
 @pytest.fixture(scope="module")
@@ -34,12 +32,8 @@ def test_resume_after_sigkill_twice_is_exact(corpus, tmp_path):
   proc = run_python([str(REPO / "train.py"), *run_cli_args(config, resumed)])
   assert "resumed from" in proc.stderr
 
-  assert run_losses(resumed) == run_losses(straight)
   assert sorted(run_losses(straight)) == list(range(1, 21))
-  a, b = run_final_params(straight), run_final_params(resumed)
-  assert a.keys() == b.keys()
-  for k in a:
-    np.testing.assert_array_equal(a[k], b[k], err_msg="/".join(k))
+  assert_same_run(straight, resumed)
 
 
 def test_sigterm_checkpoints_the_current_step(corpus, tmp_path):
@@ -83,7 +77,4 @@ def test_ctrl_c_checkpoints_and_the_rerun_resumes_exactly(corpus, tmp_path):
 
   proc = run_python([str(REPO / "train.py"), *run_cli_args(config, interrupted)])
   assert f"resumed from {interrupted}/checkpoints/9" in proc.stderr
-  assert run_losses(interrupted) == run_losses(straight)
-  a, b = run_final_params(straight), run_final_params(interrupted)
-  for k in a:
-    np.testing.assert_array_equal(a[k], b[k], err_msg="/".join(k))
+  assert_same_run(straight, interrupted)

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import jax
+import numpy as np
 from flax import traverse_util
 
 from ssa_jax.formats import checkpoint
@@ -60,3 +61,12 @@ def run_final_params(workdir) -> dict:
   """The flattened parameters of WORKDIR's latest checkpoint."""
   _, variables, _ = checkpoint.load_model(Path(workdir) / "checkpoints")
   return traverse_util.flatten_dict(jax.device_get(variables["params"]))
+
+
+def assert_same_run(straight, other) -> None:
+  """OTHER's losses, step for step, and final parameters, bit for bit, equal STRAIGHT's (an exact resume)."""
+  assert run_losses(other) == run_losses(straight)
+  a, b = run_final_params(straight), run_final_params(other)
+  assert a.keys() == b.keys()
+  for k in a:
+    np.testing.assert_array_equal(a[k], b[k], err_msg="/".join(k))
