@@ -81,20 +81,31 @@ def causal_attention(q_BTHD: Array, k_BTKD: Array, v_BTKD: Array, cfg: ModelConf
       implementation=impl)
 
 
+def grouped_logits(q_BTHD: Array, k_BSKD: Array) -> Array:
+  """q k^T / sqrt(D) for every query head, (B, K, G, T, S) float32 (accumulated in float32); GQA: query head
+  h = k G + g reads KV head k, G = H // K."""
+  B, T, H, D = q_BTHD.shape
+  K = k_BSKD.shape[2]
+  q_BTKGD = q_BTHD.reshape(B, T, K, H // K, D)
+  return jnp.einsum("btkgd,bskd->bkgts", q_BTKGD, k_BSKD.astype(q_BTHD.dtype),
+                    preferred_element_type=jnp.float32) * jnp.float32(1.0 / math.sqrt(D))
+
+
+def masked_softmax(logits_BKGTS: Array, mask_BTS: Array) -> Array:
+  """float32 softmax rows (B, H, T, S) of grouped logits where `mask_BTS` holds (jax's masked-logit value)."""
+  B, K, G, T, S = logits_BKGTS.shape
+  masked = -0.7 * jnp.finfo(jnp.float32).max  # jax's value for a masked logit
+  logits_BKGTS = jnp.where(mask_BTS[:, None, None], logits_BKGTS, masked)
+  return jax.nn.softmax(logits_BKGTS, axis=-1).reshape(B, K * G, T, S)
+
+
 def attention_weights(q_BTHD: Array, k_BSKD: Array, mask_BTS: Array) -> Array:
   """softmax(q k^T / sqrt(D)) rows (B, H, T, S) where `mask_BTS` (bool, query t sees key s; B may be 1) holds.
 
   GQA: query head h reads KV head h // G, G = H // K. The logits accumulate in float32 and the softmax runs in
   float32 (jax.nn.dot_product_attention's XLA path); the rows come back in float32.
   """
-  B, T, H, D = q_BTHD.shape
-  K = k_BSKD.shape[2]
-  q_BTKGD = q_BTHD.reshape(B, T, K, H // K, D)
-  logits_BKGTS = jnp.einsum("btkgd,bskd->bkgts", q_BTKGD, k_BSKD.astype(q_BTHD.dtype),
-                            preferred_element_type=jnp.float32) * jnp.float32(1.0 / math.sqrt(D))
-  masked = -0.7 * jnp.finfo(jnp.float32).max  # jax's value for a masked logit
-  logits_BKGTS = jnp.where(mask_BTS[:, None, None], logits_BKGTS, masked)
-  return jax.nn.softmax(logits_BKGTS, axis=-1).reshape(B, H, T, -1)
+  return masked_softmax(grouped_logits(q_BTHD, k_BSKD), mask_BTS)
 
 
 def weighted_values(probs_BHTS: Array, v_BSKD: Array) -> Array:

@@ -28,14 +28,12 @@ softmax attention does.
 
 from __future__ import annotations
 
-import math
-
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from ssa_jax.model.config import ModelConfig
-from ssa_jax.model.kernels import Visibility, weighted_values
+from ssa_jax.model.kernels import Visibility, grouped_logits, masked_softmax, weighted_values
 from ssa_jax.model.layers import compute_dtype
 from ssa_jax.model.methods.base import method_param
 
@@ -76,18 +74,12 @@ def cumulative_log_forget(log_f_BTH: Array, seen: Visibility, state: dict | None
 def forgetting_weights(q_BTHD: Array, k_BSKD: Array, c_BTH: Array, c_BSH: Array, mask_BTS: Array) -> Array:
   """softmax(q k^T / sqrt(D) + c_i - c_j) rows (B, H, T, S) where mask_BTS holds, float32 (GQA as
   kernels.attention_weights: head h = kv head * G + g reads KV head h // G)."""
-  B, T, H, D = q_BTHD.shape
+  B, T, H, _ = q_BTHD.shape
   S, K = k_BSKD.shape[1], k_BSKD.shape[2]
   G = H // K
-  q_BTKGD = q_BTHD.reshape(B, T, K, G, D)
-  logits_BKGTS = jnp.einsum("btkgd,bskd->bkgts", q_BTKGD, k_BSKD.astype(q_BTHD.dtype),
-                            preferred_element_type=jnp.float32) * jnp.float32(1.0 / math.sqrt(D))
   c_query_BKGT1 = c_BTH.reshape(B, T, K, G).transpose(0, 2, 3, 1)[..., None]
   c_key_BKG1S = c_BSH.reshape(B, S, K, G).transpose(0, 2, 3, 1)[..., None, :]
-  logits_BKGTS = logits_BKGTS + (c_query_BKGT1 - c_key_BKG1S)
-  masked = -0.7 * jnp.finfo(jnp.float32).max  # jax's value for a masked logit
-  logits_BKGTS = jnp.where(mask_BTS[:, None, None], logits_BKGTS, masked)
-  return jax.nn.softmax(logits_BKGTS, axis=-1).reshape(B, H, T, S)
+  return masked_softmax(grouped_logits(q_BTHD, k_BSKD) + (c_query_BKGT1 - c_key_BKG1S), mask_BTS)
 
 
 class Forgetting(nn.Module):

@@ -34,19 +34,16 @@ it. config.model.attention_impl is therefore not read.
 
 from __future__ import annotations
 
-import math
-
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from ssa_jax.model.config import ModelConfig
-from ssa_jax.model.kernels import Visibility, weighted_values
+from ssa_jax.model.kernels import Visibility, grouped_logits, masked_softmax, weighted_values
 from ssa_jax.model.methods.base import no_flops
 
 Array = jax.Array
 
-MASKED = -0.7 * float(jnp.finfo(jnp.float32).max)  # jax's value for a masked logit, as kernels.attention_weights
 SUMS = "mask_sums_BS"  # the cached per-key sums of S over every query so far
 
 
@@ -54,15 +51,6 @@ def selection_cache_spec(cfg: ModelConfig, batch: int, max_len: int) -> dict[str
   """Per layer: how much every query so far has masked each key (float32, zeros before the first token)."""
   del cfg
   return {SUMS: jax.ShapeDtypeStruct((batch, max_len), jnp.float32)}
-
-
-def all_logits(q_BTHD: Array, k_BSKD: Array) -> Array:
-  """q k^T / sqrt(D) for every head (B, K, G, T, S), float32; query head h = k * G + g reads KV head k."""
-  B, T, H, D = q_BTHD.shape
-  K = k_BSKD.shape[2]
-  q_BTKGD = q_BTHD.reshape(B, T, K, H // K, D)
-  return jnp.einsum("btkgd,bskd->bkgts", q_BTKGD, k_BSKD.astype(q_BTHD.dtype),
-                    preferred_element_type=jnp.float32) * jnp.float32(1.0 / math.sqrt(D))
 
 
 def first_keys(seen: Visibility, mask_BTS: Array) -> Array:
@@ -121,12 +109,11 @@ class Leviathan(nn.Module):
 
   def __call__(self, x_BTd, q_BTHD, k_BSKD, v_BSKD, seen: Visibility, layer_index, state):
     del x_BTd, layer_index  # the same rule in every layer
-    B, T, H, _ = q_BTHD.shape
-    logits_BKGTS = all_logits(q_BTHD, k_BSKD)
+    T = q_BTHD.shape[1]
+    logits_BKGTS = grouped_logits(q_BTHD, k_BSKD)
     mask_BTS = seen.dense_mask(T)
     start = 0 if seen.cache_index is None else seen.cache_index
     s_BTS = selection(logits_BKGTS[:, 0, 0], mask_BTS, first_keys(seen, mask_BTS), start + jnp.arange(T))
     f_BTS, state = masked_amounts(s_BTS, seen, state)
-    logits_BKGTS = jnp.where(mask_BTS[:, None, None], logits_BKGTS - f_BTS[:, None, None], MASKED)
-    probs_BHTS = jax.nn.softmax(logits_BKGTS, axis=-1).reshape(B, H, T, -1)
+    probs_BHTS = masked_softmax(logits_BKGTS - f_BTS[:, None, None], mask_BTS)
     return weighted_values(probs_BHTS, v_BSKD), state
