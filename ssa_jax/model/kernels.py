@@ -12,6 +12,7 @@ import jax.numpy as jnp
 
 from ssa_jax.errors import ConfigError
 from ssa_jax.model.config import ModelConfig
+from ssa_jax.model.platform import traced_platform
 from ssa_jax.model.splash import splash_attention
 
 Array = jax.Array
@@ -51,12 +52,6 @@ def kernel_implementation(cfg: ModelConfig, backend: str | None = None) -> str:
   if backend == "tpu":
     return "splash"
   return "cudnn" if backend in ("gpu", "cuda") and cfg.dtype in ("bfloat16", "float16") else "xla"
-
-
-def traced_platform() -> str:
-  """The platform being compiled for: that of the mesh in context (`jax.set_mesh`), else jax's default."""
-  mesh = jax.sharding.get_abstract_mesh()
-  return jax.default_backend() if mesh.empty else mesh.abstract_device.platform
 
 
 def causal_attention(q_BTHD: Array, k_BTKD: Array, v_BTKD: Array, cfg: ModelConfig,

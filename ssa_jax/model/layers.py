@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 
 from ssa_jax.model.config import ModelConfig, RopeScaling
+from ssa_jax.model.platform import traced_platform
 
 Array = jax.Array
 
@@ -92,15 +93,44 @@ def rope_inv_freq(rotary_dim: int, theta: float, scaling: RopeScaling | None) ->
 
 
 def apply_rope(x_BTHD: Array, positions_BT: Array, cfg: ModelConfig) -> Array:
-  """Rotates the first cfg.rotary_dim dims of every head (rotate-half layout, as transformers)."""
-  rot = cfg.rotary_dim
-  if rot == 0:
+  """Rotates the first cfg.rotary_dim dims of every head (rotate-half layout, as transformers): on TPU as
+  rope_by_matmul, elsewhere as rope_by_slices (the same numbers, tests/test_rope.py)."""
+  if cfg.rotary_dim == 0:
     return x_BTHD
-  inv_freq = rope_inv_freq(rot, cfg.rope_theta, cfg.rope_scaling)
-  angles_BTA = positions_BT.astype(jnp.float32)[..., None] * inv_freq
-  angles_BT1P = jnp.concatenate([angles_BTA, angles_BTA], axis=-1)[:, :, None, :]
-  cos, sin = jnp.cos(angles_BT1P).astype(x_BTHD.dtype), jnp.sin(angles_BT1P).astype(x_BTHD.dtype)
+  rope = rope_by_matmul if traced_platform() == "tpu" else rope_by_slices
+  return rope(x_BTHD, positions_BT, cfg)
+
+
+def rope_angles(positions_BT: Array, cfg: ModelConfig) -> Array:
+  """The rotation angles (B, T, rotary_dim): float32 position x inverse frequency, each pair's twice."""
+  angles_BTA = positions_BT.astype(jnp.float32)[..., None] * rope_inv_freq(cfg.rotary_dim, cfg.rope_theta,
+                                                                            cfg.rope_scaling)
+  return jnp.concatenate([angles_BTA, angles_BTA], axis=-1)
+
+
+def rope_by_slices(x_BTHD: Array, positions_BT: Array, cfg: ModelConfig) -> Array:
+  """RoPE as transformers writes it: the rotated dims sliced off, rotate-half by concatenation, joined back."""
+  rot = cfg.rotary_dim
+  angles_BT1R = rope_angles(positions_BT, cfg)[:, :, None, :]
+  cos, sin = jnp.cos(angles_BT1R).astype(x_BTHD.dtype), jnp.sin(angles_BT1R).astype(x_BTHD.dtype)
   x_rot, x_pass = x_BTHD[..., :rot], x_BTHD[..., rot:]
   x1, x2 = x_rot[..., : rot // 2], x_rot[..., rot // 2 :]
   rotated = x_rot * cos + jnp.concatenate([-x2, x1], axis=-1) * sin
   return jnp.concatenate([rotated, x_pass], axis=-1) if x_pass.shape[-1] else rotated
+
+
+def rope_by_matmul(x_BTHD: Array, positions_BT: Array, cfg: ModelConfig) -> Array:
+  """RoPE over the whole head: x cos + (x P) sin, cos = 1 and sin = 0 past rotary_dim, P the (D, D) signed
+  permutation taking x to rotate-half(x). On TPU a 16- or 48-wide slice of a 64-wide head is laid out with its
+  minor dimension padded to 128 lanes, and Pythia's partial rotary by slices cost more than the q / k
+  projections (docs/benchmarks.md, "RoPE on TPU"); a GPU fuses the slices and would pay for the extra matmul. P
+  holds one +-1 per column, so the product is exact (HIGHEST: no TF32 rounding of float32)."""
+  rot, D = cfg.rotary_dim, x_BTHD.shape[-1]
+  rotated_D = jnp.arange(D) < rot
+  angles_BT1D = jnp.pad(rope_angles(positions_BT, cfg), ((0, 0), (0, 0), (0, D - rot)))[:, :, None]
+  cos = jnp.where(rotated_D, jnp.cos(angles_BT1D), 1.0).astype(x_BTHD.dtype)
+  sin = jnp.where(rotated_D, jnp.sin(angles_BT1D), 0.0).astype(x_BTHD.dtype)
+  half, i = rot // 2, jnp.arange(rot // 2)
+  partner_DD = jnp.zeros((D, D), x_BTHD.dtype).at[i + half, i].set(-1).at[i, i + half].set(1)
+  partner_BTHD = jnp.einsum("bthd,de->bthe", x_BTHD, partner_DD, precision=jax.lax.Precision.HIGHEST)
+  return x_BTHD * cos + partner_BTHD * sin
