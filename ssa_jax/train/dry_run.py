@@ -223,7 +223,7 @@ def _target_estimate(config: ml_collections.ConfigDict, spec: targets_lib.Target
   return est
 
 
-def _setup(config: ml_collections.ConfigDict, spec: targets_lib.Target | None):
+def setup(config: ml_collections.ConfigDict, spec: targets_lib.Target | None):
   """(the checked run, its mesh, the mesh's devices): this host's, or `spec`'s devices and their mesh."""
   host_config = config
   if spec:
@@ -258,7 +258,7 @@ def compile_on_target(config: ml_collections.ConfigDict, target: str, target_sli
   `compiler_options` (e.g. xla_dump_to): (the compiled executable, its mesh, its abstract (state, batch) with
   their shardings). For reading the program itself (bench/slice_collectives.py: what crosses slices)."""
   spec = targets_lib.parse_target(target, target_slices)
-  run, mesh, _ = _setup(config, spec)
+  run, mesh, _ = setup(config, spec)
   step_fn, args = _run_program(run, mesh)
   return _lower(step_fn, args, mesh).compile(compiler_options=compiler_options), mesh, args
 
@@ -272,7 +272,7 @@ def dry_run(config: ml_collections.ConfigDict, stage: str = "compile", target: s
   if target is None and target_slices != 1:
     raise ConfigError(f"--target_slices={target_slices}: needs --target")
   spec = targets_lib.parse_target(target, target_slices) if target is not None else None
-  run, mesh, devices = _setup(config, spec)
+  run, mesh, devices = setup(config, spec)
   step_fn, args = _run_program(run, mesh)
   compiled, oom, build = _build(step_fn, args, mesh, stage, on_target=spec is not None)
   report = _report(run, mesh, devices, build)

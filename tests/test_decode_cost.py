@@ -1,0 +1,40 @@
+"""bench/decode_cost.py: one KV-cache decoding step compiled by the TPU compiler on this CPU, costed whole."""
+
+import importlib
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "bench"
+needs_libtpu = pytest.mark.skipif(importlib.util.find_spec("libtpu") is None,
+                                  reason="needs the TPU compiler: pip install -e '.[tpu]'")
+
+
+def _decode_cost():
+  """bench/decode_cost.py as a module (it imports its neighbour fusion_table, as when run as a script)."""
+  sys.path.insert(0, str(BENCH))
+  try:
+    spec = importlib.util.spec_from_file_location("decode_cost", BENCH / "decode_cost.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+  finally:
+    sys.path.remove(str(BENCH))
+
+
+@needs_libtpu
+def test_decode_step_cost_reads_the_cache_and_counts_ssa():
+  decode_cost = _decode_cost()
+  vanilla = importlib.import_module("configs.tiny").get_config()
+  ssa = importlib.import_module("configs.tiny_ssa").get_config()
+  short = decode_cost.decode_step_cost(vanilla, "v5p-8", batch=4, context=64)
+  long = decode_cost.decode_step_cost(vanilla, "v5p-8", batch=4, context=1024)
+  with_ssa = decode_cost.decode_step_cost(ssa, "v5p-8", batch=4, context=64)
+  assert 0 < short["optimal_seconds"] < long["optimal_seconds"]
+  # Every layer reads its cached keys and values at least once: 4 layers x (k, v) x 128 wide x float32, for the
+  # one row a device holds (4 rows on 4 chips), per extra position.
+  assert long["bytes_accessed"] - short["bytes_accessed"] >= 4 * 2 * 128 * 4 * (1024 - 64)
+  # SSA base's token network (d x d/2 and d/2 x H per scaled component and layer) is in the program.
+  assert with_ssa["flops"] > short["flops"] and with_ssa["bytes_accessed"] > short["bytes_accessed"]
