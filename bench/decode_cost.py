@@ -7,9 +7,9 @@ The step is what `evaluate/generate.py` runs per token: the model on one new tok
 extending a cache of --context positions. Layers are unrolled, so the cost model counts every one (it counts a
 loop's body once), and attention over a cache is XLA's, not a Pallas kernel, so nothing in the program is left
 uncosted. The parameters are held in the compute dtype, as a server would hold them (--param_dtype=float32: as
-training keeps them, the step's program casting them). The figure is the
-compiler's `optimal_seconds` (per instruction the larger of FLOPs / peak and bytes / bandwidth, summed): a lower
-bound for ranking variants, not a measurement.
+training keeps them, the step's program casting them). The figure is the compiler's `optimal_seconds` (per
+instruction the larger of FLOPs / peak and bytes / bandwidth, summed): a lower bound for ranking variants, not a
+measurement.
 """
 
 from __future__ import annotations
