@@ -2,31 +2,18 @@
 
 import importlib
 import importlib.util
-import sys
-from pathlib import Path
 
 import pytest
 
-BENCH = Path(__file__).resolve().parents[1] / "bench"
+from bench_modules import bench_module
+
 needs_libtpu = pytest.mark.skipif(importlib.util.find_spec("libtpu") is None,
                                   reason="needs the TPU compiler: pip install -e '.[tpu]'")
 
 
-def _decode_cost():
-  """bench/decode_cost.py as a module (it imports its neighbour fusion_table, as when run as a script)."""
-  sys.path.insert(0, str(BENCH))
-  try:
-    spec = importlib.util.spec_from_file_location("decode_cost", BENCH / "decode_cost.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-  finally:
-    sys.path.remove(str(BENCH))
-
-
 @needs_libtpu
 def test_decode_step_cost_reads_the_cache_and_counts_ssa():
-  decode_cost = _decode_cost()
+  decode_cost = bench_module("decode_cost")
   vanilla = importlib.import_module("configs.tiny").get_config()
   ssa = importlib.import_module("configs.tiny_ssa").get_config()
   short = decode_cost.decode_step_cost(vanilla, "v5p-8", batch=4, context=64)

@@ -7,30 +7,19 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
-import sys
-from pathlib import Path
 
 import jax
 import ml_collections
 import numpy as np
 import pytest
 
+from bench_modules import bench_module
 from ssa_jax.errors import ConfigError
 from ssa_jax.runtime import sharding
 from ssa_jax.train import targets
 
 needs_libtpu = pytest.mark.skipif(importlib.util.find_spec("libtpu") is None,
                                   reason="needs the TPU compiler: pip install -e '.[tpu]'")
-
-
-def _bench():
-  """bench/slice_collectives.py as a module (the reader of a compiled program's collectives)."""
-  path = Path(__file__).resolve().parents[1] / "bench" / "slice_collectives.py"
-  spec = importlib.util.spec_from_file_location("slice_collectives", path)
-  module = sys.modules.setdefault("slice_collectives", importlib.util.module_from_spec(spec))
-  if not hasattr(module, "collectives"):
-    spec.loader.exec_module(module)
-  return module
 
 
 def _mesh_cfg(**sizes):
@@ -79,7 +68,7 @@ def _on_two_slices(global_batch_size: int = 16, **mesh):
   config.model.scan_layers = True  # one layer's program: a faster compile
   config.train.global_batch_size = global_batch_size
   config.mesh.update(mesh)
-  return _bench().analyse(config, "v5p-8", 2)
+  return bench_module("slice_collectives").analyse(config, "v5p-8", 2)
 
 
 def _assert_only_data_parallel_reductions_cross(report):
@@ -99,7 +88,7 @@ def _assert_only_data_parallel_reductions_cross(report):
 
 
 def test_replica_groups_in_each_of_hlos_forms():
-  groups = _bench().replica_groups
+  groups = bench_module("slice_collectives").replica_groups
   assert groups("replica_groups={{0,4},{1,5}}, x") == [[0, 4], [1, 5]]
   assert groups("replica_groups=[4,2]<=[2,4]T(1,0), x") == [[0, 4], [1, 5], [2, 6], [3, 7]]
   assert groups("replica_groups=[2,4]<=[8], x") == [[0, 1, 2, 3], [4, 5, 6, 7]]
